@@ -1,0 +1,32 @@
+# Keyward: `make run` for the embedded console, `make test` for the full suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	KEYWARD_MODE=embedded $(PY) manage.py runembedded
+
+test:
+	scripts/test.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	KEYWARD_MODE=embedded $(VENV)/bin/mypy .
+
+bench:
+	scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) data test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django import forms
+
+from audit.models import Outcome
+from audit.selectors import AuditFilters
+
+# Offered as suggestions in the filter; any well-formed action name is accepted.
+KNOWN_ACTIONS = (
+    "auth.login",
+    "auth.logout",
+    "auth.lockout",
+    "auth.sudo",
+    "membership.add",
+    "membership.change_role",
+    "membership.remove",
+    "tenant.create",
+    "audit.export",
+)
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.RegexField(
+        regex=r"^[a-z0-9_.]{1,64}$",
+        required=False,
+        error_messages={"invalid": "Action names are lowercase words joined by dots."},
+    )
+    actor = forms.CharField(required=False, max_length=254, label="Actor (email)")
+    outcome = forms.ChoiceField(required=False, choices=[("", "Any outcome"), *Outcome.choices])
+    date_from = forms.DateField(
+        required=False, label="From", widget=forms.DateInput({"type": "date"})
+    )
+    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput({"type": "date"}))
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean() or {}
+        start, end = data.get("date_from"), data.get("date_to")
+        if start and end and start > end:
+            self.add_error("date_to", "The end date is before the start date.")
+        return data
+
+    def filters(self) -> AuditFilters:
+        data = self.cleaned_data
+        return AuditFilters(
+            action=data.get("action") or "",
+            actor=(data.get("actor") or "").strip(),
+            outcome=data.get("outcome") or "",
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
+        )

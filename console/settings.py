@@ -1,0 +1,281 @@
+"""Keyward settings: one module, read from the environment.
+
+Two modes. `production` (the default, so a forgotten variable fails closed)
+requires a real SECRET_KEY, DATABASE_URL, REDIS_URL and ALLOWED_HOSTS and turns
+on every transport-security setting. `embedded` runs with no servers at all:
+SQLite, a filesystem Celery broker and files under KEYWARD_DATA_DIR; each of
+those can still be pointed at a real server (the tests use PostgreSQL and Redis).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
+
+from console.env import Env
+
+env = Env()
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+MODE = env.choice("KEYWARD_MODE", "production", ("production", "embedded"))
+PRODUCTION = MODE == "production"
+DATA_DIR = Path(env.string("KEYWARD_DATA_DIR") or BASE_DIR / "data").resolve()
+if not DATA_DIR.is_absolute():  # pragma: no cover - resolve() always makes it absolute
+    raise ImproperlyConfigured("KEYWARD_DATA_DIR must be an absolute path")
+
+
+def _embedded_secret_key() -> str:
+    """A per-installation key kept in the data folder, created on first run."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(64))
+    return path.read_text().strip()
+
+
+# --- Core -----------------------------------------------------------------
+if PRODUCTION:
+    SECRET_KEY: str = env.required(
+        "SECRET_KEY", "production mode signs sessions and tokens with it"
+    )
+    if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure"):
+        raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters")
+    DEBUG = False
+    ALLOWED_HOSTS = env.strings("ALLOWED_HOSTS")
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured("ALLOWED_HOSTS must be set (comma-separated host names)")
+    _database_url = env.required("DATABASE_URL", "postgres://user:password@host:5432/keyward")
+    REDIS_URL: str | None = env.required("REDIS_URL", "redis://host:6379/0")
+else:
+    SECRET_KEY = env.string("SECRET_KEY") or _embedded_secret_key()
+    DEBUG = env.boolean("KEYWARD_DEBUG", False)
+    ALLOWED_HOSTS = env.strings("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+    _database_url = env.string("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'keyward.sqlite3'}"
+    REDIS_URL = env.string("REDIS_URL")
+
+CSRF_TRUSTED_ORIGINS = env.strings("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "axes",
+    "csp",
+    "console",
+    "tenants",
+    "audit",
+    "keys",
+    "archive",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "console.middleware.RequestIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    # Axes must come last so that it sees the outcome of authentication.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+WSGI_APPLICATION = "console.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "console.context_processors.shell",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+try:
+    _db = dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+if _db["ENGINE"] not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
+    raise ImproperlyConfigured("DATABASE_URL must be a postgres:// or sqlite:// URL")
+if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL in production mode")
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    Path(str(_db["NAME"])).parent.mkdir(parents=True, exist_ok=True)
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache ------------------------------------------------------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Authentication ---------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "console:home"
+LOGOUT_REDIRECT_URL = "login"
+
+AXES_FAILURE_LIMIT = env.integer("KEYWARD_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100)
+AXES_COOLOFF_TIME = timedelta(minutes=env.integer("KEYWARD_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+# Axes logs failed usernames through its own logger; the audit trail is the record.
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+
+# --- Sessions, cookies, transport security ------------------------------------
+SESSION_COOKIE_AGE = env.integer("KEYWARD_SESSION_HOURS", 8, minimum=1, maximum=24 * 30) * 3600
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.boolean("KEYWARD_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env.integer("KEYWARD_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env.boolean("KEYWARD_HSTS_PRELOAD", True)
+    if env.boolean("KEYWARD_BEHIND_TLS_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "base-uri": [NONE],
+        "object-src": [NONE],
+    },
+}
+
+# --- Static files -----------------------------------------------------------
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+if PRODUCTION:
+    STATIC_ROOT = Path(env.string("KEYWARD_STATIC_ROOT") or BASE_DIR / "staticfiles")
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+else:
+    # Serve straight from the source folders: no collectstatic step for `make run`.
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- Internationalisation ---------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Email ------------------------------------------------------------------
+DEFAULT_FROM_EMAIL = env.string("KEYWARD_FROM_EMAIL") or "keyward@localhost"
+if env.string("EMAIL_HOST"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = env.required("EMAIL_HOST", "SMTP server")
+    EMAIL_PORT = env.integer("EMAIL_PORT", 587, minimum=1, maximum=65535)
+    EMAIL_HOST_USER = env.string("EMAIL_HOST_USER") or ""
+    EMAIL_HOST_PASSWORD = env.string("EMAIL_HOST_PASSWORD") or ""
+    EMAIL_USE_TLS = env.boolean("EMAIL_USE_TLS", True)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = DATA_DIR / "mail"
+
+# --- Celery -----------------------------------------------------------------
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+else:
+    # A broker that needs no server: messages are files in the data folder.
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SOFT_TIME_LIMIT = env.integer("KEYWARD_TASK_SOFT_TIME_LIMIT", 3300, minimum=10)
+CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
+}
+
+# --- Logging ----------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.string("KEYWARD_LOG_LEVEL") or "INFO"},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
+}
+
+# --- Keyward ------------------------------------------------------------------
+KEYWARD_SUDO_SECONDS = env.integer("KEYWARD_SUDO_SECONDS", 600, minimum=30, maximum=3600)
+KEYWARD_AUDIT_PAGE_SIZE = env.integer("KEYWARD_AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)

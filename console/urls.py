@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from console import views
+
+console_patterns = (
+    [
+        path("", views.home, name="home"),
+        path("sudo/", views.sudo, name="sudo"),
+        path("t/<slug:slug>/", views.dashboard, name="dashboard"),
+    ],
+    "console",
+)
+
+urlpatterns = [
+    path("", include(console_patterns)),
+    path("healthz", views.healthz, name="healthz"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("t/<slug:slug>/audit/", include("audit.urls")),
+    path("t/<slug:slug>/members/", include("tenants.urls")),
+    path("admin/", admin.site.urls),
+]

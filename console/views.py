@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+
+from audit.selectors import recent_audit_events
+from audit.services import Actor, record_for_tenants
+from console.forms import SudoForm
+from console.sudo import safe_next, sudo_grant
+from tenants.models import Tenant
+from tenants.permissions import Perm, TenantAccess, is_support_staff, with_tenant
+from tenants.selectors import memberships_for_user, tenants_for_user
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """One tenant: straight to it. Several, or support staff: the list."""
+    if not is_support_staff(request.user):
+        memberships = list(memberships_for_user(request.user)[:2])
+        if len(memberships) == 1:
+            return redirect("console:dashboard", slug=memberships[0].tenant.slug)
+    tenants = tenants_for_user(request.user).order_by("name")
+    return render(request, "console/home.html", {"tenants": tenants})
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.VIEW_STATUS)
+def dashboard(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    # Support staff see metadata only: the trail names people and addresses.
+    events = recent_audit_events(access.tenant) if access.can(Perm.VIEW_AUDIT) else []
+    return render(request, "console/dashboard.html", {"tenant": access.tenant, "events": events})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def sudo(request: HttpRequest) -> HttpResponse:
+    next_url = safe_next(
+        request, request.GET.get("next") or request.POST.get("next"), reverse("console:home")
+    )
+    form = SudoForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = authenticate(
+            request, username=request.user.get_username(), password=form.cleaned_data["password"]
+        )
+        tenants: list[Tenant | None] = [m.tenant for m in memberships_for_user(request.user)]
+        actor = Actor.for_user(request.user, support=is_support_staff(request.user))
+        if user is not None and user.pk == request.user.pk:
+            sudo_grant(request)
+            record_for_tenants(tenants or [None], actor=actor, action="auth.sudo", request=request)
+            return redirect(next_url)
+        form.add_error("password", "That password is not correct.")
+    return render(request, "console/sudo.html", {"form": form, "next": next_url})

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from audit.services import Actor, record
+from tenants.models import Membership, Tenant
+from tenants.services import membership_add, membership_change_role, membership_remove
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Memberships change through their own page so that every change is audited.
+        return False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "state", "state_changed_at", "created")
+    search_fields = ("name", "slug")
+    readonly_fields = ("state", "state_changed_at", "created")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [MembershipInline]
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        record(
+            tenant=obj,
+            actor=Actor.for_user(request.user, support=True),
+            action="tenant.update" if change else "tenant.create",
+            target=obj.slug,
+            details={"fields": sorted(form.changed_data)},
+            request=request,
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A tenant's audit trail outlives it; tenants are destroyed by crypto-shredding.
+        return False
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "tenant", "role", "created")
+    list_filter = ("role", "tenant")
+    search_fields = ("user__username", "tenant__name")
+    autocomplete_fields = ["user"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("user", "tenant") if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        actor = Actor.for_user(request.user, support=True)
+        if change:
+            membership_change_role(membership=obj, role=obj.role, actor=actor, request=request)
+        else:
+            saved = membership_add(
+                tenant=obj.tenant, user=obj.user, role=obj.role, actor=actor, request=request
+            )
+            obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        membership_remove(
+            membership=obj, actor=Actor.for_user(request.user, support=True), request=request
+        )
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for membership in queryset:
+            self.delete_model(request, membership)

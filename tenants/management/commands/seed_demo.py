@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from audit.services import Actor
+from tenants.models import Membership, Role, Tenant
+from tenants.services import membership_add, tenant_create
+
+DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
+ROLES = (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER)
+
+
+def demo_password() -> str:
+    """KEYWARD_DEMO_PASSWORD, else one generated on the first run and kept beside the data."""
+    chosen = os.environ.get("KEYWARD_DEMO_PASSWORD")
+    if chosen:
+        return chosen
+    path = Path(settings.DATA_DIR) / "demo-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(12))
+    return path.read_text().strip()
+
+
+class Command(BaseCommand):
+    help = "Create (or bring up to date) the demo tenants and logins. Safe to run again."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        password = demo_password()
+        logins = self.seed(password)
+        self.stdout.write(f"Demo logins (password for all: {password})")
+        for login in logins:
+            self.stdout.write(f"  {login}")
+
+    @transaction.atomic
+    def seed(self, password: str) -> list[str]:
+        user_model = get_user_model()
+        system = Actor.system("demo setup")
+        logins: list[str] = []
+
+        def user(email: str, **flags: bool) -> Any:
+            account, _ = user_model._default_manager.get_or_create(
+                username=email, defaults={"email": email}
+            )
+            account.set_password(password)
+            for name, value in flags.items():
+                setattr(account, name, value)
+            account.save()
+            logins.append(email)
+            return account
+
+        for name, slug in DEMO_TENANTS:
+            tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
+                name=name, slug=slug, actor=system
+            )
+            for role in ROLES:
+                account = user(f"{role}@{slug}.example")
+                if not Membership.objects.filter(tenant=tenant, user=account).exists():
+                    membership_add(tenant=tenant, user=account, role=role, actor=system)
+        user("support@vendor.example", is_staff=True, is_superuser=False)
+        user("admin@vendor.example", is_staff=True, is_superuser=True)
+        return logins

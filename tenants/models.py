@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class ServiceState(models.TextChoices):
+    """The tenant's service state, as in DESIGN.md's state machine."""
+
+    VENDOR_MANAGED = "vendor_managed", "Vendor-managed key"
+    MIGRATING = "migrating", "Moving to your key"
+    BYOK_ACTIVE = "byok_active", "Protected by your key"
+    ROTATION_PENDING = "rotation_pending", "Paused: key rotation to confirm"
+    REWRAPPING = "rewrapping", "Rewrapping data keys"
+    REVOKED = "revoked", "Revoked"
+    MIGRATING_BACK = "migrating_back", "Moving back to the vendor-managed key"
+    DESTROYED = "destroyed", "Destroyed"
+    DEGRADED = "degraded", "Degraded: key store unreachable"
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    KEY_ADMIN = "key_admin", "Key administrator"
+    AUDITOR = "auditor", "Auditor"
+    VIEWER = "viewer", "Viewer"
+
+
+class Tenant(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=63, unique=True)
+    state = models.CharField(
+        max_length=32, choices=ServiceState.choices, default=ServiceState.VENDOR_MANAGED
+    )
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_paused(self) -> bool:
+        return self.state in PAUSED_STATES
+
+
+PAUSED_STATES = frozenset(
+    {
+        ServiceState.MIGRATING,
+        ServiceState.ROTATION_PENDING,
+        ServiceState.REWRAPPING,
+        ServiceState.MIGRATING_BACK,
+    }
+)
+
+
+class Membership(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="one_membership_per_tenant")
+        ]
+        ordering = ["tenant__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} as {self.role}"

@@ -1,0 +1,115 @@
+"""Who may do what in a tenant.
+
+Roles map onto permissions here and nowhere else; views ask for a permission,
+never for a role name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
+
+from tenants.models import Membership, Role, Tenant
+
+
+class Perm(StrEnum):
+    VIEW_STATUS = "view_status"
+    VIEW_AUDIT = "view_audit"
+    EXPORT_AUDIT = "export_audit"
+    MANAGE_KEYS = "manage_keys"
+    MANAGE_MEMBERS = "manage_members"
+    DESTROY_KEYS = "destroy_keys"
+
+
+ROLE_PERMS: dict[str, frozenset[Perm]] = {
+    Role.OWNER: frozenset(Perm),
+    Role.KEY_ADMIN: frozenset({Perm.VIEW_STATUS, Perm.VIEW_AUDIT, Perm.MANAGE_KEYS}),
+    Role.AUDITOR: frozenset({Perm.VIEW_STATUS, Perm.VIEW_AUDIT, Perm.EXPORT_AUDIT}),
+    Role.VIEWER: frozenset({Perm.VIEW_STATUS}),
+}
+# Vendor support staff read metadata only; they never act on a tenant's keys.
+SUPPORT_PERMS: frozenset[Perm] = frozenset({Perm.VIEW_STATUS})
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    tenant: Tenant
+    role: str | None  # None for vendor support staff
+    perms: frozenset[Perm]
+
+    @property
+    def is_support(self) -> bool:
+        return self.role is None
+
+    def can(self, perm: Perm | str) -> bool:
+        return Perm(perm) in self.perms
+
+
+def is_support_staff(user: AbstractBaseUser | AnonymousUser) -> bool:
+    return bool(user.is_authenticated and getattr(user, "is_staff", False))
+
+
+def get_tenant_for_user(
+    user: AbstractBaseUser | AnonymousUser, slug: str, perm: Perm = Perm.VIEW_STATUS
+) -> TenantAccess:
+    """The tenant `slug` as `user` may see it.
+
+    A tenant the user has no business with is a 404 (its existence does not
+    leak); a tenant they belong to but may not act on in this way is a 403.
+    """
+    if not user.is_authenticated:
+        raise Http404
+    membership = (
+        Membership.objects.select_related("tenant")
+        .filter(user_id=user.pk, tenant__slug=slug)
+        .first()
+    )
+    if membership is not None:
+        access = TenantAccess(membership.tenant, membership.role, ROLE_PERMS[membership.role])
+    elif is_support_staff(user):
+        tenant = Tenant.objects.filter(slug=slug).first()
+        if tenant is None:
+            raise Http404
+        access = TenantAccess(tenant, None, SUPPORT_PERMS)
+    else:
+        raise Http404
+    if not access.can(perm):
+        raise PermissionDenied
+    return access
+
+
+def tenant_for_request(
+    request: HttpRequest, slug: str, perm: Perm = Perm.VIEW_STATUS
+) -> TenantAccess:
+    """`get_tenant_for_user` for a view; remembers the result for the page shell."""
+    access = get_tenant_for_user(request.user, slug, perm)
+    request.tenant_access = access  # type: ignore[attr-defined]
+    return access
+
+
+def with_tenant(
+    perm: Perm,
+) -> Callable[[Callable[..., HttpResponseBase]], Callable[..., HttpResponseBase]]:
+    """Authorize before anything else runs: the view gets `access` instead of `slug`.
+
+    Placed above `sudo_required`, so that another tenant's URL is a 404 and a
+    read-only role a 403 even before any password is asked for.
+    """
+
+    def decorator(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, slug: str, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            access = tenant_for_request(request, slug, perm)
+            return view(request, access, *args, **kwargs)
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+
+import pytest
+from django.test import override_settings
+from django.urls import reverse
+
+from audit.models import AuditEvent, Outcome
+from audit.services import Actor, record
+from tests.conftest import login
+
+
+@pytest.fixture
+def trail(acme, globex):
+    for i in range(30):
+        record(
+            tenant=acme.tenant,
+            actor=Actor("user", "1", "alice@acme.test" if i % 2 else "bob@acme.test"),
+            action="key.test" if i % 3 else "key.enable",
+            outcome=Outcome.FAILURE if i % 5 == 0 else Outcome.SUCCESS,
+            target=f"=cmd{i}",
+        )
+    record(tenant=globex.tenant, actor=Actor.system(), action="globex.secret")
+    return acme
+
+
+def rows(response) -> list[str]:
+    return [
+        line for line in response.content.decode().splitlines() if 'data-testid="audit-row"' in line
+    ]
+
+
+@pytest.mark.parametrize("role", ["owner", "key_admin", "auditor"])
+def test_roles_that_read_the_trail(trail, role) -> None:
+    response = login(getattr(trail, role)).get(reverse("audit:list", args=["acme"]))
+    assert response.status_code == 200
+    assert "globex.secret" not in response.content.decode()
+
+
+def test_viewer_cannot_read_the_trail(trail) -> None:
+    assert login(trail.viewer).get(reverse("audit:list", args=["acme"])).status_code == 403
+
+
+def test_other_tenant_is_404(trail, globex) -> None:
+    assert login(globex.owner).get(reverse("audit:list", args=["acme"])).status_code == 404
+    assert login(globex.owner).get(reverse("audit:export_csv", args=["acme"])).status_code == 404
+
+
+def test_wrong_method(trail) -> None:
+    assert login(trail.owner).post(reverse("audit:list", args=["acme"])).status_code == 405
+
+
+@override_settings(KEYWARD_AUDIT_PAGE_SIZE=10)
+def test_keyset_pages_walk_the_whole_trail_once(trail) -> None:
+    client = login(trail.auditor)
+    url = reverse("audit:list", args=["acme"]) + "?action=key.test"
+    seen: list[int] = []
+    while url:
+        response = client.get(url)
+        page = response.context["events"]
+        seen += [e.seq for e in page]
+        before = response.context["next_before"]
+        url = (
+            f"{reverse('audit:list', args=['acme'])}?action=key.test&before={before}"
+            if before
+            else ""
+        )
+    expected = list(
+        AuditEvent.objects.filter(tenant=trail.tenant, action="key.test")
+        .order_by("-seq")
+        .values_list("seq", flat=True)
+    )
+    assert seen == expected
+
+
+def test_filters_combine(trail) -> None:
+    response = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]),
+        {"action": "key.enable", "actor": "bob@acme.test", "outcome": "failure"},
+    )
+    events = response.context["events"]
+    assert events
+    assert all(
+        e.action == "key.enable" and e.actor_display == "bob@acme.test" and e.outcome == "failure"
+        for e in events
+    )
+
+
+def test_htmx_gets_only_the_results_partial(trail) -> None:
+    response = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]), {"outcome": "failure"}, HTTP_HX_REQUEST="true"
+    )
+    body = response.content.decode()
+    assert body.lstrip().startswith('<div id="results">')
+    assert "<html" not in body
+
+
+def test_bad_filters_show_errors_and_no_rows(trail) -> None:
+    response = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]),
+        {"date_from": "2026-02-01", "date_to": "2026-01-01", "action": "DROP TABLE"},
+    )
+    body = response.content.decode()
+    assert "The end date is before the start date." in body
+    assert "Action names are lowercase words joined by dots." in body
+    assert not rows(response)
+
+
+def test_date_range(trail) -> None:
+    today = AuditEvent.objects.filter(tenant=trail.tenant).latest("seq").time.date()
+    client = login(trail.auditor)
+    url = reverse("audit:list", args=["acme"])
+    assert client.get(url, {"date_from": today.isoformat(), "date_to": today.isoformat()}).context[
+        "events"
+    ]
+    assert not client.get(url, {"date_to": "2000-01-01"}).context["events"]
+
+
+def test_csv_export_streams_every_matching_event_and_is_audited(trail) -> None:
+    response = login(trail.auditor).get(
+        reverse("audit:export_csv", args=["acme"]), {"outcome": "failure"}
+    )
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Content-Disposition"].startswith('attachment; filename="keyward-audit-acme-')
+    text = b"".join(response.streaming_content).decode()  # type: ignore[attr-defined]
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert table and all(row["outcome"] == "failure" for row in table)
+    assert all(row["target"].startswith("'=") for row in table)  # formulas neutralised
+    assert [int(r["seq"]) for r in table] == sorted(int(r["seq"]) for r in table)
+    export = AuditEvent.objects.filter(tenant=trail.tenant, action="audit.export").get()
+    assert export.actor_display == trail.auditor.username
+    assert export.details == {"outcome": "failure"}
+
+
+def test_jsonl_export_carries_the_hashes(trail) -> None:
+    response = login(trail.owner).get(reverse("audit:export_jsonl", args=["acme"]))
+    lines = b"".join(response.streaming_content).decode().splitlines()  # type: ignore[attr-defined]
+    docs = [json.loads(line) for line in lines]
+    assert len(docs) >= 30
+    for earlier, later in itertools.pairwise(docs):
+        assert later["prev_hash"] == earlier["hash"]
+
+
+@pytest.mark.parametrize("role", ["key_admin", "viewer"])
+def test_roles_that_may_not_export(trail, role) -> None:
+    client = login(getattr(trail, role))
+    assert client.get(reverse("audit:export_csv", args=["acme"])).status_code == 403
+    assert client.get(reverse("audit:export_jsonl", args=["acme"])).status_code == 403
+
+
+def test_export_with_bad_filters_is_400(trail) -> None:
+    response = login(trail.owner).get(
+        reverse("audit:export_csv", args=["acme"]), {"outcome": "meh"}
+    )
+    assert response.status_code == 400
+    assert "outcome" in response.content.decode()

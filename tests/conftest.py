@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from audit.services import Actor
+from console.sudo import SESSION_KEY as SUDO_SESSION_KEY
+from tenants.models import Role, Tenant
+from tenants.services import membership_add, tenant_create
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class TenantUsers:
+    tenant: Tenant
+    owner: Any
+    key_admin: Any
+    auditor: Any
+    viewer: Any
+
+
+def make_user(email: str, **flags: Any) -> Any:
+    return get_user_model().objects.create_user(
+        username=email, email=email, password=PASSWORD, **flags
+    )
+
+
+def make_tenant(name: str, slug: str) -> TenantUsers:
+    system = Actor.system("tests")
+    tenant = tenant_create(name=name, slug=slug, actor=system)
+    users = {}
+    for role in (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER):
+        user = make_user(f"{role}@{slug}.test")
+        membership_add(tenant=tenant, user=user, role=role, actor=system)
+        users[str(role)] = user
+    return TenantUsers(tenant=tenant, **users)
+
+
+@pytest.fixture
+def acme(db: None) -> TenantUsers:
+    return make_tenant("Acme", "acme")
+
+
+@pytest.fixture
+def globex(db: None) -> TenantUsers:
+    return make_tenant("Globex", "globex")
+
+
+@pytest.fixture
+def outsider(db: None) -> Any:
+    return make_user("outsider@nowhere.test")
+
+
+@pytest.fixture
+def support(db: None) -> Any:
+    return make_user("support@vendor.test", is_staff=True)
+
+
+def login(user: Any, *, sudo: bool = False) -> Client:
+    """A client signed in as `user`; with sudo, as if they just re-entered their password."""
+    client = Client()
+    client.force_login(user)  # signing in grants sudo, as a password was just entered
+    if not sudo:
+        session = client.session
+        session.pop(SUDO_SESSION_KEY, None)
+        session.save()
+    return client

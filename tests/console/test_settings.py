@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from console.env import Env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KEYWARD_", "DJANGO_"))}
+    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"):
+        base.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def production_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "KEYWARD_MODE": "production",
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://keyward@127.0.0.1:5432/keyward"),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "ALLOWED_HOSTS": "keyward.example.com",
+        "KEYWARD_DATA_DIR": str(tmp_path),
+    }
+
+
+def test_check_deploy_is_clean_in_production_mode(production_env: dict[str, str]) -> None:
+    result = run_manage(production_env, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "ALLOWED_HOSTS", "REDIS_URL"])
+def test_production_refuses_to_start_without(missing: str, production_env: dict[str, str]) -> None:
+    del production_env[missing]
+    result = run_manage(production_env, "check")
+    assert result.returncode != 0
+    assert f"{missing} must be set" in result.stderr
+
+
+def test_production_is_the_default_mode(production_env: dict[str, str]) -> None:
+    del production_env["KEYWARD_MODE"]
+    del production_env["SECRET_KEY"]
+    result = run_manage(production_env, "check")
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_production_refuses_a_weak_secret_key(production_env: dict[str, str]) -> None:
+    production_env["SECRET_KEY"] = "django-insecure-" + "x" * 50
+    result = run_manage(production_env, "check")
+    assert "SECRET_KEY must be at least 50 random characters" in result.stderr
+
+
+def test_production_refuses_sqlite(production_env: dict[str, str]) -> None:
+    production_env["DATABASE_URL"] = "sqlite:////tmp/x.sqlite3"
+    result = run_manage(production_env, "check")
+    assert "DATABASE_URL must point at PostgreSQL" in result.stderr
+
+
+def test_malformed_value_names_the_variable(production_env: dict[str, str]) -> None:
+    production_env["KEYWARD_SSL_REDIRECT"] = "maybe"
+    result = run_manage(production_env, "check")
+    assert result.returncode != 0
+    assert "KEYWARD_SSL_REDIRECT='maybe' is not a boolean" in result.stderr
+
+
+def test_secret_can_come_from_a_file(production_env: dict[str, str], tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(production_env.pop("SECRET_KEY") + "\n")
+    production_env["SECRET_KEY_FILE"] = str(secret_file)
+    result = run_manage(production_env, "check")
+    assert result.returncode == 0, result.stderr
+
+
+class TestEnv:
+    def test_bool_accepts_only_clear_words(self) -> None:
+        env = Env({"A": "true", "B": "off", "C": "yes please"})
+        assert env.boolean("A", False) is True
+        assert env.boolean("B", True) is False
+        assert env.boolean("MISSING", True) is True
+        with pytest.raises(ImproperlyConfigured, match="C="):
+            env.boolean("C", False)
+
+    def test_int_checks_type_and_bounds(self) -> None:
+        env = Env({"N": "12", "BAD": "1e3", "LOW": "0"})
+        assert env.integer("N", 1) == 12
+        with pytest.raises(ImproperlyConfigured, match="BAD='1e3' is not an integer"):
+            env.integer("BAD", 1)
+        with pytest.raises(ImproperlyConfigured, match="LOW=0 is below the minimum 1"):
+            env.integer("LOW", 5, minimum=1)
+
+    def test_list_refuses_empty_items(self) -> None:
+        env = Env({"HOSTS": "a.example, b.example", "HOLES": "a,,b"})
+        assert env.strings("HOSTS") == ["a.example", "b.example"]
+        with pytest.raises(ImproperlyConfigured, match="HOLES"):
+            env.strings("HOLES")
+
+    def test_choice_refuses_unknown(self) -> None:
+        with pytest.raises(ImproperlyConfigured, match="MODE='dev' must be one of"):
+            Env({"MODE": "dev"}).choice("MODE", "production", ("production", "embedded"))
+
+    def test_unreadable_secret_file_is_an_error(self, tmp_path: Path) -> None:
+        env = Env({"S_FILE": str(tmp_path / "nope")})
+        with pytest.raises(ImproperlyConfigured, match="S_FILE: cannot read"):
+            env.string("S")
+
+
+def test_security_headers(client, db) -> None:
+    response = client.get("/login/")
+    assert response["X-Frame-Options"] == "DENY"
+    csp = response["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["X-Request-ID"]

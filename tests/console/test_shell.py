@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from tenants.models import ServiceState
+from tests.conftest import login
+
+
+def test_anonymous_is_sent_to_login(client, db) -> None:
+    response = client.get("/t/acme/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_member_sees_their_dashboard(acme) -> None:
+    response = login(acme.viewer).get("/t/acme/")
+    assert response.status_code == 200
+    assert "Vendor-managed key" in response.content.decode()
+
+
+def test_unknown_slug_is_404(acme) -> None:
+    assert login(acme.owner).get("/t/nope/").status_code == 404
+
+
+def test_another_tenant_is_404(acme, globex, outsider) -> None:
+    assert login(acme.owner).get("/t/globex/").status_code == 404
+    assert login(outsider).get("/t/acme/").status_code == 404
+
+
+def test_single_tenant_users_land_on_their_dashboard(acme) -> None:
+    response = login(acme.owner).get("/")
+    assert response["Location"] == "/t/acme/"
+
+
+def test_switcher_lists_every_tenant_of_the_user(acme, globex) -> None:
+    from audit.services import Actor
+    from tenants.services import membership_add
+
+    membership_add(tenant=globex.tenant, user=acme.owner, role="viewer", actor=Actor.system())
+    response = login(acme.owner).get("/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "/t/acme/" in body and "/t/globex/" in body
+
+
+def test_support_staff_see_every_tenant_read_only(acme, globex, support) -> None:
+    client = login(support)
+    body = client.get("/").content.decode()
+    assert "Acme" in body and "Globex" in body
+    page = client.get("/t/acme/").content.decode()
+    assert "Vendor support (metadata only)" in page
+    assert "Recent activity" not in page  # the trail names people: not metadata
+    assert client.get(reverse("audit:list", args=["acme"])).status_code == 403
+    assert client.get(reverse("tenants:members", args=["acme"])).status_code == 403
+
+
+def test_support_list_flags_paused_tenants(acme, globex, support) -> None:
+    acme.tenant.state = ServiceState.ROTATION_PENDING
+    acme.tenant.save()
+    body = login(support).get("/").content.decode()
+    assert "paused" in body
+
+
+@pytest.mark.parametrize(
+    ("state", "text"),
+    [
+        (ServiceState.ROTATION_PENDING, "Service paused: a key rotation needs your confirmation"),
+        (ServiceState.REVOKED, "Key revoked: your data is unreadable"),
+        (ServiceState.DEGRADED, "Key store unreachable"),
+    ],
+)
+def test_banner_follows_the_tenant_state(acme, state, text) -> None:
+    acme.tenant.state = state
+    acme.tenant.save()
+    client = login(acme.auditor)
+    for url in ("/t/acme/", reverse("audit:list", args=["acme"])):
+        assert text in client.get(url).content.decode()
+
+
+def test_no_banner_in_a_healthy_state(acme) -> None:
+    assert 'data-testid="state-banner"' not in login(acme.owner).get("/t/acme/").content.decode()
+
+
+def test_healthz(client, db) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
