@@ -12,6 +12,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = (
         "Run the console with embedded defaults: migrate, seed the demo, then the web "
@@ -74,6 +78,8 @@ class Command(BaseCommand):
             ],
         }
         processes: dict[str, subprocess.Popen[bytes]] = {}
+        # A SIGTERM (from a supervisor or `timeout`) stops everything like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             for name, command in commands.items():
                 processes[name] = subprocess.Popen(command, start_new_session=True)
@@ -91,7 +97,8 @@ class Command(BaseCommand):
         finally:
             for process in processes.values():
                 if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
+                    # The leader shuts its own children down (warm shutdown for Celery).
+                    process.terminate()
             deadline = time.monotonic() + 15
             for process in processes.values():
                 try:
