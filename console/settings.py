@@ -259,6 +259,7 @@ CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
+    "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},
 }
 
 # --- Logging ----------------------------------------------------------------
@@ -279,3 +280,27 @@ LOGGING = {
 # --- Keyward ------------------------------------------------------------------
 KEYWARD_SUDO_SECONDS = env.integer("KEYWARD_SUDO_SECONDS", 600, minimum=30, maximum=3600)
 KEYWARD_AUDIT_PAGE_SIZE = env.integer("KEYWARD_AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
+
+# --- Keys ---------------------------------------------------------------------
+# The vendor root keys: a JSON file, mode 0600, never in the database.
+KEYWARD_ROOT_KEY_FILE = Path(env.string("KEYWARD_ROOT_KEY_FILE") or DATA_DIR / "root-keys.json")
+KEYWARD_DEK_CACHE_MAX_ENTRIES = env.integer(
+    "KEYWARD_DEK_CACHE_MAX_ENTRIES", 10_000, minimum=10, maximum=1_000_000
+)
+# How often each process re-reads a tenant's key epoch: revocation reaches
+# every process within this interval plus one request.
+KEYWARD_KEY_STATE_INTERVAL = (
+    env.integer("KEYWARD_KEY_STATE_INTERVAL_MS", 500, minimum=50, maximum=1000) / 1000
+)
+# AES-GCM with random nonces: stay well below 2^32 messages per key (SP 800-38D).
+KEYWARD_DEK_MAX_ENCRYPTIONS = env.integer(
+    "KEYWARD_DEK_MAX_ENCRYPTIONS", 2**31, minimum=1_000, maximum=2**32
+)
+KEYWARD_DEK_ROTATE_AT_FRACTION = 0.9
+KEYWARD_DEK_RESERVATION_BLOCK = env.integer(
+    "KEYWARD_DEK_RESERVATION_BLOCK", 65_536, minimum=1, maximum=2**24
+)
+KEYWARD_COUNT_FLUSH_SECONDS = env.integer("KEYWARD_COUNT_FLUSH_SECONDS", 10, minimum=1, maximum=600)
+KEYWARD_REENCRYPT_BATCH = env.integer(
+    "KEYWARD_REENCRYPT_BATCH", 5_000, minimum=100, maximum=100_000
+)

@@ -26,5 +26,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
+    path("t/<slug:slug>/keys/", include("keys.urls")),
     path("admin/", admin.site.urls),
 ]

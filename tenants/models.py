@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -27,6 +28,10 @@ class Role(models.TextChoices):
     VIEWER = "viewer", "Viewer"
 
 
+DEK_TTL_MIN = 10
+DEK_TTL_MAX = 24 * 3600
+
+
 class Tenant(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -36,12 +41,26 @@ class Tenant(models.Model):
     )
     state_changed_at = models.DateTimeField(auto_now_add=True)
     created = models.DateTimeField(auto_now_add=True)
+    # Bumped to make every process drop this tenant's cached data keys (revoke, restore).
+    key_epoch = models.BigIntegerField(default=0)
+    # How long an unwrapped data key may stay in memory: the revocation bound.
+    dek_cache_ttl = models.PositiveIntegerField(
+        default=300,
+        validators=[MinValueValidator(DEK_TTL_MIN), MaxValueValidator(DEK_TTL_MAX)],
+    )
+    dek_rotation_days = models.PositiveIntegerField(
+        default=7, validators=[MinValueValidator(1), MaxValueValidator(365)]
+    )
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def key_state_readable(self) -> bool:
+        return self.state not in (ServiceState.REVOKED, ServiceState.DESTROYED)
 
     @property
     def is_paused(self) -> bool:

@@ -13,9 +13,13 @@ from tenants.models import Membership, Role, Tenant
 def tenant_create(*, name: str, slug: str, actor: Actor) -> Tenant:
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"A tenant with the slug {slug!r} exists already."})
-    tenant = Tenant.objects.create(name=name, slug=slug)
+    tenant = Tenant(name=name, slug=slug)
     tenant.full_clean()
+    tenant.save()
     record(tenant=tenant, actor=actor, action="tenant.create", target=slug)
+    from keys.services import keys_bootstrap_tenant
+
+    keys_bootstrap_tenant(tenant=tenant, actor=actor)
     return tenant
 
 

@@ -70,3 +70,9 @@ def login(user: Any, *, sudo: bool = False) -> Client:
         session.pop(SUDO_SESSION_KEY, None)
         session.save()
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # PBKDF2's 1M iterations cost ~0.3 s per user; tests make dozens of users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

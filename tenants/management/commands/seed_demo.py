@@ -10,11 +10,15 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from archive.models import Record
+from archive.services import records_create
+from archive.synthetic import synthetic_records
 from audit.services import Actor
 from tenants.models import Membership, Role, Tenant
 from tenants.services import membership_add, tenant_create
 
 DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
+DEMO_RECORDS = 400
 ROLES = (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER)
 
 
@@ -66,6 +70,12 @@ class Command(BaseCommand):
                 account = user(f"{role}@{slug}.example")
                 if not Membership.objects.filter(tenant=tenant, user=account).exists():
                     membership_add(tenant=tenant, user=account, role=role, actor=system)
+        for _, slug in DEMO_TENANTS:
+            tenant = Tenant.objects.get(slug=slug)
+            if not Record.objects.filter(tenant=tenant).exists():
+                records_create(
+                    tenant=tenant, items=list(synthetic_records(DEMO_RECORDS, prefix=f"{slug}-"))
+                )
         user("support@vendor.example", is_staff=True, is_superuser=False)
         user("admin@vendor.example", is_staff=True, is_superuser=True)
         return logins

@@ -1,0 +1,179 @@
+"""The per-process cache of unwrapped data keys. Framework-free.
+
+Unwrapped DEKs live only here, in memory, as AESGCM objects:
+
+- TTL per tenant (the loader says how long): the bound on how long data stays
+  readable after the customer cuts access to their key.
+- Bounded size: beyond `max_entries`, the entries loaded longest ago go first.
+- Single-flight: N threads missing the same DEK cause one unwrap; the others
+  wait for its result (or its error).
+- Refresh ahead: a hit after `refresh_fraction` of the TTL starts one
+  background unwrap and keeps serving the current entry, so a hot key never
+  stalls a request. A refresh that fails leaves the entry to expire on time:
+  refreshing never extends how long a key the customer revoked stays usable.
+- `drop_tenant` forgets a tenant's DEKs at once (epoch bump, revoke).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (tenant id, DEK id)
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    """What a loader returns: the plaintext DEK and how long it may be cached."""
+
+    material: bytes
+    ttl: float
+
+    def __repr__(self) -> str:
+        return f"LoadedKey(<{len(self.material)} bytes>, ttl={self.ttl})"
+
+
+Loader = Callable[[str, int], LoadedKey]
+
+
+class _Entry:
+    __slots__ = ("aead", "expires", "refresh_at", "refreshing")
+
+    def __init__(self, aead: AESGCM, now: float, ttl: float, refresh_fraction: float) -> None:
+        self.aead = aead
+        self.expires = now + ttl
+        self.refresh_at = now + ttl * refresh_fraction
+        self.refreshing = False
+
+    def __repr__(self) -> str:
+        return f"<DEK cache entry expires={self.expires:.1f}>"
+
+
+class DekCache:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_entries: int = 10_000,
+        refresh_fraction: float = 0.8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < refresh_fraction < 1:
+            raise ValueError("refresh_fraction must be between 0 and 1")
+        self._loader = loader
+        self._max = max_entries
+        self._refresh_fraction = refresh_fraction
+        self._clock = clock
+        self._entries: dict[Key, _Entry] = {}
+        self._inflight: dict[Key, Future[_Entry]] = {}
+        # Bumped by drop_tenant: a load that began before a drop must not store.
+        self._generation: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self.loads = 0  # unwraps performed, for tests and benchmarks
+
+    def __repr__(self) -> str:
+        return f"<DekCache {len(self._entries)} entries>"
+
+    def get(self, tenant_id: str, dek_id: int) -> AESGCM:
+        key = (tenant_id, dek_id)
+        entry = self._entries.get(key)
+        if entry is not None:
+            now = self._clock()
+            if now < entry.expires:
+                if now >= entry.refresh_at and not entry.refreshing:
+                    self._refresh(key, entry)
+                return entry.aead
+        return self._load(key).aead
+
+    def _load(self, key: Key) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and self._clock() < entry.expires:
+                return entry
+            future = self._inflight.get(key)
+            leader = future is None
+            if future is None:
+                future = Future()
+                self._inflight[key] = future
+            generation = self._generation.get(key[0], 0)
+        if not leader:
+            return future.result()
+        try:
+            entry = self._unwrap(key)
+        except BaseException as exc:
+            with self._lock:
+                self._inflight.pop(key, None)
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self._inflight.pop(key, None)
+            if self._generation.get(key[0], 0) == generation:
+                self._store(key, entry)
+        future.set_result(entry)
+        return entry
+
+    def _unwrap(self, key: Key) -> _Entry:
+        loaded = self._loader(*key)
+        self.loads += 1
+        return _Entry(AESGCM(loaded.material), self._clock(), loaded.ttl, self._refresh_fraction)
+
+    def _store(self, key: Key, entry: _Entry) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = entry
+        while len(self._entries) > self._max:
+            del self._entries[next(iter(self._entries))]
+
+    def _refresh(self, key: Key, entry: _Entry) -> None:
+        with self._lock:
+            if entry.refreshing:
+                return
+            entry.refreshing = True
+        self._pool().submit(self._refresh_now, key, entry)
+
+    def _refresh_now(self, key: Key, old: _Entry) -> None:
+        generation = self._generation.get(key[0], 0)
+        try:
+            fresh = self._unwrap(key)
+        except Exception as exc:  # the old entry expires on time; the next miss reports
+            logger.warning("background refresh of a data key failed: %s", type(exc).__name__)
+            return
+        with self._lock:
+            # Not dropped meanwhile (revoke, epoch bump): only then replace.
+            if self._entries.get(key) is old and self._generation.get(key[0], 0) == generation:
+                self._store(key, fresh)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # Threads do not survive fork(): a forked worker makes its own pool.
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dek-refresh")
+            self._executor_pid = os.getpid()
+        return self._executor
+
+    def drop_tenant(self, tenant_id: str) -> None:
+        with self._lock:
+            self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+            for key in [k for k in self._entries if k[0] == tenant_id]:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            for tenant_id in {k[0] for k in self._entries} | set(self._inflight_tenants()):
+                self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+            self._entries.clear()
+
+    def _inflight_tenants(self) -> list[str]:
+        return [k[0] for k in self._inflight]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from tenants.models import Tenant
+
+
+class SourceKind(models.TextChoices):
+    LOCAL = "local", "Vendor-managed key"
+    AWS_KMS = "aws_kms", "AWS KMS key"
+    AZURE_KEYVAULT = "azure_keyvault", "Azure Key Vault key"
+    KMIP = "kmip", "KMIP server key"
+    UPLOADED = "uploaded", "Uploaded key"
+
+
+class SourceState(models.TextChoices):
+    DRAFT = "draft", "Registered, not tested"
+    TESTED = "tested", "Tested"
+    ACTIVE = "active", "In use"
+    RETIRED = "retired", "No longer used"
+    REVOKED = "revoked", "Revoked"
+
+
+class KeySource(models.Model):
+    """A tenant's key encryption key registration: which key wraps its data keys."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="key_sources")
+    kind = models.CharField(max_length=32, choices=SourceKind.choices)
+    # Non-secret settings, validated per kind by the provider's form.
+    config = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=SourceState.choices, default=SourceState.DRAFT)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"], condition=Q(state="active"), name="one_active_source_per_tenant"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.tenant}"
+
+
+class KekState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+    REVOKED = "revoked", "Revoked"
+
+
+class KekVersion(models.Model):
+    """One version of a key source's KEK (a root key version, a KMS key rotation...)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    source = models.ForeignKey(KeySource, on_delete=models.PROTECT, related_name="versions")
+    provider_version = models.CharField(max_length=512)
+    state = models.CharField(max_length=16, choices=KekState.choices, default=KekState.PENDING)
+    created = models.DateTimeField(auto_now_add=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "provider_version"], name="one_row_per_provider_version"
+            )
+        ]
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.provider_version} ({self.state})"
+
+
+class DekState(models.TextChoices):
+    ACTIVE = "active", "Active"
+    RETIRING = "retiring", "Decrypt only"
+    RETIRED = "retired", "Retired"
+    DESTROYED = "destroyed", "Destroyed"
+
+
+class DataKey(models.Model):
+    """A tenant's data key, stored only wrapped by a KEK version.
+
+    The integer id is what ciphertexts name (8 bytes in every value's header).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="data_keys")
+    version = models.PositiveIntegerField()
+    wrapped = models.BinaryField(editable=False)
+    kek_version = models.ForeignKey(KekVersion, on_delete=models.PROTECT, related_name="data_keys")
+    state = models.CharField(max_length=16, choices=DekState.choices, default=DekState.ACTIVE)
+    created = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    # Encryptions reported by processes (flushed in batches) and reserved by them
+    # (the bound the rotation limit is enforced on).
+    encryption_count = models.BigIntegerField(default=0)
+    encryptions_reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "version"], name="dek_version_per_tenant"),
+            models.UniqueConstraint(
+                fields=["tenant"], condition=Q(state="active"), name="one_active_dek_per_tenant"
+            ),
+        ]
+        ordering = ["-version"]
+
+    def __str__(self) -> str:
+        return f"DEK v{self.version} of {self.tenant_id} ({self.state})"
+
+    def __repr__(self) -> str:
+        return f"<DataKey id={self.pk} v{self.version} {self.state}>"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ReencryptionJob(models.Model):
+    """Re-encrypting a tenant's records from older DEKs to the current one.
+
+    `last_record_id` is the checkpoint: a job killed at any point resumes after it.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="reencryption_jobs")
+    target_dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    total = models.BigIntegerField(default=0)
+    done = models.BigIntegerField(default=0)
+    last_record_id = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(state__in=["queued", "running"]),
+                name="one_open_reencryption_per_tenant",
+            )
+        ]
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"re-encryption of {self.tenant_id}: {self.done}/{self.total} ({self.state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in (JobState.QUEUED, JobState.RUNNING)
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else min(100, int(self.done * 100 / self.total))

@@ -1,0 +1,102 @@
+"""The one interface every key source implements, and the errors it may raise.
+
+Framework-free: providers receive their configuration as plain values and
+never import Django, so the rest of the code can rely on this contract alone.
+
+Error contract (what callers do with each):
+- `KeyUnavailable`: transient (timeout, connection refused, throttling, 5xx).
+  Retry with backoff; caches keep serving what they hold; the tenant is
+  *degraded*, never revoked.
+- `KeyAccessDenied`: the customer cut access (disabled, deleted, access
+  denied, pending deletion). Data must become unreadable once caches expire.
+- `KeyMaterialInvalid`: the wrapped bytes or the key material are wrong
+  (tampered, wrong size, wrong key). Retrying will not help.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class KeyProviderError(Exception):
+    """Base of every error a provider raises. Messages never contain key material."""
+
+
+class KeyUnavailable(KeyProviderError):
+    """The key store could not be reached or asked us to slow down. Transient."""
+
+
+class KeyAccessDenied(KeyProviderError):
+    """The key is disabled, deleted, or access to it was denied."""
+
+
+class KeyMaterialInvalid(KeyProviderError):
+    """The wrapped key or the key material is not valid for this key."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One named check of "Save and Test", with what to do when it fails."""
+
+    name: str
+    passed: bool
+    message: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A DEK wrapped by a provider, and the provider's id of the key version used."""
+
+    blob: bytes
+    version: str
+
+    def __repr__(self) -> str:
+        return f"Wrapped(version={self.version!r}, {len(self.blob)} bytes)"
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    """What the console shows about a key: never secret, never material."""
+
+    kind: str
+    label: str
+    facts: Mapping[str, str] = field(default_factory=dict)
+
+
+Context = Mapping[str, str]
+
+
+class KeyProvider(abc.ABC):
+    """A key encryption key (KEK) that wraps and unwraps data keys.
+
+    `context` binds a wrapped DEK to its tenant and version: a provider must
+    refuse to unwrap under any other context (AEAD associated data, or the
+    KMS encryption context).
+    """
+
+    kind: str = ""
+
+    @abc.abstractmethod
+    def wrap(self, dek: bytes, context: Context) -> Wrapped: ...
+
+    @abc.abstractmethod
+    def unwrap(self, wrapped: bytes, context: Context, version: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def run_checks(self, context: Context) -> list[CheckResult]: ...
+
+    @abc.abstractmethod
+    def describe(self) -> KeyDescription: ...
+
+    @abc.abstractmethod
+    def current_version(self) -> str: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def all_required_passed(results: list[CheckResult]) -> bool:
+    return bool(results) and all(r.passed for r in results if r.required)

@@ -1,0 +1,234 @@
+"""The process-wide envelope: wires the framework-free core to Django and Redis.
+
+- DEKs are unwrapped by the tenant's key source (`_load_dek`).
+- Tenant key state (epoch, current DEK, status) is read from Redis when it is
+  configured (one HGETALL per tenant per interval; missing entries are filled
+  from the database), else from the database (the embedded default).
+- Encryption counts are reserved in blocks from the database and flushed every
+  KEYWARD_COUNT_FLUSH_SECONDS, at exit and when a Celery worker process stops.
+  Worst case, a process killed with SIGKILL loses the counts of its last flush
+  interval from the displayed figure; the rotation limit is enforced on the
+  reservations, which are written before any encryption happens, so a crash
+  can never let a DEK exceed its limit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+
+from keys.ciphertext import UnknownDataKey
+from keys.dekcache import DekCache, LoadedKey
+from keys.envelope import ACTIVE, Envelope, TenantKeyState
+from keys.models import DataKey, DekState
+from keys.registry import provider_for
+from tenants.models import ServiceState, Tenant
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_envelope: Envelope | None = None
+_pid = 0
+
+
+def dek_context(tenant_id: str, version: int) -> dict[str, str]:
+    """What a wrapped DEK is bound to, at every provider."""
+    return {"keyward:tenant": tenant_id, "keyward:purpose": "dek", "keyward:dek": str(version)}
+
+
+def _status(state: str) -> str:
+    if state == ServiceState.REVOKED:
+        return "revoked"
+    if state == ServiceState.DESTROYED:
+        return "destroyed"
+    return ACTIVE
+
+
+def state_from_db(tenant_id: str) -> TenantKeyState:
+    row = Tenant.objects.filter(pk=tenant_id).values("key_epoch", "state").first()
+    if row is None:
+        return TenantKeyState(epoch=0, current_dek_id=None, status="unknown tenant")
+    current = (
+        DataKey.objects.filter(tenant_id=tenant_id, state=DekState.ACTIVE)
+        .values_list("id", flat=True)
+        .first()
+    )
+    return TenantKeyState(int(row["key_epoch"]), current, _status(row["state"]))
+
+
+class DbStateSource:
+    def fetch(self, tenant_id: str) -> TenantKeyState:
+        return state_from_db(tenant_id)
+
+
+class RedisStateSource:
+    PREFIX = "keyward:tks:"
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def fetch(self, tenant_id: str) -> TenantKeyState:
+        try:
+            raw: Any = self.client.hgetall(self.PREFIX + tenant_id)
+        except redis.RedisError:
+            logger.warning("Redis unreachable for key state; reading the database")
+            return state_from_db(tenant_id)
+        if not raw:
+            return self.publish(tenant_id)
+        dek = raw.get(b"dek", b"")
+        return TenantKeyState(
+            epoch=int(raw[b"epoch"]),
+            current_dek_id=int(dek) if dek else None,
+            status=raw[b"status"].decode(),
+        )
+
+    def publish(self, tenant_id: str) -> TenantKeyState:
+        state = state_from_db(tenant_id)
+        mapping = {
+            "epoch": state.epoch,
+            "dek": state.current_dek_id or "",
+            "status": state.status,
+        }
+        try:
+            self.client.hset(self.PREFIX + tenant_id, mapping=mapping)  # type: ignore[arg-type]
+        except redis.RedisError:
+            logger.warning("Redis unreachable; key state not published")
+        return state
+
+
+def _states() -> DbStateSource | RedisStateSource:
+    return RedisStateSource(settings.REDIS_URL) if settings.REDIS_URL else DbStateSource()
+
+
+def publish_key_state(tenant_id: str) -> None:
+    """Tell every process about a changed epoch, current DEK or status (after commit)."""
+    source = envelope_state_source()
+    if isinstance(source, RedisStateSource):
+        transaction.on_commit(lambda: source.publish(tenant_id))
+
+
+def _load_dek(tenant_id: str, dek_id: int) -> LoadedKey:
+    try:
+        row = (
+            DataKey.objects.select_related("kek_version__source", "tenant")
+            .filter(pk=dek_id, tenant_id=tenant_id)
+            .exclude(state__in=[DekState.RETIRED, DekState.DESTROYED])
+            .first()
+        )
+        if row is None:
+            raise UnknownDataKey(f"ciphertext names data key {dek_id}, unknown for this tenant")
+        provider = provider_for(row.kek_version.source)
+        material = provider.unwrap(
+            bytes(row.wrapped),
+            dek_context(tenant_id, row.version),
+            row.kek_version.provider_version,
+        )
+        return LoadedKey(material, float(row.tenant.dek_cache_ttl))
+    finally:
+        if threading.current_thread().name.startswith("dek-refresh"):
+            connection.close()
+
+
+def _reserve(tenant_id: str, dek_id: int, wanted: int) -> int:
+    limit = settings.KEYWARD_DEK_MAX_ENCRYPTIONS
+    with transaction.atomic():
+        updated = DataKey.objects.filter(
+            pk=dek_id,
+            tenant_id=tenant_id,
+            state=DekState.ACTIVE,
+            encryptions_reserved__lte=limit - wanted,
+        ).update(encryptions_reserved=F("encryptions_reserved") + wanted)
+        if not updated:
+            return 0
+        reserved = DataKey.objects.values_list("encryptions_reserved", flat=True).get(pk=dek_id)
+    if reserved >= limit * settings.KEYWARD_DEK_ROTATE_AT_FRACTION:
+        _request_rotation(tenant_id)
+    return wanted
+
+
+def _request_rotation(tenant_id: str) -> None:
+    from keys.tasks import rotate_dek_for_count
+
+    transaction.on_commit(lambda: rotate_dek_for_count.delay(tenant_id))
+
+
+def _exhausted(tenant_id: str, dek_id: int) -> None:
+    _request_rotation(tenant_id)
+
+
+def flush_counts() -> None:
+    """Write the encryptions this process did since the last flush, in one statement."""
+    env = _envelope
+    if env is None or _pid != os.getpid():
+        return
+    counts = env.take_counts()
+    if not counts:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE keys_datakey SET encryption_count = encryption_count + %s WHERE id = %s",
+                [(n, dek_id) for dek_id, n in counts.items()],
+            )
+    except Exception:
+        logger.exception("could not flush encryption counts; they stay reserved")
+
+
+def _flusher() -> None:
+    interval = settings.KEYWARD_COUNT_FLUSH_SECONDS
+    stop = threading.Event()
+    while not stop.wait(interval):
+        flush_counts()
+        connection.close()
+
+
+_state_source: DbStateSource | RedisStateSource | None = None
+_atexit_registered = threading.Event()
+
+
+def envelope_state_source() -> DbStateSource | RedisStateSource:
+    envelope()
+    assert _state_source is not None
+    return _state_source
+
+
+def envelope() -> Envelope:
+    """This process's envelope (rebuilt after fork, so no state crosses processes)."""
+    global _envelope, _pid, _state_source
+    env = _envelope
+    if env is not None and _pid == os.getpid():
+        return env
+    with _lock:
+        if _envelope is None or _pid != os.getpid():
+            _state_source = _states()
+            _envelope = Envelope(
+                cache=DekCache(_load_dek, max_entries=settings.KEYWARD_DEK_CACHE_MAX_ENTRIES),
+                states=_state_source,
+                reserve=_reserve,
+                on_exhausted=_exhausted,
+                state_interval=settings.KEYWARD_KEY_STATE_INTERVAL,
+                block=settings.KEYWARD_DEK_RESERVATION_BLOCK,
+            )
+            _pid = os.getpid()
+            threading.Thread(target=_flusher, name="dek-count-flush", daemon=True).start()
+            if not _atexit_registered.is_set():
+                atexit.register(flush_counts)
+                _atexit_registered.set()
+        return _envelope
+
+
+def reset_for_tests() -> None:
+    """Forget this process's envelope (tests that change settings or fake a restart)."""
+    global _envelope, _pid
+    flush_counts()
+    with _lock:
+        _envelope = None
+        _pid = 0

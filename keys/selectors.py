@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from archive.selectors import record_counts_by_dek
+from keys.models import (
+    DataKey,
+    DekState,
+    JobState,
+    KekVersion,
+    KeySource,
+    ReencryptionJob,
+    SourceState,
+)
+from keys.providers.base import KeyDescription
+from keys.registry import provider_for
+from tenants.models import Tenant
+
+
+@dataclass(frozen=True)
+class DekRow:
+    dek: DataKey
+    records: int
+    age: timedelta
+
+
+@dataclass(frozen=True)
+class KeysOverview:
+    source: KeySource | None
+    description: KeyDescription | None
+    kek_versions: list[KekVersion]
+    deks: list[DekRow]
+    next_rotation: datetime | None
+    ttl_seconds: int
+    open_job: ReencryptionJob | None
+    last_job: ReencryptionJob | None
+    records_on_older_deks: int
+
+
+def keys_overview(tenant: Tenant) -> KeysOverview:
+    source = KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE).first()
+    description = provider_for(source).describe() if source is not None else None
+    counts = record_counts_by_dek(tenant)
+    now = timezone.now()
+    deks = [
+        DekRow(dek, counts.get(dek.pk, 0), now - dek.created)
+        for dek in DataKey.objects.filter(tenant=tenant).select_related("kek_version")
+    ]
+    active = next((row.dek for row in deks if row.dek.state == DekState.ACTIVE), None)
+    jobs = list(ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek")[:2])
+    open_job = next((j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)), None)
+    return KeysOverview(
+        source=source,
+        description=description,
+        kek_versions=list(
+            KekVersion.objects.filter(source__tenant=tenant).select_related("source")
+        ),
+        deks=deks,
+        next_rotation=active.created + timedelta(days=tenant.dek_rotation_days) if active else None,
+        ttl_seconds=tenant.dek_cache_ttl,
+        open_job=open_job,
+        last_job=jobs[0] if jobs else None,
+        records_on_older_deks=sum(
+            row.records for row in deks if active is not None and row.dek.pk != active.pk
+        ),
+    )
+
+
+def reencryption_job_for_tenant(tenant: Tenant) -> ReencryptionJob | None:
+    return ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek").first()

@@ -1,0 +1,341 @@
+"""Writes to keys: each an explicit, audited transition."""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, F
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.services import Actor, record
+from keys.models import (
+    DataKey,
+    DekState,
+    JobState,
+    KekState,
+    KekVersion,
+    KeySource,
+    ReencryptionJob,
+    SourceKind,
+    SourceState,
+)
+from keys.registry import local_provider, provider_for
+from keys.runtime import dek_context, envelope, publish_key_state
+from tenants.models import DEK_TTL_MAX, DEK_TTL_MIN, ServiceState, Tenant
+
+
+class KeyActionRefused(Exception):
+    """A key action that the tenant's state does not allow; the message says why."""
+
+
+NOT_ROTATABLE = {ServiceState.REVOKED, ServiceState.DESTROYED}
+
+
+def active_source(tenant: Tenant) -> KeySource:
+    return KeySource.objects.get(tenant=tenant, state=SourceState.ACTIVE)
+
+
+def kek_version_get_or_create(source: KeySource, provider_version: str) -> KekVersion:
+    version, created = KekVersion.objects.get_or_create(
+        source=source,
+        provider_version=provider_version,
+        defaults={"state": KekState.ACTIVE, "validated_at": timezone.now()},
+    )
+    if not created and version.state != KekState.ACTIVE:
+        version.state = KekState.ACTIVE
+        version.save(update_fields=["state"])
+    return version
+
+
+def _new_dek(*, tenant: Tenant, source: KeySource, version: int) -> DataKey:
+    """Make, wrap and store a DEK. The plaintext lives only in this frame."""
+    material = secrets.token_bytes(32)
+    wrapped = provider_for(source).wrap(material, dek_context(str(tenant.pk), version))
+    del material
+    kek = kek_version_get_or_create(source, wrapped.version)
+    return DataKey.objects.create(
+        tenant=tenant, version=version, wrapped=wrapped.blob, kek_version=kek
+    )
+
+
+@transaction.atomic
+def keys_bootstrap_tenant(*, tenant: Tenant, actor: Actor) -> DataKey:
+    """Every new tenant starts vendor-managed, with its first DEK."""
+    source = KeySource.objects.create(
+        tenant=tenant, kind=SourceKind.LOCAL, state=SourceState.ACTIVE
+    )
+    dek = _new_dek(tenant=tenant, source=source, version=1)
+    record(
+        tenant=tenant,
+        actor=actor,
+        action="dek.create",
+        target=f"DEK v{dek.version}",
+        details={"kek": dek.kek_version.provider_version, "source": source.kind},
+    )
+    publish_key_state(str(tenant.pk))
+    return dek
+
+
+@transaction.atomic
+def dek_rotate(
+    *, tenant: Tenant, actor: Actor, reason: str, request: HttpRequest | None = None
+) -> DataKey:
+    """Make a new active DEK; the previous one keeps decrypting until re-encrypted.
+
+    The tenant row is locked, so concurrent rotations (a schedule, a limit and
+    a person at once) produce one new DEK each in turn, never two actives.
+    """
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.state in NOT_ROTATABLE:
+        raise KeyActionRefused(
+            f"The data key cannot be rotated while the tenant is {locked.get_state_display()}."
+        )
+    current = DataKey.objects.filter(tenant=locked, state=DekState.ACTIVE).first()
+    last = DataKey.objects.filter(tenant=locked).order_by("-version").first()
+    if current is not None:
+        current.state = DekState.RETIRING
+        current.save(update_fields=["state"])
+    dek = _new_dek(
+        tenant=locked, source=active_source(locked), version=(last.version if last else 0) + 1
+    )
+    record(
+        tenant=locked,
+        actor=actor,
+        action="dek.rotate",
+        target=f"DEK v{dek.version}",
+        reason=reason,
+        details={
+            "from_version": current.version if current else None,
+            "to_version": dek.version,
+            "kek": dek.kek_version.provider_version,
+        },
+        request=request,
+    )
+    publish_key_state(str(locked.pk))
+    return dek
+
+
+def dek_rotate_if_due(*, tenant: Tenant) -> DataKey | None:
+    """Rotate when the active DEK is older than the tenant's rotation period."""
+    current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
+    if current is None or tenant.state in NOT_ROTATABLE or tenant.is_paused:
+        return None
+    age = timezone.now() - current.created
+    if age.total_seconds() < tenant.dek_rotation_days * 86400:
+        return None
+    return dek_rotate(
+        tenant=tenant,
+        actor=Actor.system("scheduled rotation"),
+        reason=f"scheduled: older than {tenant.dek_rotation_days} days",
+    )
+
+
+@transaction.atomic
+def tenant_set_dek_cache_ttl(
+    *, tenant: Tenant, ttl: int, actor: Actor, request: HttpRequest | None = None
+) -> Tenant:
+    if not DEK_TTL_MIN <= ttl <= DEK_TTL_MAX:
+        raise ValidationError(
+            {"ttl": f"Choose between {DEK_TTL_MIN} seconds and {DEK_TTL_MAX // 3600} hours."}
+        )
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    old = locked.dek_cache_ttl
+    locked.dek_cache_ttl = ttl
+    fields = ["dek_cache_ttl"]
+    if ttl < old:
+        # Keys cached under the longer TTL must not outlive the new, shorter bound.
+        locked.key_epoch += 1
+        fields.append("key_epoch")
+    locked.save(update_fields=fields)
+    record(
+        tenant=locked,
+        actor=actor,
+        action="tenant.set_dek_cache_ttl",
+        details={"from": old, "to": ttl},
+        request=request,
+    )
+    publish_key_state(str(locked.pk))
+    return locked
+
+
+def kek_rewrap_vendor_deks(*, actor: Actor) -> dict[str, int]:
+    """Move every vendor-wrapped DEK to the newest root key version.
+
+    One transaction per tenant (locking its DEKs), so a crash leaves each
+    tenant either fully old or fully new, and a rerun finishes the rest.
+    """
+    provider = local_provider()
+    newest = provider.current_version()
+    moved: dict[str, int] = defaultdict(int)
+    stale = (
+        DataKey.objects.filter(kek_version__source__kind=SourceKind.LOCAL)
+        .exclude(kek_version__provider_version=newest)
+        .exclude(state__in=[DekState.RETIRED, DekState.DESTROYED])
+    )
+    for tenant_id in stale.values_list("tenant_id", flat=True).distinct():
+        with transaction.atomic():
+            tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
+            source = active_or_local_source(tenant)
+            target = kek_version_get_or_create(source, newest)
+            rows = list(
+                stale.filter(tenant=tenant).select_related("kek_version").select_for_update()
+            )
+            for dek in rows:
+                context = dek_context(str(tenant.pk), dek.version)
+                material = provider.unwrap(
+                    bytes(dek.wrapped), context, dek.kek_version.provider_version
+                )
+                wrapped = provider.wrap(material, context)
+                del material
+                dek.wrapped = wrapped.blob
+                dek.kek_version = target
+                dek.save(update_fields=["wrapped", "kek_version"])
+            moved[tenant.slug] = len(rows)
+            record(
+                tenant=tenant,
+                actor=actor,
+                action="kek.rewrap",
+                target=newest,
+                details={"data_keys": len(rows)},
+            )
+    _retire_unused_kek_versions()
+    record(
+        tenant=None,
+        actor=actor,
+        action="kek.rewrap",
+        target=newest,
+        details={"tenants": len(moved), "data_keys": sum(moved.values())},
+    )
+    return dict(moved)
+
+
+def active_or_local_source(tenant: Tenant) -> KeySource:
+    source = KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).order_by("-created")
+    found = source.first()
+    if found is None:
+        raise KeyActionRefused(f"{tenant} has no vendor-managed key source")
+    return found
+
+
+def _retire_unused_kek_versions() -> None:
+    unused = KekVersion.objects.filter(state=KekState.ACTIVE).annotate(live=Count("data_keys"))
+    for version in unused:
+        newest = version.source.versions.filter(state=KekState.ACTIVE).order_by("-created").first()
+        if version.live == 0 and newest is not None and newest.pk != version.pk:
+            version.state = KekState.RETIRED
+            version.save(update_fields=["state"])
+
+
+# -- re-encryption --------------------------------------------------------------
+
+
+@transaction.atomic
+def reencryption_start(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> ReencryptionJob:
+    from keys.tasks import run_reencryption
+
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.state in NOT_ROTATABLE or locked.is_paused:
+        raise KeyActionRefused(
+            f"Re-encryption is on hold while the tenant is {locked.get_state_display()}."
+        )
+    open_job = ReencryptionJob.objects.filter(
+        tenant=locked, state__in=[JobState.QUEUED, JobState.RUNNING]
+    ).first()
+    if open_job is not None:
+        return open_job
+    target = DataKey.objects.get(tenant=locked, state=DekState.ACTIVE)
+    from archive.selectors import records_not_under
+
+    job = ReencryptionJob.objects.create(
+        tenant=locked, target_dek=target, total=records_not_under(locked, target).count()
+    )
+    record(
+        tenant=locked,
+        actor=actor,
+        action="records.reencrypt",
+        target=f"DEK v{target.version}",
+        details={"records": job.total, "job": str(job.pk)},
+        request=request,
+    )
+    transaction.on_commit(lambda: run_reencryption.delay(str(job.pk)))
+    return job
+
+
+def reencryption_run(*, job_id: str) -> ReencryptionJob:
+    """Run (or resume) a re-encryption job to the end.
+
+    1. Each batch re-encrypts the next records after the checkpoint and moves
+       the checkpoint in the same transaction: killed anywhere, a rerun
+       neither skips nor repeats a committed batch.
+    2. When no record remains under an older DEK, those DEKs are retired and
+       their wrapped bytes destroyed.
+    """
+    from archive.reencrypt import reencrypt_batch
+
+    job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
+    if job.state in (JobState.DONE, JobState.FAILED):
+        return job
+    ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
+    tenant = job.tenant
+    while True:
+        with transaction.atomic():
+            locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
+            if locked.state != JobState.RUNNING:
+                return locked
+            count, last_id = reencrypt_batch(
+                tenant=tenant, target=job.target_dek, after_id=locked.last_record_id
+            )
+            if count == 0:
+                break
+            locked.done += count
+            locked.last_record_id = last_id
+            locked.save(update_fields=["done", "last_record_id"])
+    retired = dek_retire_unused(tenant=tenant)
+    with transaction.atomic():
+        job = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
+        job.state = JobState.DONE
+        job.finished = timezone.now()
+        job.save(update_fields=["state", "finished"])
+        record(
+            tenant=tenant,
+            actor=Actor.system("re-encryption"),
+            action="records.reencrypt.done",
+            target=f"DEK v{job.target_dek.version}",
+            details={"records": job.done, "retired_versions": retired},
+        )
+    return job
+
+
+@transaction.atomic
+def dek_retire_unused(*, tenant: Tenant) -> list[int]:
+    """Retire every non-active DEK no record depends on, destroying its wrapped bytes."""
+    from archive.models import Record
+
+    retired = []
+    for dek in DataKey.objects.select_for_update().filter(tenant=tenant, state=DekState.RETIRING):
+        if Record.objects.filter(dek=dek).exists():
+            continue
+        dek.state = DekState.RETIRED
+        dek.wrapped = b""
+        dek.retired_at = timezone.now()
+        dek.save(update_fields=["state", "wrapped", "retired_at"])
+        retired.append(dek.version)
+        record(
+            tenant=tenant,
+            actor=Actor.system("re-encryption"),
+            action="dek.retire",
+            target=f"DEK v{dek.version}",
+            reason="no data depends on it; wrapped key destroyed",
+        )
+    if retired:
+        # Drop the retired DEKs from every process's cache too.
+        Tenant.objects.filter(pk=tenant.pk).update(key_epoch=F("key_epoch") + 1)
+        publish_key_state(str(tenant.pk))
+        envelope().forget(str(tenant.pk))
+    return retired

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_shutdown
+
+from audit.services import Actor
+from keys.models import DataKey, DekState
+from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due, reencryption_run
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="keys.rotate_due_deks")
+def rotate_due_deks() -> int:
+    """Beat: rotate the DEK of every tenant whose DEK is older than its period."""
+    rotated = 0
+    for tenant in Tenant.objects.all().iterator():
+        try:
+            if dek_rotate_if_due(tenant=tenant) is not None:
+                rotated += 1
+        except KeyActionRefused as exc:
+            logger.info("scheduled rotation held for %s: %s", tenant.slug, exc)
+    return rotated
+
+
+@shared_task(name="keys.rotate_dek_for_count")
+def rotate_dek_for_count(tenant_id: str) -> None:
+    """Rotate a DEK nearing its encryption limit; a no-op if it was rotated meanwhile."""
+    from django.conf import settings
+
+    tenant = Tenant.objects.get(pk=tenant_id)
+    current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
+    threshold = settings.KEYWARD_DEK_MAX_ENCRYPTIONS * settings.KEYWARD_DEK_ROTATE_AT_FRACTION
+    if current is None or current.encryptions_reserved < threshold:
+        return
+    dek_rotate(
+        tenant=tenant,
+        actor=Actor.system("encryption limit"),
+        reason=f"DEK v{current.version} neared its encryption limit",
+    )
+
+
+@shared_task(
+    name="keys.run_reencryption",
+    autoretry_for=(ConnectionError, TimeoutError),
+    retry_backoff=True,
+    max_retries=10,
+)
+def run_reencryption(job_id: str) -> None:
+    reencryption_run(job_id=job_id)
+
+
+@worker_process_shutdown.connect
+def _flush_counts_on_shutdown(**_: object) -> None:
+    from keys.runtime import flush_counts
+
+    flush_counts()
