@@ -13,7 +13,7 @@ from archive.fields import FIELDS_BY_KIND
 from archive.models import Record
 from keys.ciphertext import dek_id_of
 from keys.envelope import DataKeyExhausted
-from keys.runtime import envelope
+from keys.runtime import envelope, state_from_db
 from tenants.models import Tenant
 
 
@@ -56,7 +56,9 @@ def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
         dek_rotate(
             tenant=tenant, actor=Actor.system("encryption limit"), reason="encryption limit reached"
         )
-        env.forget(tenant_id)
+        # Other processes learn of the new DEK once this transaction commits;
+        # this one uses it right away.
+        env.prime(tenant_id, state_from_db(tenant_id))
         sealed = env.encrypt_many(tenant_id, plain)
     # Every value of a batch is sealed under one DEK, which its header names.
     dek_id = dek_id_of(sealed[0]) if sealed else env.current_key(tenant_id)[0]

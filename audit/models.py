@@ -30,6 +30,9 @@ class AuditChain(models.Model):
     key = models.CharField(max_length=64, primary_key=True)
     last_seq = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+    # Event times never go backwards along a chain (even if a server's clock
+    # does), so a date range maps onto a range of sequence numbers.
+    last_time = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.key} @ {self.last_seq}"

@@ -33,10 +33,18 @@ def audit_events_for_tenant(tenant: Tenant, filters: AuditFilters) -> QuerySet[A
         events = events.filter(actor_display=filters.actor)
     if filters.outcome:
         events = events.filter(outcome=filters.outcome)
+    # Times never decrease along a chain (see `record`), so a date range is a
+    # range of sequence numbers: two one-row index lookups turn it into one,
+    # and the page query walks only the days asked for.
+    chain = AuditEvent.objects.filter(chain=chain_key(tenant))
     if filters.date_from:
-        events = events.filter(time__gte=_start_of(filters.date_from))
+        start = _start_of(filters.date_from)
+        first = chain.filter(time__gte=start).order_by("time").values_list("seq", flat=True)[:1]
+        events = events.filter(time__gte=start, seq__gte=first[0]) if first else events.none()
     if filters.date_to:
-        events = events.filter(time__lt=_start_of(filters.date_to + timedelta(days=1)))
+        end = _start_of(filters.date_to + timedelta(days=1))
+        last = chain.filter(time__lt=end).order_by("-time").values_list("seq", flat=True)[:1]
+        events = events.filter(time__lt=end, seq__lte=last[0]) if last else events.none()
     return events.order_by("-seq")
 
 

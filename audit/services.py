@@ -80,11 +80,14 @@ def record(
     with transaction.atomic():
         AuditChain.objects.bulk_create([AuditChain(key=key)], ignore_conflicts=True)
         head = AuditChain.objects.select_for_update().get(key=key)
+        now = timezone.now()
+        if head.last_time is not None and now < head.last_time:
+            now = head.last_time
         values: dict[str, Any] = {
             "chain": key,
             "seq": head.last_seq + 1,
             "tenant_id": tenant.pk if tenant is not None else None,
-            "time": timezone.now(),
+            "time": now,
             "actor_kind": actor.kind,
             "actor_id": actor.id,
             "actor_display": actor.display,
@@ -99,7 +102,8 @@ def record(
         event = AuditEvent.objects.create(prev_hash=head.last_hash, hash=digest, **values)
         head.last_seq = values["seq"]
         head.last_hash = digest
-        head.save(update_fields=["last_seq", "last_hash"])
+        head.last_time = now
+        head.save(update_fields=["last_seq", "last_hash", "last_time"])
     return event
 
 
@@ -132,15 +136,19 @@ def audit_verify_chain(key: str) -> BrokenLink | None:
     """Walk one chain from its first event; return the first broken link, if any."""
     expected_seq = 1
     prev_hash = GENESIS_HASH
+    prev_time = None
     events = AuditEvent.objects.filter(chain=key).order_by("seq")
     for event in events.iterator(chunk_size=5000):
         if event.seq != expected_seq:
             return BrokenLink(key, expected_seq, f"missing (next stored event is #{event.seq})")
+        if prev_time is not None and event.time < prev_time:
+            return BrokenLink(key, event.seq, "time is earlier than the event before it")
         if event.prev_hash != prev_hash:
             return BrokenLink(key, event.seq, "previous-hash does not match the event before it")
         if event_hash(_values(event), prev_hash) != event.hash:
             return BrokenLink(key, event.seq, "content does not match its hash (altered)")
         prev_hash = event.hash
+        prev_time = event.time
         expected_seq += 1
     head = AuditChain.objects.filter(key=key).first()
     last_seq = expected_seq - 1

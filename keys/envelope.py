@@ -110,6 +110,13 @@ class Envelope:
         self._tenants[tenant_id] = _Tenant(fresh, now)
         return fresh
 
+    def prime(self, tenant_id: str, state: TenantKeyState) -> None:
+        """Use this state now, in this process (it has just changed it itself)."""
+        cached = self._tenants.get(tenant_id)
+        if cached is not None and cached.state.epoch != state.epoch:
+            self.cache.drop_tenant(tenant_id)
+        self._tenants[tenant_id] = _Tenant(state, self._clock())
+
     def forget(self, tenant_id: str) -> None:
         """Drop this process's DEKs and state for a tenant now (after a local revoke)."""
         self._tenants.pop(tenant_id, None)

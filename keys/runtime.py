@@ -91,6 +91,7 @@ class RedisStateSource:
         )
 
     def publish(self, tenant_id: str) -> TenantKeyState:
+        """Copy the tenant's committed key state from the database to Redis."""
         state = state_from_db(tenant_id)
         mapping = {
             "epoch": state.epoch,
@@ -98,7 +99,11 @@ class RedisStateSource:
             "status": state.status,
         }
         try:
-            self.client.hset(self.PREFIX + tenant_id, mapping=mapping)  # type: ignore[arg-type]
+            with self.client.pipeline() as pipe:
+                pipe.hset(self.PREFIX + tenant_id, mapping=mapping)  # type: ignore[arg-type]
+                # Self-healing: a publish lost to a crash is corrected within the hour.
+                pipe.expire(self.PREFIX + tenant_id, 3600)
+                pipe.execute()
         except redis.RedisError:
             logger.warning("Redis unreachable; key state not published")
         return state
@@ -109,7 +114,10 @@ def _states() -> DbStateSource | RedisStateSource:
 
 
 def publish_key_state(tenant_id: str) -> None:
-    """Tell every process about a changed epoch, current DEK or status (after commit)."""
+    """Tell every process about a changed epoch, current DEK or status, after commit.
+
+    With the database as the state source, committing is publishing.
+    """
     source = envelope_state_source()
     if isinstance(source, RedisStateSource):
         transaction.on_commit(lambda: source.publish(tenant_id))
@@ -178,8 +186,10 @@ def flush_counts() -> None:
                 "UPDATE keys_datakey SET encryption_count = encryption_count + %s WHERE id = %s",
                 [(n, dek_id) for dek_id, n in counts.items()],
             )
-    except Exception:
-        logger.exception("could not flush encryption counts; they stay reserved")
+    except Exception as exc:
+        logger.warning(
+            "could not flush encryption counts (%s); they stay reserved", type(exc).__name__
+        )
 
 
 def _flusher() -> None:
@@ -226,9 +236,8 @@ def envelope() -> Envelope:
 
 
 def reset_for_tests() -> None:
-    """Forget this process's envelope (tests that change settings or fake a restart)."""
+    """Forget this process's envelope and its unflushed counts (as a restart would)."""
     global _envelope, _pid
-    flush_counts()
     with _lock:
         _envelope = None
         _pid = 0

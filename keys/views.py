@@ -29,6 +29,7 @@ def _page(
         "ttl_form": ttl_form or CacheTtlForm(initial={"ttl": access.tenant.dek_cache_ttl}),
         "rotate_form": RotateDekForm(),
         "job": overview.open_job or overview.last_job,
+        "can_manage": access.can(Perm.MANAGE_KEYS),
     }
     return render(request, "keys/keys.html", context, status=status)
 

@@ -139,3 +139,27 @@ def test_audit_verify_passes_every_intact_chain(tenant: Tenant) -> None:
 def test_audit_verify_rejects_an_unknown_tenant(db: None) -> None:
     with pytest.raises(CommandError, match="No tenant with the slug 'nope'"):
         call_command("audit_verify", "--tenant", "nope")
+
+
+def test_event_times_never_go_backwards_even_if_the_clock_does(tenant: Tenant, monkeypatch) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    first = record(tenant=tenant, actor=Actor.system(), action="test.one")
+    earlier = first.time - timedelta(hours=1)
+    monkeypatch.setattr(timezone, "now", lambda: earlier)  # a server whose clock stepped back
+    second = record(tenant=tenant, actor=Actor.system(), action="test.two")
+    assert second.time == first.time
+    assert audit_verify_chain(chain_key(tenant)) is None
+
+
+def test_audit_verify_notices_time_running_backwards(tenant: Tenant) -> None:
+    for i in range(3):
+        record(tenant=tenant, actor=Actor.system(), action=f"test.e{i}")
+    _behind_the_triggers_back(
+        "UPDATE audit_auditevent SET time = time - interval '1 day' WHERE chain = %s AND seq = 3",
+        [chain_key(tenant)],
+    )
+    link = audit_verify_chain(chain_key(tenant))
+    assert link is not None and link.seq == 3

@@ -25,8 +25,8 @@ def test_a_real_worker_runs_the_task_end_to_end(tmp_path: Path) -> None:
     tenant = Tenant.objects.create(name="T", slug="t")
     record(tenant=tenant, actor=Actor.system(), action="test.one")
     log = tmp_path / "worker.log"
-    with celery_worker(log) as queue:
-        verify_chains.apply_async(queue=queue)
+    with celery_worker(log) as worker:
+        verify_chains.apply_async(queue=worker.queue)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if AuditEvent.objects.filter(chain="vendor", action="audit.verify").exists():

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -17,20 +18,31 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     db = connection.settings_dict
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
     return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
+@dataclass
+class Worker:
+    queue: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its children: a crash, with no chance to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
 @contextmanager
-def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run a worker on a queue of its own; yield the queue name; stop it afterwards."""
+def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Worker]:
+    """Run a worker on a queue of its own; stop it (gently) afterwards."""
     assert settings.REDIS_URL, "the worker tests need REDIS_URL"
     queue = f"test-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": worker_database_url(),
         "KEYWARD_MODE": "embedded",
         **(extra_env or {}),
     }
@@ -48,7 +60,7 @@ def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> It
             start_new_session=True,
         )  # fmt: skip
     try:
-        yield queue
+        yield Worker(queue, process)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.db.models import F
+
+from archive.services import records_create
+from archive.synthetic import synthetic_records
+from audit.services import Actor
+from keys.runtime import RedisStateSource, reset_for_tests, state_from_db
+from tenants.models import ServiceState, Tenant
+from tenants.services import tenant_create
+from tests.support.worker import ROOT, worker_database_url
+
+
+@pytest.fixture(autouse=True)
+def _fresh_envelope():
+    reset_for_tests()
+    yield
+    reset_for_tests()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("state_store", ["redis", "database"])
+def test_revoking_reaches_another_process_within_one_second(settings, state_store) -> None:
+    tenant = tenant_create(name="Initech", slug="initech", actor=Actor.system("tests"))
+    record = records_create(tenant=tenant, items=list(synthetic_records(2)))[0]
+    env = {**os.environ, "DATABASE_URL": worker_database_url()}
+    if state_store == "database":
+        env.pop("REDIS_URL", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/support/decrypt_loop.py"),
+            "initech",
+            str(record.uid),
+            "0.02",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ok", (
+            process.stderr.read() if process.stderr else ""
+        )
+        for _ in range(5):  # the other process has the DEK cached and keeps using it
+            assert process.stdout.readline().strip() == "ok"
+        Tenant.objects.filter(pk=tenant.pk).update(
+            state=ServiceState.REVOKED, key_epoch=F("key_epoch") + 1
+        )
+        if settings.REDIS_URL:
+            RedisStateSource(settings.REDIS_URL).publish(str(tenant.pk))
+        revoked_at = time.time()
+        line = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = process.stdout.readline().strip()
+            if line.startswith("denied"):
+                break
+        assert line.startswith("denied"), line
+        _, when, error = line.split()
+        assert error == "KeyRevoked"
+        assert float(when) - revoked_at < 1.0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_state_reflects_the_database(db) -> None:
+    tenant = tenant_create(name="Initech", slug="initech", actor=Actor.system("tests"))
+    state = state_from_db(str(tenant.pk))
+    assert state.status == "active" and state.current_dek_id is not None
+    Tenant.objects.filter(pk=tenant.pk).update(state=ServiceState.DESTROYED)
+    assert state_from_db(str(tenant.pk)).status == "destroyed"
+    missing = state_from_db("00000000-0000-0000-0000-000000000000")
+    assert missing.current_dek_id is None and missing.status != "active"

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+import archive.reencrypt
+from archive.models import Record
+from archive.services import record_fields, records_create
+from archive.synthetic import synthetic_records
+from audit.models import AuditEvent
+from audit.services import Actor
+from keys.models import DataKey, DekState, JobState, ReencryptionJob
+from keys.runtime import envelope, reset_for_tests
+from keys.services import dek_rotate, reencryption_run, reencryption_start
+from keys.tasks import run_reencryption
+from tenants.models import Tenant
+from tenants.services import tenant_create
+from tests.conftest import login
+from tests.support.worker import celery_worker
+
+SYSTEM = Actor.system("tests")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_envelope():
+    reset_for_tests()
+    yield
+    reset_for_tests()
+
+
+def tenant_with_old_data(slug: str, n: int, rotations: int = 1) -> Tenant:
+    tenant = tenant_create(name=slug.title(), slug=slug, actor=SYSTEM)
+    for r in range(rotations):
+        records_create(tenant=tenant, items=list(synthetic_records(n, seed=r, prefix=f"{r}-")))
+        dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+        envelope().forget(str(tenant.pk))
+    return tenant
+
+
+def snapshot(tenant: Tenant) -> dict[str, dict[str, str]]:
+    return {str(r.uid): record_fields(tenant, r) for r in Record.objects.filter(tenant=tenant)}
+
+
+def assert_all_under_current(tenant: Tenant) -> DataKey:
+    current = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    assert set(Record.objects.filter(tenant=tenant).values_list("dek_id", flat=True)) == {
+        current.pk
+    }
+    return current
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reencryption_moves_everything_and_retires_old_deks(settings) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    tenant = tenant_with_old_data("initech", 150, rotations=2)
+    before = snapshot(tenant)
+    job = reencryption_start(tenant=tenant, actor=SYSTEM)  # enqueues; run it here
+    assert job.total == 300
+    job = reencryption_run(job_id=str(job.pk))
+    assert job.state == JobState.DONE and job.done == 300 and job.percent == 100
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+    retired = DataKey.objects.filter(tenant=tenant, state=DekState.RETIRED)
+    assert sorted(retired.values_list("version", flat=True)) == [1, 2]
+    assert all(bytes(d.wrapped) == b"" for d in retired)  # wrapped copies destroyed
+    assert AuditEvent.objects.filter(tenant=tenant, action="dek.retire").count() == 2
+    assert reencryption_run(job_id=str(job.pk)).done == 300  # rerunning a done job is a no-op
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_with_old_data("initech", 400)
+    before = snapshot(tenant)
+    job = ReencryptionJob.objects.create(
+        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=400
+    )
+    real = archive.reencrypt.reencrypt_batch
+    calls = {"n": 0}
+
+    def crashing(**kwargs):
+        calls["n"] += 1
+        done = real(**kwargs)
+        if calls["n"] == 3:
+            raise RuntimeError("worker lost")  # after the batch's UPDATE, before commit
+        return done
+
+    monkeypatch.setattr(archive.reencrypt, "reencrypt_batch", crashing)
+    with pytest.raises(RuntimeError):
+        reencryption_run(job_id=str(job.pk))
+    job.refresh_from_db()
+    assert (job.state, job.done, job.last_record_id > 0) == (JobState.RUNNING, 100, True)
+    monkeypatch.setattr(archive.reencrypt, "reencrypt_batch", real)
+    job = reencryption_run(job_id=str(job.pk))
+    assert job.done == 400
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None:
+    tenant = tenant_with_old_data("initech", 3000)
+    before = snapshot(tenant)
+    job = ReencryptionJob.objects.create(
+        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=3000
+    )
+    env = {"KEYWARD_REENCRYPT_BATCH": "100"}
+    with celery_worker(tmp_path / "w1.log", env) as worker:
+        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.done >= 300:
+                break
+            time.sleep(0.02)
+        worker.kill()
+    job.refresh_from_db()
+    assert 0 < job.done < 3000, "the job must be killed mid-way; use more records"
+    assert job.state == JobState.RUNNING
+    # The broker would redeliver the unacknowledged task after its visibility
+    # timeout; the test does not wait that long and enqueues it again instead.
+    with celery_worker(tmp_path / "w2.log", env) as worker:
+        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.state == JobState.DONE:
+                break
+            time.sleep(0.2)
+    assert job.state == JobState.DONE, (tmp_path / "w2.log").read_text()[-3000:]
+    assert job.done == 3000
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+
+
+def test_keys_page_shows_real_figures(db) -> None:
+    from tests.conftest import make_tenant
+
+    acme = make_tenant("Acme", "acme")
+    records_create(tenant=acme.tenant, items=list(synthetic_records(12)))
+    body = login(acme.viewer).get(reverse("keys:overview", args=["acme"])).content.decode()
+    assert "Vendor-managed key" in body
+    assert "can read your data for at most <strong>5 minutes</strong>" in body
+    assert "<td>12</td>" in body  # records under DEK v1
+    assert "Rotate data key now" not in body  # a viewer only reads

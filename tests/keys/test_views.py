@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from audit.models import AuditEvent
+from keys.models import DataKey, ReencryptionJob
+from keys.runtime import reset_for_tests
+from tenants.models import ServiceState, Tenant
+from tests.conftest import login
+
+
+@pytest.fixture(autouse=True)
+def _fresh_envelope():
+    reset_for_tests()
+    yield
+    reset_for_tests()
+
+
+ACTIONS = [
+    ("keys:rotate_dek", {}),
+    ("keys:set_cache_ttl", {"ttl": "120"}),
+    ("keys:reencrypt", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), ACTIONS)
+@pytest.mark.parametrize("role", ["auditor", "viewer"])
+def test_read_only_roles_get_403_and_nothing_changes(acme, role, name, data) -> None:
+    client = login(getattr(acme, role), sudo=True)
+    before = (DataKey.objects.count(), AuditEvent.objects.count())
+    response = client.post(reverse(name, args=["acme"]), data)
+    assert response.status_code == 403
+    assert (DataKey.objects.count(), AuditEvent.objects.count()) == before
+
+
+@pytest.mark.parametrize(("name", "data"), ACTIONS)
+def test_another_tenant_is_404(acme, globex, name, data) -> None:
+    response = login(globex.owner, sudo=True).post(reverse(name, args=["acme"]), data)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(("name", "data"), ACTIONS)
+def test_wrong_method_is_405(acme, name, data) -> None:
+    assert login(acme.owner, sudo=True).get(reverse(name, args=["acme"])).status_code == 405
+
+
+@pytest.mark.parametrize(("name", "data"), ACTIONS)
+def test_without_recent_password_goes_to_sudo(acme, name, data) -> None:
+    response = login(acme.key_admin).post(reverse(name, args=["acme"]), data)
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("console:sudo"))
+    assert DataKey.objects.filter(tenant=acme.tenant).count() == 1
+
+
+@pytest.mark.parametrize("role", ["owner", "key_admin"])
+def test_rotate_now(acme, role, django_capture_on_commit_callbacks) -> None:
+    client = login(getattr(acme, role), sudo=True)
+    response = client.post(
+        reverse("keys:rotate_dek", args=["acme"]), {"reason": "quarterly drill"}, follow=True
+    )
+    assert "New data key v2 is in use for new data." in response.content.decode()
+    event = AuditEvent.objects.get(tenant=acme.tenant, action="dek.rotate")
+    assert event.reason == "quarterly drill"
+    assert event.actor_display == getattr(acme, role).username
+
+
+def test_rotate_refused_when_revoked_is_audited_as_failure(acme) -> None:
+    Tenant.objects.filter(pk=acme.tenant.pk).update(state=ServiceState.REVOKED)
+    response = login(acme.owner, sudo=True).post(
+        reverse("keys:rotate_dek", args=["acme"]), follow=True
+    )
+    assert "cannot be rotated while the tenant is Revoked" in response.content.decode()
+    event = AuditEvent.objects.get(tenant=acme.tenant, action="dek.rotate")
+    assert event.outcome == "failure"
+    assert DataKey.objects.filter(tenant=acme.tenant).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5", "Choose at least 10 seconds."),
+        ("90000", "Choose at most 86400 seconds (24 hours)."),
+        ("ten", "Enter a whole number of seconds."),
+        ("", "This field is required."),
+    ],
+)
+def test_ttl_out_of_bounds_is_a_form_error_and_nothing_is_saved(acme, value, message) -> None:
+    response = login(acme.key_admin, sudo=True).post(
+        reverse("keys:set_cache_ttl", args=["acme"]), {"ttl": value}
+    )
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.dek_cache_ttl == 300
+    assert not AuditEvent.objects.filter(action="tenant.set_dek_cache_ttl").exists()
+
+
+def test_ttl_saved_and_the_sentence_follows(acme) -> None:
+    client = login(acme.owner, sudo=True)
+    client.post(reverse("keys:set_cache_ttl", args=["acme"]), {"ttl": "120"})
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.dek_cache_ttl == 120
+    body = client.get(reverse("keys:overview", args=["acme"])).content.decode()
+    assert "can read your data for at most <strong>2 minutes</strong>" in body
+
+
+def test_reencrypt_starts_a_job_with_progress(acme, django_capture_on_commit_callbacks) -> None:
+    client = login(acme.key_admin, sudo=True)
+    response = client.post(reverse("keys:reencrypt", args=["acme"]), follow=True)
+    assert "Re-encrypting 0 record(s)" in response.content.decode()
+    job = ReencryptionJob.objects.get(tenant=acme.tenant)
+    partial = client.get(
+        reverse("keys:reencrypt_progress", args=["acme"]), HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert partial.lstrip().startswith('<div id="reencrypt-progress"')
+    assert 'hx-trigger="every 1s"' in partial  # queued: keeps polling
+    assert f"{job.done} of {job.total} records" in partial
+
+
+def test_support_staff_see_the_keys_page_but_cannot_act(acme, support) -> None:
+    client = login(support, sudo=True)
+    page = client.get(reverse("keys:overview", args=["acme"]))
+    assert page.status_code == 200
+    assert "Rotate data key now" not in page.content.decode()
+    assert client.post(reverse("keys:rotate_dek", args=["acme"])).status_code == 403

@@ -1,0 +1,41 @@
+"""A separate process that keeps decrypting one record and reports what happens.
+
+Prints `ok` after each success and `denied <monotonic time> <error>` at the
+first failure, then exits. Used to measure how fast a revoke reaches another
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+import django
+
+django.setup()
+
+from archive.models import Record  # noqa: E402
+from archive.services import record_fields  # noqa: E402
+from tenants.models import Tenant  # noqa: E402
+
+
+def main(slug: str, uid: str, interval: float) -> None:
+    tenant = Tenant.objects.get(slug=slug)
+    record = Record.objects.get(uid=uid)
+    while True:
+        try:
+            record_fields(tenant, record)
+        except Exception as exc:
+            print(f"denied {time.time():.6f} {type(exc).__name__}", flush=True)
+            return
+        print("ok", flush=True)
+        time.sleep(interval)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
