@@ -29,9 +29,148 @@ free_port() {
     "$KW_ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# LocalStack (AWS KMS, S3 and STS) runs from a venv of its own: its pins clash with
+# ours. 4.10.0 exactly: 4.11 to 4.13 break ImportKeyMaterial, 4.14 needs Python 3.12.
+KW_LOCALSTACK_VERSION=4.10.0
+KW_LOCALSTACK_VENV="$KW_ROOT/.venv-localstack"
+KW_LOCALSTACK_PID=""
+
+localstack_installed() {
+    [ -x "$KW_LOCALSTACK_VENV/bin/python" ] && [ "$("$KW_LOCALSTACK_VENV/bin/python" -c \
+        'import localstack, localstack.version as v; print(v.__version__)' 2>/dev/null)" \
+        = "$KW_LOCALSTACK_VERSION" ]
+}
+
+# Create .venv-localstack and install LocalStack into it unless it is already there.
+# Quiet on success; on failure, the tail of pip's output. A lock on the repository
+# folder keeps two concurrent runs from installing into the same venv at once.
+ensure_localstack() {
+    localstack_installed && return 0
+    local lock log started=$EPOCHREALTIME attempt
+    exec {lock}<"$KW_ROOT"
+    flock -w 900 "$lock" || { echo "LocalStack: timed out waiting for another install" >&2; return 1; }
+    if ! localstack_installed; then
+        log="$(mktemp /tmp/keyward-localstack-pip.XXXXXX)"
+        printf 'installing LocalStack %s into .venv-localstack ... ' "$KW_LOCALSTACK_VERSION"
+        for attempt in 1 2; do
+            if ! "$KW_LOCALSTACK_VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+                rm -rf "$KW_LOCALSTACK_VENV"
+                "$KW_ROOT/.venv/bin/python" -m venv "$KW_LOCALSTACK_VENV" >>"$log" 2>&1 || continue
+            fi
+            "$KW_LOCALSTACK_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+                "localstack-core[runtime]==$KW_LOCALSTACK_VERSION" 'cbor2<6' service_identity \
+                >>"$log" 2>&1 && localstack_installed && break
+            echo "(attempt $attempt failed)" >>"$log"
+        done
+        if ! localstack_installed; then
+            echo "failed" >&2
+            tail -n 40 "$log" >&2
+            rm -f "$log"
+            exec {lock}<&-
+            return 1
+        fi
+        rm -f "$log"
+        echo "done in $(elapsed_since "$started") s"
+    fi
+    exec {lock}<&-
+}
+
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# Start LocalStack in the background, in a process group of its own, on a free port,
+# with its home, temporary files, state and log under $KW_RUN_DIR/localstack.
+start_localstack() {
+    local dir="$KW_RUN_DIR/localstack"
+    mkdir -p "$dir/home" "$dir/tmp" "$dir/volume"
+    # It cannot make its own certificate here (no network), so give it one.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+        -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
+        -keyout "$dir/server.key" -out "$dir/server.crt" >/dev/null 2>&1
+    cat "$dir/server.crt" "$dir/server.key" >"$dir/server.pem"
+    KW_LOCALSTACK_PORT="$(free_port)"
+    KW_LOCALSTACK_LOG="$dir/localstack.log"
+    KW_LOCALSTACK_STARTED=$EPOCHREALTIME
+    # setsid: its own process group, so stop_localstack can end it and its children.
+    # The shell writes its pid (the group's id) before exec'ing LocalStack.
+    # env -i: nothing from our environment (AWS_*, DEBUG, ...) changes its configuration.
+    setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$dir/pid" \
+        env -i PATH="$PATH" LANG=C.UTF-8 \
+        HOME="$dir/home" TMPDIR="$dir/tmp" LOCALSTACK_VOLUME_DIR="$dir/volume" \
+        GATEWAY_LISTEN="127.0.0.1:$KW_LOCALSTACK_PORT" GATEWAY_SERVER=hypercorn \
+        SERVICES=kms,s3,sts EAGER_SERVICE_LOADING=1 CUSTOM_SSL_CERT_PATH="$dir/server.pem" \
+        DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_TELEMETRY=0 \
+        "$KW_LOCALSTACK_VENV/bin/python" -m localstack.runtime.main \
+        >"$KW_LOCALSTACK_LOG" 2>&1 </dev/null &
+    for _ in $(seq 100); do [ -s "$dir/pid" ] && break; sleep 0.05; done
+    KW_LOCALSTACK_PID="$(cat "$dir/pid")"
+}
+
+localstack_healthy() {
+    "$KW_ROOT/.venv/bin/python" - "$1" <<'PY' 2>/dev/null
+import json, sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
+        services = json.load(response)["services"]
+except Exception:
+    sys.exit(1)
+sys.exit(any(services.get(name) not in ("available", "running") for name in ("kms", "s3", "sts")))
+PY
+}
+
+# Wait (90 s at most) until its health check shows KMS, S3 and STS up; then export the
+# endpoint. Its log says "Ready." even when the gateway could not bind its port (taken
+# since free_port looked): when the health check still fails 5 s after "Ready.", start
+# it again on another port (three attempts).
+wait_localstack() {
+    local deadline=$((SECONDS + 90)) attempt=1 ready_seen=""
+    until localstack_healthy "http://127.0.0.1:$KW_LOCALSTACK_PORT/_localstack/health"; do
+        if ! kill -0 "$KW_LOCALSTACK_PID" 2>/dev/null; then
+            echo "LocalStack exited while starting; the end of its log:" >&2
+            tail -n 40 "$KW_LOCALSTACK_LOG" >&2
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "LocalStack not ready after 90 s; the end of its log:" >&2
+            tail -n 40 "$KW_LOCALSTACK_LOG" >&2
+            return 1
+        fi
+        if [ -z "$ready_seen" ] && grep -q '^Ready\.' "$KW_LOCALSTACK_LOG"; then
+            ready_seen=$SECONDS
+        fi
+        if [ -n "$ready_seen" ] && [ $((SECONDS - ready_seen)) -ge 5 ]; then
+            if [ "$attempt" -ge 3 ]; then
+                echo "LocalStack says Ready but does not answer on port $KW_LOCALSTACK_PORT;" \
+                    "the end of its log:" >&2
+                tail -n 40 "$KW_LOCALSTACK_LOG" >&2
+                return 1
+            fi
+            echo "LocalStack does not answer on port $KW_LOCALSTACK_PORT: another port" >&2
+            stop_localstack
+            mv "$KW_RUN_DIR/localstack" "$KW_RUN_DIR/localstack.$attempt"
+            attempt=$((attempt + 1)) ready_seen=""
+            start_localstack
+        fi
+        sleep 0.25
+    done
+    export KEYWARD_TEST_AWS_ENDPOINT="http://127.0.0.1:$KW_LOCALSTACK_PORT"
+}
+
+stop_localstack() {
+    local pid="$KW_LOCALSTACK_PID"
+    [ -n "$pid" ] || return 0
+    KW_LOCALSTACK_PID=""
+    kill -TERM -- "-$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 -- "-$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null
+}
+
 KW_RUN_DIR=""
 stop_servers() {
     set +e
+    stop_localstack
     if [ -n "${KW_PG_DIR:-}" ] && [ -f "$KW_PG_DIR/postmaster.pid" ]; then
         run_as_pg "$PG_BIN/pg_ctl" -D "$KW_PG_DIR" -m immediate -w stop >/dev/null 2>&1
     fi
@@ -50,9 +189,11 @@ run_as_pg() {
 }
 
 start_servers() {
+    ensure_localstack
     KW_RUN_DIR="$(mktemp -d /tmp/keyward-run.XXXXXX)"
     chmod 755 "$KW_RUN_DIR"
     trap stop_servers EXIT
+    start_localstack  # it takes a few seconds: PostgreSQL and Redis start meanwhile
 
     KW_PG_DIR="$KW_RUN_DIR/pg"
     mkdir -p "$KW_PG_DIR"
@@ -72,5 +213,9 @@ start_servers() {
     export REDIS_URL="redis://127.0.0.1:$KW_REDIS_PORT/0"
     export KEYWARD_DATA_DIR="$KW_RUN_DIR/data"
     export KEYWARD_MODE=embedded
-    echo "servers: PostgreSQL on $pg_port, Redis on $KW_REDIS_PORT, data in $KW_RUN_DIR"
+
+    wait_localstack
+    echo "servers: PostgreSQL on $pg_port, Redis on $KW_REDIS_PORT," \
+        "LocalStack on $KW_LOCALSTACK_PORT (ready in $(elapsed_since "$KW_LOCALSTACK_STARTED") s)," \
+        "data in $KW_RUN_DIR"
 }
