@@ -16,35 +16,29 @@ class RecordKind(models.TextChoices):
 class Record(models.Model):
     """A device or user of a tenant; its personal fields are stored encrypted.
 
-    One bytea column per personal field, rather than a table per field: a read
-    decrypts one row, and re-encryption rewrites one row per record in one
-    batched UPDATE. Every field of a row is under the same DEK (`dek`), so
+    One bytea column holds all personal fields, sealed together (rather than a
+    column or a table per field): a read decrypts one value, and re-encryption
+    does one decrypt and one encrypt per record and rewrites one column, in
+    batches. The DEK of the row (`dek`) is indexed with the tenant, so
     "records per DEK" is an index-only count and re-encryption finds its rows
-    by (tenant, dek). Each ciphertext is bound to tenant, kind, field and `uid`.
+    by (tenant, dek). The ciphertext is bound to tenant, kind, "pii" and `uid`.
     """
 
     id = models.BigAutoField(primary_key=True)
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="records")
+    # No index of their own: (tenant, kind, external_id) and (tenant, dek, id) cover them,
+    # and every index costs a write when re-encryption moves a row to a new DEK.
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, related_name="records", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=RecordKind.choices)
     external_id = models.CharField(max_length=255)
-    dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="records")
+    dek = models.ForeignKey(
+        DataKey, on_delete=models.PROTECT, related_name="records", db_index=False
+    )
     created = models.DateTimeField(auto_now_add=True)
-    sid = models.BinaryField(null=True, editable=False)
-    name = models.BinaryField(null=True, editable=False)
-    distinguished_name = models.BinaryField(null=True, editable=False)
-    bios_serial = models.BinaryField(null=True, editable=False)
-    chassis_serial = models.BinaryField(null=True, editable=False)
-    machine_serial = models.BinaryField(null=True, editable=False)
-    hardware_product_id = models.BinaryField(null=True, editable=False)
-    public_ip = models.BinaryField(null=True, editable=False)
-    local_admins = models.BinaryField(null=True, editable=False)
-    entra_name = models.BinaryField(null=True, editable=False)
-    email = models.BinaryField(null=True, editable=False)
-    full_name = models.BinaryField(null=True, editable=False)
-    cloud_sid = models.BinaryField(null=True, editable=False)
-    user_principal_name = models.BinaryField(null=True, editable=False)
-    onprem_sid = models.BinaryField(null=True, editable=False)
+    # Every personal field of the record, sealed as one value (see archive.pii).
+    pii = models.BinaryField(editable=False)
 
     class Meta:
         constraints = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +29,12 @@ HEADER_SIZE = HEADER.size  # 9
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+
+
+UNAUTHENTIC = (
+    "ciphertext does not authenticate: it was altered, or it belongs to another "
+    "tenant, record or field"
+)
 
 
 class CiphertextError(ValueError):
@@ -70,35 +77,62 @@ def dek_id_of(blob: bytes) -> int:
     return int(dek_id)
 
 
-class _NoncePool(threading.local):
-    """Random nonces drawn from the OS in blocks: one syscall per 1024 nonces."""
+class _Nonces:
+    """Random 96-bit nonces drawn from the OS in blocks of 1024.
 
-    BLOCK = NONCE_SIZE * 1024
+    Taking one is `next()` on a list iterator, atomic under the GIL, so
+    threads never share a nonce. A forked child starts a fresh block: it must
+    never replay the parent's nonces under the same keys.
+    """
+
+    BLOCK = 1024
 
     def __init__(self) -> None:
-        self.buffer = b""
-        self.offset = self.BLOCK
+        self._lock = threading.Lock()
+        self._it: Iterator[bytes] = iter(())
+
+    def _refill(self) -> None:
+        with self._lock:
+            buffer = os.urandom(NONCE_SIZE * self.BLOCK)
+            self._it = iter([buffer[i : i + NONCE_SIZE] for i in range(0, len(buffer), NONCE_SIZE)])
 
     def take(self) -> bytes:
-        if self.offset >= self.BLOCK:
-            self.buffer = os.urandom(self.BLOCK)
-            self.offset = 0
-        start = self.offset
-        self.offset = start + NONCE_SIZE
-        return self.buffer[start : start + NONCE_SIZE]
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._refill()
+            return next(self._it)
 
 
-_nonces = _NoncePool()
+_nonces = _Nonces()
+
+
+def _reset_nonces_in_child() -> None:
+    global _nonces
+    _nonces = _Nonces()
+
+
+os.register_at_fork(after_in_child=_reset_nonces_in_child)
+
+
+def next_nonce() -> bytes:
+    return _nonces.take()
+
+
+def binding_prefix(tenant_id: str, kind: str, field: str) -> bytes:
+    """The part of `binding()` shared by every record of a (tenant, kind, field)."""
+    return _lp(tenant_id) + _lp(kind) + _lp(field)
 
 
 def seal(aead: AESGCM, head: bytes, plaintext: bytes, bound: bytes) -> bytes:
     """Encrypt one value; `head` from `header()`, `bound` from `binding()`."""
-    nonce = _nonces.take()
+    nonce = next_nonce()
     return head + nonce + aead.encrypt(nonce, plaintext, head + bound)
 
 
 def open_(aead: AESGCM, blob: bytes, bound: bytes) -> bytes:
     """Decrypt one value sealed by `seal` under the same binding."""
+    dek_id_of(blob)  # length and format first: a short blob is malformed, not unauthentic
     try:
         return aead.decrypt(
             blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
@@ -106,7 +140,4 @@ def open_(aead: AESGCM, blob: bytes, bound: bytes) -> bytes:
             blob[:HEADER_SIZE] + bound,
         )
     except InvalidTag:
-        raise CiphertextUnauthentic(
-            "ciphertext does not authenticate: it was altered, or it belongs to another "
-            "tenant, record or field"
-        ) from None
+        raise CiphertextUnauthentic(UNAUTHENTIC) from None

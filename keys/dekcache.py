@@ -85,6 +85,13 @@ class DekCache:
     def __repr__(self) -> str:
         return f"<DekCache {len(self._entries)} entries>"
 
+    def hit(self, key: Key, now: float) -> AESGCM | None:
+        """The cached key if it is fresh and needs no refresh yet: the hot path."""
+        entry = self._entries.get(key)
+        if entry is not None and now < entry.refresh_at:
+            return entry.aead
+        return None
+
     def get(self, tenant_id: str, dek_id: int) -> AESGCM:
         key = (tenant_id, dek_id)
         entry = self._entries.get(key)
@@ -113,11 +120,13 @@ class DekCache:
             entry = self._unwrap(key)
         except BaseException as exc:
             with self._lock:
-                self._inflight.pop(key, None)
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
             future.set_exception(exc)
             raise
         with self._lock:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:  # a drop may have started a newer load
+                del self._inflight[key]
             if self._generation.get(key[0], 0) == generation:
                 self._store(key, entry)
         future.set_result(entry)
@@ -165,12 +174,15 @@ class DekCache:
             self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
             for key in [k for k in self._entries if k[0] == tenant_id]:
                 del self._entries[key]
+            for key in [k for k in self._inflight if k[0] == tenant_id]:
+                del self._inflight[key]  # later gets start a fresh load
 
     def clear(self) -> None:
         with self._lock:
             for tenant_id in {k[0] for k in self._entries} | set(self._inflight_tenants()):
                 self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
             self._entries.clear()
+            self._inflight.clear()
 
     def _inflight_tenants(self) -> list[str]:
         return [k[0] for k in self._inflight]

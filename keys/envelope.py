@@ -22,12 +22,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keys.ciphertext import binding, dek_id_of, header, open_, seal
+from keys.ciphertext import (
+    FORMAT_V1,
+    HEADER,
+    HEADER_SIZE,
+    NONCE_SIZE,
+    OVERHEAD,
+    UNAUTHENTIC,
+    CiphertextMalformed,
+    CiphertextUnauthentic,
+    binding,
+    binding_prefix,
+    dek_id_of,
+    header,
+    next_nonce,
+    open_,
+    seal,
+)
 from keys.dekcache import DekCache
 
 ACTIVE = "active"
+_unpack_header = HEADER.unpack_from
 
 
 class EnvelopeError(Exception):
@@ -94,6 +112,7 @@ class Envelope:
         self._budget: dict[int, int] = {}
         self._used: dict[int, int] = {}
         self._count_lock = threading.Lock()
+        self._prefixes: dict[tuple[int, str, str, str], tuple[bytes, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<Envelope {len(self._tenants)} tenants, {self.cache!r}>"
@@ -162,15 +181,74 @@ class Envelope:
         return used
 
     # -- the API -----------------------------------------------------------
+    def _aad_prefix(
+        self, dek_id: int, tenant_id: str, kind: str, field: str
+    ) -> tuple[bytes, bytes]:
+        """(header, header + binding prefix) for a DEK and a (tenant, kind, field), memoised."""
+        key = (dek_id, tenant_id, kind, field)
+        found = self._prefixes.get(key)
+        if found is None:
+            if len(self._prefixes) > 50_000:
+                self._prefixes.clear()
+            head = header(dek_id)
+            found = self._prefixes[key] = (head, head + binding_prefix(tenant_id, kind, field))
+        return found
+
+    def _hot_key(self, tenant_id: str) -> tuple[int, AESGCM]:
+        """The current DEK without any call that can block, when everything is fresh."""
+        cached = self._tenants.get(tenant_id)
+        now = self._clock()
+        if cached is not None and now - cached.checked < self._interval:
+            state = cached.state
+            if state.status == ACTIVE and state.current_dek_id is not None:
+                aead = self.cache.hit((tenant_id, state.current_dek_id), now)
+                if aead is not None:
+                    return state.current_dek_id, aead
+        return self.current_key(tenant_id)
+
     def encrypt(self, tenant_id: str, kind: str, field: str, record_id: str, value: bytes) -> bytes:
-        dek_id, aead = self.current_key(tenant_id)
-        self.spend(tenant_id, dek_id, 1)
-        return seal(aead, header(dek_id), value, binding(tenant_id, kind, field, record_id))
+        dek_id, aead = self._hot_key(tenant_id)
+        with self._count_lock:
+            left = self._budget.get(dek_id, 0) - 1
+            if left >= 0:
+                self._budget[dek_id] = left
+                self._used[dek_id] = self._used.get(dek_id, 0) + 1
+        if left < 0:
+            self.spend(tenant_id, dek_id, 1)
+        found = self._prefixes.get((dek_id, tenant_id, kind, field))
+        head, prefix = found or self._aad_prefix(dek_id, tenant_id, kind, field)
+        rid = record_id.encode()
+        nonce = next_nonce()
+        return head + nonce + aead.encrypt(nonce, value, prefix + len(rid).to_bytes(2, "big") + rid)
 
     def decrypt(self, tenant_id: str, kind: str, field: str, record_id: str, blob: bytes) -> bytes:
-        self._usable(tenant_id)
-        aead = self.cache.get(tenant_id, dek_id_of(blob))
-        return open_(aead, blob, binding(tenant_id, kind, field, record_id))
+        if len(blob) < OVERHEAD:
+            raise CiphertextMalformed(f"ciphertext is truncated ({len(blob)} bytes)")
+        version, dek_id = _unpack_header(blob)
+        if version != FORMAT_V1:
+            raise CiphertextMalformed(f"unknown ciphertext format {version}")
+        cached = self._tenants.get(tenant_id)
+        now = self._clock()
+        aead = None
+        if (
+            cached is not None
+            and now - cached.checked < self._interval
+            and cached.state.status == ACTIVE
+        ):
+            aead = self.cache.hit((tenant_id, dek_id), now)
+        if aead is None:
+            aead = self.key_for(tenant_id, dek_id)
+        found = self._prefixes.get((dek_id, tenant_id, kind, field))
+        prefix = (found or self._aad_prefix(dek_id, tenant_id, kind, field))[1]
+        rid = record_id.encode()
+        try:
+            return aead.decrypt(
+                blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
+                blob[HEADER_SIZE + NONCE_SIZE :],
+                prefix + len(rid).to_bytes(2, "big") + rid,
+            )
+        except InvalidTag:
+            raise CiphertextUnauthentic(UNAUTHENTIC) from None
 
     def encrypt_many(self, tenant_id: str, items: Sequence[Item]) -> list[bytes]:
         dek_id, aead = self.current_key(tenant_id)

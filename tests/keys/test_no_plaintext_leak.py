@@ -89,10 +89,10 @@ def test_no_plaintext_key_escapes(caplog, settings) -> None:
 
     # Errors: tampered and misplaced ciphertexts.
     row = Record.objects.get(pk=records[0].pk)
-    sid = bytes(row.sid or b"")
-    for blob, record_id in [(sid[:-1] + b"\0", str(row.uid)), (sid, "x")]:
+    pii = bytes(row.pii)
+    for blob, record_id in [(pii[:-1] + b"\0", str(row.uid)), (pii, "x")]:
         try:
-            envelope().decrypt(str(tenant.pk), row.kind, "sid", record_id, blob)
+            envelope().decrypt(str(tenant.pk), row.kind, "pii", record_id, blob)
         except CiphertextError as exc:
             texts += [str(exc), repr(exc)]
     texts += [

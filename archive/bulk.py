@@ -1,0 +1,72 @@
+"""Bulk SQL for records: COPY in PostgreSQL's binary format, batched ORM on SQLite.
+
+Django's psycopg backend binds parameters on the client, which turns every
+bytea into hex text inside the SQL string; for bulk work that costs more than
+the cryptography. Here the raw psycopg connection (same transaction) streams
+binary COPY instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from django.db import connection
+from django.utils import timezone
+
+from archive.models import Record
+
+INSERT_COLUMNS = ("id", "uid", "tenant_id", "kind", "external_id", "dek_id", "created", "pii")
+INSERT_TYPES = ["int8", "uuid", "uuid", "text", "text", "int8", "timestamptz", "bytea"]
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def raw_cursor() -> psycopg.Cursor[Any]:
+    """A server-binding psycopg cursor on Django's connection (and transaction)."""
+    connection.ensure_connection()
+    pg = connection.connection
+    assert isinstance(pg, psycopg.Connection)
+    return psycopg.Cursor(pg)
+
+
+def insert_records(rows: Sequence[Record]) -> list[Record]:
+    """Insert records; afterwards every row has its id."""
+    if not rows:
+        return []
+    if not is_postgres():
+        return Record.objects.bulk_create(rows)
+    now = timezone.now()
+    with raw_cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('archive_record', 'id')) "
+            "FROM generate_series(1, %s)",
+            [len(rows)],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        with cursor.copy(
+            f"COPY archive_record ({', '.join(INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(INSERT_TYPES)
+            for record, pk in zip(rows, ids, strict=True):
+                record.pk = pk
+                record.created = now
+                copy.write_row(
+                    (
+                        pk,
+                        record.uid,
+                        record.tenant_id,
+                        record.kind,
+                        record.external_id,
+                        record.dek_id,
+                        now,
+                        record.pii,
+                    )
+                )
+    for record in rows:
+        record._state.adding = False
+        record._state.db = connection.alias
+    return list(rows)
