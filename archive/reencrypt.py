@@ -29,16 +29,18 @@ from tenants.models import Tenant
 Transform = Callable[[str, list[tuple[Any, ...]], int], tuple[list[int], list[bytes]]]
 
 _SELECT = (
-    "SELECT id, uid, kind, dek_id, pii FROM archive_record "
+    "SELECT id, uid, kind, dek_id, pii{version} FROM archive_record "
     "WHERE tenant_id = %s AND dek_id <> %s AND id > %s ORDER BY id LIMIT %s"
 )
 _CREATE_BATCH_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS reencrypt_batch (id bigint PRIMARY KEY, pii bytea NOT NULL) "
-    "ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS reencrypt_batch "
+    "(id bigint PRIMARY KEY, pii bytea NOT NULL, version text NOT NULL) ON COMMIT DELETE ROWS"
 )
+# Optimistic, instead of locking every row read: a row changed since it was
+# read (its xmin moved) is left alone, and a later pass picks it up.
 _UPDATE_FROM_BATCH = (
     "UPDATE archive_record AS r SET dek_id = %s, pii = b.pii "
-    "FROM reencrypt_batch AS b WHERE r.id = b.id"
+    "FROM reencrypt_batch AS b WHERE r.id = b.id AND r.xmin::text = b.version"
 )
 
 
@@ -52,7 +54,7 @@ def reencrypt_rows(
     keys: dict[int, AESGCM] = {}
     ids: list[int] = []
     values: list[bytes] = []
-    for pk, uid, kind, dek_id, pii in rows:
+    for pk, uid, kind, dek_id, pii, *_ in rows:
         aead = keys.get(dek_id)
         if aead is None:
             aead = keys[dek_id] = env.key_for(tenant_id, dek_id)
@@ -64,8 +66,8 @@ def reencrypt_rows(
 
 def reencrypt_batch(
     *, tenant: Tenant, target: DataKey, after_id: int, transform: Transform | None = None
-) -> tuple[int, int]:
-    """Re-encrypt the next batch after `after_id`; return (rows done, last id).
+) -> tuple[int, int, int]:
+    """Re-encrypt the next batch after `after_id`: (rows read, rows rewritten, last id read).
 
     Runs inside the caller's transaction, so the caller moves its checkpoint
     in the same commit.
@@ -76,34 +78,41 @@ def reencrypt_batch(
     if is_postgres():
         with raw_cursor() as cursor:
             cursor.execute(
-                _SELECT + " FOR UPDATE", [tenant.pk, target.pk, after_id, size], binary=True
+                _SELECT.format(version=", xmin::text"),
+                [tenant.pk, target.pk, after_id, size],
+                binary=True,
             )
             rows = cursor.fetchall()
             if not rows:
-                return 0, after_id
+                return 0, 0, after_id
             envelope().spend(tenant_id, target.pk, len(rows))
             ids, values = transform(tenant_id, rows, target.pk)
             cursor.execute(_CREATE_BATCH_TABLE)
-            with cursor.copy("COPY reencrypt_batch (id, pii) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "bytea"])
-                for row in zip(ids, values, strict=True):
-                    copy.write_row(row)
+            with cursor.copy(
+                "COPY reencrypt_batch (id, pii, version) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "bytea", "text"])
+                for row, pk, value in zip(rows, ids, values, strict=True):
+                    copy.write_row((pk, value, row[5]))
             cursor.execute("ANALYZE reencrypt_batch")
             cursor.execute(_UPDATE_FROM_BATCH, [target.pk])
-        return len(rows), int(rows[-1][0])
+            updated = cursor.rowcount
+        return len(rows), updated, int(rows[-1][0])
     with connection.cursor() as django_cursor:
         # SQLite keeps UUIDs as 32 hex digits.
-        django_cursor.execute(_SELECT, [tenant.pk.hex, target.pk, after_id, size])
+        django_cursor.execute(
+            _SELECT.format(version=""), [tenant.pk.hex, target.pk, after_id, size]
+        )
         rows = [
             (pk, uuid.UUID(str(uid)), kind, dek_id, pii)
             for pk, uid, kind, dek_id, pii in django_cursor.fetchall()
         ]
         if not rows:
-            return 0, after_id
+            return 0, 0, after_id
         envelope().spend(tenant_id, target.pk, len(rows))
         ids, values = transform(tenant_id, rows, target.pk)
         django_cursor.executemany(
             "UPDATE archive_record SET dek_id = %s, pii = %s WHERE id = %s",
             [(target.pk, value, pk) for pk, value in zip(ids, values, strict=True)],
         )
-    return len(rows), int(rows[-1][0])
+    return len(rows), len(rows), int(rows[-1][0])

@@ -50,12 +50,12 @@ def run(tenant: Tenant, target: DataKey, transform: Any = None) -> float:
     after, done = 0, 0
     while True:
         with transaction.atomic():
-            count, after = reencrypt_batch(
+            count, updated, after = reencrypt_batch(
                 tenant=tenant, target=target, after_id=after, transform=transform
             )
         if count == 0:
             break
-        done += count
+        done += updated
     elapsed = time.perf_counter() - started
     assert done == RECORDS, f"moved {done} of {RECORDS}"
     return elapsed

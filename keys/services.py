@@ -281,19 +281,28 @@ def reencryption_run(*, job_id: str) -> ReencryptionJob:
     job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
     if job.state in (JobState.DONE, JobState.FAILED):
         return job
+    from archive.selectors import records_not_under
+
     ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
     tenant = job.tenant
+    passes = 0
     while True:
         with transaction.atomic():
             locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
             if locked.state != JobState.RUNNING:
                 return locked
-            count, last_id = reencrypt_batch(
+            count, updated, last_id = reencrypt_batch(
                 tenant=tenant, target=job.target_dek, after_id=locked.last_record_id
             )
             if count == 0:
+                if passes < 3 and records_not_under(tenant, job.target_dek).exists():
+                    # Rows changed while they were being read were skipped: go again.
+                    passes += 1
+                    locked.last_record_id = 0
+                    locked.save(update_fields=["last_record_id"])
+                    continue
                 break
-            locked.done += count
+            locked.done += updated
             locked.last_record_id = last_id
             locked.save(update_fields=["done", "last_record_id"])
     retired = dek_retire_unused(tenant=tenant)

@@ -146,3 +146,44 @@ def test_keys_page_shows_real_figures(db) -> None:
     assert "can read your data for at most <strong>5 minutes</strong>" in body
     assert "<td>12</td>" in body  # records under DEK v1
     assert "Rotate data key now" not in body  # a viewer only reads
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_changed_while_being_read_is_left_alone_then_redone(settings) -> None:
+    import threading
+
+    from django.db import connections
+
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_with_old_data("initech", 120)
+    before = snapshot(tenant)
+    victim = Record.objects.filter(tenant=tenant).order_by("id")[10]
+    job = ReencryptionJob.objects.create(
+        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=120
+    )
+    real = archive.reencrypt.reencrypt_rows
+    fired = []
+
+    def concurrent_write(*args):
+        if not fired:
+            fired.append(True)
+
+            def write() -> None:  # another connection, committed at once
+                Record.objects.filter(pk=victim.pk).update(external_id="renamed")
+                connections.close_all()
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join()
+        return real(*args)
+
+    archive.reencrypt.reencrypt_rows = concurrent_write  # type: ignore[assignment]
+    try:
+        job = reencryption_run(job_id=str(job.pk))
+    finally:
+        archive.reencrypt.reencrypt_rows = real  # type: ignore[assignment]
+    assert job.state == JobState.DONE
+    assert job.done == 120  # 119 in the first pass, the changed row in the second
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+    assert Record.objects.get(pk=victim.pk).external_id == "renamed"
