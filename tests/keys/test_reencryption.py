@@ -162,7 +162,7 @@ def test_a_row_changed_while_being_read_is_left_alone_then_redone(settings) -> N
         tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=120
     )
     real = archive.reencrypt.reencrypt_rows
-    fired = []
+    fired: list[bool] = []
 
     def concurrent_write(*args):
         if not fired:
@@ -177,11 +177,11 @@ def test_a_row_changed_while_being_read_is_left_alone_then_redone(settings) -> N
             thread.join()
         return real(*args)
 
-    archive.reencrypt.reencrypt_rows = concurrent_write  # type: ignore[assignment]
+    archive.reencrypt.reencrypt_rows = concurrent_write
     try:
         job = reencryption_run(job_id=str(job.pk))
     finally:
-        archive.reencrypt.reencrypt_rows = real  # type: ignore[assignment]
+        archive.reencrypt.reencrypt_rows = real
     assert job.state == JobState.DONE
     assert job.done == 120  # 119 in the first pass, the changed row in the second
     assert_all_under_current(tenant)
