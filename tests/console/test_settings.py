@@ -130,3 +130,30 @@ def test_security_headers(client, db) -> None:
     assert "frame-ancestors 'none'" in csp
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Request-ID"]
+
+
+def test_production_refuses_a_world_readable_root_key_file(
+    production_env: dict[str, str], tmp_path: Path
+) -> None:
+    from keys.providers.local import RootKeyFile
+
+    path = tmp_path / "root-keys.json"
+    RootKeyFile(path).ensure()
+    path.chmod(0o644)
+    production_env["KEYWARD_ROOT_KEY_FILE"] = str(path)
+    result = run_manage(production_env, "check")
+    assert result.returncode != 0
+    assert f"root key file {path} is readable by others" in result.stderr
+    assert f"chmod 600 {path}" in result.stderr
+
+
+def test_production_refuses_a_corrupt_root_key_file(
+    production_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "root-keys.json"
+    path.write_text("{not json")
+    path.chmod(0o600)
+    production_env["KEYWARD_ROOT_KEY_FILE"] = str(path)
+    result = run_manage(production_env, "check")
+    assert result.returncode != 0
+    assert f"root key file {path} is corrupt" in result.stderr
