@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from io import StringIO
 
@@ -150,3 +151,28 @@ def test_root_key_rotation_then_rewrap_moves_every_vendor_dek(tenant: Tenant) ->
     assert record_fields(tenant, Record.objects.get(pk=records[0].pk))["sid"]
     assert AuditEvent.objects.filter(tenant=other, action="kek.rewrap").exists()
     assert kek_rewrap_vendor_deks(actor=SYSTEM) == {}  # a rerun has nothing left to do
+
+
+def test_a_ciphertext_moved_to_another_tenant_does_not_decrypt(tenant: Tenant) -> None:
+    from keys.ciphertext import CiphertextError
+
+    other = tenant_create(name="Other", slug="other", actor=SYSTEM)
+    row = load(tenant, 1)[0]
+    with pytest.raises(CiphertextError, match="unknown for this tenant"):
+        envelope().decrypt(str(other.pk), row.kind, "pii", str(row.uid), bytes(row.pii))
+    other_row = load(other, 1, "o-")[0]
+    moved = Record(
+        uid=other_row.uid, tenant=other, kind=other_row.kind, dek_id=row.dek_id, pii=row.pii
+    )
+    with pytest.raises(CiphertextError):
+        record_fields(other, moved)
+
+
+def test_admin_shows_key_metadata_read_only(tenant: Tenant, admin_client) -> None:
+    dek = DataKey.objects.get(tenant=tenant)
+    page = admin_client.get(f"/admin/keys/datakey/{dek.pk}/change/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    wrapped = bytes(dek.wrapped)
+    assert wrapped.hex() not in body and base64.b64encode(wrapped).decode() not in body
+    assert admin_client.post(f"/admin/keys/datakey/{dek.pk}/delete/").status_code == 403
