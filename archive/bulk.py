@@ -15,10 +15,12 @@ import psycopg
 from django.db import connection
 from django.utils import timezone
 
-from archive.models import Record
+from archive.models import Record, SealedFields
 
-INSERT_COLUMNS = ("id", "uid", "tenant_id", "kind", "external_id", "dek_id", "created", "pii")
-INSERT_TYPES = ["int8", "uuid", "uuid", "text", "text", "int8", "timestamptz", "bytea"]
+RECORD_COLUMNS = ("id", "uid", "tenant_id", "kind", "external_id", "created")
+RECORD_TYPES = ["int8", "uuid", "uuid", "text", "text", "timestamptz"]
+SEALED_COLUMNS = ("record_id", "dek_id", "pii")
+SEALED_TYPES = ["int8", "int8", "bytea"]
 
 
 def is_postgres() -> bool:
@@ -34,11 +36,13 @@ def raw_cursor() -> psycopg.Cursor[Any]:
 
 
 def insert_records(rows: Sequence[Record]) -> list[Record]:
-    """Insert records; afterwards every row has its id."""
+    """Insert records and their sealed fields (`record.sealed`); every row gets its id."""
     if not rows:
         return []
     if not is_postgres():
-        return Record.objects.bulk_create(rows)
+        created = Record.objects.bulk_create(rows)
+        SealedFields.objects.bulk_create([row.sealed for row in created])
+        return created
     now = timezone.now()
     with raw_cursor() as cursor:
         cursor.execute(
@@ -48,25 +52,25 @@ def insert_records(rows: Sequence[Record]) -> list[Record]:
         )
         ids = [row[0] for row in cursor.fetchall()]
         with cursor.copy(
-            f"COPY archive_record ({', '.join(INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            f"COPY archive_record ({', '.join(RECORD_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(INSERT_TYPES)
+            copy.set_types(RECORD_TYPES)
             for record, pk in zip(rows, ids, strict=True):
                 record.pk = pk
                 record.created = now
                 copy.write_row(
-                    (
-                        pk,
-                        record.uid,
-                        record.tenant_id,
-                        record.kind,
-                        record.external_id,
-                        record.dek_id,
-                        now,
-                        record.pii,
-                    )
+                    (pk, record.uid, record.tenant_id, record.kind, record.external_id, now)
                 )
+        with cursor.copy(
+            f"COPY archive_sealedfields ({', '.join(SEALED_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(SEALED_TYPES)
+            for record in rows:
+                copy.write_row((record.pk, record.sealed.dek_id, record.sealed.pii))
     for record in rows:
         record._state.adding = False
         record._state.db = connection.alias
+        record.sealed.record_id = record.pk
+        record.sealed._state.adding = False
+        record.sealed._state.db = connection.alias
     return list(rows)

@@ -14,31 +14,16 @@ class RecordKind(models.TextChoices):
 
 
 class Record(models.Model):
-    """A device or user of a tenant; its personal fields are stored encrypted.
-
-    One bytea column holds all personal fields, sealed together (rather than a
-    column or a table per field): a read decrypts one value, and re-encryption
-    does one decrypt and one encrypt per record and rewrites one column, in
-    batches. The DEK of the row (`dek`) is indexed with the tenant, so
-    "records per DEK" is an index-only count and re-encryption finds its rows
-    by (tenant, dek). The ciphertext is bound to tenant, kind, "pii" and `uid`.
-    """
+    """A device or user of a tenant. Its personal fields live sealed in `SealedFields`."""
 
     id = models.BigAutoField(primary_key=True)
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    # No index of their own: (tenant, kind, external_id) and (tenant, dek, id) cover them,
-    # and every index costs a write when re-encryption moves a row to a new DEK.
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, related_name="records", db_index=False
     )
     kind = models.CharField(max_length=16, choices=RecordKind.choices)
     external_id = models.CharField(max_length=255)
-    dek = models.ForeignKey(
-        DataKey, on_delete=models.PROTECT, related_name="records", db_index=False
-    )
     created = models.DateTimeField(auto_now_add=True)
-    # Every personal field of the record, sealed as one value (see archive.pii).
-    pii = models.BinaryField(editable=False)
 
     class Meta:
         constraints = [
@@ -46,7 +31,33 @@ class Record(models.Model):
                 fields=["tenant", "kind", "external_id"], name="record_external_id_per_tenant"
             )
         ]
-        indexes = [models.Index(fields=["tenant", "dek", "id"], name="record_tenant_dek_id")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.external_id}"
+
+
+class SealedFields(models.Model):
+    """All personal fields of one record, sealed as one value under one DEK.
+
+    One value rather than a column or a table per field: a read decrypts once,
+    and re-encryption does one decrypt and one encrypt per record. A narrow
+    table of its own rather than columns of `Record`: re-encryption rewrites
+    these rows only (two indexes to maintain, not four), which is what makes
+    it fast. (dek, record) is indexed, so "records per DEK" is an index-only
+    count and re-encryption finds its rows by DEK. The ciphertext is bound to
+    the tenant, the record's kind, "pii" and the record's `uid`.
+    """
+
+    record = models.OneToOneField(
+        Record, on_delete=models.CASCADE, primary_key=True, related_name="sealed"
+    )
+    dek = models.ForeignKey(
+        DataKey, on_delete=models.PROTECT, related_name="sealed_fields", db_index=False
+    )
+    pii = models.BinaryField(editable=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["dek", "record"], name="sealed_dek_record")]
+
+    def __str__(self) -> str:
+        return f"sealed fields of record {self.record_id}"

@@ -2,19 +2,24 @@ from __future__ import annotations
 
 from django.db.models import Count, QuerySet
 
-from archive.models import Record
+from archive.models import Record, SealedFields
 from keys.models import DataKey
 from tenants.models import Tenant
 
 
-def records_not_under(tenant: Tenant, dek: DataKey) -> QuerySet[Record]:
-    return Record.objects.filter(tenant=tenant).exclude(dek=dek)
+def records_not_under(tenant: Tenant, dek: DataKey) -> QuerySet[SealedFields]:
+    """Sealed fields of the tenant under any DEK but `dek`."""
+    return SealedFields.objects.filter(dek__tenant=tenant).exclude(dek=dek)
 
 
 def record_counts_by_dek(tenant: Tenant) -> dict[int, int]:
-    rows = Record.objects.filter(tenant=tenant).values("dek_id").annotate(n=Count("id"))
+    rows = (
+        SealedFields.objects.filter(dek__tenant=tenant)
+        .values("dek_id")
+        .annotate(n=Count("record_id"))
+    )
     return {row["dek_id"]: row["n"] for row in rows}
 
 
 def record_for_tenant(tenant: Tenant, uid: str) -> Record | None:
-    return Record.objects.filter(tenant=tenant, uid=uid).first()
+    return Record.objects.filter(tenant=tenant, uid=uid).select_related("sealed").first()

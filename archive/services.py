@@ -11,7 +11,7 @@ from django.db import transaction
 
 from archive.bulk import insert_records
 from archive.fields import FIELDS_BY_KIND
-from archive.models import Record
+from archive.models import Record, SealedFields
 from archive.pii import decode_fields, encode_fields
 from keys.ciphertext import dek_id_of
 from keys.envelope import DataKeyExhausted
@@ -65,8 +65,7 @@ def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
         env.prime(tenant_id, state_from_db(tenant_id))
         sealed = env.encrypt_many(tenant_id, plain)
     for row, blob in zip(rows, sealed, strict=True):
-        row.pii = blob
-        row.dek_id = dek_id_of(blob)
+        row.sealed = SealedFields(record=row, dek_id=dek_id_of(blob), pii=blob)
     return rows
 
 
@@ -88,7 +87,8 @@ def record_fields(tenant: Tenant, record: Record) -> dict[str, str]:
     """Decrypt a record's personal fields (raises if the key is revoked or the data moved)."""
     if record.tenant_id != tenant.pk:
         raise ValidationError("record belongs to another tenant")
+    sealed = record.sealed
     plain = envelope().decrypt(
-        str(tenant.pk), record.kind, PII_FIELD, str(record.uid), bytes(record.pii)
+        str(tenant.pk), record.kind, PII_FIELD, str(record.uid), bytes(sealed.pii)
     )
     return decode_fields(plain)

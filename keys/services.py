@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -12,6 +13,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.services import Actor, record
+
+if TYPE_CHECKING:
+    from archive.reencrypt import Transform
 from keys.models import (
     DataKey,
     DekState,
@@ -267,44 +271,48 @@ def reencryption_start(
     return job
 
 
-def reencryption_run(*, job_id: str) -> ReencryptionJob:
+def reencryption_run(*, job_id: str, transform: Transform | None = None) -> ReencryptionJob:
     """Run (or resume) a re-encryption job to the end.
 
     1. Each batch re-encrypts the next records after the checkpoint and moves
        the checkpoint in the same transaction: killed anywhere, a rerun
-       neither skips nor repeats a committed batch.
-    2. When no record remains under an older DEK, those DEKs are retired and
+       neither skips nor repeats a committed batch. The next batch is read
+       and re-sealed while this one is written (`BatchReader`).
+    2. Rows changed while they were read are skipped by the write; a new pass
+       from the start picks them up (at most three passes).
+    3. When no record remains under an older DEK, those DEKs are retired and
        their wrapped bytes destroyed.
+
+    `transform` replaces the re-sealing step; only the benchmark uses it, to
+    time the same job without cryptography.
     """
-    from archive.reencrypt import reencrypt_batch
+    from archive.reencrypt import BatchReader, write_batch
+    from archive.selectors import records_not_under
 
     job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
     if job.state in (JobState.DONE, JobState.FAILED):
         return job
-    from archive.selectors import records_not_under
-
     ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
-    tenant = job.tenant
-    passes = 0
-    while True:
-        with transaction.atomic():
-            locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
-            if locked.state != JobState.RUNNING:
-                return locked
-            count, updated, last_id = reencrypt_batch(
-                tenant=tenant, target=job.target_dek, after_id=locked.last_record_id
-            )
-            if count == 0:
-                if passes < 3 and records_not_under(tenant, job.target_dek).exists():
-                    # Rows changed while they were being read were skipped: go again.
-                    passes += 1
-                    locked.last_record_id = 0
-                    locked.save(update_fields=["last_record_id"])
-                    continue
-                break
-            locked.done += updated
-            locked.last_record_id = last_id
-            locked.save(update_fields=["done", "last_record_id"])
+    tenant, target = job.tenant, job.target_dek
+    for _ in range(3):
+        reader = BatchReader(
+            tenant=tenant, target=target, after_id=job.last_record_id, transform=transform
+        )
+        try:
+            while (batch := reader.next()) is not None:
+                with transaction.atomic():
+                    locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
+                    if locked.state != JobState.RUNNING:
+                        return locked
+                    locked.done += write_batch(batch, target)
+                    locked.last_record_id = batch.last_id
+                    locked.save(update_fields=["done", "last_record_id"])
+        finally:
+            reader.close()
+        if not records_not_under(tenant, target).exists():
+            break
+        ReencryptionJob.objects.filter(pk=job.pk).update(last_record_id=0)
+        job.last_record_id = 0
     retired = dek_retire_unused(tenant=tenant)
     with transaction.atomic():
         job = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
@@ -324,11 +332,11 @@ def reencryption_run(*, job_id: str) -> ReencryptionJob:
 @transaction.atomic
 def dek_retire_unused(*, tenant: Tenant) -> list[int]:
     """Retire every non-active DEK no record depends on, destroying its wrapped bytes."""
-    from archive.models import Record
+    from archive.models import SealedFields
 
     retired = []
     for dek in DataKey.objects.select_for_update().filter(tenant=tenant, state=DekState.RETIRING):
-        if Record.objects.filter(dek=dek).exists():
+        if SealedFields.objects.filter(dek=dek).exists():
             continue
         dek.state = DekState.RETIRED
         dek.wrapped = b""

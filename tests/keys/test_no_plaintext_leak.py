@@ -89,7 +89,7 @@ def test_no_plaintext_key_escapes(caplog, settings) -> None:
 
     # Errors: tampered and misplaced ciphertexts.
     row = Record.objects.get(pk=records[0].pk)
-    pii = bytes(row.pii)
+    pii = bytes(row.sealed.pii)
     for blob, record_id in [(pii[:-1] + b"\0", str(row.uid)), (pii, "x")]:
         try:
             envelope().decrypt(str(tenant.pk), row.kind, "pii", record_id, blob)

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 import archive.reencrypt
-from archive.models import Record
+from archive.models import Record, SealedFields
 from archive.services import record_fields, records_create
 from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
@@ -41,14 +41,17 @@ def tenant_with_old_data(slug: str, n: int, rotations: int = 1) -> Tenant:
 
 
 def snapshot(tenant: Tenant) -> dict[str, dict[str, str]]:
-    return {str(r.uid): record_fields(tenant, r) for r in Record.objects.filter(tenant=tenant)}
+    return {
+        str(r.uid): record_fields(tenant, r)
+        for r in Record.objects.filter(tenant=tenant).select_related("sealed")
+    }
 
 
 def assert_all_under_current(tenant: Tenant) -> DataKey:
     current = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
-    assert set(Record.objects.filter(tenant=tenant).values_list("dek_id", flat=True)) == {
-        current.pk
-    }
+    sealed = SealedFields.objects.filter(record__tenant=tenant)
+    assert set(sealed.values_list("dek_id", flat=True)) == {current.pk}
+    assert sealed.count() == Record.objects.filter(tenant=tenant).count()
     return current
 
 
@@ -78,22 +81,22 @@ def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> N
     job = ReencryptionJob.objects.create(
         tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=400
     )
-    real = archive.reencrypt.reencrypt_batch
+    real = archive.reencrypt.write_batch
     calls = {"n": 0}
 
-    def crashing(**kwargs):
+    def crashing(batch, target):
         calls["n"] += 1
-        done = real(**kwargs)
+        done = real(batch, target)
         if calls["n"] == 3:
             raise RuntimeError("worker lost")  # after the batch's UPDATE, before commit
         return done
 
-    monkeypatch.setattr(archive.reencrypt, "reencrypt_batch", crashing)
+    monkeypatch.setattr(archive.reencrypt, "write_batch", crashing)
     with pytest.raises(RuntimeError):
         reencryption_run(job_id=str(job.pk))
     job.refresh_from_db()
     assert (job.state, job.done, job.last_record_id > 0) == (JobState.RUNNING, 100, True)
-    monkeypatch.setattr(archive.reencrypt, "reencrypt_batch", real)
+    monkeypatch.setattr(archive.reencrypt, "write_batch", real)
     job = reencryption_run(job_id=str(job.pk))
     assert job.done == 400
     assert_all_under_current(tenant)

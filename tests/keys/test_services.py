@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.utils import timezone
 
-from archive.models import Record
+from archive.models import Record, SealedFields
 from archive.services import record_fields, records_create
 from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
@@ -61,7 +61,7 @@ def test_records_round_trip_through_the_envelope(tenant: Tenant) -> None:
     records = load(tenant, 10)
     fields = record_fields(tenant, Record.objects.get(pk=records[1].pk))
     assert fields["email"].endswith("@example.com")
-    stored = bytes(Record.objects.get(pk=records[1].pk).pii)
+    stored = bytes(Record.objects.get(pk=records[1].pk).sealed.pii)
     assert fields["email"].encode() not in stored
 
 
@@ -73,8 +73,8 @@ def test_rotation_makes_new_writes_use_the_new_dek_and_old_data_still_reads(
         new_dek = dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
     envelope().forget(str(tenant.pk))  # this process: no waiting for the state interval
     new = load(tenant, 4, "b-")
-    assert {r.dek_id for r in new} == {new_dek.pk}
-    assert {r.dek_id for r in old} != {new_dek.pk}
+    assert {r.sealed.dek_id for r in new} == {new_dek.pk}
+    assert {r.sealed.dek_id for r in old} != {new_dek.pk}
     for row in Record.objects.filter(tenant=tenant):
         assert record_fields(tenant, row)["sid"].startswith("S-1-5-21-")
     versions = dict(DataKey.objects.filter(tenant=tenant).values_list("version", "state"))
@@ -159,11 +159,10 @@ def test_a_ciphertext_moved_to_another_tenant_does_not_decrypt(tenant: Tenant) -
     other = tenant_create(name="Other", slug="other", actor=SYSTEM)
     row = load(tenant, 1)[0]
     with pytest.raises(CiphertextError, match="unknown for this tenant"):
-        envelope().decrypt(str(other.pk), row.kind, "pii", str(row.uid), bytes(row.pii))
+        envelope().decrypt(str(other.pk), row.kind, "pii", str(row.uid), bytes(row.sealed.pii))
     other_row = load(other, 1, "o-")[0]
-    moved = Record(
-        uid=other_row.uid, tenant=other, kind=other_row.kind, dek_id=row.dek_id, pii=row.pii
-    )
+    moved = Record(uid=other_row.uid, tenant=other, kind=other_row.kind)
+    moved.sealed = SealedFields(record=moved, dek_id=row.sealed.dek_id, pii=row.sealed.pii)
     with pytest.raises(CiphertextError):
         record_fields(other, moved)
 
