@@ -301,6 +301,18 @@ KEYWARD_DEK_RESERVATION_BLOCK = env.integer(
     "KEYWARD_DEK_RESERVATION_BLOCK", 65_536, minimum=1, maximum=2**24
 )
 KEYWARD_COUNT_FLUSH_SECONDS = env.integer("KEYWARD_COUNT_FLUSH_SECONDS", 10, minimum=1, maximum=600)
+# --- Customer keys: AWS KMS ----------------------------------------------------
+# Keyward's own AWS identity comes from the usual boto3 chain (AWS_ACCESS_KEY_ID,
+# instance role...). The principal is what customers put in their key policy.
+KEYWARD_AWS_VENDOR_PRINCIPAL = (
+    env.string("KEYWARD_AWS_VENDOR_PRINCIPAL") or "arn:aws:iam::999988887777:role/keyward"
+)
+KEYWARD_AWS_ENDPOINT_URL = env.string("KEYWARD_AWS_ENDPOINT_URL")  # e.g. LocalStack
+if KEYWARD_AWS_ENDPOINT_URL and not KEYWARD_AWS_ENDPOINT_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("KEYWARD_AWS_ENDPOINT_URL must be an http:// or https:// URL")
+KEYWARD_AWS_PARTITIONS = env.strings("KEYWARD_AWS_PARTITIONS", ["aws", "aws-cn", "aws-us-gov"])
+KEYWARD_AWS_TIMEOUT_SECONDS = env.integer("KEYWARD_AWS_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+
 KEYWARD_REENCRYPT_BATCH = env.integer(
     "KEYWARD_REENCRYPT_BATCH", 5_000, minimum=100, maximum=100_000
 )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 
 from django.db import models
@@ -35,6 +37,11 @@ class KeySource(models.Model):
     state = models.CharField(max_length=16, choices=SourceState.choices, default=SourceState.DRAFT)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # The last "Save and Test": named results, and a digest of the configuration
+    # they were run with. Enable needs a passing test of exactly the saved settings.
+    test_results = models.JSONField(default=list, blank=True)
+    tested_at = models.DateTimeField(null=True, blank=True)
+    tested_config_digest = models.CharField(max_length=64, blank=True)
 
     class Meta:
         constraints = [
@@ -45,6 +52,19 @@ class KeySource(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of {self.tenant}"
+
+    def config_digest(self) -> str:
+        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"{self.kind}\n{canonical}".encode()).hexdigest()
+
+    @property
+    def test_passed(self) -> bool:
+        """A passing test of the configuration as saved now."""
+        return (
+            bool(self.test_results)
+            and all(r.get("passed") or not r.get("required", True) for r in self.test_results)
+            and self.tested_config_digest == self.config_digest()
+        )
 
 
 class KekState(models.TextChoices):

@@ -7,6 +7,7 @@ from celery.signals import worker_process_shutdown
 
 from audit.services import Actor
 from keys.models import DataKey, DekState
+from keys.providers.base import KeyUnavailable
 from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due, reencryption_run
 from tenants.models import Tenant
 
@@ -58,3 +59,16 @@ def _flush_counts_on_shutdown(**_: object) -> None:
     from keys.runtime import flush_counts
 
     flush_counts()
+
+
+@shared_task(
+    name="keys.run_byok_enable",
+    autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=10,
+)
+def run_byok_enable(source_id: str) -> None:
+    from keys.sources import byok_enable_run
+
+    byok_enable_run(source_id=source_id)

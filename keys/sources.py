@@ -1,0 +1,224 @@
+"""Customer key sources: register, Save and Test, Enable. Each an audited transition.
+
+Enable moves a vendor-managed tenant onto its own key: every DEK is rewrapped
+under the customer's KEK (one DEK per transaction, so a crash or a retry
+resumes where it stopped), the vendor-wrapped copy is overwritten in place,
+and only then do the source and the tenant switch over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.models import Outcome
+from audit.services import Actor, record
+from keys.models import (
+    DataKey,
+    DekState,
+    KekState,
+    KekVersion,
+    KeySource,
+    SourceState,
+)
+from keys.providers.base import KeyProviderError, all_required_passed
+from keys.registry import provider_for
+from keys.runtime import dek_context, envelope, publish_key_state
+from keys.services import KeyActionRefused, kek_version_get_or_create
+from tenants.models import ServiceState, Tenant
+
+LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
+
+
+def draft_source(tenant: Tenant, kind: str) -> KeySource | None:
+    """The tenant's not-yet-active registration of this kind, if any."""
+    return (
+        KeySource.objects.filter(tenant=tenant, kind=kind)
+        .exclude(state__in=[SourceState.ACTIVE, SourceState.RETIRED, SourceState.REVOKED])
+        .first()
+    )
+
+
+@transaction.atomic
+def key_source_register(
+    *,
+    tenant: Tenant,
+    kind: str,
+    config: dict[str, Any],
+    actor: Actor,
+    request: HttpRequest | None = None,
+) -> KeySource:
+    """Save a (validated) configuration. Any change invalidates the last test."""
+    source = draft_source(tenant, kind)
+    if source is None:
+        source = KeySource(tenant=tenant, kind=kind)
+    changed = source.config != config
+    source.config = config
+    if changed:
+        source.state = SourceState.DRAFT
+        source.test_results = []
+        source.tested_at = None
+        source.tested_config_digest = ""
+    source.save()
+    record(
+        tenant=tenant,
+        actor=actor,
+        action="key_source.register",
+        target=kind,
+        details={"config": config, "changed": changed},
+        request=request,
+    )
+    return source
+
+
+def key_source_test(
+    *, source: KeySource, actor: Actor, request: HttpRequest | None = None
+) -> KeySource:
+    """Run the provider's named checks against the saved settings and keep the result.
+
+    The checks talk to the customer's key store, so they run outside any
+    transaction; only the result is written.
+    """
+    context = dek_context(str(source.tenant_id), 0) | {"keyward:purpose": "test"}
+    try:
+        results = provider_for(source).run_checks(context)
+    except KeyProviderError as exc:  # a provider should report, not raise; be safe anyway
+        results = []
+        failure = str(exc)
+    else:
+        failure = ""
+    passed = all_required_passed(results)
+    with transaction.atomic():
+        locked = KeySource.objects.select_for_update().get(pk=source.pk)
+        locked.test_results = [
+            {"name": r.name, "passed": r.passed, "message": r.message, "required": r.required}
+            for r in results
+        ] or [{"name": "Key store", "passed": False, "message": failure, "required": True}]
+        locked.tested_at = timezone.now()
+        locked.tested_config_digest = locked.config_digest()
+        if locked.state in (SourceState.DRAFT, SourceState.TESTED):
+            locked.state = SourceState.TESTED if passed else SourceState.DRAFT
+        locked.save()
+        record(
+            tenant=locked.tenant,
+            actor=actor,
+            action="key_source.test",
+            target=locked.kind,
+            outcome=Outcome.SUCCESS if passed else Outcome.FAILURE,
+            reason=""
+            if passed
+            else "; ".join(
+                f"{r['name']}: {r['message']}" for r in locked.test_results if not r["passed"]
+            ),
+            details={"checks": {r["name"]: r["passed"] for r in locked.test_results}},
+            request=request,
+        )
+    return locked
+
+
+@transaction.atomic
+def byok_enable(
+    *, tenant: Tenant, source: KeySource, actor: Actor, request: HttpRequest | None = None
+) -> KeySource:
+    """Start moving a vendor-managed tenant's DEKs under the customer's key."""
+    from keys.tasks import run_byok_enable
+
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    source = KeySource.objects.select_for_update().get(pk=source.pk, tenant=locked)
+    if locked.state != ServiceState.VENDOR_MANAGED:
+        raise KeyActionRefused(
+            f"Your key can be enabled only for a vendor-managed tenant; this one is "
+            f"{locked.get_state_display()}."
+        )
+    if not source.test_passed:
+        raise KeyActionRefused(
+            "Run Save and Test with these settings first; Enable needs every check to pass."
+        )
+    locked.state = ServiceState.MIGRATING
+    locked.state_changed_at = timezone.now()
+    locked.save(update_fields=["state", "state_changed_at"])
+    record(
+        tenant=locked,
+        actor=actor,
+        action="byok.enable",
+        target=source.kind,
+        details={"source": str(source.pk), "config": source.config},
+        request=request,
+    )
+    transaction.on_commit(lambda: run_byok_enable.delay(str(source.pk)))
+    return source
+
+
+def byok_enable_progress(tenant: Tenant, source: KeySource) -> tuple[int, int]:
+    """(DEKs under the customer's key, DEKs in all) for the progress bar."""
+    live = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES)
+    return live.filter(kek_version__source=source).count(), live.count()
+
+
+def byok_enable_run(*, source_id: str) -> KeySource:
+    """Rewrap every live DEK under the source, then switch the tenant over. Idempotent.
+
+    1. One DEK per transaction (row locked): unwrap with the key it is under,
+       wrap with the customer's key, overwrite the wrapped bytes. A rerun
+       skips DEKs already under the source.
+    2. When none is left, in one transaction: the vendor source and its KEK
+       versions are retired, the customer's source is active, the tenant is
+       `byok_active`, and the key epoch moves so every process reloads its
+       DEKs through the customer's key.
+    """
+    source = KeySource.objects.select_related("tenant").get(pk=source_id)
+    tenant = source.tenant
+    if tenant.state != ServiceState.MIGRATING or source.state == SourceState.ACTIVE:
+        return source
+    provider = provider_for(source)
+    pending = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES).exclude(
+        kek_version__source=source
+    )
+    for dek_id in list(pending.values_list("pk", flat=True)):
+        with transaction.atomic():
+            dek = (
+                DataKey.objects.select_for_update()
+                .select_related("kek_version__source")
+                .get(pk=dek_id)
+            )
+            if dek.kek_version.source_id == source.pk:
+                continue
+            context = dek_context(str(tenant.pk), dek.version)
+            material = provider_for(dek.kek_version.source).unwrap(
+                bytes(dek.wrapped), context, dek.kek_version.provider_version
+            )
+            wrapped = provider.wrap(material, context)
+            del material
+            dek.kek_version = kek_version_get_or_create(source, wrapped.version)
+            dek.wrapped = wrapped.blob
+            dek.save(update_fields=["kek_version", "wrapped"])
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        source = KeySource.objects.select_for_update().get(pk=source.pk)
+        if source.state == SourceState.ACTIVE:
+            return source
+        old_sources = KeySource.objects.filter(tenant=locked, state=SourceState.ACTIVE)
+        KekVersion.objects.filter(source__in=old_sources).update(state=KekState.RETIRED)
+        old_sources.update(state=SourceState.RETIRED)
+        source.state = SourceState.ACTIVE
+        source.save(update_fields=["state"])
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.BYOK_ACTIVE,
+            state_changed_at=timezone.now(),
+            key_epoch=F("key_epoch") + 1,
+        )
+        _, total = byok_enable_progress(locked, source)
+        record(
+            tenant=locked,
+            actor=Actor.system("byok enable"),
+            action="byok.enabled",
+            target=source.kind,
+            details={"data_keys": total, "vendor_copies_destroyed": total},
+        )
+        publish_key_state(str(locked.pk))
+    envelope().forget(str(tenant.pk))
+    return source
