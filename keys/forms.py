@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
+from keys.providers.aws_kms import InvalidAwsKmsConfig, parse_kms_arn, parse_role_arn
 from tenants.models import DEK_TTL_MAX, DEK_TTL_MIN
 
 
@@ -20,3 +22,48 @@ class CacheTtlForm(forms.Form):
 
 class RotateDekForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, label="Reason (for the audit trail)")
+
+
+class AwsKmsSourceForm(forms.Form):
+    """A customer's AWS KMS key by ARN, and optionally a role for Keyward to assume.
+
+    Everything is validated before anything is saved or any AWS call is made.
+    """
+
+    key_arn = forms.CharField(
+        label="Key ARN or alias ARN",
+        max_length=2048,
+        help_text="arn:aws:kms:<region>:<account>:key/<key id> or …:alias/<alias name>",
+    )
+    role_arn = forms.CharField(
+        label="Role ARN (optional)",
+        max_length=2048,
+        required=False,
+        help_text="A role in your account that Keyward assumes, with the external id below.",
+    )
+
+    def clean_key_arn(self) -> str:
+        value = self.cleaned_data["key_arn"].strip()
+        try:
+            parse_kms_arn(value, allowed_partitions=settings.KEYWARD_AWS_PARTITIONS)
+        except InvalidAwsKmsConfig as exc:
+            raise forms.ValidationError(f"This is not a usable KMS key ARN: {exc}.") from None
+        return value
+
+    def clean_role_arn(self) -> str:
+        value = self.cleaned_data["role_arn"].strip()
+        if value:
+            try:
+                parse_role_arn(value, allowed_partitions=settings.KEYWARD_AWS_PARTITIONS)
+            except InvalidAwsKmsConfig as exc:
+                raise forms.ValidationError(f"This is not a usable role ARN: {exc}.") from None
+        return value
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean() or {}
+        key_arn, role_arn = data.get("key_arn"), data.get("role_arn")
+        if key_arn and role_arn:
+            key_partition = str(key_arn).split(":")[1]
+            if str(role_arn).split(":")[1] != key_partition:
+                self.add_error("role_arn", "The role must be in the same AWS partition as the key.")
+        return data

@@ -31,7 +31,41 @@ def local_provider() -> LocalProvider:
     return LocalProvider(root_key_file())
 
 
+_providers_lock = threading.Lock()
+_providers: dict[tuple[str, str], KeyProvider] = {}
+
+
 def provider_for(source: KeySource) -> KeyProvider:
+    """The provider of a key source, reused while its configuration is unchanged.
+
+    Reuse keeps clients and assumed-role credentials warm; a changed
+    configuration (another digest) builds a new one.
+    """
     if source.kind == SourceKind.LOCAL:
         return local_provider()
+    key = (str(source.pk), source.config_digest())
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            provider = _providers[key] = _build(source)
+        return provider
+
+
+def _build(source: KeySource) -> KeyProvider:
+    if source.kind == SourceKind.AWS_KMS:
+        from keys.providers.aws_kms import AwsKmsConfig, AwsKmsProvider
+
+        config = AwsKmsConfig(
+            key_arn=source.config["key_arn"],
+            role_arn=source.config.get("role_arn") or None,
+            external_id=source.config.get("external_id") if source.config.get("role_arn") else None,
+            allowed_partitions=tuple(settings.KEYWARD_AWS_PARTITIONS),
+        )
+        timeout = settings.KEYWARD_AWS_TIMEOUT_SECONDS
+        return AwsKmsProvider(
+            config,
+            endpoint_url=settings.KEYWARD_AWS_ENDPOINT_URL,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+        )
     raise NotImplementedError(f"no provider for {source.kind!r} yet")

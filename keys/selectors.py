@@ -17,7 +17,7 @@ from keys.models import (
 )
 from keys.providers.base import KeyDescription
 from keys.registry import provider_for
-from tenants.models import Tenant
+from tenants.models import ServiceState, Tenant
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,31 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
 
 def reencryption_job_for_tenant(tenant: Tenant) -> ReencryptionJob | None:
     return ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek").first()
+
+
+@dataclass(frozen=True)
+class EnablingProgress:
+    source: KeySource
+    done: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else min(100, self.done * 100 // self.total)
+
+
+def enabling_progress(tenant: Tenant) -> EnablingProgress | None:
+    """While a tenant moves onto its own key: how many DEKs are under it already."""
+    if tenant.state != ServiceState.MIGRATING:
+        return None
+    from keys.sources import byok_enable_progress
+
+    source = (
+        KeySource.objects.filter(tenant=tenant, state=SourceState.TESTED)
+        .order_by("-updated")
+        .first()
+    )
+    if source is None:
+        return None
+    done, total = byok_enable_progress(tenant, source)
+    return EnablingProgress(source, done, total)

@@ -11,4 +11,8 @@ urlpatterns = [
     path("cache-ttl/", views.set_cache_ttl, name="set_cache_ttl"),
     path("reencrypt/", views.start_reencryption, name="reencrypt"),
     path("reencrypt/progress/", views.reencryption_progress, name="reencrypt_progress"),
+    path("aws/", views.aws_source, name="aws"),
+    path("aws/save-and-test/", views.aws_save_and_test, name="aws_save_and_test"),
+    path("sources/<uuid:source_id>/enable/", views.enable_source, name="enable_source"),
+    path("enable/progress/", views.enable_progress, name="enable_progress"),
 ]

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
 from audit.services import Actor, record
 from console.sudo import sudo_required
-from keys.forms import CacheTtlForm, RotateDekForm
-from keys.selectors import keys_overview, reencryption_job_for_tenant
+from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
+from keys.forms import AwsKmsSourceForm, CacheTtlForm, RotateDekForm
+from keys.models import KeySource, SourceKind, SourceState
+from keys.selectors import enabling_progress, keys_overview, reencryption_job_for_tenant
 from keys.services import KeyActionRefused, dek_rotate, reencryption_start, tenant_set_dek_cache_ttl
+from keys.sources import byok_enable, draft_source, key_source_register, key_source_test
+from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
 
@@ -30,6 +35,7 @@ def _page(
         "rotate_form": RotateDekForm(),
         "job": overview.open_job or overview.last_job,
         "can_manage": access.can(Perm.MANAGE_KEYS),
+        "enabling": enabling_progress(access.tenant),
     }
     return render(request, "keys/keys.html", context, status=status)
 
@@ -123,4 +129,110 @@ def reencryption_progress(request: HttpRequest, access: TenantAccess) -> HttpRes
         request,
         "keys/keys.html#progress",
         {"tenant": access.tenant, "job": reencryption_job_for_tenant(access.tenant)},
+    )
+
+
+# -- AWS KMS (bring your own KMS key) -----------------------------------------------
+
+
+def _aws_page(
+    request: HttpRequest,
+    access: TenantAccess,
+    form: AwsKmsSourceForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    tenant = access.tenant
+    source = (
+        draft_source(tenant, SourceKind.AWS_KMS)
+        or KeySource.objects.filter(
+            tenant=tenant, kind=SourceKind.AWS_KMS, state=SourceState.ACTIVE
+        ).first()
+    )
+    config = source.config if source else {}
+    external_id = config.get("external_id") or suggested_external_id(tenant)
+    role_arn = (form.data.get("role_arn") if form is not None else None) or config.get(
+        "role_arn", ""
+    )
+    context = {
+        "tenant": tenant,
+        "source": source,
+        "form": form
+        or AwsKmsSourceForm(
+            initial={"key_arn": config.get("key_arn", ""), "role_arn": config.get("role_arn", "")}
+        ),
+        "external_id": external_id,
+        "key_policy": key_policy_statement(tenant, str(role_arn or "")),
+        "trust_policy": role_trust_policy(external_id),
+        "vendor_principal": settings.KEYWARD_AWS_VENDOR_PRINCIPAL,
+        "can_enable": bool(
+            source and source.test_passed and tenant.state == ServiceState.VENDOR_MANAGED
+        ),
+    }
+    return render(request, "keys/aws.html", context, status=status)
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.MANAGE_KEYS)
+def aws_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    return _aws_page(request, access)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def aws_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    form = AwsKmsSourceForm(request.POST)
+    if not form.is_valid():
+        reasons = "; ".join(
+            f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items()
+        )
+        _refused(request, access, "key_source.register", reasons)
+        return _aws_page(request, access, form=form, status=400)
+    tenant = access.tenant
+    existing = draft_source(tenant, SourceKind.AWS_KMS)
+    config = {
+        "key_arn": form.cleaned_data["key_arn"],
+        "role_arn": form.cleaned_data["role_arn"],
+        "external_id": (existing.config.get("external_id") if existing else None)
+        or suggested_external_id(tenant),
+    }
+    actor = Actor.for_user(request.user)
+    source = key_source_register(
+        tenant=tenant, kind=SourceKind.AWS_KMS, config=config, actor=actor, request=request
+    )
+    source = key_source_test(source=source, actor=actor, request=request)
+    if source.test_passed:
+        messages.success(request, "Every check passed. You can enable your key.")
+    else:
+        messages.error(request, "Some checks failed: see what to change below.")
+    return redirect("keys:aws", slug=tenant.slug)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
+    source = get_object_or_404(KeySource, pk=source_id, tenant=access.tenant)
+    try:
+        byok_enable(
+            tenant=access.tenant, source=source, actor=Actor.for_user(request.user), request=request
+        )
+    except KeyActionRefused as exc:
+        _refused(request, access, "byok.enable", str(exc))
+        return redirect("keys:aws", slug=access.tenant.slug)
+    messages.success(request, "Moving your data keys under your key. This page shows the progress.")
+    return redirect("keys:overview", slug=access.tenant.slug)
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.VIEW_STATUS)
+def enable_progress(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    return render(
+        request,
+        "keys/keys.html#enable-progress",
+        {"tenant": access.tenant, "enabling": enabling_progress(access.tenant)},
     )

@@ -43,7 +43,7 @@ def boto_client(service: str, account_id: str = ACCOUNT_ID, region: str = REGION
         region_name=region,
         aws_access_key_id=account_id,
         aws_secret_access_key="localstack",  # any value: LocalStack does not check it
-        config=Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=30),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=30),
     )
 
 
