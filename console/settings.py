@@ -257,9 +257,17 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env.integer("KEYWARD_TASK_SOFT_TIME_LIMIT", 3300, minimum=10)
 CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_IGNORE_RESULT = True
+# How often beat checks every customer key (the revocation bound adds this to the TTL).
+KEYWARD_HEALTH_CHECK_SECONDS = env.integer(
+    "KEYWARD_HEALTH_CHECK_SECONDS", 60, minimum=5, maximum=3600
+)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
     "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},
+    "keys-check-key-health": {
+        "task": "keys.check_key_health",
+        "schedule": float(KEYWARD_HEALTH_CHECK_SECONDS),
+    },
 }
 
 # --- Logging ----------------------------------------------------------------

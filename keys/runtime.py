@@ -192,6 +192,16 @@ def flush_counts() -> None:
         )
 
 
+def _flush_at_exit() -> None:
+    # At interpreter exit the database (or the log stream) may be gone already;
+    # the reservations made before encrypting still hold, so stay quiet.
+    logging.disable(logging.CRITICAL)
+    try:
+        flush_counts()
+    except Exception:  # noqa: S110
+        pass
+
+
 def _flusher() -> None:
     interval = settings.KEYWARD_COUNT_FLUSH_SECONDS
     stop = threading.Event()
@@ -230,7 +240,7 @@ def envelope() -> Envelope:
             _pid = os.getpid()
             threading.Thread(target=_flusher, name="dek-count-flush", daemon=True).start()
             if not _atexit_registered.is_set():
-                atexit.register(flush_counts)
+                atexit.register(_flush_at_exit)
                 _atexit_registered.set()
         return _envelope
 

@@ -72,3 +72,18 @@ def run_byok_enable(source_id: str) -> None:
     from keys.sources import byok_enable_run
 
     byok_enable_run(source_id=source_id)
+
+
+@shared_task(name="keys.check_key_health")
+def check_key_health() -> dict[str, str]:
+    """Beat: check the key of every BYOK tenant (one failing tenant never stops the rest)."""
+    from keys.lifecycle import CHECKED_STATES, key_health_check
+
+    found: dict[str, str] = {}
+    for tenant in Tenant.objects.filter(state__in=CHECKED_STATES).iterator():
+        try:
+            found[tenant.slug] = key_health_check(tenant=tenant)
+        except Exception:
+            logger.exception("health check of %s failed", tenant.slug)
+            found[tenant.slug] = "error"
+    return found

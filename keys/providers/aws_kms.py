@@ -59,6 +59,7 @@ from keys.providers.base import (
     Context,
     KeyAccessDenied,
     KeyDescription,
+    KeyHealth,
     KeyMaterialInvalid,
     KeyProvider,
     KeyProviderError,
@@ -773,6 +774,15 @@ class AwsKmsProvider(KeyProvider):
             alias_target=str(metadata["Arn"]) if self._parsed.is_alias else None,
             deletion_date=metadata.get("DeletionDate"),
         )
+
+    def health(self) -> KeyHealth:
+        status = self.key_state()
+        if status.pending_deletion:
+            when = f" on {status.deletion_date:%Y-%m-%d}" if status.deletion_date else ""
+            return KeyHealth(False, status.key_arn, f"the key is scheduled for deletion{when}")
+        if not status.enabled:
+            return KeyHealth(False, status.key_arn, f"the key is {status.state.lower()}")
+        return KeyHealth(True, status.key_arn, "enabled")
 
     def describe(self) -> KeyDescription:
         parsed = self._parsed

@@ -69,6 +69,20 @@ class KeyDescription:
 Context = Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class KeyHealth:
+    """What a health check learns from the key store, without using the key.
+
+    `usable` is False when the customer cut access (disabled, pending deletion);
+    `version` is what a new wrap would use now: when it differs from the version
+    the tenant's data keys are under, the customer rotated the key.
+    """
+
+    usable: bool
+    version: str
+    detail: str = ""
+
+
 class KeyProvider(abc.ABC):
     """A key encryption key (KEK) that wraps and unwraps data keys.
 
@@ -93,6 +107,10 @@ class KeyProvider(abc.ABC):
 
     @abc.abstractmethod
     def current_version(self) -> str: ...
+
+    def health(self) -> KeyHealth:
+        """Usable and current version; raises KeyUnavailable or KeyAccessDenied."""
+        return KeyHealth(True, self.current_version())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
