@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -196,10 +197,8 @@ def _flush_at_exit() -> None:
     # At interpreter exit the database (or the log stream) may be gone already;
     # the reservations made before encrypting still hold, so stay quiet.
     logging.disable(logging.CRITICAL)
-    try:
+    with contextlib.suppress(Exception):
         flush_counts()
-    except Exception:  # noqa: S110
-        pass
 
 
 def _flusher() -> None:
