@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 
 from keys.providers.aws_kms import InvalidAwsKmsConfig, parse_kms_arn, parse_role_arn
+from keys.uploads import MAX_UPLOAD_BYTES
 from tenants.models import DEK_TTL_MAX, DEK_TTL_MIN
 
 
@@ -67,3 +68,31 @@ class AwsKmsSourceForm(forms.Form):
             if str(role_arn).split(":")[1] != key_partition:
                 self.add_error("role_arn", "The role must be in the same AWS partition as the key.")
         return data
+
+
+class KeyUploadForm(forms.Form):
+    """The wrapped key and its import token, checked for size before they are read."""
+
+    wrapped_key = forms.FileField(label="CustomerEncryptionKey.bin (your wrapped key)")
+    token = forms.FileField(label="ImportToken.bin (from the import parameters)")
+    expires_at = forms.DateTimeField(
+        label="Key expires (optional, UTC)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="At this time Keyward stops using the key, as if you had revoked it.",
+    )
+
+    def _small(self, name: str, limit: int) -> bytes:
+        upload = self.cleaned_data[name]
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"This file is {upload.size} bytes; at most {limit} bytes are accepted. "
+                "Upload the file named in the import instructions."
+            )
+        return bytes(upload.read())
+
+    def clean_wrapped_key(self) -> bytes:
+        return self._small("wrapped_key", MAX_UPLOAD_BYTES)
+
+    def clean_token(self) -> bytes:
+        return self._small("token", MAX_UPLOAD_BYTES)

@@ -84,6 +84,13 @@ class KekVersion(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     validated_at = models.DateTimeField(null=True, blank=True)
 
+    # Uploaded keys only: the customer's key material, wrapped under the vendor
+    # root key (never in the clear), its key check value and optional expiry.
+    # Emptied when Keyward's copy is destroyed (revoke).
+    material = models.BinaryField(null=True, blank=True, editable=False)
+    check_value = models.CharField(max_length=16, blank=True)
+    material_expires_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -94,6 +101,9 @@ class KekVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_version} ({self.state})"
+
+    def __repr__(self) -> str:
+        return f"<KekVersion {self.provider_version} {self.state}>"
 
 
 class DekState(models.TextChoices):
@@ -182,3 +192,38 @@ class ReencryptionJob(models.Model):
     @property
     def percent(self) -> int:
         return 100 if self.total == 0 else min(100, int(self.done * 100 / self.total))
+
+
+class ImportState(models.TextChoices):
+    OPEN = "open", "Waiting for the upload"
+    USED = "used", "Used"
+    EXPIRED = "expired", "Expired"
+
+
+class KeyImport(models.Model):
+    """One set of import parameters: an RSA-4096 wrapping key pair and its token.
+
+    The private half is stored only wrapped under the vendor root key, and is
+    destroyed once the upload used it or the import expired. The token is
+    single use: an import that is not `open` accepts nothing.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="key_imports")
+    public_der = models.BinaryField(editable=False)
+    fingerprint = models.CharField(max_length=64)
+    private_wrapped = models.BinaryField(editable=False)
+    private_kek_version = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=ImportState.choices, default=ImportState.OPEN)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} ({self.state})"
+
+    def __repr__(self) -> str:
+        return f"<KeyImport {self.pk} {self.state}>"

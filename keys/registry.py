@@ -43,12 +43,34 @@ def provider_for(source: KeySource) -> KeyProvider:
     """
     if source.kind == SourceKind.LOCAL:
         return local_provider()
+    if source.kind == SourceKind.UPLOADED:
+        return _uploaded(source)  # cheap to build; its current version moves with uploads
     key = (str(source.pk), source.config_digest())
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
             provider = _providers[key] = _build(source)
         return provider
+
+
+def _uploaded(source: KeySource) -> KeyProvider:
+    from django.db import DatabaseError
+
+    from keys.models import KekVersion
+    from keys.providers.uploaded import MaterialUnavailable, UploadedKeyProvider
+    from keys.uploads import uploaded_material
+
+    def material(version: str) -> bytes:
+        try:
+            row = KekVersion.objects.get(source=source, provider_version=version)
+        except KekVersion.DoesNotExist:
+            raise KeyError(version) from None
+        except DatabaseError as exc:
+            raise MaterialUnavailable(type(exc).__name__) from None
+        return uploaded_material(row)
+
+    current = str(source.config.get("version") or "upload-1")
+    return UploadedKeyProvider(material, current)
 
 
 def _build(source: KeySource) -> KeyProvider:

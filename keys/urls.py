@@ -14,5 +14,8 @@ urlpatterns = [
     path("aws/", views.aws_source, name="aws"),
     path("aws/save-and-test/", views.aws_save_and_test, name="aws_save_and_test"),
     path("sources/<uuid:source_id>/enable/", views.enable_source, name="enable_source"),
+    path("upload/", views.upload_page, name="upload"),
+    path("upload/parameters/", views.download_import_parameters, name="import_parameters"),
+    path("upload/key/", views.upload_key, name="upload_key"),
     path("enable/progress/", views.enable_progress, name="enable_progress"),
 ]

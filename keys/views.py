@@ -12,11 +12,12 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from console.sudo import sudo_required
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
-from keys.forms import AwsKmsSourceForm, CacheTtlForm, RotateDekForm
+from keys.forms import AwsKmsSourceForm, CacheTtlForm, KeyUploadForm, RotateDekForm
 from keys.models import KeySource, SourceKind, SourceState
 from keys.selectors import enabling_progress, keys_overview, reencryption_job_for_tenant
 from keys.services import KeyActionRefused, dek_rotate, reencryption_start, tenant_set_dek_cache_ttl
 from keys.sources import byok_enable, draft_source, key_source_register, key_source_test
+from keys.uploads import MAX_UPLOAD_BYTES, UploadRefused, key_import_create, key_upload
 from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
@@ -222,7 +223,8 @@ def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) ->
         )
     except KeyActionRefused as exc:
         _refused(request, access, "byok.enable", str(exc))
-        return redirect("keys:aws", slug=access.tenant.slug)
+        page = "keys:upload" if source.kind == SourceKind.UPLOADED else "keys:aws"
+        return redirect(page, slug=access.tenant.slug)
     messages.success(request, "Moving your data keys under your key. This page shows the progress.")
     return redirect("keys:overview", slug=access.tenant.slug)
 
@@ -236,3 +238,88 @@ def enable_progress(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         "keys/keys.html#enable-progress",
         {"tenant": access.tenant, "enabling": enabling_progress(access.tenant)},
     )
+
+
+# -- wrapped-key upload (bring your own key) ------------------------------------------
+
+
+def _upload_page(
+    request: HttpRequest, access: TenantAccess, form: KeyUploadForm | None = None, status: int = 200
+) -> HttpResponse:
+    tenant = access.tenant
+    source = (
+        draft_source(tenant, SourceKind.UPLOADED)
+        or KeySource.objects.filter(
+            tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
+        ).first()
+    )
+    versions = list(source.versions.order_by("-created")) if source else []
+    context = {
+        "tenant": tenant,
+        "source": source,
+        "versions": versions,
+        "form": form or KeyUploadForm(),
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        "can_enable": bool(
+            source and source.test_passed and tenant.state == ServiceState.VENDOR_MANAGED
+        ),
+    }
+    return render(request, "keys/upload.html", context, status=status)
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.MANAGE_KEYS)
+def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    return _upload_page(request, access)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+def download_import_parameters(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    key_import, bundle = key_import_create(
+        tenant=access.tenant, actor=Actor.for_user(request.user), request=request
+    )
+    response = HttpResponse(bundle, content_type="application/zip")
+    stamp = key_import.created.strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = (
+        f'attachment; filename="keyward-import-{access.tenant.slug}-{stamp}.zip"'
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    form = KeyUploadForm(request.POST, request.FILES)
+    actor = Actor.for_user(request.user)
+    if not form.is_valid():
+        reasons = "; ".join(
+            f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items()
+        )
+        _refused(request, access, "key.upload", reasons)
+        return _upload_page(request, access, form=form, status=400)
+    try:
+        version = key_upload(
+            tenant=access.tenant,
+            wrapped_key=form.cleaned_data["wrapped_key"],
+            token=form.cleaned_data["token"],
+            material_expires_at=form.cleaned_data["expires_at"],
+            actor=actor,
+            request=request,
+        )
+    except UploadRefused as exc:
+        form.add_error(None, str(exc))
+        messages.error(request, "The key was not accepted: nothing changed.")
+        return _upload_page(request, access, form=form, status=400)
+    key_source_test(source=version.source, actor=actor, request=request)
+    messages.success(
+        request,
+        f"Key received as {version.provider_version}. Its key check value is "
+        f"{version.check_value}: compare it with the one from step 3 of README.txt.",
+    )
+    return redirect("keys:upload", slug=access.tenant.slug)

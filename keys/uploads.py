@@ -1,0 +1,247 @@
+"""Wrapped-key upload (BYOK): import parameters, upload, and the uploaded key's versions.
+
+1. `key_import_create` makes a fresh RSA-4096 wrapping key pair (private half
+   stored only sealed under the vendor root key) and a signed, 24-hour,
+   single-use import token bound to the tenant and that key.
+2. `key_upload` checks the token, unwraps the customer's key with the import's
+   private key, refuses wrong sizes and weak keys, stores the key only sealed
+   under the vendor root key as a new version, and destroys the import's
+   private key. A new upload is a new version (a rotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import uuid
+import zipfile
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.models import Outcome
+from audit.services import Actor, record
+from keys import importkit
+from keys.models import (
+    ImportState,
+    KekState,
+    KekVersion,
+    KeyImport,
+    KeySource,
+    SourceKind,
+    SourceState,
+)
+from keys.sources import draft_source
+from keys.vault import Sealed, seal, unseal
+from tenants.models import Tenant
+
+MAX_UPLOAD_BYTES = 64 * 1024
+IMPORT_PRIVATE = "import-private-key"
+UPLOADED_KEY = "uploaded-key"
+
+
+class UploadRefused(Exception):
+    """An upload that cannot be accepted; the message says what to do."""
+
+
+def _token_secret() -> bytes:
+    return hmac.new(settings.SECRET_KEY.encode(), b"keyward-import-token", hashlib.sha256).digest()
+
+
+def key_import_create(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> tuple[KeyImport, bytes]:
+    """New import parameters; returns the import and the zip to download."""
+    wrapping = importkit.new_wrapping_key()
+    now = timezone.now()
+    key_import = KeyImport(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        public_der=wrapping.public_der,
+        fingerprint=wrapping.fingerprint,
+        expires_at=now + importkit.DEFAULT_TOKEN_TTL,
+    )
+    sealed = seal(purpose=IMPORT_PRIVATE, owner=str(key_import.pk), value=wrapping.private_pem)
+    key_import.private_wrapped = sealed.blob
+    key_import.private_kek_version = sealed.root_version
+    token = importkit.issue_token(
+        _token_secret(),
+        tenant_id=str(tenant.pk),
+        import_id=str(key_import.pk),
+        public_der=wrapping.public_der,
+        now=now,
+    )
+    with transaction.atomic():
+        key_import.save()
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="key_import.create",
+            target=str(key_import.pk),
+            details={
+                "fingerprint": wrapping.fingerprint,
+                "expires_at": key_import.expires_at.isoformat(),
+            },
+            request=request,
+        )
+    readme = importkit.import_readme(
+        tenant_name=tenant.name, expires_at=key_import.expires_at, max_upload_bytes=MAX_UPLOAD_BYTES
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("WrappingPublicKey.bin", wrapping.public_der)
+        bundle.writestr("WrappingPublicKey.pem", wrapping.public_pem)
+        bundle.writestr("ImportToken.bin", token)
+        bundle.writestr("README.txt", readme)
+    return key_import, archive.getvalue()
+
+
+def _find_import(tenant: Tenant, token: bytes) -> tuple[KeyImport, importkit.TokenClaims]:
+    """The tenant's import this token was issued for, or the most telling error."""
+    now = timezone.now()
+    candidates: list[KeyImport | None] = list(
+        KeyImport.objects.filter(tenant=tenant).order_by("-created")[:50]
+    )
+    errors: list[importkit.InvalidImportToken] = []
+    for candidate in candidates or [None]:
+        try:
+            claims = importkit.verify_token(
+                _token_secret(),
+                token,
+                tenant_id=str(tenant.pk),
+                public_der=bytes(candidate.public_der) if candidate else b"",
+                now=now,
+            )
+        except importkit.InvalidImportToken as exc:
+            if not isinstance(exc, importkit.TokenWrongKey):
+                raise UploadRefused(str(exc)) from None
+            errors.append(exc)
+            continue
+        assert candidate is not None
+        return candidate, claims
+    raise UploadRefused(
+        "This import token was not issued for any import of this tenant: download new "
+        "import parameters here and wrap your key with their public key."
+    )
+
+
+def _next_label(source: KeySource) -> str:
+    return f"upload-{source.versions.count() + 1}"
+
+
+def key_upload(
+    *,
+    tenant: Tenant,
+    wrapped_key: bytes,
+    token: bytes,
+    material_expires_at: datetime | None,
+    actor: Actor,
+    request: HttpRequest | None = None,
+) -> KekVersion:
+    """Accept an uploaded key, or refuse with a message (recorded as a failure)."""
+    try:
+        version = _accept(tenant, wrapped_key, token, material_expires_at, actor, request)
+    except (UploadRefused, importkit.KeyImportError) as exc:
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="key.upload",
+            outcome=Outcome.FAILURE,
+            reason=str(exc),
+            request=request,
+        )
+        raise UploadRefused(str(exc)) from None
+    return version
+
+
+def _accept(
+    tenant: Tenant,
+    wrapped_key: bytes,
+    token: bytes,
+    material_expires_at: datetime | None,
+    actor: Actor,
+    request: HttpRequest | None,
+) -> KekVersion:
+    if material_expires_at is not None and material_expires_at <= timezone.now():
+        raise UploadRefused("The key's expiry date must be in the future.")
+    key_import, _claims = _find_import(tenant, token)
+    with transaction.atomic():
+        locked = KeyImport.objects.select_for_update().get(pk=key_import.pk)
+        if locked.state == ImportState.USED:
+            raise UploadRefused(
+                "This import token was used already: each token works once. Download new "
+                "import parameters and wrap your key again."
+            )
+        if locked.state != ImportState.OPEN or locked.expires_at <= timezone.now():
+            raise UploadRefused("These import parameters expired: download new ones.")
+        private_pem = unseal(
+            purpose=IMPORT_PRIVATE,
+            owner=str(locked.pk),
+            sealed=Sealed(bytes(locked.private_wrapped), locked.private_kek_version),
+        )
+        material = importkit.unwrap_uploaded_key(private_pem, wrapped_key)
+        del private_pem
+        importkit.check_key_material(material)
+        kcv = importkit.key_check_value(material)
+        source = (
+            draft_source(tenant, SourceKind.UPLOADED)
+            or KeySource.objects.filter(
+                tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
+            ).first()
+        )
+        if source is None:
+            source = KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
+        label = _next_label(source)
+        version = KekVersion(
+            id=uuid.uuid4(),
+            source=source,
+            provider_version=label,
+            state=KekState.PENDING,
+            check_value=kcv,
+            material_expires_at=material_expires_at,
+        )
+        sealed = seal(purpose=UPLOADED_KEY, owner=str(version.pk), value=material)
+        del material
+        version.material = sealed.root_version.encode() + b"\0" + sealed.blob
+        version.save()
+        # The configuration names the newest upload, so a new upload needs a new test.
+        source.config = {"version": label, "check_value": kcv}
+        if source.state != SourceState.ACTIVE:
+            source.state = SourceState.DRAFT
+        source.save()
+        locked.state = ImportState.USED
+        locked.used_at = timezone.now()
+        locked.private_wrapped = b""  # the wrapping private key is destroyed
+        locked.save(update_fields=["state", "used_at", "private_wrapped"])
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="key.upload",
+            target=label,
+            details={
+                "check_value": kcv,
+                "import": str(locked.pk),
+                "expires_at": material_expires_at.isoformat() if material_expires_at else None,
+            },
+            request=request,
+        )
+    return version
+
+
+def uploaded_material(version: KekVersion) -> bytes:
+    """The plaintext of an uploaded key version, for the provider only."""
+    from keys.providers.uploaded import MaterialDestroyed
+
+    stored = bytes(version.material or b"")
+    if not stored:
+        raise MaterialDestroyed(version.provider_version)
+    if version.material_expires_at is not None and version.material_expires_at <= timezone.now():
+        raise MaterialDestroyed(version.provider_version)
+    root_version, _, blob = stored.partition(b"\0")
+    return unseal(
+        purpose=UPLOADED_KEY, owner=str(version.pk), sealed=Sealed(blob, root_version.decode())
+    )
