@@ -5,6 +5,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from console.banners import banner_for
+from keys.expiry import expiring_version
 from tenants.permissions import is_support_staff
 from tenants.selectors import memberships_for_user
 
@@ -15,7 +16,9 @@ def shell(request: HttpRequest) -> dict[str, Any]:
     if user is None or not user.is_authenticated:
         return {}
     access = getattr(request, "tenant_access", None)
+    expiring = expiring_version(access.tenant) if access else None
     return {
+        "expiring_key": expiring,
         "switcher": memberships_for_user(user),
         "is_support": is_support_staff(user),
         "access": access,

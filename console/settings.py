@@ -264,6 +264,7 @@ KEYWARD_HEALTH_CHECK_SECONDS = env.integer(
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
     "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},
+    "keys-warn-expiring-keys": {"task": "keys.warn_expiring_keys", "schedule": 3600.0},
     "keys-check-key-health": {
         "task": "keys.check_key_health",
         "schedule": float(KEYWARD_HEALTH_CHECK_SECONDS),

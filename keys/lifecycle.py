@@ -122,6 +122,7 @@ def _in_use_versions(source: KeySource) -> set[str]:
 
 def key_health_check(*, tenant: Tenant) -> str:
     """Check one BYOK tenant's key; return what was found (for logs and tests)."""
+    tenant = Tenant.objects.get(pk=tenant.pk)  # the state now, not when the caller loaded it
     source = (
         KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
         .exclude(kind=SourceKind.LOCAL)

@@ -90,6 +90,8 @@ class KekVersion(models.Model):
     material = models.BinaryField(null=True, blank=True, editable=False)
     check_value = models.CharField(max_length=16, blank=True)
     material_expires_at = models.DateTimeField(null=True, blank=True)
+    # Days-before-expiry warnings already sent (30, 7, 1), so each goes out once.
+    expiry_warnings_sent = models.JSONField(default=list, blank=True)
 
     class Meta:
         constraints = [

@@ -87,3 +87,10 @@ def check_key_health() -> dict[str, str]:
             logger.exception("health check of %s failed", tenant.slug)
             found[tenant.slug] = "error"
     return found
+
+
+@shared_task(name="keys.warn_expiring_keys")
+def warn_expiring_keys() -> int:
+    from keys.expiry import warn_expiring_keys as warn
+
+    return warn()

@@ -34,6 +34,7 @@ from keys.providers.base import (
     Context,
     KeyAccessDenied,
     KeyDescription,
+    KeyHealth,
     KeyMaterialInvalid,
     KeyProvider,
     KeyUnavailable,
@@ -177,6 +178,11 @@ class UploadedKeyProvider(KeyProvider):
             True,
             f"Wrapped and unwrapped a 32-byte probe with {self.current} under the context.",
         )
+
+    def health(self) -> KeyHealth:
+        """Usable while Keyward's copy of the current version exists and has not expired."""
+        self._raw(self.current)  # KeyAccessDenied when destroyed or expired
+        return KeyHealth(True, self.current, "uploaded key present")
 
     def describe(self) -> KeyDescription:
         try:
