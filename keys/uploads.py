@@ -208,11 +208,16 @@ def _accept(
         del material
         version.material = sealed.root_version.encode() + b"\0" + sealed.blob
         version.save()
-        # The configuration names the newest upload, so a new upload needs a new test.
-        source.config = {"version": label, "check_value": kcv}
-        if source.state != SourceState.ACTIVE:
+        if source.state == SourceState.ACTIVE:
+            # A new upload for a key in use is a rotation: it waits, paused, until an
+            # administrator confirms it; data keys stay under the current version.
+            rotation = True
+        else:
+            # The configuration names the newest upload, so a new upload needs a new test.
+            rotation = False
+            source.config = {"version": label, "check_value": kcv}
             source.state = SourceState.DRAFT
-        source.save()
+            source.save()
         locked.state = ImportState.USED
         locked.used_at = timezone.now()
         locked.private_wrapped = b""  # the wrapping private key is destroyed
@@ -226,9 +231,14 @@ def _accept(
                 "check_value": kcv,
                 "import": str(locked.pk),
                 "expires_at": material_expires_at.isoformat() if material_expires_at else None,
+                "rotation": rotation,
             },
             request=request,
         )
+    if rotation:
+        from keys.lifecycle import tenant_mark_rotation_pending
+
+        tenant_mark_rotation_pending(tenant, source, label)
     return version
 
 

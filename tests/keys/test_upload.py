@@ -18,7 +18,7 @@ from archive.models import Record
 from archive.services import record_fields, records_create
 from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
-from keys.models import DataKey, ImportState, KekVersion, KeyImport, SourceKind
+from keys.models import DataKey, ImportState, KekVersion, KeyImport, KeySource, SourceKind
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
 from tenants.models import ServiceState
@@ -226,3 +226,38 @@ def test_upload_needs_a_recent_password(acme, prepared) -> None:
     client = login(acme.key_admin)
     response = client.post(reverse("keys:upload_key", args=["acme"]), {})
     assert response["Location"].startswith(reverse("console:sudo"))
+
+
+def test_a_new_upload_for_a_key_in_use_waits_as_a_rotation(acme, tmp_path) -> None:
+    client = login(acme.owner, sudo=True)
+    first = download(client, "acme", tmp_path / "one")
+    customer_wraps(tmp_path / "one")
+    upload(
+        client,
+        "acme",
+        (tmp_path / "one/CustomerEncryptionKey.bin").read_bytes(),
+        first["ImportToken.bin"],
+    )
+    source = KeySource.objects.get(tenant=acme.tenant, kind=SourceKind.UPLOADED)
+    client.post(reverse("keys:enable_source", args=["acme", source.pk]))
+    byok_enable_run(source_id=str(source.pk))
+
+    second = download(client, "acme", tmp_path / "two")
+    customer_wraps(tmp_path / "two")
+    body = upload(
+        client,
+        "acme",
+        (tmp_path / "two/CustomerEncryptionKey.bin").read_bytes(),
+        second["ImportToken.bin"],
+    ).content.decode()
+    assert "upload-2" in body
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.state == ServiceState.ROTATION_PENDING
+    source.refresh_from_db()
+    assert source.config["version"] == "upload-1"  # data keys stay under the confirmed version
+    assert KekVersion.objects.get(source=source, provider_version="upload-2").state == "pending"
+    assert set(
+        DataKey.objects.filter(tenant=acme.tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    ) == {"upload-1"}
