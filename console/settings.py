@@ -322,6 +322,11 @@ if KEYWARD_AWS_ENDPOINT_URL and not KEYWARD_AWS_ENDPOINT_URL.startswith(("http:/
 KEYWARD_AWS_PARTITIONS = env.strings("KEYWARD_AWS_PARTITIONS", ["aws", "aws-cn", "aws-us-gov"])
 KEYWARD_AWS_TIMEOUT_SECONDS = env.integer("KEYWARD_AWS_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
 
+# Where uploaded (wrapped) customer keys live: sealed under the vendor root key
+# ("local"), or imported into EXTERNAL-origin keys in the vendor's AWS KMS.
+KEYWARD_UPLOAD_KEY_STORE = env.choice("KEYWARD_UPLOAD_KEY_STORE", "local", ("local", "aws_kms"))
+KEYWARD_UPLOAD_AWS_REGION = env.string("KEYWARD_UPLOAD_AWS_REGION") or "eu-west-1"
+
 KEYWARD_REENCRYPT_BATCH = env.integer(
     "KEYWARD_REENCRYPT_BATCH", 5_000, minimum=100, maximum=100_000
 )

@@ -220,6 +220,10 @@ class KeyImport(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
+    # When the vendor's key store is AWS KMS: the EXTERNAL-origin key the material
+    # goes into, and AWS's own import token (not secret; single use at AWS too).
+    aws_key_arn = models.CharField(max_length=512, blank=True)
+    aws_import_token = models.BinaryField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created"]

@@ -43,7 +43,7 @@ def provider_for(source: KeySource) -> KeyProvider:
     """
     if source.kind == SourceKind.LOCAL:
         return local_provider()
-    if source.kind == SourceKind.UPLOADED:
+    if source.kind == SourceKind.UPLOADED and source.config.get("store") != "aws_kms":
         return _uploaded(source)  # cheap to build; its current version moves with uploads
     key = (str(source.pk), source.config_digest())
     with _providers_lock:
@@ -74,7 +74,7 @@ def _uploaded(source: KeySource) -> KeyProvider:
 
 
 def _build(source: KeySource) -> KeyProvider:
-    if source.kind == SourceKind.AWS_KMS:
+    if source.kind == SourceKind.AWS_KMS or source.config.get("store") == "aws_kms":
         from keys.providers.aws_kms import AwsKmsConfig, AwsKmsProvider
 
         config = AwsKmsConfig(

@@ -18,6 +18,7 @@ import uuid
 import zipfile
 from datetime import datetime
 
+from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from keys import importkit
+from keys import aws_vendor, importkit
 from keys.models import (
     ImportState,
     KekState,
@@ -55,24 +56,42 @@ def _token_secret() -> bytes:
 def key_import_create(
     *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
 ) -> tuple[KeyImport, bytes]:
-    """New import parameters; returns the import and the zip to download."""
-    wrapping = importkit.new_wrapping_key()
+    """New import parameters; returns the import and the zip to download.
+
+    With the vendor's key store in AWS KMS, the wrapping key is AWS's own (from
+    GetParametersForImport on a new EXTERNAL key) and Keyward holds no private key.
+    """
     now = timezone.now()
     key_import = KeyImport(
-        id=uuid.uuid4(),
-        tenant=tenant,
-        public_der=wrapping.public_der,
-        fingerprint=wrapping.fingerprint,
-        expires_at=now + importkit.DEFAULT_TOKEN_TTL,
+        id=uuid.uuid4(), tenant=tenant, expires_at=now + importkit.DEFAULT_TOKEN_TTL
     )
-    sealed = seal(purpose=IMPORT_PRIVATE, owner=str(key_import.pk), value=wrapping.private_pem)
-    key_import.private_wrapped = sealed.blob
-    key_import.private_kek_version = sealed.root_version
+    if settings.KEYWARD_UPLOAD_KEY_STORE == "aws_kms":
+        try:
+            arn, public_der, aws_token = aws_vendor.create_external_key(
+                tenant_id=str(tenant.pk), tenant_slug=tenant.slug
+            )
+        except aws_vendor.VendorKmsError as exc:
+            raise UploadRefused(str(exc)) from None
+        key_import.aws_key_arn = arn
+        key_import.aws_import_token = aws_token
+        key_import.private_wrapped = b""
+        key_import.private_kek_version = ""
+        public_pem = serialization.load_der_public_key(public_der).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    else:
+        wrapping = importkit.new_wrapping_key()
+        public_der, public_pem = wrapping.public_der, wrapping.public_pem
+        sealed = seal(purpose=IMPORT_PRIVATE, owner=str(key_import.pk), value=wrapping.private_pem)
+        key_import.private_wrapped = sealed.blob
+        key_import.private_kek_version = sealed.root_version
+    key_import.public_der = public_der
+    key_import.fingerprint = importkit.public_key_fingerprint(public_der)
     token = importkit.issue_token(
         _token_secret(),
         tenant_id=str(tenant.pk),
         import_id=str(key_import.pk),
-        public_der=wrapping.public_der,
+        public_der=public_der,
         now=now,
     )
     with transaction.atomic():
@@ -83,8 +102,9 @@ def key_import_create(
             action="key_import.create",
             target=str(key_import.pk),
             details={
-                "fingerprint": wrapping.fingerprint,
+                "fingerprint": key_import.fingerprint,
                 "expires_at": key_import.expires_at.isoformat(),
+                "store": settings.KEYWARD_UPLOAD_KEY_STORE,
             },
             request=request,
         )
@@ -93,8 +113,8 @@ def key_import_create(
     )
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        bundle.writestr("WrappingPublicKey.bin", wrapping.public_der)
-        bundle.writestr("WrappingPublicKey.pem", wrapping.public_pem)
+        bundle.writestr("WrappingPublicKey.bin", public_der)
+        bundle.writestr("WrappingPublicKey.pem", public_pem)
         bundle.writestr("ImportToken.bin", token)
         bundle.writestr("README.txt", readme)
     return key_import, archive.getvalue()
@@ -178,6 +198,10 @@ def _accept(
             )
         if locked.state != ImportState.OPEN or locked.expires_at <= timezone.now():
             raise UploadRefused("These import parameters expired: download new ones.")
+        if locked.aws_key_arn:
+            return _accept_into_kms(
+                tenant, locked, wrapped_key, material_expires_at, actor, request
+            )
         private_pem = unseal(
             purpose=IMPORT_PRIVATE,
             owner=str(locked.pk),
@@ -239,6 +263,73 @@ def _accept(
         from keys.lifecycle import tenant_mark_rotation_pending
 
         tenant_mark_rotation_pending(tenant, source, label)
+    return version
+
+
+def _accept_into_kms(
+    tenant: Tenant,
+    key_import: KeyImport,
+    wrapped_key: bytes,
+    material_expires_at: datetime | None,
+    actor: Actor,
+    request: HttpRequest | None,
+) -> KekVersion:
+    """The Netcore flow: the wrapped key goes into the import's EXTERNAL KMS key.
+
+    Keyward never sees the plaintext, so no key check value can be shown and the
+    weak-key checks are AWS's; Save and Test's round trip proves the key works.
+    """
+    if len(wrapped_key) != importkit.WRAPPED_KEY_BYTES:
+        raise UploadRefused(
+            f"expected a {importkit.WRAPPED_KEY_BYTES}-byte RSA-4096 ciphertext, got "
+            f"{len(wrapped_key)} bytes: upload the CustomerEncryptionKey.bin of README.txt"
+        )
+    try:
+        aws_vendor.import_key_material(
+            key_arn=key_import.aws_key_arn,
+            aws_token=bytes(key_import.aws_import_token or b""),
+            wrapped_key=wrapped_key,
+            valid_to=material_expires_at,
+        )
+    except aws_vendor.VendorKmsError as exc:
+        raise UploadRefused(str(exc)) from None
+    source = (
+        draft_source(tenant, SourceKind.UPLOADED)
+        or KeySource.objects.filter(
+            tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
+        ).first()
+    )
+    if source is None:
+        source = KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
+    version = KekVersion.objects.create(
+        source=source,
+        provider_version=key_import.aws_key_arn,
+        state=KekState.PENDING,
+        material_expires_at=material_expires_at,
+    )
+    rotation = source.state == SourceState.ACTIVE
+    if not rotation:
+        source.config = {"store": "aws_kms", "key_arn": key_import.aws_key_arn}
+        source.state = SourceState.DRAFT
+        source.save()
+    key_import.state = ImportState.USED
+    key_import.used_at = timezone.now()
+    key_import.aws_import_token = b""
+    key_import.save(update_fields=["state", "used_at", "aws_import_token"])
+    record(
+        tenant=tenant,
+        actor=actor,
+        action="key.upload",
+        target=key_import.aws_key_arn,
+        details={"store": "aws_kms", "import": str(key_import.pk), "rotation": rotation},
+        request=request,
+    )
+    if rotation:
+        from keys.lifecycle import tenant_mark_rotation_pending
+
+        transaction.on_commit(
+            lambda: tenant_mark_rotation_pending(tenant, source, key_import.aws_key_arn)
+        )
     return version
 
 

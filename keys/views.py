@@ -278,9 +278,13 @@ def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 def download_import_parameters(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    key_import, bundle = key_import_create(
-        tenant=access.tenant, actor=Actor.for_user(request.user), request=request
-    )
+    try:
+        key_import, bundle = key_import_create(
+            tenant=access.tenant, actor=Actor.for_user(request.user), request=request
+        )
+    except UploadRefused as exc:
+        _refused(request, access, "key_import.create", str(exc))
+        return redirect("keys:upload", slug=access.tenant.slug)
     response = HttpResponse(bundle, content_type="application/zip")
     stamp = key_import.created.strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = (
@@ -317,9 +321,16 @@ def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         messages.error(request, "The key was not accepted: nothing changed.")
         return _upload_page(request, access, form=form, status=400)
     key_source_test(source=version.source, actor=actor, request=request)
-    messages.success(
-        request,
-        f"Key received as {version.provider_version}. Its key check value is "
-        f"{version.check_value}: compare it with the one from step 3 of README.txt.",
-    )
+    if version.check_value:
+        text = (
+            f"Key received as {version.provider_version}. Its key check value is "
+            f"{version.check_value}: compare it with the one from step 3 of README.txt."
+        )
+    else:
+        text = (
+            f"Key received into the KMS key {version.provider_version}. Keyward never sees it "
+            "in the clear, so there is no key check value to compare; the test below ran a "
+            "round trip with it."
+        )
+    messages.success(request, text)
     return redirect("keys:upload", slug=access.tenant.slug)
