@@ -145,4 +145,18 @@ def key_health_check(*, tenant: Tenant) -> str:
     if health.version not in _in_use_versions(source):
         tenant_mark_rotation_pending(tenant, source, health.version)
         return "rotation_pending"
+    if health.material and _material_rotated(source, health.version, health.material):
+        tenant_mark_rotation_pending(tenant, source, health.version)
+        return "rotation_pending"
     return "ok"
+
+
+def _material_rotated(source: KeySource, version: str, material: str) -> bool:
+    """New key material in the same key: the first marker is recorded, a later change flags."""
+    row = KekVersion.objects.filter(source=source, provider_version=version).first()
+    if row is None:
+        return False
+    if not row.material_marker:
+        KekVersion.objects.filter(pk=row.pk).update(material_marker=material)
+        return False
+    return material != row.material_marker

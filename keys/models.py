@@ -90,6 +90,9 @@ class KekVersion(models.Model):
     material = models.BinaryField(null=True, blank=True, editable=False)
     check_value = models.CharField(max_length=16, blank=True)
     material_expires_at = models.DateTimeField(null=True, blank=True)
+    # AWS KMS: the newest key-material rotation seen when this version was last
+    # validated; a newer one found by the health check is a rotation to confirm.
+    material_marker = models.CharField(max_length=64, blank=True)
     # Days-before-expiry warnings already sent (30, 7, 1), so each goes out once.
     expiry_warnings_sent = models.JSONField(default=list, blank=True)
 

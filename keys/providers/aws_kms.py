@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import boto3
@@ -345,6 +346,10 @@ class KeyStatus:
     @property
     def key_arn(self) -> str:
         return self.alias_target or self.arn
+
+
+def _list_key_rotations(kms: Any, *, kwargs: dict[str, Any]) -> Any:
+    return kms.list_key_rotations(**kwargs)
 
 
 # -- error mapping ---------------------------------------------------------------
@@ -782,7 +787,37 @@ class AwsKmsProvider(KeyProvider):
             return KeyHealth(False, status.key_arn, f"the key is scheduled for deletion{when}")
         if not status.enabled:
             return KeyHealth(False, status.key_arn, f"the key is {status.state.lower()}")
-        return KeyHealth(True, status.key_arn, "enabled")
+        return KeyHealth(True, status.key_arn, "enabled", self._material_marker(status.key_arn))
+
+    def _material_marker(self, key_arn: str) -> str:
+        """The date of the key's newest material rotation, "" if never or not knowable.
+
+        ListKeyRotations needs kms:ListKeyRotations in the key policy; without
+        it (or where the API does not exist) rotation of material cannot be
+        detected, which is reported as "" rather than as an outage.
+        """
+        newest = ""
+        marker = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {"KeyId": key_arn}
+                if marker:
+                    kwargs["Marker"] = marker
+                response = self._call(
+                    "ListKeyRotations",
+                    key_arn,
+                    self.config.region,
+                    partial(_list_key_rotations, kwargs=kwargs),
+                )
+                for rotation in response.get("Rotations", []):
+                    when = rotation.get("RotationDate")
+                    stamp = when.isoformat() if hasattr(when, "isoformat") else str(when or "")
+                    newest = max(newest, stamp)
+                if not response.get("Truncated"):
+                    return newest
+                marker = response.get("NextMarker")
+        except KeyProviderError:
+            return ""
 
     def describe(self) -> KeyDescription:
         parsed = self._parsed

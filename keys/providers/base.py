@@ -81,6 +81,9 @@ class KeyHealth:
     usable: bool
     version: str
     detail: str = ""
+    # Where the store rotates key material inside one key version (AWS KMS),
+    # a marker of the newest material (its rotation date); "" when unknown.
+    material: str = ""
 
 
 class KeyProvider(abc.ABC):
