@@ -13,7 +13,7 @@ import pytest
 from keys.lifecycle import key_health_check
 from keys.models import DataKey, KekState, KekVersion, KeySource, SourceKind, SourceState
 from tenants.models import ServiceState, Tenant
-from tests.keys.test_aws_kms_provider import _DESCRIBED, FakeAws, fake_aws  # noqa: F401
+from tests.keys.test_aws_kms_provider import _DESCRIBED, FakeAws
 
 KEY_ARN = _DESCRIBED["KeyMetadata"]["Arn"]
 
