@@ -15,7 +15,7 @@ from keys.models import DataKey, KekState, KekVersion, KeySource, SourceKind, So
 from tenants.models import ServiceState, Tenant
 from tests.keys.test_aws_kms_provider import _DESCRIBED, FakeAws
 
-KEY_ARN = _DESCRIBED["KeyMetadata"]["Arn"]
+KEY_ARN = str(_DESCRIBED["KeyMetadata"]["Arn"])
 
 
 @pytest.fixture(autouse=True)
