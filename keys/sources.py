@@ -43,6 +43,14 @@ def draft_source(tenant: Tenant, kind: str) -> KeySource | None:
     )
 
 
+def current_source(tenant: Tenant, kind: str) -> KeySource | None:
+    """The registration a page of this kind shows: the one being set up, else the active one."""
+    return (
+        draft_source(tenant, kind)
+        or KeySource.objects.filter(tenant=tenant, kind=kind, state=SourceState.ACTIVE).first()
+    )
+
+
 @transaction.atomic
 def key_source_register(
     *,

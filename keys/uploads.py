@@ -36,7 +36,7 @@ from keys.models import (
     SourceKind,
     SourceState,
 )
-from keys.sources import draft_source
+from keys.sources import current_source
 from keys.vault import Sealed, seal, unseal
 from tenants.models import Tenant
 
@@ -211,14 +211,8 @@ def _accept(
         del private_pem
         importkit.check_key_material(material)
         kcv = importkit.key_check_value(material)
-        source = (
-            draft_source(tenant, SourceKind.UPLOADED)
-            or KeySource.objects.filter(
-                tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
-            ).first()
-        )
-        if source is None:
-            source = KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
+        source = current_source(tenant, SourceKind.UPLOADED)
+        source = source or KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
         label = _next_label(source)
         version = KekVersion(
             id=uuid.uuid4(),
@@ -293,14 +287,8 @@ def _accept_into_kms(
         )
     except aws_vendor.VendorKmsError as exc:
         raise UploadRefused(str(exc)) from None
-    source = (
-        draft_source(tenant, SourceKind.UPLOADED)
-        or KeySource.objects.filter(
-            tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
-        ).first()
-    )
-    if source is None:
-        source = KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
+    source = current_source(tenant, SourceKind.UPLOADED)
+    source = source or KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
     version = KekVersion.objects.create(
         source=source,
         provider_version=key_import.aws_key_arn,

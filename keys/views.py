@@ -13,10 +13,16 @@ from audit.services import Actor, record
 from console.sudo import sudo_required
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
 from keys.forms import AwsKmsSourceForm, CacheTtlForm, KeyUploadForm, RotateDekForm
-from keys.models import KeySource, SourceKind, SourceState
+from keys.models import KeySource, SourceKind
 from keys.selectors import enabling_progress, keys_overview, reencryption_job_for_tenant
 from keys.services import KeyActionRefused, dek_rotate, reencryption_start, tenant_set_dek_cache_ttl
-from keys.sources import byok_enable, draft_source, key_source_register, key_source_test
+from keys.sources import (
+    byok_enable,
+    current_source,
+    draft_source,
+    key_source_register,
+    key_source_test,
+)
 from keys.uploads import MAX_UPLOAD_BYTES, UploadRefused, key_import_create, key_upload
 from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
@@ -143,12 +149,7 @@ def _aws_page(
     status: int = 200,
 ) -> HttpResponse:
     tenant = access.tenant
-    source = (
-        draft_source(tenant, SourceKind.AWS_KMS)
-        or KeySource.objects.filter(
-            tenant=tenant, kind=SourceKind.AWS_KMS, state=SourceState.ACTIVE
-        ).first()
-    )
+    source = current_source(tenant, SourceKind.AWS_KMS)
     config = source.config if source else {}
     external_id = config.get("external_id") or suggested_external_id(tenant)
     role_arn = (form.data.get("role_arn") if form is not None else None) or config.get(
@@ -247,12 +248,7 @@ def _upload_page(
     request: HttpRequest, access: TenantAccess, form: KeyUploadForm | None = None, status: int = 200
 ) -> HttpResponse:
     tenant = access.tenant
-    source = (
-        draft_source(tenant, SourceKind.UPLOADED)
-        or KeySource.objects.filter(
-            tenant=tenant, kind=SourceKind.UPLOADED, state=SourceState.ACTIVE
-        ).first()
-    )
+    source = current_source(tenant, SourceKind.UPLOADED)
     versions = list(source.versions.order_by("-created")) if source else []
     context = {
         "tenant": tenant,

@@ -254,12 +254,11 @@ def test_nonces_are_distinct_across_threads() -> None:
     assert len(set(everything)) == len(everything)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_nonces_are_distinct_across_fork():
-    """BUG: the nonce pool is inherited by a forked child (gunicorn/Celery prefork).
+    """A forked child (gunicorn, Celery prefork) must not replay the parent's nonces.
 
-    Parent and child (and sibling children) continue from the same buffer and
-    offset, so they seal with identical nonces under the same DEK.
+    Parent and child would otherwise continue from the same buffer and offset,
+    and seal with identical nonces under the same DEK.
     """
     head = header(DEK_ID)
     seal(AEAD, head, b"", BOUND)
