@@ -280,7 +280,9 @@ def test_no_key_bytes_in_reprs_descriptions_checks_or_errors(store: Store, key: 
     errors: list[KeyProviderError] = []
     for attempt in (
         lambda: provider.unwrap(wrapped.blob, {}, "upload-1"),
-        lambda: provider.unwrap(wrapped.blob[:-1] + b"\x00", CONTEXT, "upload-1"),
+        lambda: provider.unwrap(
+            wrapped.blob[:-1] + bytes([wrapped.blob[-1] ^ 1]), CONTEXT, "upload-1"
+        ),
         lambda: UploadedKeyProvider(Store(upload_1=key[:16]).material, "upload-1").wrap(
             b"x", CONTEXT
         ),
