@@ -203,3 +203,25 @@ def test_enable_moves_every_dek_under_the_customer_key(acme, key_arn, settings) 
     finally:
         hidden.rename(root)
         keys.registry._root = None
+
+
+@pytest.mark.parametrize("case", ["missing_alias", "rsa_key", "hmac_key"])
+def test_unusable_keys_fail_their_named_check_and_are_audited(acme, case) -> None:
+    kms = boto_client("kms", CUSTOMER_ACCOUNT)
+    if case == "missing_alias":
+        arn, check = f"arn:aws:kms:eu-west-1:{CUSTOMER_ACCOUNT}:alias/does-not-exist", "Key found"
+    elif case == "rsa_key":
+        arn = kms.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"]
+        check = "Symmetric encryption key"
+    else:
+        arn = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"][
+            "Arn"
+        ]
+        check = "Symmetric encryption key"
+    body = save_and_test(login(acme.key_admin, sudo=True), arn).content.decode()
+    assert f"Failed: {check}" in body
+    assert "Enable my key" not in body
+    event = AuditEvent.objects.get(tenant=acme.tenant, action="key_source.test")
+    assert event.outcome == "failure" and check in event.reason
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.state == ServiceState.VENDOR_MANAGED
