@@ -16,7 +16,7 @@ from archive.pii import decode_fields, encode_fields
 from keys.ciphertext import dek_id_of
 from keys.envelope import DataKeyExhausted
 from keys.runtime import envelope, state_from_db
-from tenants.models import Tenant
+from tenants.models import PAUSED_STATES, ServiceState, Tenant
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,20 @@ def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
     return rows
 
 
+class ServicePaused(Exception):
+    """The tenant's service is paused (a rotation to confirm, a move in progress)."""
+
+
 @transaction.atomic
 def records_create(
     *, tenant: Tenant, items: Sequence[NewRecord], batch_size: int = 2000
 ) -> list[Record]:
     """Encrypt and insert records in batches (COPY or one INSERT per batch, never per row)."""
+    state = Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk)
+    if state in PAUSED_STATES:
+        raise ServicePaused(
+            f"The tenant's service is paused ({ServiceState(state).label}); retry later."
+        )
     for item in items:
         _validate(item)
     created: list[Record] = []

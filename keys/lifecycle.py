@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.models import Outcome
@@ -17,7 +18,8 @@ from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
-from keys.runtime import envelope, publish_key_state
+from keys.runtime import dek_context, envelope, publish_key_state
+from keys.services import kek_version_get_or_create
 from tenants.models import ServiceState, Tenant
 
 HEALTH = Actor.system("key health check")
@@ -160,3 +162,264 @@ def _material_rotated(source: KeySource, version: str, material: str) -> bool:
         KekVersion.objects.filter(pk=row.pk).update(material_marker=material)
         return False
     return material != row.material_marker
+
+
+# -- decisions of the tenant's administrators ------------------------------------------
+
+
+class LifecycleRefused(Exception):
+    """A lifecycle action the tenant's state or key store does not allow now."""
+
+
+REWRAPPABLE = (ServiceState.BYOK_ACTIVE, ServiceState.REWRAPPING)
+REVOCABLE_STATES = (
+    ServiceState.BYOK_ACTIVE,
+    ServiceState.DEGRADED,
+    ServiceState.ROTATION_PENDING,
+    ServiceState.REWRAPPING,
+)
+
+
+def pending_version(source: KeySource) -> KekVersion | None:
+    return source.versions.filter(state=KekState.PENDING).order_by("-created").first()
+
+
+def active_customer_source(tenant: Tenant) -> KeySource:
+    source = (
+        KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
+        .exclude(kind=SourceKind.LOCAL)
+        .first()
+    )
+    if source is None:
+        raise LifecycleRefused("This tenant does not use a key of its own.")
+    return source
+
+
+def kek_confirm_rotation(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> str:
+    """Confirm a detected rotation: check the new version, then rewrap under it.
+
+    1. Only from rotation_pending; confirming again is a no-op with a message.
+    2. The provider's checks run against the new version outside any lock; a
+       key store that cannot be reached refuses, and the tenant stays paused.
+    3. The source now points at the new version, the tenant is `rewrapping`, and
+       the task rewraps every DEK (see `kek_rewrap_run`).
+    """
+    from keys.tasks import run_kek_rewrap
+
+    current = Tenant.objects.get(pk=tenant.pk)
+    if current.state in REWRAPPABLE:
+        return "This rotation was confirmed already; nothing to do."
+    if current.state != ServiceState.ROTATION_PENDING:
+        raise LifecycleRefused(
+            f"There is no rotation to confirm: the tenant is {current.get_state_display()}."
+        )
+    source = active_customer_source(current)
+    pending = pending_version(source)
+    if pending is None:
+        raise LifecycleRefused("No new key version is waiting for confirmation.")
+    config = _config_for(source, pending)
+    probe = KeySource(pk=source.pk, tenant=current, kind=source.kind, config=config)
+    context = {"keyward:tenant": str(current.pk), "keyward:purpose": "test"}
+    results = provider_for(probe).run_checks(context)
+    failed = [r for r in results if r.required and not r.passed]
+    if failed:
+        reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
+        record(
+            tenant=current,
+            actor=actor,
+            action="kek.confirm_rotation",
+            outcome=Outcome.FAILURE,
+            reason=reason,
+            request=request,
+        )
+        raise LifecycleRefused(f"The new key version did not pass its checks: {reason}")
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=current.pk)
+        if locked.state != ServiceState.ROTATION_PENDING:  # another administrator was faster
+            return f"The tenant is {locked.get_state_display()} now; nothing to do."
+        KeySource.objects.filter(pk=source.pk).update(config=config)
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.REWRAPPING, state_changed_at=timezone.now()
+        )
+        record(
+            tenant=locked,
+            actor=actor,
+            action="kek.confirm_rotation",
+            target=pending.provider_version,
+            details={"checks": {r.name: r.passed for r in results}},
+            request=request,
+        )
+        publish_key_state(str(locked.pk))
+        transaction.on_commit(lambda: run_kek_rewrap.delay(str(source.pk)))
+    return "Confirmed: your data keys are being rewrapped under the new version."
+
+
+def _config_for(source: KeySource, pending: KekVersion) -> dict[str, object]:
+    """The source's configuration with the pending version as the one new wraps use."""
+    config = dict(source.config)
+    if source.kind == SourceKind.UPLOADED and config.get("store") != "aws_kms":
+        config["version"] = pending.provider_version
+        config["check_value"] = pending.check_value
+    elif config.get("store") == "aws_kms":
+        config["key_arn"] = pending.provider_version
+    return config  # AWS KMS by alias: the alias resolves to the new key by itself
+
+
+def kek_reject_rotation(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> str:
+    """ "This rotation was not ours": stay paused, record it, say what to check."""
+    current = Tenant.objects.get(pk=tenant.pk)
+    if current.state != ServiceState.ROTATION_PENDING:
+        raise LifecycleRefused("There is no rotation waiting for a decision.")
+    record(
+        tenant=current,
+        actor=actor,
+        action="kek.reject_rotation",
+        outcome=Outcome.DENIED,
+        reason="an administrator says this rotation was not theirs",
+        request=request,
+    )
+    return (
+        "Recorded. The service stays paused. Check your key store's own audit log (for AWS, "
+        "CloudTrail events UpdateAlias, RotateKeyOnDemand and ImportKeyMaterial) for who "
+        "changed the key, and revoke if you did not expect it."
+    )
+
+
+def kek_rewrap_run(*, source_id: str) -> str:
+    """Rewrap every live DEK under the source's current version, then resume. Idempotent.
+
+    One DEK per transaction; before each, the tenant must still be `rewrapping`:
+    a revoke meanwhile stops the job cleanly (every DEK is under exactly one
+    version at every moment, old or new, and both still unwrap).
+    """
+    source = KeySource.objects.select_related("tenant").get(pk=source_id)
+    tenant = source.tenant
+    provider = provider_for(source)
+    target = provider.current_version()
+    live = DataKey.objects.filter(tenant=tenant).exclude(
+        state__in=[DekState.RETIRED, DekState.DESTROYED]
+    )
+    for dek_id in list(
+        live.exclude(kek_version__provider_version=target).values_list("pk", flat=True)
+    ):
+        with transaction.atomic():
+            if (
+                Tenant.objects.select_for_update().get(pk=tenant.pk).state
+                != ServiceState.REWRAPPING
+            ):
+                return "stopped"
+            dek = DataKey.objects.select_for_update().select_related("kek_version").get(pk=dek_id)
+            context = dek_context(str(tenant.pk), dek.version)
+            material = provider.unwrap(
+                bytes(dek.wrapped), context, dek.kek_version.provider_version
+            )
+            wrapped = provider.wrap(material, context)
+            del material
+            dek.kek_version = kek_version_get_or_create(source, wrapped.version)
+            dek.wrapped = wrapped.blob
+            dek.save(update_fields=["kek_version", "wrapped"])
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.state != ServiceState.REWRAPPING:
+            return "stopped"
+        in_use = set(live.values_list("kek_version_id", flat=True))
+        KekVersion.objects.filter(source=source, state=KekState.ACTIVE).exclude(
+            pk__in=in_use
+        ).update(state=KekState.RETIRED)
+        KekVersion.objects.filter(pk__in=in_use).update(
+            state=KekState.ACTIVE, validated_at=timezone.now(), material_marker=""
+        )
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.BYOK_ACTIVE, state_changed_at=timezone.now()
+        )
+        record(
+            tenant=locked,
+            actor=Actor.system("rewrap"),
+            action="kek.rotation_done",
+            target=target,
+            details={"data_keys": live.count()},
+        )
+        publish_key_state(str(locked.pk))
+    return "done"
+
+
+def tenant_revoke(
+    *, tenant: Tenant, actor: Actor, confirm: str, request: HttpRequest | None = None
+) -> None:
+    """Cut Keyward off the tenant's data now, and destroy Keyward's copies of uploaded keys."""
+    if confirm.strip() != tenant.slug:
+        raise LifecycleRefused(f"Type the tenant's identifier, {tenant.slug}, to confirm.")
+    source = active_customer_source(tenant)
+    moved = _move(
+        tenant,
+        to=ServiceState.REVOKED,
+        allowed_from=REVOCABLE_STATES,
+        action="key.revoke",
+        outcome=Outcome.SUCCESS,
+        reason=f"revoked by {actor.display}",
+        bump_epoch=True,
+    )
+    if not moved:
+        raise LifecycleRefused("The key cannot be revoked in the tenant's current state.")
+    destroyed = _destroy_uploaded_copies(source)
+    if destroyed:
+        record(
+            tenant=tenant,
+            actor=actor,
+            action="key.copy_destroyed",
+            details={"versions": destroyed},
+            request=request,
+        )
+
+
+def _destroy_uploaded_copies(source: KeySource) -> list[str]:
+    if source.kind != SourceKind.UPLOADED:
+        return []
+    versions = list(source.versions.all())
+    if source.config.get("store") == "aws_kms":
+        from keys.aws_vendor import VendorKmsError, delete_imported_material
+
+        for version in versions:
+            try:
+                delete_imported_material(version.provider_version)
+            except VendorKmsError:
+                # Already gone (or unreachable: the key stays revoked either way).
+                continue
+    else:
+        KekVersion.objects.filter(source=source).update(material=None)
+    return [v.provider_version for v in versions]
+
+
+def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> None:
+    """Resume after a revoke once the key works again: its checks must pass."""
+    current = Tenant.objects.get(pk=tenant.pk)
+    if current.state != ServiceState.REVOKED:
+        raise LifecycleRefused(
+            f"Only a revoked tenant can be restored; this one is {current.get_state_display()}."
+        )
+    source = active_customer_source(current)
+    context = {"keyward:tenant": str(current.pk), "keyward:purpose": "test"}
+    results = provider_for(source).run_checks(context)
+    failed = [r for r in results if r.required and not r.passed]
+    if failed:
+        reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
+        record(
+            tenant=current,
+            actor=actor,
+            action="key.restore",
+            outcome=Outcome.FAILURE,
+            reason=reason,
+            request=request,
+        )
+        raise LifecycleRefused(f"The key is not usable yet: {reason}")
+    if not _move(
+        current,
+        to=ServiceState.BYOK_ACTIVE,
+        allowed_from=(ServiceState.REVOKED,),
+        action="key.restore",
+        reason=f"restored by {actor.display}; checks passed",
+        bump_epoch=True,
+    ):
+        raise LifecycleRefused("The tenant changed state meanwhile; look again.")

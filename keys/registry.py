@@ -32,10 +32,10 @@ def local_provider() -> LocalProvider:
 
 
 _providers_lock = threading.Lock()
-_providers: dict[tuple[str, str], KeyProvider] = {}
+_providers: dict[tuple[str, str, str], KeyProvider] = {}
 
 
-def provider_for(source: KeySource) -> KeyProvider:
+def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvider:
     """The provider of a key source, reused while its configuration is unchanged.
 
     Reuse keeps clients and assumed-role credentials warm; a changed
@@ -44,8 +44,10 @@ def provider_for(source: KeySource) -> KeyProvider:
     if source.kind == SourceKind.LOCAL:
         return local_provider()
     if source.kind == SourceKind.UPLOADED and source.config.get("store") != "aws_kms":
-        return _uploaded(source)  # cheap to build; its current version moves with uploads
-    key = (str(source.pk), source.config_digest())
+        # Cheap to build; `version` makes a pending upload the current one (confirm).
+        return _uploaded(source, version)
+    # The endpoint is part of the key: a provider never outlives the settings it was built with.
+    key = (str(source.pk), source.config_digest(), str(settings.KEYWARD_AWS_ENDPOINT_URL))
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
@@ -53,7 +55,7 @@ def provider_for(source: KeySource) -> KeyProvider:
         return provider
 
 
-def _uploaded(source: KeySource) -> KeyProvider:
+def _uploaded(source: KeySource, version: str | None = None) -> KeyProvider:
     from django.db import DatabaseError
 
     from keys.models import KekVersion
@@ -69,7 +71,7 @@ def _uploaded(source: KeySource) -> KeyProvider:
             raise MaterialUnavailable(type(exc).__name__) from None
         return uploaded_material(row)
 
-    current = str(source.config.get("version") or "upload-1")
+    current = version or str(source.config.get("version") or "upload-1")
     return UploadedKeyProvider(material, current)
 
 

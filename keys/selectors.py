@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 
@@ -99,3 +100,27 @@ def enabling_progress(tenant: Tenant) -> EnablingProgress | None:
         return None
     done, total = byok_enable_progress(tenant, source)
     return EnablingProgress(source, done, total)
+
+
+ROTATION_ACTIONS = (
+    "dek.rotate",
+    "kek.rewrap",
+    "key.rotation_detected",
+    "kek.confirm_rotation",
+    "kek.reject_rotation",
+    "kek.rotation_done",
+    "byok.enabled",
+    "key.upload",
+)
+
+
+def rotation_history(tenant: Tenant, limit: int = 50) -> list[Any]:
+    """KEK and DEK rotations of the tenant, newest first: who, when, why (from the trail)."""
+    from audit.models import AuditEvent
+    from audit.services import chain_key
+
+    return list(
+        AuditEvent.objects.filter(chain=chain_key(tenant), action__in=ROTATION_ACTIONS).order_by(
+            "-seq"
+        )[:limit]
+    )

@@ -94,3 +94,16 @@ def warn_expiring_keys() -> int:
     from keys.expiry import warn_expiring_keys as warn
 
     return warn()
+
+
+@shared_task(
+    name="keys.run_kek_rewrap",
+    autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=10,
+)
+def run_kek_rewrap(source_id: str) -> str:
+    from keys.lifecycle import kek_rewrap_run
+
+    return kek_rewrap_run(source_id=source_id)

@@ -18,4 +18,9 @@ urlpatterns = [
     path("upload/parameters/", views.download_import_parameters, name="import_parameters"),
     path("upload/key/", views.upload_key, name="upload_key"),
     path("enable/progress/", views.enable_progress, name="enable_progress"),
+    path("rotation/", views.rotation_review, name="rotation"),
+    path("rotation/confirm/", views.rotation_confirm, name="rotation_confirm"),
+    path("rotation/reject/", views.rotation_reject, name="rotation_reject"),
+    path("revoke/", views.revoke, name="revoke"),
+    path("restore/", views.restore, name="restore"),
 ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,8 +15,22 @@ from audit.services import Actor, record
 from console.sudo import sudo_required
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
 from keys.forms import AwsKmsSourceForm, CacheTtlForm, KeyUploadForm, RotateDekForm
-from keys.models import KeySource, SourceKind
-from keys.selectors import enabling_progress, keys_overview, reencryption_job_for_tenant
+from keys.lifecycle import (
+    REVOCABLE_STATES,
+    LifecycleRefused,
+    kek_confirm_rotation,
+    kek_reject_rotation,
+    pending_version,
+    tenant_restore,
+    tenant_revoke,
+)
+from keys.models import KekState, KeySource, SourceKind, SourceState
+from keys.selectors import (
+    enabling_progress,
+    keys_overview,
+    reencryption_job_for_tenant,
+    rotation_history,
+)
 from keys.services import KeyActionRefused, dek_rotate, reencryption_start, tenant_set_dek_cache_ttl
 from keys.sources import (
     byok_enable,
@@ -42,6 +58,7 @@ def _page(
         "rotate_form": RotateDekForm(),
         "job": overview.open_job or overview.last_job,
         "can_manage": access.can(Perm.MANAGE_KEYS),
+        "can_revoke": access.tenant.state in REVOCABLE_STATES,
         "enabling": enabling_progress(access.tenant),
     }
     return render(request, "keys/keys.html", context, status=status)
@@ -330,3 +347,99 @@ def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         )
     messages.success(request, text)
     return redirect("keys:upload", slug=access.tenant.slug)
+
+
+# -- lifecycle: confirm a rotation, revoke, restore -------------------------------------
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.MANAGE_KEYS)
+def rotation_review(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    tenant = access.tenant
+    source = (
+        KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
+        .exclude(kind=SourceKind.LOCAL)
+        .first()
+    )
+    context = {
+        "tenant": tenant,
+        "source": source,
+        "pending": pending_version(source) if source else None,
+        "current_versions": list(
+            source.versions.filter(state=KekState.ACTIVE).order_by("-created") if source else []
+        ),
+        "history": rotation_history(tenant),
+    }
+    return render(request, "keys/rotation.html", context)
+
+
+def _lifecycle(request: HttpRequest, access: TenantAccess, action: str, run: Any) -> HttpResponse:
+    try:
+        message = run()
+    except LifecycleRefused as exc:
+        _refused(request, access, action, str(exc))
+    else:
+        messages.success(request, message)
+    return redirect("keys:overview", slug=access.tenant.slug)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def rotation_confirm(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+    return _lifecycle(
+        request,
+        access,
+        "kek.confirm_rotation",
+        lambda: kek_confirm_rotation(tenant=access.tenant, actor=actor, request=request),
+    )
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def rotation_reject(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+    return _lifecycle(
+        request,
+        access,
+        "kek.reject_rotation",
+        lambda: kek_reject_rotation(tenant=access.tenant, actor=actor, request=request),
+    )
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def revoke(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+
+    def run() -> str:
+        tenant_revoke(
+            tenant=access.tenant,
+            actor=actor,
+            confirm=request.POST.get("confirm", ""),
+            request=request,
+        )
+        return "Revoked: Keyward can no longer decrypt this tenant's data."
+
+    return _lifecycle(request, access, "key.revoke", run)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def restore(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+
+    def run() -> str:
+        tenant_restore(tenant=access.tenant, actor=actor, request=request)
+        return "Restored: the key passed its checks and the service runs again."
+
+    return _lifecycle(request, access, "key.restore", run)

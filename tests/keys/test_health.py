@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import pytest
 
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
+from archive.services import record_fields
 from audit.models import AuditEvent
 from audit.services import Actor
 from keys.envelope import KeyRevoked
@@ -19,7 +17,7 @@ from keys.sources import byok_enable, byok_enable_run, key_source_register, key_
 from keys.tasks import check_key_health
 from tenants.models import ServiceState, Tenant
 from tests.keys.test_aws_source import CUSTOMER_ACCOUNT, _aws  # noqa: F401  (autouse)
-from tests.support.aws import boto_client, create_kms_key
+from tests.support.aws import create_kms_key
 
 SYSTEM = Actor.system("tests")
 
@@ -35,20 +33,6 @@ def enable_aws(tenant: Tenant, key_arn: str) -> KeySource:
     assert source.test_passed, source.test_results
     byok_enable(tenant=tenant, source=source, actor=SYSTEM)
     return byok_enable_run(source_id=str(source.pk))
-
-
-@pytest.fixture
-def byok(acme) -> Any:
-    kms = boto_client("kms", CUSTOMER_ACCOUNT)
-    key_arn = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
-    alias = f"alias/keyward-{acme.tenant.pk.hex[:12]}"
-    kms.create_alias(AliasName=alias, TargetKeyId=key_arn.rsplit("/", 1)[1])
-    alias_arn = f"arn:aws:kms:eu-west-1:{CUSTOMER_ACCOUNT}:{alias}"
-    records = records_create(tenant=acme.tenant, items=list(synthetic_records(5)))
-    enable_aws(acme.tenant, alias_arn)
-    acme.tenant.refresh_from_db()
-    assert acme.tenant.state == ServiceState.BYOK_ACTIVE
-    return {"acme": acme, "kms": kms, "key_arn": key_arn, "alias": alias, "records": records}
 
 
 def state(tenant: Tenant) -> str:
