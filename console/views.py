@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -11,7 +12,7 @@ from audit.selectors import recent_audit_events
 from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
 from console.sudo import safe_next, sudo_grant
-from tenants.models import Tenant
+from tenants.models import ServiceState, Tenant
 from tenants.permissions import Perm, TenantAccess, is_support_staff, with_tenant
 from tenants.selectors import memberships_for_user, tenants_for_user
 
@@ -39,7 +40,16 @@ def home(request: HttpRequest) -> HttpResponse:
 def dashboard(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     # Support staff see metadata only: the trail names people and addresses.
     events = recent_audit_events(access.tenant) if access.can(Perm.VIEW_AUDIT) else []
-    return render(request, "console/dashboard.html", {"tenant": access.tenant, "events": events})
+    tenant = access.tenant
+    context = {
+        "tenant": tenant,
+        "events": events,
+        "byok": tenant.state not in (ServiceState.VENDOR_MANAGED, ServiceState.MIGRATING),
+        "ttl_seconds": tenant.dek_cache_ttl,
+        "interval_seconds": settings.KEYWARD_HEALTH_CHECK_SECONDS,
+        "bound_seconds": tenant.dek_cache_ttl + settings.KEYWARD_HEALTH_CHECK_SECONDS,
+    }
+    return render(request, "console/dashboard.html", context)
 
 
 @login_required

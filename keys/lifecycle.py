@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
+from keys.notify import notify_key_admins
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
@@ -83,7 +84,7 @@ def tenant_mark_recovered(tenant: Tenant) -> bool:
 
 def tenant_mark_revoked(tenant: Tenant, reason: str) -> bool:
     """The customer cut access: every process drops the tenant's DEKs within a second."""
-    return _move(
+    moved = _move(
         tenant,
         to=ServiceState.REVOKED,
         allowed_from=(
@@ -96,6 +97,14 @@ def tenant_mark_revoked(tenant: Tenant, reason: str) -> bool:
         reason=reason,
         bump_epoch=True,
     )
+    if moved:
+        notify_key_admins(
+            tenant,
+            "your key was revoked",
+            f"Keyward lost access to {tenant.name}'s key ({reason}). The tenant's data is "
+            "unreadable. When the key is usable again, restore it from the Keys page.\n",
+        )
+    return moved
 
 
 def tenant_mark_rotation_pending(tenant: Tenant, source: KeySource, version: str) -> bool:
@@ -104,7 +113,7 @@ def tenant_mark_rotation_pending(tenant: Tenant, source: KeySource, version: str
         pending, _ = KekVersion.objects.get_or_create(
             source=source, provider_version=version, defaults={"state": KekState.PENDING}
         )
-        return _move(
+        moved = _move(
             tenant,
             to=ServiceState.ROTATION_PENDING,
             allowed_from=(ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
@@ -112,6 +121,17 @@ def tenant_mark_rotation_pending(tenant: Tenant, source: KeySource, version: str
             reason="the key in your key store changed; confirm the new version",
             details={"new_version": version, "kek_version": str(pending.pk)},
         )
+        if moved:
+            notify_key_admins(
+                tenant,
+                "your key changed: confirm the new version",
+                f"Keyward saw a new version of {tenant.name}'s key: {version}.\n\n"
+                "The service is paused until an owner or key administrator reviews and "
+                "confirms it (Keys, Review the new key version). Reads keep working; new "
+                "data is held. If you did not rotate the key, choose 'This rotation was "
+                "not ours' and check your key store's audit log.\n",
+            )
+        return moved
 
 
 def _in_use_versions(source: KeySource) -> set[str]:
