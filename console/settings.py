@@ -265,6 +265,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
     "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},
     "keys-warn-expiring-keys": {"task": "keys.warn_expiring_keys", "schedule": 3600.0},
+    "keys-run-due-destructions": {"task": "keys.run_due_destructions", "schedule": 600.0},
     "keys-check-key-health": {
         "task": "keys.check_key_health",
         "schedule": float(KEYWARD_HEALTH_CHECK_SECONDS),
@@ -326,6 +327,9 @@ KEYWARD_AWS_TIMEOUT_SECONDS = env.integer("KEYWARD_AWS_TIMEOUT_SECONDS", 5, mini
 # ("local"), or imported into EXTERNAL-origin keys in the vendor's AWS KMS.
 KEYWARD_UPLOAD_KEY_STORE = env.choice("KEYWARD_UPLOAD_KEY_STORE", "local", ("local", "aws_kms"))
 KEYWARD_UPLOAD_AWS_REGION = env.string("KEYWARD_UPLOAD_AWS_REGION") or "eu-west-1"
+
+# Waiting period between an owner's "destroy" and the crypto-shredding itself.
+KEYWARD_DESTROY_WAIT_DAYS = env.integer("KEYWARD_DESTROY_WAIT_DAYS", 7, minimum=1, maximum=90)
 
 KEYWARD_REENCRYPT_BATCH = env.integer(
     "KEYWARD_REENCRYPT_BATCH", 5_000, minimum=100, maximum=100_000

@@ -8,6 +8,9 @@ deletion, access denied) makes it `revoked`.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.http import HttpRequest
@@ -443,3 +446,159 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
         bump_epoch=True,
     ):
         raise LifecycleRefused("The tenant changed state meanwhile; look again.")
+
+
+# -- destroy (crypto-shredding) and remove BYOK -----------------------------------------
+
+
+def tenant_schedule_destroy(
+    *, tenant: Tenant, actor: Actor, typed_name: str, request: HttpRequest | None = None
+) -> datetime:
+    """Owner, from revoked, with the tenant's name typed: destroy after the waiting period."""
+    if typed_name.strip() != tenant.name:
+        raise LifecycleRefused(f"Type the tenant's name, {tenant.name}, to confirm.")
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.state != ServiceState.REVOKED:
+            raise LifecycleRefused("Keys can be destroyed only after they were revoked.")
+        if locked.destroy_after is not None:
+            return locked.destroy_after
+        when = timezone.now() + timedelta(days=settings.KEYWARD_DESTROY_WAIT_DAYS)
+        Tenant.objects.filter(pk=locked.pk).update(destroy_after=when)
+        record(
+            tenant=locked,
+            actor=actor,
+            action="key.destroy_scheduled",
+            details={"destroy_after": when.isoformat()},
+            request=request,
+        )
+        notify_key_admins(
+            locked,
+            "key destruction scheduled",
+            f"An owner scheduled the destruction of {locked.name}'s keys for "
+            f"{when:%Y-%m-%d %H:%M} UTC. After that, the tenant's data can never be read "
+            "again. An owner can cancel it until then (Keys page).\n",
+        )
+    return when
+
+
+def tenant_cancel_destroy(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> None:
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.destroy_after is None or locked.state == ServiceState.DESTROYED:
+            raise LifecycleRefused("There is no scheduled destruction to cancel.")
+        Tenant.objects.filter(pk=locked.pk).update(destroy_after=None)
+        record(tenant=locked, actor=actor, action="key.destroy_cancelled", request=request)
+
+
+def tenant_destroy_due(*, tenant_id: str) -> bool:
+    """Crypto-shred a tenant whose waiting period ended. Idempotent; the audit trail stays."""
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant_id)
+        if (
+            locked.state != ServiceState.REVOKED
+            or locked.destroy_after is None
+            or locked.destroy_after > timezone.now()
+        ):
+            return False
+        deks = DataKey.objects.filter(tenant=locked)
+        count = deks.count()
+        deks.update(wrapped=b"", state=DekState.DESTROYED, retired_at=timezone.now())
+        sources = list(KeySource.objects.filter(tenant=locked))
+        for source in sources:
+            _destroy_uploaded_copies(source)
+        KekVersion.objects.filter(source__in=sources).update(material=None, state=KekState.REVOKED)
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.DESTROYED,
+            state_changed_at=timezone.now(),
+            key_epoch=F("key_epoch") + 1,
+        )
+        record(
+            tenant=locked,
+            actor=Actor.system("crypto-shredding"),
+            action="key.destroyed",
+            reason="the waiting period ended; every wrapped data key was deleted",
+            details={"data_keys": count},
+        )
+        publish_key_state(str(locked.pk))
+    envelope().forget(str(tenant_id))
+    return True
+
+
+def tenant_remove_byok(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> None:
+    """Owner: go back to the vendor-managed key. A task rewraps (`byok_remove_run`)."""
+    from keys.tasks import run_byok_remove
+
+    active_customer_source(tenant)
+    if not _move(
+        tenant,
+        to=ServiceState.MIGRATING_BACK,
+        allowed_from=(ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
+        action="byok.remove",
+        reason=f"requested by {actor.display}",
+    ):
+        raise LifecycleRefused("Your key can be removed only while it is in normal use.")
+    transaction.on_commit(lambda: run_byok_remove.delay(str(tenant.pk)))
+
+
+def byok_remove_run(*, tenant_id: str) -> str:
+    """Rewrap every live DEK under the vendor-managed key, then switch. Idempotent."""
+    tenant = Tenant.objects.get(pk=tenant_id)
+    if tenant.state != ServiceState.MIGRATING_BACK:
+        return "skipped"
+    local = (
+        KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).order_by("-created").first()
+    )
+    if local is None:
+        local = KeySource.objects.create(
+            tenant=tenant, kind=SourceKind.LOCAL, state=SourceState.RETIRED
+        )
+    vendor = provider_for(local)
+    live = DataKey.objects.filter(tenant=tenant, state__in=[DekState.ACTIVE, DekState.RETIRING])
+    for dek_id in list(live.exclude(kek_version__source=local).values_list("pk", flat=True)):
+        with transaction.atomic():
+            if (
+                Tenant.objects.select_for_update().get(pk=tenant.pk).state
+                != ServiceState.MIGRATING_BACK
+            ):
+                return "stopped"
+            dek = (
+                DataKey.objects.select_for_update()
+                .select_related("kek_version__source")
+                .get(pk=dek_id)
+            )
+            context = dek_context(str(tenant.pk), dek.version)
+            material = provider_for(dek.kek_version.source).unwrap(
+                bytes(dek.wrapped), context, dek.kek_version.provider_version
+            )
+            wrapped = vendor.wrap(material, context)
+            del material
+            dek.kek_version = kek_version_get_or_create(local, wrapped.version)
+            dek.wrapped = wrapped.blob
+            dek.save(update_fields=["kek_version", "wrapped"])
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.state != ServiceState.MIGRATING_BACK:
+            return "stopped"
+        customer = KeySource.objects.filter(tenant=locked, state=SourceState.ACTIVE).exclude(
+            pk=local.pk
+        )
+        KekVersion.objects.filter(source__in=customer).update(state=KekState.RETIRED)
+        customer.update(state=SourceState.RETIRED)
+        KeySource.objects.filter(pk=local.pk).update(state=SourceState.ACTIVE)
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.VENDOR_MANAGED,
+            state_changed_at=timezone.now(),
+            key_epoch=F("key_epoch") + 1,
+        )
+        record(
+            tenant=locked,
+            actor=Actor.system("remove byok"),
+            action="byok.removed",
+            details={"data_keys": live.count()},
+        )
+        publish_key_state(str(locked.pk))
+    envelope().forget(str(tenant.pk))
+    return "done"

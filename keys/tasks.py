@@ -107,3 +107,26 @@ def run_kek_rewrap(source_id: str) -> str:
     from keys.lifecycle import kek_rewrap_run
 
     return kek_rewrap_run(source_id=source_id)
+
+
+@shared_task(name="keys.run_due_destructions")
+def run_due_destructions() -> int:
+    from django.utils import timezone
+
+    from keys.lifecycle import tenant_destroy_due
+
+    due = Tenant.objects.filter(destroy_after__lte=timezone.now()).values_list("pk", flat=True)
+    return sum(1 for tenant_id in list(due) if tenant_destroy_due(tenant_id=str(tenant_id)))
+
+
+@shared_task(
+    name="keys.run_byok_remove",
+    autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=10,
+)
+def run_byok_remove(tenant_id: str) -> str:
+    from keys.lifecycle import byok_remove_run
+
+    return byok_remove_run(tenant_id=tenant_id)

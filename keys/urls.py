@@ -23,4 +23,7 @@ urlpatterns = [
     path("rotation/reject/", views.rotation_reject, name="rotation_reject"),
     path("revoke/", views.revoke, name="revoke"),
     path("restore/", views.restore, name="restore"),
+    path("destroy/", views.destroy, name="destroy"),
+    path("destroy/cancel/", views.cancel_destroy, name="cancel_destroy"),
+    path("remove/", views.remove_byok, name="remove_byok"),
 ]

@@ -21,8 +21,11 @@ from keys.lifecycle import (
     kek_confirm_rotation,
     kek_reject_rotation,
     pending_version,
+    tenant_cancel_destroy,
+    tenant_remove_byok,
     tenant_restore,
     tenant_revoke,
+    tenant_schedule_destroy,
 )
 from keys.models import KekState, KeySource, SourceKind, SourceState
 from keys.selectors import (
@@ -59,6 +62,9 @@ def _page(
         "job": overview.open_job or overview.last_job,
         "can_manage": access.can(Perm.MANAGE_KEYS),
         "can_revoke": access.tenant.state in REVOCABLE_STATES,
+        "can_destroy": access.can(Perm.DESTROY_KEYS),
+        "can_remove": access.can(Perm.REMOVE_BYOK)
+        and access.tenant.state in (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
         "enabling": enabling_progress(access.tenant),
     }
     return render(request, "keys/keys.html", context, status=status)
@@ -443,3 +449,50 @@ def restore(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         return "Restored: the key passed its checks and the service runs again."
 
     return _lifecycle(request, access, "key.restore", run)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.DESTROY_KEYS)
+@sudo_required
+def destroy(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+
+    def run() -> str:
+        when = tenant_schedule_destroy(
+            tenant=access.tenant,
+            actor=actor,
+            typed_name=request.POST.get("confirm", ""),
+            request=request,
+        )
+        return f"The keys will be destroyed on {when:%Y-%m-%d %H:%M} UTC unless you cancel."
+
+    return _lifecycle(request, access, "key.destroy_scheduled", run)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.DESTROY_KEYS)
+@sudo_required
+def cancel_destroy(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+
+    def run() -> str:
+        tenant_cancel_destroy(tenant=access.tenant, actor=actor, request=request)
+        return "The destruction was cancelled."
+
+    return _lifecycle(request, access, "key.destroy_cancelled", run)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.REMOVE_BYOK)
+@sudo_required
+def remove_byok(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+
+    def run() -> str:
+        tenant_remove_byok(tenant=access.tenant, actor=actor, request=request)
+        return "Moving your data keys back to the vendor-managed key."
+
+    return _lifecycle(request, access, "byok.remove", run)

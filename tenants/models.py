@@ -51,6 +51,9 @@ class Tenant(models.Model):
     dek_rotation_days = models.PositiveIntegerField(
         default=7, validators=[MinValueValidator(1), MaxValueValidator(365)]
     )
+    # Crypto-shredding scheduled by an owner: the keys are destroyed after this
+    # moment unless cancelled first.
+    destroy_after = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -27,6 +27,7 @@ class Perm(StrEnum):
     MANAGE_KEYS = "manage_keys"
     MANAGE_MEMBERS = "manage_members"
     DESTROY_KEYS = "destroy_keys"
+    REMOVE_BYOK = "remove_byok"
 
 
 ROLE_PERMS: dict[str, frozenset[Perm]] = {
