@@ -62,11 +62,13 @@ _UPDATE_FROM_BATCH = (
 
 
 def _older_deks(tenant: Tenant, target: DataKey) -> list[int]:
-    """The tenant's DEKs that may still hold data: every one but the target."""
+    """The tenant's decrypt-only DEKs: data under them moves to the target.
+
+    Never the active DEK: data written under it is already where it should be.
+    """
     return list(
-        DataKey.objects.filter(tenant=tenant)
+        DataKey.objects.filter(tenant=tenant, state=DekState.RETIRING)
         .exclude(pk=target.pk)
-        .exclude(state__in=[DekState.RETIRED, DekState.DESTROYED])
         .values_list("pk", flat=True)
     )
 

@@ -20,7 +20,7 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.notify import notify_key_admins
-from keys.providers.base import KeyAccessDenied, KeyUnavailable
+from keys.providers.base import KeyAccessDenied, KeyProvider, KeyUnavailable
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
 from keys.services import kek_version_get_or_create
@@ -28,6 +28,8 @@ from tenants.models import ServiceState, Tenant
 
 HEALTH = Actor.system("key health check")
 CHECKED_STATES = (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED)
+# Paused for a rotation: still watched, so a key cut off meanwhile revokes.
+WATCHED_STATES = (ServiceState.ROTATION_PENDING, ServiceState.REWRAPPING)
 
 
 def _move(
@@ -94,6 +96,7 @@ def tenant_mark_revoked(tenant: Tenant, reason: str) -> bool:
             ServiceState.BYOK_ACTIVE,
             ServiceState.DEGRADED,
             ServiceState.ROTATION_PENDING,
+            ServiceState.REWRAPPING,
         ),
         action="key.revoked",
         outcome=Outcome.DENIED,
@@ -153,7 +156,7 @@ def key_health_check(*, tenant: Tenant) -> str:
         .exclude(kind=SourceKind.LOCAL)
         .first()
     )
-    if source is None or tenant.state not in CHECKED_STATES:
+    if source is None or tenant.state not in CHECKED_STATES + WATCHED_STATES:
         return "skipped"
     try:
         health = provider_for(source).health()
@@ -166,6 +169,8 @@ def key_health_check(*, tenant: Tenant) -> str:
     if not health.usable:
         tenant_mark_revoked(tenant, health.detail)
         return "revoked"
+    if tenant.state in WATCHED_STATES:
+        return "ok"  # paused for a rotation: only a cut-off changes anything now
     tenant_mark_recovered(tenant)
     if health.version not in _in_use_versions(source):
         tenant_mark_rotation_pending(tenant, source, health.version)
@@ -310,6 +315,41 @@ def kek_reject_rotation(*, tenant: Tenant, actor: Actor, request: HttpRequest | 
     )
 
 
+def rewrap_one(
+    *,
+    tenant: Tenant,
+    dek_id: int,
+    target: KeySource,
+    wrapper: KeyProvider,
+    while_state: str,
+) -> bool:
+    """Move one DEK under `target`; False when the tenant left `while_state` (stop).
+
+    The key stores are called with no lock held (a revoke must never wait on a
+    KMS); the write then checks, under lock, that the tenant is still in the
+    same move and that the DEK was not rewrapped meanwhile.
+    """
+    if Tenant.objects.get(pk=tenant.pk).state != while_state:
+        return False
+    dek = DataKey.objects.select_related("kek_version__source").get(pk=dek_id)
+    before = bytes(dek.wrapped)
+    context = dek_context(str(tenant.pk), dek.version)
+    material = provider_for(dek.kek_version.source).unwrap(
+        before, context, dek.kek_version.provider_version
+    )
+    wrapped = wrapper.wrap(material, context)
+    del material
+    with transaction.atomic():
+        if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
+            return False
+        row = DataKey.objects.select_for_update().get(pk=dek_id)
+        if bytes(row.wrapped) == before:
+            row.kek_version = kek_version_get_or_create(target, wrapped.version)
+            row.wrapped = wrapped.blob
+            row.save(update_fields=["kek_version", "wrapped"])
+    return True
+
+
 def kek_rewrap_run(*, source_id: str) -> str:
     """Rewrap every live DEK under the source's current version, then resume. Idempotent.
 
@@ -327,22 +367,14 @@ def kek_rewrap_run(*, source_id: str) -> str:
     for dek_id in list(
         live.exclude(kek_version__provider_version=target).values_list("pk", flat=True)
     ):
-        with transaction.atomic():
-            if (
-                Tenant.objects.select_for_update().get(pk=tenant.pk).state
-                != ServiceState.REWRAPPING
-            ):
-                return "stopped"
-            dek = DataKey.objects.select_for_update().select_related("kek_version").get(pk=dek_id)
-            context = dek_context(str(tenant.pk), dek.version)
-            material = provider.unwrap(
-                bytes(dek.wrapped), context, dek.kek_version.provider_version
-            )
-            wrapped = provider.wrap(material, context)
-            del material
-            dek.kek_version = kek_version_get_or_create(source, wrapped.version)
-            dek.wrapped = wrapped.blob
-            dek.save(update_fields=["kek_version", "wrapped"])
+        if not rewrap_one(
+            tenant=tenant,
+            dek_id=dek_id,
+            target=source,
+            wrapper=provider,
+            while_state=ServiceState.REWRAPPING,
+        ):
+            return "stopped"
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.REWRAPPING:
@@ -558,26 +590,14 @@ def byok_remove_run(*, tenant_id: str) -> str:
     vendor = provider_for(local)
     live = DataKey.objects.filter(tenant=tenant, state__in=[DekState.ACTIVE, DekState.RETIRING])
     for dek_id in list(live.exclude(kek_version__source=local).values_list("pk", flat=True)):
-        with transaction.atomic():
-            if (
-                Tenant.objects.select_for_update().get(pk=tenant.pk).state
-                != ServiceState.MIGRATING_BACK
-            ):
-                return "stopped"
-            dek = (
-                DataKey.objects.select_for_update()
-                .select_related("kek_version__source")
-                .get(pk=dek_id)
-            )
-            context = dek_context(str(tenant.pk), dek.version)
-            material = provider_for(dek.kek_version.source).unwrap(
-                bytes(dek.wrapped), context, dek.kek_version.provider_version
-            )
-            wrapped = vendor.wrap(material, context)
-            del material
-            dek.kek_version = kek_version_get_or_create(local, wrapped.version)
-            dek.wrapped = wrapped.blob
-            dek.save(update_fields=["kek_version", "wrapped"])
+        if not rewrap_one(
+            tenant=tenant,
+            dek_id=dek_id,
+            target=local,
+            wrapper=vendor,
+            while_state=ServiceState.MIGRATING_BACK,
+        ):
+            return "stopped"
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.MIGRATING_BACK:

@@ -12,7 +12,11 @@ from django.db.models import Count, F
 from django.http import HttpRequest
 from django.utils import timezone
 
+from audit.models import Outcome
 from audit.services import Actor, record
+from keys.ciphertext import CiphertextError
+from keys.envelope import EnvelopeError
+from keys.providers.base import KeyProviderError
 
 if TYPE_CHECKING:
     from archive.reencrypt import Transform
@@ -94,7 +98,9 @@ def dek_rotate(
     a person at once) produce one new DEK each in turn, never two actives.
     """
     locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    if locked.state in NOT_ROTATABLE:
+    if locked.state in NOT_ROTATABLE or locked.is_paused:
+        # Paused covers moves between key sources: a DEK made mid-move would be
+        # wrapped by the source being left.
         raise KeyActionRefused(
             f"The data key cannot be rotated while the tenant is {locked.get_state_display()}."
         )
@@ -128,6 +134,8 @@ def dek_rotate_if_due(*, tenant: Tenant) -> DataKey | None:
     current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
     if current is None or tenant.state in NOT_ROTATABLE or tenant.is_paused:
         return None
+    if tenant.state == ServiceState.DEGRADED:
+        return None  # the key store is unreachable: rotate when it answers
     age = timezone.now() - current.created
     if age.total_seconds() < tenant.dek_rotation_days * 86400:
         return None
@@ -286,12 +294,43 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
     `transform` replaces the re-sealing step; only the benchmark uses it, to
     time the same job without cryptography.
     """
-    from archive.reencrypt import BatchReader, write_batch
-    from archive.selectors import records_not_under
-
     job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
     if job.state in (JobState.DONE, JobState.FAILED):
         return job
+    if job.target_dek.state != DekState.ACTIVE:
+        return _reencryption_failed(
+            job, "The data key was rotated while the job waited; start re-encryption again."
+        )
+    try:
+        return _reencryption_run(job, transform)
+    except (KeyProviderError, EnvelopeError, CiphertextError) as exc:
+        return _reencryption_failed(job, f"Re-encryption stopped: {exc}")
+
+
+def _reencryption_failed(job: ReencryptionJob, error: str) -> ReencryptionJob:
+    """End a job that cannot go on, so that a new one can start; record why."""
+    with transaction.atomic():
+        locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
+        if locked.state in (JobState.DONE, JobState.FAILED):
+            return locked
+        locked.state = JobState.FAILED
+        locked.error = error
+        locked.finished = timezone.now()
+        locked.save(update_fields=["state", "error", "finished"])
+        record(
+            tenant=locked.tenant,
+            actor=Actor.system("re-encryption"),
+            action="records.reencrypt.failed",
+            outcome=Outcome.FAILURE,
+            reason=error,
+        )
+    return locked
+
+
+def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> ReencryptionJob:
+    from archive.reencrypt import BatchReader, write_batch
+    from archive.selectors import records_not_under
+
     ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
     tenant, target = job.tenant, job.target_dek
     for _ in range(3):

@@ -25,7 +25,7 @@ from keys.models import (
     KeySource,
     SourceState,
 )
-from keys.providers.base import KeyProviderError, all_required_passed
+from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
 from keys.services import KeyActionRefused, kek_version_get_or_create
@@ -61,6 +61,10 @@ def key_source_register(
     request: HttpRequest | None = None,
 ) -> KeySource:
     """Save a (validated) configuration. Any change invalidates the last test."""
+    if Tenant.objects.get(pk=tenant.pk).is_paused:
+        raise KeyActionRefused(
+            "A key move is in progress; change the settings when it has finished."
+        )
     source = draft_source(tenant, kind)
     if source is None:
         source = KeySource(tenant=tenant, kind=kind)
@@ -209,6 +213,10 @@ def byok_enable_run(*, source_id: str) -> KeySource:
         source = KeySource.objects.select_for_update().get(pk=source.pk)
         if source.state == SourceState.ACTIVE:
             return source
+        if pending.exists():  # a DEK appeared meanwhile: the next run moves it first
+            raise KeyUnavailable("data keys are still to be moved; retrying")
+        if not source.test_passed:
+            raise KeyActionRefused("The key's settings changed during the move; test them again.")
         old_sources = KeySource.objects.filter(tenant=locked, state=SourceState.ACTIVE)
         KekVersion.objects.filter(source__in=old_sources).update(state=KekState.RETIRED)
         old_sources.update(state=SourceState.RETIRED)

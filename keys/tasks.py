@@ -7,11 +7,26 @@ from celery.signals import worker_process_shutdown
 
 from audit.services import Actor
 from keys.models import DataKey, DekState
-from keys.providers.base import KeyUnavailable
+from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid, KeyUnavailable
 from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due, reencryption_run
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+
+def _record_stall(source_id: str, action: str, reason: str) -> None:
+    from audit.models import Outcome
+    from audit.services import record
+    from keys.models import KeySource
+
+    source = KeySource.objects.select_related("tenant").get(pk=source_id)
+    record(
+        tenant=source.tenant,
+        actor=Actor.system("key jobs"),
+        action=action,
+        outcome=Outcome.FAILURE,
+        reason=f"stopped, will resume when the key works again: {reason}",
+    )
 
 
 @shared_task(name="keys.rotate_due_deks")
@@ -24,6 +39,8 @@ def rotate_due_deks() -> int:
                 rotated += 1
         except KeyActionRefused as exc:
             logger.info("scheduled rotation held for %s: %s", tenant.slug, exc)
+        except Exception:  # one tenant's key store must not hold the others' rotations
+            logger.exception("scheduled rotation failed for %s", tenant.slug)
     return rotated
 
 
@@ -33,6 +50,8 @@ def rotate_dek_for_count(tenant_id: str) -> None:
     from django.conf import settings
 
     tenant = Tenant.objects.get(pk=tenant_id)
+    if tenant.is_paused:
+        return  # the write path rotates synchronously at the hard limit if it must
     current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
     threshold = settings.KEYWARD_DEK_MAX_ENCRYPTIONS * settings.KEYWARD_DEK_ROTATE_AT_FRACTION
     if current is None or current.encryptions_reserved < threshold:
@@ -71,16 +90,21 @@ def _flush_counts_on_shutdown(**_: object) -> None:
 def run_byok_enable(source_id: str) -> None:
     from keys.sources import byok_enable_run
 
-    byok_enable_run(source_id=source_id)
+    try:
+        byok_enable_run(source_id=source_id)
+    except (KeyAccessDenied, KeyMaterialInvalid, KeyActionRefused) as exc:
+        # Not transient: say so in the tenant's trail; the beat resumes the move
+        # once the administrator fixed the key (resume_key_jobs).
+        _record_stall(source_id, "byok.enable", str(exc))
 
 
 @shared_task(name="keys.check_key_health")
 def check_key_health() -> dict[str, str]:
     """Beat: check the key of every BYOK tenant (one failing tenant never stops the rest)."""
-    from keys.lifecycle import CHECKED_STATES, key_health_check
+    from keys.lifecycle import CHECKED_STATES, WATCHED_STATES, key_health_check
 
     found: dict[str, str] = {}
-    for tenant in Tenant.objects.filter(state__in=CHECKED_STATES).iterator():
+    for tenant in Tenant.objects.filter(state__in=CHECKED_STATES + WATCHED_STATES).iterator():
         try:
             found[tenant.slug] = key_health_check(tenant=tenant)
         except Exception:
@@ -106,7 +130,11 @@ def warn_expiring_keys() -> int:
 def run_kek_rewrap(source_id: str) -> str:
     from keys.lifecycle import kek_rewrap_run
 
-    return kek_rewrap_run(source_id=source_id)
+    try:
+        return kek_rewrap_run(source_id=source_id)
+    except (KeyAccessDenied, KeyMaterialInvalid) as exc:
+        _record_stall(source_id, "kek.rewrap", str(exc))
+        return "stalled"
 
 
 @shared_task(name="keys.run_due_destructions")
@@ -130,3 +158,49 @@ def run_byok_remove(tenant_id: str) -> str:
     from keys.lifecycle import byok_remove_run
 
     return byok_remove_run(tenant_id=tenant_id)
+
+
+@shared_task(name="keys.resume_key_jobs")
+def resume_key_jobs() -> int:
+    """Beat: pick up key moves that stopped (a crash, a broker outage, a key that was away).
+
+    Every job below is idempotent and resumes where it stopped, so enqueuing one
+    that is still running costs a little work and changes nothing.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from keys.models import JobState, KeySource, ReencryptionJob, SourceState
+    from tenants.models import ServiceState
+
+    resumed = 0
+    for tenant in Tenant.objects.filter(
+        state__in=[ServiceState.MIGRATING, ServiceState.REWRAPPING, ServiceState.MIGRATING_BACK]
+    ):
+        if tenant.state == ServiceState.MIGRATING_BACK:
+            run_byok_remove.delay(str(tenant.pk))
+        elif tenant.state == ServiceState.REWRAPPING:
+            source = (
+                KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
+                .exclude(kind="local")
+                .first()
+            )
+            if source is not None:
+                run_kek_rewrap.delay(str(source.pk))
+        else:
+            source = (
+                KeySource.objects.filter(tenant=tenant, state=SourceState.TESTED)
+                .order_by("-updated")
+                .first()
+            )
+            if source is not None:
+                run_byok_enable.delay(str(source.pk))
+        resumed += 1
+    stale = timezone.now() - timedelta(minutes=10)
+    for job_id in ReencryptionJob.objects.filter(
+        state__in=[JobState.QUEUED, JobState.RUNNING], created__lt=stale
+    ).values_list("pk", flat=True):
+        run_reencryption.delay(str(job_id))
+        resumed += 1
+    return resumed

@@ -38,7 +38,7 @@ from keys.models import (
 )
 from keys.sources import current_source
 from keys.vault import Sealed, seal, unseal
-from tenants.models import Tenant
+from tenants.models import ServiceState, Tenant
 
 MAX_UPLOAD_BYTES = 64 * 1024
 IMPORT_PRIVATE = "import-private-key"
@@ -188,6 +188,12 @@ def _accept(
 ) -> KekVersion:
     if material_expires_at is not None and material_expires_at <= timezone.now():
         raise UploadRefused("The key's expiry date must be in the future.")
+    if Tenant.objects.get(pk=tenant.pk).state in (
+        ServiceState.MIGRATING,
+        ServiceState.MIGRATING_BACK,
+        ServiceState.REWRAPPING,
+    ):
+        raise UploadRefused("A key move is in progress; upload when it has finished.")
     key_import, _claims = _find_import(tenant, token)
     with transaction.atomic():
         locked = KeyImport.objects.select_for_update().get(pk=key_import.pk)
@@ -213,6 +219,25 @@ def _accept(
         kcv = importkit.key_check_value(material)
         source = current_source(tenant, SourceKind.UPLOADED)
         source = source or KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
+        destroyed = source.versions.filter(check_value=kcv, material__isnull=True).first()
+        if destroyed is not None:
+            # The same key again after a revoke: Keyward's copy comes back under
+            # its old version, so the data keys wrapped by it unwrap again.
+            sealed = seal(purpose=UPLOADED_KEY, owner=str(destroyed.pk), value=material)
+            del material
+            destroyed.material = sealed.root_version.encode() + b"\0" + sealed.blob
+            destroyed.material_expires_at = material_expires_at
+            destroyed.save(update_fields=["material", "material_expires_at"])
+            _use_up(locked)
+            record(
+                tenant=tenant,
+                actor=actor,
+                action="key.reupload",
+                target=destroyed.provider_version,
+                details={"check_value": kcv, "import": str(locked.pk)},
+                request=request,
+            )
+            return destroyed
         label = _next_label(source)
         version = KekVersion(
             id=uuid.uuid4(),
@@ -236,10 +261,7 @@ def _accept(
             source.config = {"version": label, "check_value": kcv}
             source.state = SourceState.DRAFT
             source.save()
-        locked.state = ImportState.USED
-        locked.used_at = timezone.now()
-        locked.private_wrapped = b""  # the wrapping private key is destroyed
-        locked.save(update_fields=["state", "used_at", "private_wrapped"])
+        _use_up(locked)
         record(
             tenant=tenant,
             actor=actor,
@@ -258,6 +280,13 @@ def _accept(
 
         tenant_mark_rotation_pending(tenant, source, label)
     return version
+
+
+def _use_up(key_import: KeyImport) -> None:
+    key_import.state = ImportState.USED
+    key_import.used_at = timezone.now()
+    key_import.private_wrapped = b""  # the wrapping private key is destroyed
+    key_import.save(update_fields=["state", "used_at", "private_wrapped"])
 
 
 def _accept_into_kms(

@@ -28,6 +28,7 @@ from keys.lifecycle import (
     tenant_schedule_destroy,
 )
 from keys.models import KekState, KeySource, SourceKind, SourceState
+from keys.providers.base import KeyProviderError
 from keys.selectors import (
     enabling_progress,
     keys_overview,
@@ -103,7 +104,7 @@ def rotate_dek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
             reason=reason or "rotated on demand",
             request=request,
         )
-    except KeyActionRefused as exc:
+    except (KeyActionRefused, KeyProviderError) as exc:
         _refused(request, access, "dek.rotate", str(exc))
     else:
         messages.success(request, f"New data key v{dek.version} is in use for new data.")
@@ -224,9 +225,13 @@ def aws_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpRespons
         or suggested_external_id(tenant),
     }
     actor = Actor.for_user(request.user)
-    source = key_source_register(
-        tenant=tenant, kind=SourceKind.AWS_KMS, config=config, actor=actor, request=request
-    )
+    try:
+        source = key_source_register(
+            tenant=tenant, kind=SourceKind.AWS_KMS, config=config, actor=actor, request=request
+        )
+    except KeyActionRefused as exc:
+        _refused(request, access, "key_source.register", str(exc))
+        return redirect("keys:aws", slug=tenant.slug)
     source = key_source_test(source=source, actor=actor, request=request)
     if source.test_passed:
         messages.success(request, "Every check passed. You can enable your key.")

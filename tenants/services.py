@@ -61,7 +61,8 @@ def membership_change_role(
 ) -> Membership:
     if role not in Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
-    # Lock the row so that two owners demoting each other cannot both succeed.
+    # Lock the tenant, so that two owners demoting each other cannot both succeed.
+    Tenant.objects.select_for_update().get(pk=membership.tenant_id)
     locked = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     old = locked.role
     if old == role:
@@ -85,6 +86,7 @@ def membership_change_role(
 def membership_remove(
     *, membership: Membership, actor: Actor, request: HttpRequest | None = None
 ) -> None:
+    Tenant.objects.select_for_update().get(pk=membership.tenant_id)
     locked = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if _last_owner(locked):
         raise ValidationError("A tenant needs at least one owner.")
