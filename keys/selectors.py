@@ -14,6 +14,7 @@ from keys.models import (
     KekVersion,
     KeySource,
     ReencryptionJob,
+    SourceKind,
     SourceState,
 )
 from keys.providers.base import KeyDescription
@@ -79,6 +80,7 @@ class EnablingProgress:
     source: KeySource
     done: int
     total: int
+    label: str = "Moving data keys"
 
     @property
     def percent(self) -> int:
@@ -86,20 +88,46 @@ class EnablingProgress:
 
 
 def enabling_progress(tenant: Tenant) -> EnablingProgress | None:
-    """While a tenant moves onto its own key: how many DEKs are under it already."""
-    if tenant.state != ServiceState.MIGRATING:
-        return None
-    from keys.sources import byok_enable_progress
+    """While data keys move between key sources or versions: how many have moved.
 
-    source = (
-        KeySource.objects.filter(tenant=tenant, state=SourceState.TESTED)
-        .order_by("-updated")
-        .first()
-    )
-    if source is None:
+    Covers enabling a customer key (migrating), rewrapping after a confirmed
+    rotation, and going back to the vendor-managed key (migrating_back).
+    """
+    from keys.sources import LIVE_DEK_STATES
+
+    live = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES)
+    if tenant.state == ServiceState.MIGRATING:
+        source = (
+            KeySource.objects.filter(tenant=tenant, state=SourceState.TESTED)
+            .order_by("-updated")
+            .first()
+        )
+        if source is None:
+            return None
+        done = live.filter(kek_version__source=source).count()
+    elif tenant.state == ServiceState.REWRAPPING:
+        source = (
+            KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
+            .exclude(kind=SourceKind.LOCAL)
+            .first()
+        )
+        if source is None:
+            return None
+        newest = source.versions.order_by("-created").first()
+        done = live.filter(kek_version=newest).count()
+    elif tenant.state == ServiceState.MIGRATING_BACK:
+        source = KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).first()
+        if source is None:
+            return None
+        done = live.filter(kek_version__source=source).count()
+    else:
         return None
-    done, total = byok_enable_progress(tenant, source)
-    return EnablingProgress(source, done, total)
+    labels = {
+        ServiceState.MIGRATING: "Moving data keys under your key",
+        ServiceState.REWRAPPING: "Rewrapping data keys under the new key version",
+        ServiceState.MIGRATING_BACK: "Moving data keys back to the vendor-managed key",
+    }
+    return EnablingProgress(source, done, live.count(), labels[ServiceState(tenant.state)])
 
 
 ROTATION_ACTIONS = (
