@@ -1,0 +1,93 @@
+"""Races in the lifecycle, on PostgreSQL with real concurrent connections."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from audit.services import Actor
+from keys.lifecycle import kek_confirm_rotation, kek_rewrap_run, key_health_check
+from keys.models import DataKey, KeySource, SourceKind
+from keys.registry import provider_for
+from tenants.models import ServiceState, Tenant
+from tests.keys.conftest import CUSTOMER_ACCOUNT
+from tests.support.aws import create_kms_key
+
+
+def move_alias(byok: Any) -> str:
+    new_key = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
+    byok["kms"].update_alias(AliasName=byok["alias"], TargetKeyId=new_key.rsplit("/", 1)[1])
+    assert key_health_check(tenant=byok["acme"].tenant) == "rotation_pending"
+    return new_key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_administrators_confirm_at_once_one_wins(byok) -> None:
+    tenant = byok["acme"].tenant
+    move_alias(byok)
+    barrier = threading.Barrier(2)
+    answers: list[str] = []
+
+    def confirm(user: Any) -> None:
+        try:
+            barrier.wait()
+            answers.append(kek_confirm_rotation(tenant=tenant, actor=Actor.for_user(user)))
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=confirm, args=(byok["acme"].owner,)),
+        threading.Thread(target=confirm, args=(byok["acme"].key_admin,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(a.startswith("Confirmed") for a in answers) == 1
+    assert any("nothing to do" in a or "confirmed already" in a for a in answers)
+    tenant.refresh_from_db()
+    assert tenant.state == ServiceState.REWRAPPING
+
+
+def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
+    byok, monkeypatch
+) -> None:
+    from keys.services import dek_rotate
+
+    tenant = byok["acme"].tenant
+    for _ in range(5):  # more DEKs to move
+        dek_rotate(tenant=tenant, actor=Actor.system("tests"), reason="more keys")
+    new_key = move_alias(byok)
+    kek_confirm_rotation(tenant=tenant, actor=Actor.for_user(byok["acme"].owner))
+    source = KeySource.objects.get(tenant=tenant, kind=SourceKind.AWS_KMS)
+    provider = provider_for(source)
+    real_wrap = provider.wrap
+    calls = {"n": 0}
+
+    def dying_wrap(dek: bytes, context: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("worker lost")
+        return real_wrap(dek, context)
+
+    monkeypatch.setattr(provider, "wrap", dying_wrap)
+    with pytest.raises(RuntimeError):
+        kek_rewrap_run(source_id=str(source.pk))
+    monkeypatch.setattr(provider, "wrap", real_wrap)
+    versions = list(
+        DataKey.objects.filter(tenant=tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    )
+    assert set(versions) == {byok["key_arn"], new_key}  # mid-way: each DEK under exactly one
+    assert kek_rewrap_run(source_id=str(source.pk)) == "done"
+    versions = list(
+        DataKey.objects.filter(tenant=tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    )
+    assert set(versions) == {new_key} and len(versions) == 6
+    assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
