@@ -622,3 +622,43 @@ def byok_remove_run(*, tenant_id: str) -> str:
         publish_key_state(str(locked.pk))
     envelope().forget(str(tenant.pk))
     return "done"
+
+
+def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> str:
+    """Forced rotation in the customer's key store, where it can do it (AWS on-demand).
+
+    The key stays the same key, so nothing is rewrapped; the new material's
+    marker is recorded so the health check does not pause for our own rotation.
+    """
+    current = Tenant.objects.get(pk=tenant.pk)
+    if current.state != ServiceState.BYOK_ACTIVE:
+        raise LifecycleRefused("The key can be rotated only while it is in normal use.")
+    source = active_customer_source(current)
+    provider = provider_for(source)
+    if not provider.can_rotate_now:
+        raise LifecycleRefused("This key rotates by uploading a new key; use the upload page.")
+    try:
+        provider.rotate_now()
+        health = provider.health()
+    except (KeyUnavailable, KeyAccessDenied) as exc:
+        record(
+            tenant=current,
+            actor=actor,
+            action="kek.rotate_now",
+            outcome=Outcome.FAILURE,
+            reason=str(exc),
+            request=request,
+        )
+        raise LifecycleRefused(f"The key store refused the rotation: {exc}") from None
+    KekVersion.objects.filter(source=source, provider_version=health.version).update(
+        material_marker=health.material
+    )
+    record(
+        tenant=current,
+        actor=actor,
+        action="kek.rotate_now",
+        target=health.version,
+        details={"material": health.material},
+        request=request,
+    )
+    return "New key material was made in your key store; older data keeps decrypting."

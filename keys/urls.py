@@ -26,4 +26,5 @@ urlpatterns = [
     path("destroy/", views.destroy, name="destroy"),
     path("destroy/cancel/", views.cancel_destroy, name="cancel_destroy"),
     path("remove/", views.remove_byok, name="remove_byok"),
+    path("rotate-key/", views.rotate_kek, name="rotate_kek"),
 ]

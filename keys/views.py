@@ -20,6 +20,7 @@ from keys.lifecycle import (
     LifecycleRefused,
     kek_confirm_rotation,
     kek_reject_rotation,
+    kek_rotate_now,
     pending_version,
     tenant_cancel_destroy,
     tenant_remove_byok,
@@ -29,6 +30,7 @@ from keys.lifecycle import (
 )
 from keys.models import KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyProviderError
+from keys.registry import provider_for
 from keys.selectors import (
     enabling_progress,
     keys_overview,
@@ -63,6 +65,11 @@ def _page(
         "job": overview.open_job or overview.last_job,
         "can_manage": access.can(Perm.MANAGE_KEYS),
         "can_revoke": access.tenant.state in REVOCABLE_STATES,
+        "can_rotate_kek": bool(
+            overview.source
+            and access.tenant.state == ServiceState.BYOK_ACTIVE
+            and provider_for(overview.source).can_rotate_now
+        ),
         "can_destroy": access.can(Perm.DESTROY_KEYS),
         "can_remove": access.can(Perm.REMOVE_BYOK)
         and access.tenant.state in (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
@@ -501,3 +508,17 @@ def remove_byok(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         return "Moving your data keys back to the vendor-managed key."
 
     return _lifecycle(request, access, "byok.remove", run)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def rotate_kek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    actor = Actor.for_user(request.user)
+    return _lifecycle(
+        request,
+        access,
+        "kek.rotate_now",
+        lambda: kek_rotate_now(tenant=access.tenant, actor=actor, request=request),
+    )

@@ -348,6 +348,10 @@ class KeyStatus:
         return self.alias_target or self.arn
 
 
+def _rotate_on_demand(kms: Any, *, key_arn: str) -> Any:
+    return kms.rotate_key_on_demand(KeyId=key_arn)
+
+
 def _list_key_rotations(kms: Any, *, kwargs: dict[str, Any]) -> Any:
     return kms.list_key_rotations(**kwargs)
 
@@ -778,6 +782,18 @@ class AwsKmsProvider(KeyProvider):
             pending_deletion=state in ("PendingDeletion", "PendingReplicaDeletion"),
             alias_target=str(metadata["Arn"]) if self._parsed.is_alias else None,
             deletion_date=metadata.get("DeletionDate"),
+        )
+
+    can_rotate_now = True
+
+    def rotate_now(self) -> None:
+        """RotateKeyOnDemand: new material in the same key; older ciphertexts still decrypt."""
+        arn = self.current_version()
+        self._call(
+            "RotateKeyOnDemand",
+            arn,
+            self.config.region,
+            partial(_rotate_on_demand, key_arn=arn),
         )
 
     def health(self) -> KeyHealth:

@@ -115,6 +115,13 @@ class KeyProvider(abc.ABC):
         """Usable and current version; raises KeyUnavailable or KeyAccessDenied."""
         return KeyHealth(True, self.current_version())
 
+    # Key stores that can make new key material on request (AWS KMS on-demand
+    # rotation) say so; the rest are rotated by a new upload or a new key.
+    can_rotate_now: bool = False
+
+    def rotate_now(self) -> None:
+        raise NotImplementedError("this key source rotates by a new key or upload")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 

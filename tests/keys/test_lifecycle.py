@@ -169,3 +169,17 @@ def test_lifecycle_actions_are_guarded(acme, globex, name) -> None:
 def test_a_vendor_managed_tenant_has_nothing_to_revoke(acme) -> None:
     with pytest.raises(LifecycleRefused, match="does not use a key of its own"):
         tenant_revoke(tenant=acme.tenant, actor=_actor(acme), confirm="acme")
+
+
+def test_rotate_key_material_now_keeps_old_data_readable(byok) -> None:
+    acme = byok["acme"]
+    client = login(acme.key_admin, sudo=True)
+    page = client.get(reverse("keys:overview", args=["acme"])).content.decode()
+    assert 'data-testid="rotate-kek"' in page
+    response = client.post(reverse("keys:rotate_kek", args=["acme"]), follow=True)
+    assert "New key material was made in your key store" in html.unescape(response.content.decode())
+    event = AuditEvent.objects.get(tenant=acme.tenant, action="kek.rotate_now")
+    assert event.outcome == "success"
+    assert key_health_check(tenant=acme.tenant) == "ok"  # our own rotation does not pause
+    reset_for_tests()
+    assert record_fields(acme.tenant, byok["records"][0])

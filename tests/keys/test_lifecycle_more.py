@@ -208,3 +208,40 @@ def test_one_failing_tenant_does_not_stop_scheduled_rotation_of_others(
     monkeypatch.setattr(keys.tasks, "dek_rotate_if_due", failing)
     assert rotate_due_deks() == 1
     assert DataKey.objects.filter(tenant=globex.tenant).count() == 2
+
+
+def test_a_new_upload_is_confirmed_and_rewrapped(
+    uploaded, django_capture_on_commit_callbacks
+) -> None:
+    from django.core import mail
+
+    from keys.lifecycle import kek_rewrap_run
+
+    acme, client, folder = uploaded["acme"], uploaded["client"], uploaded["folder"]
+    files = download(client, "acme", folder / "two")
+    customer_wraps(folder / "two")
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(
+            client,
+            "acme",
+            (folder / "two/CustomerEncryptionKey.bin").read_bytes(),
+            files["ImportToken.bin"],
+        )
+    assert state(acme.tenant) == ServiceState.ROTATION_PENDING
+    assert any("confirm the new version" in m.subject for m in mail.outbox)
+    review = text(client.get(reverse("keys:rotation", args=["acme"])))
+    assert "upload-2" in review
+    confirmed = text(client.post(reverse("keys:rotation_confirm", args=["acme"]), follow=True))
+    assert "Confirmed" in confirmed
+    assert kek_rewrap_run(source_id=str(uploaded["source"].pk)) == "done"
+    assert state(acme.tenant) == ServiceState.BYOK_ACTIVE
+    versions = set(
+        DataKey.objects.filter(tenant=acme.tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    )
+    assert versions == {"upload-2"}
+    assert uploaded["source"].versions.get(provider_version="upload-1").state == "retired"
+    reset_for_tests()
+    row = Record.objects.select_related("sealed").get(pk=uploaded["records"][0].pk)
+    assert record_fields(acme.tenant, row)["sid"]
