@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 os.environ.setdefault("KEYWARD_MODE", "embedded")
+os.environ.setdefault("KEYWARD_DEK_RETIRE_GRACE_SECONDS", "0")
 
 import django  # noqa: E402
 

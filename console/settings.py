@@ -267,6 +267,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-warn-expiring-keys": {"task": "keys.warn_expiring_keys", "schedule": 3600.0},
     "keys-run-due-destructions": {"task": "keys.run_due_destructions", "schedule": 600.0},
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
+    "keys-retire-unused-deks": {"task": "keys.retire_unused_deks", "schedule": 3600.0},
     "keys-check-key-health": {
         "task": "keys.check_key_health",
         "schedule": float(KEYWARD_HEALTH_CHECK_SECONDS),
@@ -328,6 +329,12 @@ KEYWARD_AWS_TIMEOUT_SECONDS = env.integer("KEYWARD_AWS_TIMEOUT_SECONDS", 5, mini
 # ("local"), or imported into EXTERNAL-origin keys in the vendor's AWS KMS.
 KEYWARD_UPLOAD_KEY_STORE = env.choice("KEYWARD_UPLOAD_KEY_STORE", "local", ("local", "aws_kms"))
 KEYWARD_UPLOAD_AWS_REGION = env.string("KEYWARD_UPLOAD_AWS_REGION") or "eu-west-1"
+
+# A DEK is retired only after it has been decrypt-only this long: longer than
+# any process can hold a stale view of the current DEK (Redis state expiry).
+KEYWARD_DEK_RETIRE_GRACE_SECONDS = env.integer(
+    "KEYWARD_DEK_RETIRE_GRACE_SECONDS", 3700, minimum=0, maximum=30 * 86400
+)
 
 # Waiting period between an owner's "destroy" and the crypto-shredding itself.
 KEYWARD_DESTROY_WAIT_DAYS = env.integer("KEYWARD_DESTROY_WAIT_DAYS", 7, minimum=1, maximum=90)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, F
@@ -370,11 +372,22 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
 
 @transaction.atomic
 def dek_retire_unused(*, tenant: Tenant) -> list[int]:
-    """Retire every non-active DEK no record depends on, destroying its wrapped bytes."""
+    """Retire every non-active DEK no record depends on, destroying its wrapped bytes.
+
+    Only once the DEK has been decrypt-only for longer than a process can keep
+    believing it is current (KEYWARD_DEK_RETIRE_GRACE_SECONDS): a process that
+    missed the rotation's publication could still be writing under it. The
+    beat (`keys.retire_unused_deks`) retires the ones that were too young.
+    """
     from archive.models import SealedFields
 
+    grace = timedelta(seconds=settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS)
+    successors = dict(DataKey.objects.filter(tenant=tenant).values_list("version", "created"))
     retired = []
     for dek in DataKey.objects.select_for_update().filter(tenant=tenant, state=DekState.RETIRING):
+        replaced_at = successors.get(dek.version + 1)
+        if replaced_at is None or timezone.now() - replaced_at < grace:
+            continue
         if SealedFields.objects.filter(dek=dek).exists():
             continue
         dek.state = DekState.RETIRED

@@ -204,3 +204,14 @@ def resume_key_jobs() -> int:
         run_reencryption.delay(str(job_id))
         resumed += 1
     return resumed
+
+
+@shared_task(name="keys.retire_unused_deks")
+def retire_unused_deks() -> int:
+    """Beat: retire decrypt-only DEKs that nothing depends on any more (after the grace)."""
+    from keys.services import dek_retire_unused
+
+    retired = 0
+    for tenant in Tenant.objects.filter(data_keys__state=DekState.RETIRING).distinct():
+        retired += len(dek_retire_unused(tenant=tenant))
+    return retired

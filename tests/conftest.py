@@ -76,3 +76,9 @@ def login(user: Any, *, sudo: bool = False) -> Client:
 def _fast_password_hashing(settings: Any) -> None:
     # PBKDF2's 1M iterations cost ~0.3 s per user; tests make dozens of users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _retire_without_grace(settings: Any) -> None:
+    # Production waits an hour before retiring a DEK; tests that want it say so.
+    settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 0

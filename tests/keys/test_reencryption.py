@@ -190,3 +190,27 @@ def test_a_row_changed_while_being_read_is_left_alone_then_redone(settings) -> N
     assert_all_under_current(tenant)
     assert snapshot(tenant) == before
     assert Record.objects.get(pk=victim.pk).external_id == "renamed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_young_dek_is_retired_only_after_the_grace_period(settings) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from keys.tasks import retire_unused_deks
+
+    settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 3600
+    tenant = tenant_with_old_data("initech", 20)
+    job = reencryption_start(tenant=tenant, actor=SYSTEM)
+    assert reencryption_run(job_id=str(job.pk)).done == 20
+    assert_all_under_current(tenant)
+    old = DataKey.objects.get(tenant=tenant, version=1)
+    assert old.state == DekState.RETIRING  # nothing depends on it, but it is too young
+    assert retire_unused_deks() == 0
+    DataKey.objects.filter(tenant=tenant, version=2).update(
+        created=timezone.now() - timedelta(hours=2)
+    )
+    assert retire_unused_deks() == 1
+    old.refresh_from_db()
+    assert old.state == DekState.RETIRED and bytes(old.wrapped) == b""

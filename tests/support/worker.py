@@ -44,6 +44,7 @@ def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> It
         **os.environ,
         "DATABASE_URL": worker_database_url(),
         "KEYWARD_MODE": "embedded",
+        "KEYWARD_DEK_RETIRE_GRACE_SECONDS": "0",
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:
