@@ -91,3 +91,46 @@ def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
     )
     assert set(versions) == {new_key} and len(versions) == 6
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_path) -> None:
+    import time
+
+    from keys.services import dek_rotate
+    from keys.tasks import run_kek_rewrap
+    from tests.support.worker import celery_worker
+
+    tenant = byok["acme"].tenant
+    for _ in range(150):  # enough data keys for the rewrap to take a while
+        dek_rotate(tenant=tenant, actor=Actor.system("tests"), reason="more keys")
+    new_key = move_alias(byok)
+    kek_confirm_rotation(tenant=tenant, actor=Actor.for_user(byok["acme"].owner))
+    source = KeySource.objects.get(tenant=tenant, kind=SourceKind.AWS_KMS)
+    deks = DataKey.objects.filter(tenant=tenant)
+    env = {"KEYWARD_AWS_ENDPOINT_URL": settings.KEYWARD_AWS_ENDPOINT_URL}
+    with celery_worker(tmp_path / "w1.log", env) as worker:
+        run_kek_rewrap.apply_async(args=(str(source.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if deks.filter(kek_version__provider_version=new_key).count() >= 20:
+                break
+            time.sleep(0.02)
+        worker.kill()
+    moved = deks.filter(kek_version__provider_version=new_key).count()
+    assert 0 < moved < deks.count(), "the rewrap must be killed mid-way"
+    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {
+        byok["key_arn"],
+        new_key,
+    }  # every DEK under exactly one version while stopped
+    with celery_worker(tmp_path / "w2.log", env) as worker:
+        run_kek_rewrap.apply_async(args=(str(source.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE:
+                break
+            time.sleep(0.2)
+    assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE, (
+        tmp_path / "w2.log"
+    ).read_text()[-2000:]
+    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
