@@ -380,9 +380,11 @@ def kek_rewrap_run(*, source_id: str) -> str:
         if locked.state != ServiceState.REWRAPPING:
             return "stopped"
         in_use = set(live.values_list("kek_version_id", flat=True))
-        KekVersion.objects.filter(source=source, state=KekState.ACTIVE).exclude(
-            pk__in=in_use
-        ).update(state=KekState.RETIRED)
+        # Versions nothing depends on any more retire: this source's older ones,
+        # and those of a source this tenant switched away from.
+        KekVersion.objects.filter(
+            source__tenant=locked, state__in=[KekState.ACTIVE, KekState.PENDING]
+        ).exclude(pk__in=in_use).update(state=KekState.RETIRED)
         KekVersion.objects.filter(pk__in=in_use).update(
             state=KekState.ACTIVE, validated_at=timezone.now(), material_marker=""
         )
@@ -662,3 +664,43 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
         request=request,
     )
     return "New key material was made in your key store; older data keeps decrypting."
+
+
+def kek_switch_source(
+    *, tenant: Tenant, source: KeySource, actor: Actor, request: HttpRequest | None = None
+) -> str:
+    """Forced rotation to another key of the same kind (a new AWS key ARN).
+
+    The tested registration becomes the active source at once (so a resumed
+    job or the health check can only ever follow the new key); the data keys
+    then move under it like after a confirmed rotation (`kek_rewrap_run`).
+    """
+    from keys.tasks import run_kek_rewrap
+
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        source = KeySource.objects.select_for_update().get(pk=source.pk, tenant=locked)
+        if locked.state != ServiceState.BYOK_ACTIVE:
+            raise LifecycleRefused("Switch keys while the current one is in normal use.")
+        if source.state == SourceState.ACTIVE:
+            return "This key is the one in use already."
+        if not source.test_passed:
+            raise LifecycleRefused("Run Save and Test with these settings first.")
+        old = KeySource.objects.filter(tenant=locked, state=SourceState.ACTIVE)
+        old_ids = [str(pk) for pk in old.values_list("pk", flat=True)]
+        old.update(state=SourceState.RETIRED)
+        KeySource.objects.filter(pk=source.pk).update(state=SourceState.ACTIVE)
+        Tenant.objects.filter(pk=locked.pk).update(
+            state=ServiceState.REWRAPPING, state_changed_at=timezone.now()
+        )
+        record(
+            tenant=locked,
+            actor=actor,
+            action="kek.switch_source",
+            target=str(source.config.get("key_arn", source.kind)),
+            details={"from_sources": old_ids, "to_source": str(source.pk)},
+            request=request,
+        )
+        publish_key_state(str(locked.pk))
+        transaction.on_commit(lambda: run_kek_rewrap.delay(str(source.pk)))
+    return "Switching to the new key: your data keys are being rewrapped under it."

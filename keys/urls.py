@@ -14,6 +14,7 @@ urlpatterns = [
     path("aws/", views.aws_source, name="aws"),
     path("aws/save-and-test/", views.aws_save_and_test, name="aws_save_and_test"),
     path("sources/<uuid:source_id>/enable/", views.enable_source, name="enable_source"),
+    path("sources/<uuid:source_id>/switch/", views.switch_source, name="switch_source"),
     path("upload/", views.upload_page, name="upload"),
     path("upload/parameters/", views.download_import_parameters, name="import_parameters"),
     path("upload/key/", views.upload_key, name="upload_key"),

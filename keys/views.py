@@ -21,6 +21,7 @@ from keys.lifecycle import (
     kek_confirm_rotation,
     kek_reject_rotation,
     kek_rotate_now,
+    kek_switch_source,
     pending_version,
     tenant_cancel_destroy,
     tenant_remove_byok,
@@ -199,6 +200,12 @@ def _aws_page(
         "vendor_principal": settings.KEYWARD_AWS_VENDOR_PRINCIPAL,
         "can_enable": bool(
             source and source.test_passed and tenant.state == ServiceState.VENDOR_MANAGED
+        ),
+        "can_switch": bool(
+            source
+            and source.state != SourceState.ACTIVE
+            and source.test_passed
+            and tenant.state == ServiceState.BYOK_ACTIVE
         ),
     }
     return render(request, "keys/aws.html", context, status=status)
@@ -521,4 +528,21 @@ def rotate_kek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         access,
         "kek.rotate_now",
         lambda: kek_rotate_now(tenant=access.tenant, actor=actor, request=request),
+    )
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def switch_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
+    source = get_object_or_404(KeySource, pk=source_id, tenant=access.tenant)
+    actor = Actor.for_user(request.user)
+    return _lifecycle(
+        request,
+        access,
+        "kek.switch_source",
+        lambda: kek_switch_source(
+            tenant=access.tenant, source=source, actor=actor, request=request
+        ),
     )

@@ -183,3 +183,36 @@ def test_rotate_key_material_now_keeps_old_data_readable(byok) -> None:
     assert key_health_check(tenant=acme.tenant) == "ok"  # our own rotation does not pause
     reset_for_tests()
     assert record_fields(acme.tenant, byok["records"][0])
+
+
+def test_switching_to_a_new_key_arn_rewraps_under_it(byok) -> None:
+    acme = byok["acme"]
+    tenant = acme.tenant
+    client = login(acme.owner, sudo=True)
+    new_key = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
+    body = html.unescape(
+        client.post(
+            reverse("keys:aws_save_and_test", args=["acme"]), {"key_arn": new_key}, follow=True
+        ).content.decode()
+    )
+    assert "Switch to this key" in body
+    draft = KeySource.objects.get(tenant=tenant, kind=SourceKind.AWS_KMS, state="tested")
+    response = client.post(reverse("keys:switch_source", args=["acme", draft.pk]), follow=True)
+    assert "Switching to the new key" in html.unescape(response.content.decode())
+    assert state(tenant) == ServiceState.REWRAPPING
+    assert kek_rewrap_run(source_id=str(draft.pk)) == "done"
+    assert state(tenant) == ServiceState.BYOK_ACTIVE
+    versions = set(
+        DataKey.objects.filter(tenant=tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    )
+    assert versions == {new_key}
+    old = (
+        KeySource.objects.filter(tenant=tenant, kind=SourceKind.AWS_KMS).exclude(pk=draft.pk).get()
+    )
+    assert old.state == "retired"
+    assert KekVersion.objects.get(provider_version=byok["key_arn"]).state == KekState.RETIRED
+    reset_for_tests()
+    assert record_fields(tenant, byok["records"][0])
+    assert AuditEvent.objects.filter(action="kek.switch_source").exists()
