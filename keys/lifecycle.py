@@ -20,7 +20,7 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.notify import notify_key_admins
-from keys.providers.base import KeyAccessDenied, KeyProvider, KeyUnavailable
+from keys.providers.base import CheckResult, KeyAccessDenied, KeyProvider, KeyUnavailable
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
 from keys.services import kek_version_get_or_create
@@ -223,6 +223,33 @@ def active_customer_source(tenant: Tenant) -> KeySource:
     return source
 
 
+def _require_checks(
+    tenant: Tenant,
+    source: KeySource,
+    actor: Actor,
+    action: str,
+    request: HttpRequest | None,
+    *,
+    refusal: str,
+) -> list[CheckResult]:
+    """Run the source's checks; on a failure record it and refuse with what failed."""
+    context = {"keyward:tenant": str(tenant.pk), "keyward:purpose": "test"}
+    results = provider_for(source).run_checks(context)
+    failed = [r for r in results if r.required and not r.passed]
+    if failed:
+        reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
+        record(
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            outcome=Outcome.FAILURE,
+            reason=reason,
+            request=request,
+        )
+        raise LifecycleRefused(f"{refusal}: {reason}")
+    return results
+
+
 def kek_confirm_rotation(
     *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
 ) -> str:
@@ -249,20 +276,10 @@ def kek_confirm_rotation(
         raise LifecycleRefused("No new key version is waiting for confirmation.")
     config = _config_for(source, pending)
     probe = KeySource(pk=source.pk, tenant=current, kind=source.kind, config=config)
-    context = {"keyward:tenant": str(current.pk), "keyward:purpose": "test"}
-    results = provider_for(probe).run_checks(context)
-    failed = [r for r in results if r.required and not r.passed]
-    if failed:
-        reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
-        record(
-            tenant=current,
-            actor=actor,
-            action="kek.confirm_rotation",
-            outcome=Outcome.FAILURE,
-            reason=reason,
-            request=request,
-        )
-        raise LifecycleRefused(f"The new key version did not pass its checks: {reason}")
+    results = _require_checks(
+        current, probe, actor, "kek.confirm_rotation", request,
+        refusal="The new key version did not pass its checks",
+    )  # fmt: skip
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=current.pk)
         if locked.state != ServiceState.ROTATION_PENDING:  # another administrator was faster
@@ -457,20 +474,9 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
             f"Only a revoked tenant can be restored; this one is {current.get_state_display()}."
         )
     source = active_customer_source(current)
-    context = {"keyward:tenant": str(current.pk), "keyward:purpose": "test"}
-    results = provider_for(source).run_checks(context)
-    failed = [r for r in results if r.required and not r.passed]
-    if failed:
-        reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
-        record(
-            tenant=current,
-            actor=actor,
-            action="key.restore",
-            outcome=Outcome.FAILURE,
-            reason=reason,
-            request=request,
-        )
-        raise LifecycleRefused(f"The key is not usable yet: {reason}")
+    _require_checks(
+        current, source, actor, "key.restore", request, refusal="The key is not usable yet"
+    )
     if not _move(
         current,
         to=ServiceState.BYOK_ACTIVE,
