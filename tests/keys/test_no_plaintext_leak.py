@@ -109,12 +109,14 @@ def test_no_plaintext_key_escapes(caplog, settings) -> None:
     dump = subprocess.run(
         [PG_DUMP, "--data-only", worker_database_url()], capture_output=True, check=True
     ).stdout
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    broker = b"".join(
-        b"".join(client.lrange(key, 0, -1))
-        for key in client.keys("*")
-        if client.type(key) == b"list"
-    )
+    client = redis.Redis.from_url(settings.REDIS_URL)  # bytes replies (no decoding)
+    messages: list[bytes] = []
+    for key in client.keys("*"):
+        if client.type(key) == b"list":
+            messages += [
+                m if isinstance(m, bytes) else m.encode() for m in client.lrange(key, 0, -1)
+            ]
+    broker = b"".join(messages)
     assert b"run_reencryption" in broker or b"keys.run_reencryption" in broker
 
     haystacks = {"database dump": dump, "celery messages": broker}
