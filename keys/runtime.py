@@ -94,20 +94,39 @@ class RedisStateSource:
     def publish(self, tenant_id: str) -> TenantKeyState:
         """Copy the tenant's committed key state from the database to Redis."""
         state = state_from_db(tenant_id)
-        mapping = {
-            "epoch": state.epoch,
-            "dek": state.current_dek_id or "",
-            "status": state.status,
-        }
+        self.write(tenant_id, state)
+        return state
+
+    # Never moves the state backwards: a reader that loaded the database just
+    # before a revoke must not overwrite the revoke's newer epoch (or a rotation's
+    # newer DEK; DEK ids only grow). Self-healing: entries expire within the hour.
+    _WRITE = """
+    local cur = redis.call('HMGET', KEYS[1], 'epoch', 'dek')
+    if cur[1] then
+      local ce, cd = tonumber(cur[1]), tonumber(cur[2]) or 0
+      local ne, nd = tonumber(ARGV[1]), tonumber(ARGV[2]) or 0
+      if ne < ce or (ne == ce and nd < cd) then return 0 end
+    end
+    redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'dek', ARGV[2], 'status', ARGV[3])
+    redis.call('EXPIRE', KEYS[1], 3600)
+    return 1
+    """
+
+    def write(self, tenant_id: str, state: TenantKeyState) -> bool:
+        """Store `state` unless Redis already holds a newer one; True if written."""
         try:
-            with self.client.pipeline() as pipe:
-                pipe.hset(self.PREFIX + tenant_id, mapping=mapping)  # type: ignore[arg-type]
-                # Self-healing: a publish lost to a crash is corrected within the hour.
-                pipe.expire(self.PREFIX + tenant_id, 3600)
-                pipe.execute()
+            written = self.client.eval(
+                self._WRITE,
+                1,
+                self.PREFIX + tenant_id,
+                state.epoch,
+                state.current_dek_id or "",
+                state.status,
+            )
         except redis.RedisError:
             logger.warning("Redis unreachable; key state not published")
-        return state
+            return False
+        return bool(written)
 
 
 def _states() -> DbStateSource | RedisStateSource:

@@ -82,3 +82,18 @@ def test_state_reflects_the_database(db) -> None:
     assert state_from_db(str(tenant.pk)).status == "destroyed"
     missing = state_from_db("00000000-0000-0000-0000-000000000000")
     assert missing.current_dek_id is None and missing.status != "active"
+
+
+def test_a_stale_reader_never_moves_the_published_state_backwards(db, settings) -> None:
+    from keys.envelope import TenantKeyState
+    from keys.runtime import RedisStateSource
+
+    source = RedisStateSource(settings.REDIS_URL)
+    tenant = tenant_create(name="Stale", slug="stale", actor=Actor.system("tests"))
+    tid = str(tenant.pk)
+    assert source.write(tid, TenantKeyState(epoch=2, current_dek_id=7, status="revoked"))
+    # A reader that loaded the database before the revoke comes back late:
+    assert not source.write(tid, TenantKeyState(epoch=1, current_dek_id=7, status="active"))
+    assert not source.write(tid, TenantKeyState(epoch=2, current_dek_id=6, status="active"))
+    assert source.fetch(tid) == TenantKeyState(epoch=2, current_dek_id=7, status="revoked")
+    assert source.write(tid, TenantKeyState(epoch=2, current_dek_id=8, status="revoked"))
