@@ -167,9 +167,140 @@ stop_localstack() {
     kill -KILL -- "-$pid" 2>/dev/null
 }
 
+# PyKMIP's KMIP server (pykmip, installed in .venv by the dev extra), mutual TLS on
+# loopback, with certificates made for this run under $KW_RUN_DIR/kmip/certs.
+KW_KMIP_PID=""
+
+# make_kmip_cert NAME SUBJECT EXTENDED-KEY-USAGE [expired]: NAME.key and NAME.crt, signed
+# by ca.crt/ca.key in the current folder, valid for two days from now, or with
+# "expired" for one day that ended yesterday (`openssl ca`: OpenSSL 3.0's x509 command
+# cannot set the start date).
+make_kmip_cert() {
+    local name="$1" subject="$2" eku="$3" expired="${4:-}"
+    openssl req -new -newkey rsa:2048 -nodes -subj "$subject" \
+        -keyout "$name.key" -out "$name.csr" 2>/dev/null || return 1
+    {
+        echo 'basicConstraints=CA:FALSE'
+        echo 'keyUsage=critical,digitalSignature,keyEncipherment'
+        echo "extendedKeyUsage=$eku"
+        [ "$name" = server ] && echo 'subjectAltName=IP:127.0.0.1,DNS:localhost'
+    } >"$name.ext"
+    if [ -z "$expired" ]; then
+        openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile "$name.ext" -out "$name.crt" 2>/dev/null || return 1
+    else
+        mkdir -p ca-db && : >ca-db/index.txt && echo 01 >ca-db/serial
+        printf '%s\n' '[ca]' 'default_ca=test' '[test]' 'database=ca-db/index.txt' \
+            'new_certs_dir=ca-db' 'serial=ca-db/serial' 'default_md=sha256' 'policy=any' \
+            '[any]' 'commonName=supplied' >ca-db/ca.cnf
+        openssl ca -batch -notext -config ca-db/ca.cnf -cert ca.crt -keyfile ca.key \
+            -in "$name.csr" -extfile "$name.ext" -out "$name.crt" \
+            -startdate "$(date -u -d '-2 days' +%Y%m%d%H%M%SZ)" \
+            -enddate "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" 2>/dev/null || return 1
+        rm -rf ca-db
+    fi
+    rm -f "$name.csr" "$name.ext"
+}
+
+# In $1: ca (the server's CA), other-ca (unrelated), server, client (CN=keyward-test),
+# other-client (CN=keyward-other), no-client-auth (serverAuth only) and expired-client
+# (its one day of validity ended yesterday), each a .crt and a .key.
+make_kmip_certs() (
+    mkdir -p "$1" && cd "$1" || exit 1
+    for ca in ca other-ca; do
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=keyward test $ca" \
+            -addext 'basicConstraints=critical,CA:TRUE' \
+            -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+            -keyout "$ca.key" -out "$ca.crt" 2>/dev/null || exit 1
+    done
+    make_kmip_cert server /CN=localhost serverAuth || exit 1
+    make_kmip_cert client /CN=keyward-test clientAuth || exit 1
+    make_kmip_cert other-client /CN=keyward-other clientAuth || exit 1
+    make_kmip_cert no-client-auth /CN=keyward-test serverAuth || exit 1
+    make_kmip_cert expired-client /CN=keyward-test clientAuth expired || exit 1
+    rm -f ./*.srl
+)
+
+# Make the certificates and the configuration; start the server in the background, in a
+# process group of its own, on a free port, with its database and logs in $KW_RUN_DIR/kmip.
+start_kmip() {
+    local dir="$KW_RUN_DIR/kmip"
+    KW_KMIP_STARTED=$EPOCHREALTIME
+    mkdir -p "$dir/policies"
+    make_kmip_certs "$dir/certs" || { echo "KMIP: could not make the certificates" >&2; return 1; }
+    KW_KMIP_PORT="$(free_port)"
+    KW_KMIP_LOG="$dir/server.log"
+    cat >"$dir/server.conf" <<EOF
+[server]
+hostname=127.0.0.1
+port=$KW_KMIP_PORT
+certificate_path=$dir/certs/server.crt
+key_path=$dir/certs/server.key
+ca_path=$dir/certs/ca.crt
+auth_suite=TLS1.2
+policy_path=$dir/policies
+enable_tls_client_auth=True
+logging_level=INFO
+database_path=$dir/pykmip.db
+EOF
+    # PYTHONWARNINGS: SQLAlchemy's deprecation warnings about PyKMIP's models.
+    setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$dir/pid" \
+        env PYTHONWARNINGS=ignore "$KW_ROOT/.venv/bin/pykmip-server" \
+        -f "$dir/server.conf" -l "$KW_KMIP_LOG" >"$dir/stdout.log" 2>&1 </dev/null &
+    for _ in $(seq 100); do [ -s "$dir/pid" ] && break; sleep 0.05; done
+    KW_KMIP_PID="$(cat "$dir/pid")"
+}
+
+# Whether the server on port $1 completes a mutual TLS handshake with the certificates in $2.
+kmip_answers() {
+    "$KW_ROOT/.venv/bin/python" - "$@" <<'PY' 2>/dev/null
+import socket, ssl, sys
+port, certs = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=f"{certs}/ca.crt")
+context.load_cert_chain(f"{certs}/client.crt", f"{certs}/client.key")
+try:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+            pass
+except OSError:
+    sys.exit(1)
+PY
+}
+
+# Wait (30 s at most) until the server completes a TLS handshake; then export where it is.
+wait_kmip() {
+    local dir="$KW_RUN_DIR/kmip" deadline=$((SECONDS + 30))
+    until kmip_answers "$KW_KMIP_PORT" "$dir/certs"; do
+        if ! kill -0 "$KW_KMIP_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            echo "the KMIP server did not start on port $KW_KMIP_PORT; the end of its logs:" >&2
+            tail -n 40 "$KW_KMIP_LOG" "$dir/stdout.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    export KEYWARD_TEST_KMIP_HOST=127.0.0.1
+    export KEYWARD_TEST_KMIP_PORT="$KW_KMIP_PORT"
+    export KEYWARD_TEST_KMIP_DIR="$dir/certs"
+}
+
+# SIGINT, not SIGTERM: on SIGTERM it finishes its accept() timeout first. Its database is
+# thrown away, so a KILL after 3 s costs nothing.
+stop_kmip() {
+    local pid="$KW_KMIP_PID"
+    [ -n "$pid" ] || return 0
+    KW_KMIP_PID=""
+    kill -INT -- "-$pid" 2>/dev/null || return 0
+    for _ in $(seq 30); do
+        kill -0 -- "-$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null
+}
+
 KW_RUN_DIR=""
 stop_servers() {
     set +e
+    stop_kmip
     stop_localstack
     if [ -n "${KW_PG_DIR:-}" ] && [ -f "$KW_PG_DIR/postmaster.pid" ]; then
         run_as_pg "$PG_BIN/pg_ctl" -D "$KW_PG_DIR" -m immediate -w stop >/dev/null 2>&1
@@ -194,6 +325,7 @@ start_servers() {
     chmod 755 "$KW_RUN_DIR"
     trap stop_servers EXIT
     start_localstack  # it takes a few seconds: PostgreSQL and Redis start meanwhile
+    start_kmip  # makes its certificates (about 1 s), then starts meanwhile too
 
     KW_PG_DIR="$KW_RUN_DIR/pg"
     mkdir -p "$KW_PG_DIR"
@@ -214,8 +346,11 @@ start_servers() {
     export KEYWARD_DATA_DIR="$KW_RUN_DIR/data"
     export KEYWARD_MODE=embedded
 
+    wait_kmip
+    local kmip_ready; kmip_ready="$(elapsed_since "$KW_KMIP_STARTED")"
     wait_localstack
     echo "servers: PostgreSQL on $pg_port, Redis on $KW_REDIS_PORT," \
         "LocalStack on $KW_LOCALSTACK_PORT (ready in $(elapsed_since "$KW_LOCALSTACK_STARTED") s)," \
+        "KMIP on $KW_KMIP_PORT (ready in $kmip_ready s)," \
         "data in $KW_RUN_DIR"
 }

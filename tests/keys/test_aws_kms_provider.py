@@ -509,7 +509,7 @@ def test_unreachable_endpoint_is_unavailable(closed_port_url: str) -> None:
         provider.unwrap(b"\x01" * 100, CONTEXT, KEY_ARN)
     results = provider.run_checks(CONTEXT)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # fails fast, no long retries
     assert [r.name for r in results] == ALL_CHECKS
     found = by_name(results)[CHECK_FOUND]
     assert not found.passed
@@ -526,11 +526,11 @@ def test_a_kms_that_never_answers_times_out(stalling_url: str) -> None:
         KeyUnavailable, match=r"did not answer Decrypt within the read timeout of 0.5 s"
     ):
         provider.unwrap(b"\x01" * 100, CONTEXT, KEY_ARN)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # the read timeout, not botocore's 60 s default
 
     started = time.monotonic()
     results = provider.run_checks(CONTEXT)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # the read timeout, not botocore's 60 s default
     assert "read timeout of 0.5 s" in by_name(results)[CHECK_FOUND].message
     assert_not_run(results, ALL_CHECKS[1:])
 
