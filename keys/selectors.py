@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from archive.selectors import record_counts_by_dek
@@ -58,7 +59,15 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
         source=source,
         description=description,
         kek_versions=list(
-            KekVersion.objects.filter(source__tenant=tenant).select_related("source")
+            KekVersion.objects.filter(source__tenant=tenant)
+            .select_related("source")
+            .annotate(
+                live_deks=Count(
+                    "data_keys",
+                    filter=Q(data_keys__state__in=[DekState.ACTIVE, DekState.RETIRING]),
+                )
+            )
+            .order_by("-created")
         ),
         deks=deks,
         next_rotation=active.created + timedelta(days=tenant.dek_rotation_days) if active else None,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -124,3 +126,17 @@ def test_support_staff_see_the_keys_page_but_cannot_act(acme, support) -> None:
     assert page.status_code == 200
     assert "Rotate data key now" not in page.content.decode()
     assert client.post(reverse("keys:rotate_dek", args=["acme"])).status_code == 403
+
+
+def test_keys_page_counts_data_keys_per_kek_version(
+    acme, django_capture_on_commit_callbacks
+) -> None:
+    from audit.services import Actor
+    from keys.services import dek_rotate
+
+    dek_rotate(tenant=acme.tenant, actor=Actor.system("tests"), reason="two keys")
+    body = login(acme.viewer).get(reverse("keys:overview", args=["acme"])).content.decode()
+    table = body[body.index('data-testid="kek-table"') :]
+    table = table[: table.index("</table>")]
+    counts = [int(n) for n in re.findall(r"</td><td>[^<]*</td><td>(\d+)</td><td>", table)]
+    assert sum(counts) == 2  # both live DEKs, under whichever root key versions wrap them
