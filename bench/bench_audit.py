@@ -47,26 +47,11 @@ SEED = 20_240_601
 SPAN = timedelta(days=365)
 VERIFY_WINDOW = 2_000  # events re-hashed from the database at each end of the chain
 
-COLUMNS = (
-    "id",
-    "chain",
-    "seq",
-    "tenant_id",
-    "time",
-    "actor_kind",
-    "actor_id",
-    "actor_display",
-    "action",
-    "target",
-    "outcome",
-    "reason",
-    "ip",
-    "user_agent",
-    "request_id",
-    "details",
-    "prev_hash",
-    "hash",
-)
+# The hashed fields, in the chain's own order (audit.chain is framework-free).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from audit.chain import HASHED_FIELDS  # noqa: E402
+
+COLUMNS = ("id", *HASHED_FIELDS, "prev_hash", "hash")
 
 # action: share of all events (%), failure (%), denied (%)
 ACTIONS: tuple[tuple[str, float, float, float], ...] = (

@@ -20,10 +20,10 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.notify import notify_key_admins
-from keys.providers.base import CheckResult, KeyAccessDenied, KeyProvider, KeyUnavailable
+from keys.providers.base import CheckResult, KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
-from keys.runtime import dek_context, envelope, publish_key_state
-from keys.services import kek_version_get_or_create
+from keys.runtime import envelope, publish_key_state
+from keys.services import rewrap_one
 from tenants.models import ServiceState, Tenant
 
 HEALTH = Actor.system("key health check")
@@ -330,41 +330,6 @@ def kek_reject_rotation(*, tenant: Tenant, actor: Actor, request: HttpRequest | 
         "CloudTrail events UpdateAlias, RotateKeyOnDemand and ImportKeyMaterial) for who "
         "changed the key, and revoke if you did not expect it."
     )
-
-
-def rewrap_one(
-    *,
-    tenant: Tenant,
-    dek_id: int,
-    target: KeySource,
-    wrapper: KeyProvider,
-    while_state: str,
-) -> bool:
-    """Move one DEK under `target`; False when the tenant left `while_state` (stop).
-
-    The key stores are called with no lock held (a revoke must never wait on a
-    KMS); the write then checks, under lock, that the tenant is still in the
-    same move and that the DEK was not rewrapped meanwhile.
-    """
-    if Tenant.objects.get(pk=tenant.pk).state != while_state:
-        return False
-    dek = DataKey.objects.select_related("kek_version__source").get(pk=dek_id)
-    before = bytes(dek.wrapped)
-    context = dek_context(str(tenant.pk), dek.version)
-    material = provider_for(dek.kek_version.source).unwrap(
-        before, context, dek.kek_version.provider_version
-    )
-    wrapped = wrapper.wrap(material, context)
-    del material
-    with transaction.atomic():
-        if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
-            return False
-        row = DataKey.objects.select_for_update().get(pk=dek_id)
-        if bytes(row.wrapped) == before:
-            row.kek_version = kek_version_get_or_create(target, wrapped.version)
-            row.wrapped = wrapped.blob
-            row.save(update_fields=["kek_version", "wrapped"])
-    return True
 
 
 def kek_rewrap_run(*, source_id: str) -> str:

@@ -18,7 +18,7 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from keys.ciphertext import CiphertextError
 from keys.envelope import EnvelopeError
-from keys.providers.base import KeyProviderError
+from keys.providers.base import KeyProvider, KeyProviderError
 
 if TYPE_CHECKING:
     from archive.reencrypt import Transform
@@ -408,3 +408,38 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
         publish_key_state(str(tenant.pk))
         envelope().forget(str(tenant.pk))
     return retired
+
+
+def rewrap_one(
+    *,
+    tenant: Tenant,
+    dek_id: int,
+    target: KeySource,
+    wrapper: KeyProvider,
+    while_state: str,
+) -> bool:
+    """Move one DEK under `target`; False when the tenant left `while_state` (stop).
+
+    The key stores are called with no lock held (a revoke must never wait on a
+    KMS); the write then checks, under lock, that the tenant is still in the
+    same move and that the DEK was not rewrapped meanwhile.
+    """
+    if Tenant.objects.get(pk=tenant.pk).state != while_state:
+        return False
+    dek = DataKey.objects.select_related("kek_version__source").get(pk=dek_id)
+    before = bytes(dek.wrapped)
+    context = dek_context(str(tenant.pk), dek.version)
+    material = provider_for(dek.kek_version.source).unwrap(
+        before, context, dek.kek_version.provider_version
+    )
+    wrapped = wrapper.wrap(material, context)
+    del material
+    with transaction.atomic():
+        if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
+            return False
+        row = DataKey.objects.select_for_update().get(pk=dek_id)
+        if bytes(row.wrapped) == before:
+            row.kek_version = kek_version_get_or_create(target, wrapped.version)
+            row.wrapped = wrapped.blob
+            row.save(update_fields=["kek_version", "wrapped"])
+    return True

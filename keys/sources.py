@@ -28,7 +28,7 @@ from keys.models import (
 from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
-from keys.services import KeyActionRefused, kek_version_get_or_create
+from keys.services import KeyActionRefused, rewrap_one
 from tenants.models import ServiceState, Tenant
 
 LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
@@ -174,9 +174,10 @@ def byok_enable_progress(tenant: Tenant, source: KeySource) -> tuple[int, int]:
 def byok_enable_run(*, source_id: str) -> KeySource:
     """Rewrap every live DEK under the source, then switch the tenant over. Idempotent.
 
-    1. One DEK per transaction (row locked): unwrap with the key it is under,
-       wrap with the customer's key, overwrite the wrapped bytes. A rerun
-       skips DEKs already under the source.
+    1. One DEK at a time (`rewrap_one`: key stores called with no lock held,
+       the write checked under lock): unwrap with the key it is under, wrap
+       with the customer's key, overwrite the wrapped bytes. A rerun skips
+       DEKs already under the source.
     2. When none is left, in one transaction: the vendor source and its KEK
        versions are retired, the customer's source is active, the tenant is
        `byok_active`, and the key epoch moves so every process reloads its
@@ -191,23 +192,14 @@ def byok_enable_run(*, source_id: str) -> KeySource:
         kek_version__source=source
     )
     for dek_id in list(pending.values_list("pk", flat=True)):
-        with transaction.atomic():
-            dek = (
-                DataKey.objects.select_for_update()
-                .select_related("kek_version__source")
-                .get(pk=dek_id)
-            )
-            if dek.kek_version.source_id == source.pk:
-                continue
-            context = dek_context(str(tenant.pk), dek.version)
-            material = provider_for(dek.kek_version.source).unwrap(
-                bytes(dek.wrapped), context, dek.kek_version.provider_version
-            )
-            wrapped = provider.wrap(material, context)
-            del material
-            dek.kek_version = kek_version_get_or_create(source, wrapped.version)
-            dek.wrapped = wrapped.blob
-            dek.save(update_fields=["kek_version", "wrapped"])
+        if not rewrap_one(
+            tenant=tenant,
+            dek_id=dek_id,
+            target=source,
+            wrapper=provider,
+            while_state=ServiceState.MIGRATING,
+        ):
+            return source
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         source = KeySource.objects.select_for_update().get(pk=source.pk)
