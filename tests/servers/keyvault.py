@@ -13,6 +13,22 @@ Usage::
                            connection_verify=kv.ca_path)
         key = client.get_key("tenant-kek")
 
+With Entra apps registered (``register_app``), the same server also answers the two Microsoft
+Entra ID endpoints that ``azure-identity``/MSAL use for the client credentials flow, under
+``kv.authority`` (pass it as ``authority=`` with ``disable_instance_discovery=True`` and
+``connection_verify=kv.ca_path``)::
+
+    GET  /{tenant}/v2.0/.well-known/openid-configuration
+    POST /{tenant}/oauth2/v2.0/token   (a client secret, or a client assertion JWT signed
+                                        by a registered certificate: RS256 with x5t, or
+                                        PS256 with x5t#S256)
+
+Errors are Entra's: an unknown tenant is 400 invalid_tenant (AADSTS90002), an unknown app 400
+unauthorized_client (AADSTS700016), a wrong secret 401 invalid_client (AADSTS7000215), an
+unregistered or expired certificate or a bad assertion 401 invalid_client (AADSTS700027). Once any
+app is registered, the Key Vault routes accept only unexpired tokens issued here for the vault's
+tenant (``kv.tenant_id``), and answer 403 ForbiddenByRbac to apps refused with ``deny_app``.
+
 Production code must not import this module.
 """
 
@@ -21,9 +37,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hmac
 import ipaddress
 import json
 import re
+import secrets
 import shutil
 import ssl
 import tempfile
@@ -34,10 +52,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from azure.core.credentials import AccessToken
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -56,6 +75,10 @@ _CURVES: dict[str, type[ec.EllipticCurve]] = {
 }
 # Operation names, as used by fail()/stall() and RecordedRequest.op.
 OPERATIONS = ("get", "list_versions", "update", "wrapkey", "unwrapkey")
+# Entra ID operations: only failed or stalled when named (op=None means the Key Vault ones).
+ENTRA_OPERATIONS = ("openid_configuration", "token")
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_LIFETIME = 3599
 
 
 def b64url(data: bytes) -> str:
@@ -116,6 +139,74 @@ class KeyVersion:
     recovery_level: str = "Recoverable+Purgeable"
     tags: dict[str, str] = field(default_factory=dict)
     crv: str | None = None
+
+
+@dataclass
+class EntraApp:
+    """An app registration: a client id in a tenant, with client secrets and/or certificates."""
+
+    tenant_id: str
+    client_id: str
+    secrets: list[str] = field(default_factory=list)
+    # SHA-1 thumbprint (lowercase hex) -> certificate, as uploaded to the app registration.
+    certificates: dict[str, x509.Certificate] = field(default_factory=dict)
+
+
+@dataclass
+class IssuedToken:
+    tenant_id: str
+    client_id: str
+    resource: str
+    expires_at: float
+
+
+def make_client_certificate(
+    common_name: str = "keyward-test-app",
+    *,
+    key: rsa.RSAPrivateKey | None = None,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    key_size: int = 2048,
+) -> bytes:
+    """A self-signed client certificate and its unencrypted private key, as one PEM.
+
+    That is what a customer uploads for an app registration's certificate credential.
+    """
+    now = dt.datetime.now(dt.UTC)
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after or now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def certificate_thumbprint(certificate: x509.Certificate | bytes) -> str:
+    """The SHA-1 thumbprint (uppercase hex, as the Azure portal shows it) of a certificate/PEM."""
+    if isinstance(certificate, bytes):
+        certificate = x509.load_pem_x509_certificate(certificate)
+    return certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+
+
+class EntraError(Exception):
+    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.code = code
+        self.description = description
 
 
 @dataclass
@@ -259,6 +350,9 @@ class _TLSServer(ThreadingHTTPServer):
         pass  # clients that time out and hang up are expected
 
 
+_ENTRA_PATH = re.compile(
+    r"^/(?P<tenant>[0-9A-Za-z.-]+)/(?P<op>v2\.0/\.well-known/openid-configuration|oauth2/v2\.0/token)$"
+)
 _PATH = re.compile(r"^/keys/(?P<name>[0-9A-Za-z-]+)(?:/(?P<rest>[^/]*)(?:/(?P<action>[^/]+))?)?$")
 
 
@@ -312,6 +406,10 @@ class KeyVaultServer:
         self._faults: list[_Fault] = []
         self._release = threading.Event()
         self._required_token: str | None = None
+        self.tenant_id = TENANT_ID
+        self._apps: dict[tuple[str, str], EntraApp] = {}
+        self._tokens: dict[str, IssuedToken] = {}
+        self._denied: set[str] = set()
         self.requests: list[RecordedRequest] = []
         self._tmpdir: Path | None = None
         self._httpd: _TLSServer | None = None
@@ -368,6 +466,67 @@ class KeyVaultServer:
     def url(self) -> str:
         """The vault URL, e.g. ``https://127.0.0.1:54321`` (no trailing slash)."""
         return f"https://{self.host}:{self._port}"
+
+    @property
+    def authority(self) -> str:
+        """The Entra authority host for azure-identity's ``authority=`` (the same HTTPS server)."""
+        return self.url
+
+    # -- Entra ID ----------------------------------------------------------------------------
+
+    def register_app(
+        self,
+        client_id: str | None = None,
+        *,
+        secret: str | None = None,
+        certificate: x509.Certificate | bytes | None = None,
+        tenant_id: str | None = None,
+    ) -> EntraApp:
+        """Register (or add a credential to) an app in `tenant_id` (default: the vault's tenant).
+
+        ``certificate`` is an ``x509.Certificate`` or a PEM (a private key in it is ignored).
+        From then on, Key Vault routes require tokens issued by the token endpoint.
+        """
+        tenant = (tenant_id or self.tenant_id).lower()
+        client = (client_id or str(uuid.uuid4())).lower()
+        with self._lock:
+            app = self._apps.setdefault((tenant, client), EntraApp(tenant, client))
+            if secret is not None:
+                app.secrets.append(secret)
+            if certificate is not None:
+                if isinstance(certificate, bytes):
+                    certificate = x509.load_pem_x509_certificate(certificate)
+                app.certificates[certificate_thumbprint(certificate).lower()] = certificate
+            return app
+
+    def unregister_app(self, client_id: str, tenant_id: str | None = None) -> None:
+        with self._lock:
+            self._apps.pop(((tenant_id or self.tenant_id).lower(), client_id.lower()), None)
+
+    def deny_app(self, client_id: str, denied: bool = True) -> None:
+        """Key Vault answers 403 ForbiddenByRbac to this app (its role assignment removed)."""
+        with self._lock:
+            if denied:
+                self._denied.add(client_id.lower())
+            else:
+                self._denied.discard(client_id.lower())
+
+    def expire_tokens(self) -> None:
+        """Every issued token expires now (Key Vault then answers 401)."""
+        with self._lock:
+            for token in self._tokens.values():
+                token.expires_at = 0
+
+    @property
+    def tokens_issued(self) -> list[IssuedToken]:
+        with self._lock:
+            return list(self._tokens.values())
+
+    def _challenge(self) -> str:
+        return (
+            f'Bearer authorization="https://login.microsoftonline.com/{self.tenant_id}", '
+            f'resource="{RESOURCE}"'
+        )
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -520,13 +679,14 @@ class KeyVaultServer:
         code: str | None = None,
         message: str | None = None,
     ) -> None:
-        """Answer `status` to authorised requests for `op` (one of OPERATIONS; None = all).
+        """Answer `status` to authorised requests for `op` (one of OPERATIONS or
+        ENTRA_OPERATIONS; None = every Key Vault operation, never the Entra ones).
 
         ``times``: how many requests to fail (None: until reset()). For 429 a
         ``Retry-After`` header is sent (default 1 second).
         """
-        if op is not None and op not in OPERATIONS:
-            raise ValueError(f"unknown op {op!r}; expected one of {OPERATIONS}")
+        if op is not None and op not in OPERATIONS + ENTRA_OPERATIONS:
+            raise ValueError(f"unknown op {op!r}; expected one of {OPERATIONS + ENTRA_OPERATIONS}")
         if status == 429 and retry_after is None:
             retry_after = 1
         default_codes = {
@@ -553,8 +713,8 @@ class KeyVaultServer:
 
         Stalled handlers are released early by reset() and stop().
         """
-        if op is not None and op not in OPERATIONS:
-            raise ValueError(f"unknown op {op!r}; expected one of {OPERATIONS}")
+        if op is not None and op not in OPERATIONS + ENTRA_OPERATIONS:
+            raise ValueError(f"unknown op {op!r}; expected one of {OPERATIONS + ENTRA_OPERATIONS}")
         with self._lock:
             self._release.clear()
             self._faults.append(_Fault(op=op, status=0, remaining=times, stall_seconds=seconds))
@@ -576,10 +736,14 @@ class KeyVaultServer:
             self.requests.clear()
 
     def reset(self) -> None:
-        """Back to an empty vault: no keys, no faults, no recorded requests."""
+        """Back to an empty vault: no keys, apps, tokens, faults or recorded requests."""
         with self._lock:
             self.reset_faults()
             self._keys.clear()
+            self._apps.clear()
+            self._tokens.clear()
+            self._denied.clear()
+            self.tenant_id = TENANT_ID
             self.requests.clear()
 
     def requests_for(self, op: str, authorized_only: bool = True) -> list[RecordedRequest]:
@@ -591,7 +755,7 @@ class KeyVaultServer:
     def _take_fault(self, op: str | None) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.op is None or fault.op == op:
+                if (fault.op is None and op not in ENTRA_OPERATIONS) or fault.op == op:
                     if fault.remaining is not None:
                         fault.remaining -= 1
                         if fault.remaining <= 0:
@@ -605,6 +769,10 @@ class KeyVaultServer:
         parts = urlsplit(handler.path)
         query = parse_qs(parts.query)
         path = parts.path
+        entra = _ENTRA_PATH.match(path)
+        if entra:
+            self._handle_entra(handler, raw, entra["tenant"].lower(), entra["op"], query)
+            return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -614,8 +782,13 @@ class KeyVaultServer:
         authorized = auth.startswith("Bearer ") and len(auth) > len("Bearer ")
         with self._lock:
             required = self._required_token
-        if authorized and required is not None and auth != f"Bearer {required}":
-            authorized = False
+            entra_tokens = bool(self._apps)
+        denial: dict[str, Any] | None = None
+        if authorized and required is not None:
+            if auth != f"Bearer {required}":
+                authorized = False
+        elif authorized and entra_tokens:
+            denial = self._check_token(auth[len("Bearer ") :])
         record = RecordedRequest(
             method=handler.command,
             path=path,
@@ -625,11 +798,19 @@ class KeyVaultServer:
             op=op,
             key_name=name,
             key_version=version,
-            authorized=authorized,
+            authorized=authorized and denial is None,
         )
         with self._lock:
             self.requests.append(record)
 
+        if denial is not None:
+            record.status = int(denial["status"])
+            handler.send_json(
+                record.status,
+                {"error": denial["error"]},
+                {"WWW-Authenticate": self._challenge()} if record.status == 401 else None,
+            )
+            return
         if not authorized:
             record.status = 401
             handler.send_json(
@@ -642,7 +823,7 @@ class KeyVaultServer:
                 }
                 if not auth
                 else {"error": {"code": "Unauthorized", "message": "AKV10032: Invalid issuer."}},
-                {"WWW-Authenticate": CHALLENGE},
+                {"WWW-Authenticate": self._challenge()},
             )
             return
 
@@ -669,6 +850,271 @@ class KeyVaultServer:
             payload = {"error": error}
         record.status = status
         handler.send_json(status, payload)
+
+    def _check_token(self, token: str) -> dict[str, Any] | None:
+        """None when an Entra-issued token may call Key Vault, else the status and error."""
+        with self._lock:
+            issued = self._tokens.get(token)
+            denied = issued is not None and issued.client_id in self._denied
+        if issued is None or issued.expires_at <= time.time():
+            return {
+                "status": 401,
+                "error": {"code": "Unauthorized", "message": "AKV10022: Invalid token."},
+            }
+        if issued.tenant_id != self.tenant_id:
+            return {
+                "status": 401,
+                "error": {
+                    "code": "Unauthorized",
+                    "message": "AKV10032: Invalid issuer. Expected one of "
+                    f"https://sts.windows.net/{self.tenant_id}/, found "
+                    f"https://sts.windows.net/{issued.tenant_id}/.",
+                },
+            }
+        if issued.resource.rstrip("/") != RESOURCE:
+            return {
+                "status": 401,
+                "error": {"code": "Unauthorized", "message": "AKV10022: Invalid audience."},
+            }
+        if denied:
+            return {
+                "status": 403,
+                "error": {
+                    "code": "Forbidden",
+                    "message": "Caller is not authorized to perform action on resource.\r\n"
+                    "If role assignments, deny assignments or role definitions were changed "
+                    "recently, please observe propagation time.\r\n"
+                    f"Caller: appid={issued.client_id};\r\n"
+                    "Action: 'Microsoft.KeyVault/vaults/keys/read'\r\n"
+                    "Assignment: (not found)\r\nVault: test;location=local\r\n",
+                    "innererror": {"code": "ForbiddenByRbac"},
+                },
+            }
+        return None
+
+    def _handle_entra(
+        self,
+        handler: _Handler,
+        raw: bytes,
+        tenant: str,
+        op: str,
+        query: dict[str, list[str]],
+    ) -> None:
+        operation = "openid_configuration" if op.endswith("openid-configuration") else "token"
+        form = {key: values[-1] for key, values in parse_qs(raw.decode("utf-8", "replace")).items()}
+        shown = {
+            key: ("***" if key in ("client_secret", "client_assertion") else value)
+            for key, value in form.items()
+        }
+        record = RecordedRequest(
+            method=handler.command,
+            path=handler.path.split("?", 1)[0],
+            query=query,
+            headers={k: v for k, v in handler.headers.items()},
+            body=shown,
+            op=operation,
+            key_name=None,
+            key_version=None,
+            authorized=False,
+        )
+        with self._lock:
+            self.requests.append(record)
+        fault = self._take_fault(operation)
+        if fault is not None and fault.status == 0:
+            self._release.wait(fault.stall_seconds)
+        elif fault is not None:
+            record.status = fault.status
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+            handler.send_json(
+                fault.status,
+                _entra_error_json(
+                    EntraError(
+                        fault.status,
+                        "temporarily_unavailable" if fault.status == 429 else "server_error",
+                        50000,
+                        fault.message or "There was an error issuing a token.",
+                    )
+                ),
+                headers,
+            )
+            return
+        try:
+            if operation == "openid_configuration":
+                if handler.command != "GET":
+                    raise EntraError(405, "invalid_request", 900561, "Use GET.")
+                payload = self._openid_configuration(tenant)
+            else:
+                if handler.command != "POST":
+                    raise EntraError(405, "invalid_request", 900561, "Use POST.")
+                payload = self._issue_token(tenant, form, handler.headers.get("Authorization"))
+                record.authorized = True
+            status = 200
+        except EntraError as err:
+            status, payload = err.status, _entra_error_json(err)
+        record.status = status
+        handler.send_json(status, payload)
+
+    def _known_tenant(self, tenant: str) -> bool:
+        with self._lock:
+            return tenant == self.tenant_id or any(t == tenant for t, _ in self._apps)
+
+    def _openid_configuration(self, tenant: str) -> dict[str, Any]:
+        if not self._known_tenant(tenant):
+            raise EntraError(
+                400,
+                "invalid_tenant",
+                90002,
+                f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID "
+                "and are signing into the correct cloud.",
+            )
+        base = f"{self.authority}/{tenant}"
+        return {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            "issuer": f"{base}/v2.0",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
+            "tenant_region_scope": "EU",
+        }
+
+    def _issue_token(self, tenant: str, form: dict[str, str], basic: str | None) -> dict[str, Any]:
+        client_id = form.get("client_id", "").lower()
+        secret = form.get("client_secret")
+        if basic and basic.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            except ValueError:
+                raise EntraError(400, "invalid_request", 900144, "Bad Basic header.") from None
+            client_id = client_id or unquote_plus(user).lower()
+            secret = secret or unquote_plus(password)
+        if form.get("grant_type") != "client_credentials":
+            raise EntraError(
+                400,
+                "unsupported_grant_type",
+                70003,
+                f"The app requested an unsupported grant type '{form.get('grant_type')}'.",
+            )
+        if not self._known_tenant(tenant):
+            raise EntraError(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.")
+        with self._lock:
+            app = self._apps.get((tenant, client_id))
+        if app is None:
+            raise EntraError(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{tenant}'. This can happen if the application has not been installed by the "
+                "administrator of the tenant or consented to by any user in the tenant. You may "
+                "have sent your authentication request to the wrong tenant.",
+            )
+        scopes = form.get("scope", "").split()
+        resources = [s[: -len("/.default")] for s in scopes if s.endswith("/.default")]
+        if len(resources) != 1:
+            raise EntraError(
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {form.get('scope')!r} is not valid. Client "
+                "credential flows must have a scope value with /.default suffixed to the "
+                "resource identifier (application ID URI).",
+            )
+        if secret is not None:
+            if not any(hmac.compare_digest(secret.encode(), s.encode()) for s in app.secrets):
+                raise EntraError(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request "
+                    "is the client secret value, not the client secret ID, for a secret added to "
+                    f"app '{client_id}'.",
+                )
+        elif form.get("client_assertion"):
+            if form.get("client_assertion_type") != ASSERTION_TYPE:
+                raise EntraError(
+                    400,
+                    "invalid_request",
+                    50027,
+                    "Invalid client_assertion_type.",
+                )
+            self._verify_assertion(app, form["client_assertion"], tenant)
+        else:
+            raise EntraError(
+                401,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the "
+                "'client_credentials' grant type.",
+            )
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = IssuedToken(
+                tenant, client_id, resources[0], time.time() + TOKEN_LIFETIME
+            )
+        return {
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME,
+            "ext_expires_in": TOKEN_LIFETIME,
+            "access_token": token,
+        }
+
+    def _verify_assertion(self, app: EntraApp, assertion: str, tenant: str) -> None:
+        def bad(message: str) -> EntraError:
+            return EntraError(401, "invalid_client", 700027, message)
+
+        try:
+            head_b64, claims_b64, signature_b64 = assertion.split(".")
+            header = json.loads(b64url_decode(head_b64))
+            claims = json.loads(b64url_decode(claims_b64))
+            signature = b64url_decode(signature_b64)
+        except ValueError:
+            raise bad("Client assertion failed signature validation: malformed JWT.") from None
+        certificate: x509.Certificate | None = None
+        if "x5t#S256" in header:
+            wanted = b64url_decode(str(header["x5t#S256"]))
+            for cert in app.certificates.values():
+                if cert.fingerprint(hashes.SHA256()) == wanted:
+                    certificate = cert
+        elif "x5t" in header:
+            certificate = app.certificates.get(b64url_decode(str(header["x5t"])).hex())
+        if certificate is None:
+            raise bad(
+                "The certificate with identifier used to sign the client assertion is not "
+                f"registered on application. [Reason - The key was not found., Thumbprint of key "
+                f"used by client: '{header.get('x5t') or header.get('x5t#S256')}']"
+            )
+        public = certificate.public_key()
+        signed = f"{head_b64}.{claims_b64}".encode()
+        try:
+            if not isinstance(public, rsa.RSAPublicKey):
+                raise InvalidSignature
+            if header.get("alg") == "RS256":
+                public.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+            elif header.get("alg") == "PS256":
+                pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+                public.verify(signature, signed, pss, hashes.SHA256())
+            else:
+                raise InvalidSignature
+        except InvalidSignature:
+            raise bad("Client assertion contains an invalid signature.") from None
+        now = time.time()
+        if certificate.not_valid_after_utc.timestamp() < now:
+            raise bad(
+                "The certificate used to sign the client assertion has expired "
+                f"({certificate.not_valid_after_utc:%Y-%m-%d})."
+            )
+        if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
+            raise bad("The client assertion's iss and sub must be the client id.")
+        audience = f"{self.authority}/{tenant}/oauth2/v2.0/token"
+        if claims.get("aud") != audience:
+            raise bad(f"The client assertion's audience must be {audience}.")
+        if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - 300:
+            raise bad("The client assertion has expired.")
 
     def _route(
         self, method: str, op: str | None, name: str | None, version: str | None, body: Any
@@ -819,6 +1265,22 @@ def _oaep256() -> padding.OAEP:
 
 def _oaep1() -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+
+
+def _entra_error_json(err: EntraError) -> dict[str, Any]:
+    trace = str(uuid.uuid4())
+    correlation = str(uuid.uuid4())
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return {
+        "error": err.error,
+        "error_description": f"AADSTS{err.code}: {err.description}\r\nTrace ID: {trace}\r\n"
+        f"Correlation ID: {correlation}\r\nTimestamp: {stamp}",
+        "error_codes": [err.code],
+        "timestamp": stamp,
+        "trace_id": trace,
+        "correlation_id": correlation,
+        "error_uri": f"https://login.microsoftonline.com/error?code={err.code}",
+    }
 
 
 def _classify(method: str, path: str) -> tuple[str | None, str | None, str | None]:
