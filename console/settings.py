@@ -9,6 +9,7 @@ those can still be pointed at a real server (the tests use PostgreSQL and Redis)
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -324,6 +325,44 @@ if KEYWARD_AWS_ENDPOINT_URL and not KEYWARD_AWS_ENDPOINT_URL.startswith(("http:/
     raise ImproperlyConfigured("KEYWARD_AWS_ENDPOINT_URL must be an http:// or https:// URL")
 KEYWARD_AWS_PARTITIONS = env.strings("KEYWARD_AWS_PARTITIONS", ["aws", "aws-cn", "aws-us-gov"])
 KEYWARD_AWS_TIMEOUT_SECONDS = env.integer("KEYWARD_AWS_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+
+# --- Customer keys: Azure Key Vault ---------------------------------------------
+# A vault URL must end with one of these (public cloud, China, US Government,
+# Managed HSM); anything else is refused before any connection.
+KEYWARD_AZURE_VAULT_SUFFIXES = env.strings(
+    "KEYWARD_AZURE_VAULT_SUFFIXES",
+    [
+        ".vault.azure.net",
+        ".vault.azure.cn",
+        ".vault.usgovcloudapi.net",
+        ".managedhsm.azure.net",
+        ".managedhsm.azure.cn",
+        ".managedhsm.usgovcloudapi.net",
+    ],
+)
+# Entra ID's authority (empty: the public cloud's login.microsoftonline.com).
+KEYWARD_AZURE_AUTHORITY_HOST = env.string("KEYWARD_AZURE_AUTHORITY_HOST") or ""
+if KEYWARD_AZURE_AUTHORITY_HOST and not KEYWARD_AZURE_AUTHORITY_HOST.startswith("https://"):
+    raise ImproperlyConfigured("KEYWARD_AZURE_AUTHORITY_HOST must be an https:// URL")
+# A CA bundle for Key Vault and Entra (empty: the system's trust store).
+KEYWARD_AZURE_CA_BUNDLE = env.string("KEYWARD_AZURE_CA_BUNDLE") or ""
+KEYWARD_AZURE_TIMEOUT_SECONDS = env.integer(
+    "KEYWARD_AZURE_TIMEOUT_SECONDS", 5, minimum=1, maximum=60
+)
+
+# --- Customer keys: KMIP servers -------------------------------------------------
+# A KMIP host resolving into a loopback, private or link-local network is
+# refused unless its address is in one of these networks (CIDR), e.g. a
+# customer's KMIP server reached over a private link.
+KEYWARD_KMIP_ALLOWED_NETWORKS = env.strings("KEYWARD_KMIP_ALLOWED_NETWORKS", [])
+for _network in KEYWARD_KMIP_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"KEYWARD_KMIP_ALLOWED_NETWORKS: {_network!r} is not a network like 10.20.0.0/16"
+        ) from None
+KEYWARD_KMIP_TIMEOUT_SECONDS = env.integer("KEYWARD_KMIP_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
 
 # Where uploaded (wrapped) customer keys live: sealed under the vendor root key
 # ("local"), or imported into EXTERNAL-origin keys in the vendor's AWS KMS.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
@@ -96,3 +98,182 @@ class KeyUploadForm(forms.Form):
 
     def clean_token(self) -> bytes:
         return self._small("token", MAX_UPLOAD_BYTES)
+
+
+class SecretInput(forms.PasswordInput):
+    """A secret field: never rendered back, not remembered by the browser."""
+
+    def __init__(self) -> None:
+        super().__init__(render_value=False, attrs={"autocomplete": "new-password"})
+
+
+MAX_PEM_BYTES = 64 * 1024
+
+
+def _pem_upload(form: forms.Form, name: str) -> bytes | None:
+    """An uploaded PEM file, size-checked before it is read; None when not uploaded."""
+    upload = form.cleaned_data.get(name)
+    if not upload:
+        return None
+    if upload.size > MAX_PEM_BYTES:
+        raise forms.ValidationError(
+            f"This file is {upload.size} bytes; a PEM file is at most {MAX_PEM_BYTES} bytes."
+        )
+    data = bytes(upload.read())
+    if b"-----BEGIN " not in data:
+        raise forms.ValidationError("This is not a PEM file (it has no -----BEGIN line).")
+    return data
+
+
+class AzureKeyVaultSourceForm(forms.Form):
+    """A key in the customer's Azure Key Vault, and the app registration Keyward signs in as.
+
+    Secrets are required when none are saved yet; otherwise leaving them empty
+    keeps the saved ones (they are never shown back).
+    """
+
+    vault_url = forms.CharField(
+        label="Vault URL",
+        max_length=300,
+        help_text="https://<vault name>.vault.azure.net (or a Managed HSM URL)",
+    )
+    key_name = forms.CharField(label="Key name", max_length=127)
+    tenant_id = forms.CharField(label="Directory (tenant) ID", max_length=36)
+    client_id = forms.CharField(label="Application (client) ID", max_length=36)
+    auth_method = forms.ChoiceField(
+        label="Sign in with",
+        choices=[("secret", "Client secret"), ("certificate", "Client certificate")],
+        initial="secret",
+        widget=forms.RadioSelect,
+    )
+    client_secret = forms.CharField(
+        label="Client secret", max_length=256, required=False, widget=SecretInput(), strip=False
+    )
+    client_certificate = forms.FileField(
+        label="Client certificate (PEM with its private key)", required=False
+    )
+
+    def __init__(self, *args: Any, saved_method: str | None = None, **kwargs: Any) -> None:
+        """`saved_method`: how the saved credentials sign in, if any are saved."""
+        super().__init__(*args, **kwargs)
+        self.saved_method = saved_method
+        self.certificate_thumbprint = ""
+
+    def clean_vault_url(self) -> str:
+        from keys.providers.azure_keyvault import InvalidAzureConfig, validate_vault_url
+
+        try:
+            return validate_vault_url(self.cleaned_data["vault_url"].strip(), **azure_url_policy())
+        except InvalidAzureConfig as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def _validated(self, name: str, check: Any) -> str:
+        from keys.providers.azure_keyvault import InvalidAzureConfig
+
+        try:
+            return str(check(self.cleaned_data[name].strip()))
+        except InvalidAzureConfig as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_key_name(self) -> str:
+        from keys.providers.azure_keyvault import validate_key_name
+
+        return self._validated("key_name", validate_key_name)
+
+    def clean_tenant_id(self) -> str:
+        from keys.providers.azure_keyvault import validate_tenant_id
+
+        return self._validated("tenant_id", validate_tenant_id)
+
+    def clean_client_id(self) -> str:
+        from keys.providers.azure_keyvault import validate_client_id
+
+        return self._validated("client_id", validate_client_id)
+
+    def clean_client_certificate(self) -> bytes | None:
+        from keys.providers.azure_keyvault import InvalidAzureConfig, validate_client_certificate
+
+        pem = _pem_upload(self, "client_certificate")
+        if pem is not None:
+            try:
+                self.certificate_thumbprint = validate_client_certificate(pem)
+            except InvalidAzureConfig as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return pem
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        method = data.get("auth_method")
+        keeps_saved = method == self.saved_method
+        if method == "secret" and not data.get("client_secret") and not keeps_saved:
+            self.add_error("client_secret", "Enter the application's client secret.")
+        if method == "certificate" and not data.get("client_certificate") and not keeps_saved:
+            self.add_error(
+                "client_certificate",
+                "Upload the application's certificate with its private key (PEM).",
+            )
+        return data
+
+    def credentials(self) -> dict[str, str] | None:
+        """The secrets entered now, or None to keep the saved ones."""
+        data = self.cleaned_data
+        if data["auth_method"] == "secret" and data.get("client_secret"):
+            return {"client_secret": data["client_secret"]}
+        if data["auth_method"] == "certificate" and data.get("client_certificate"):
+            return {"client_certificate_pem": data["client_certificate"].decode()}
+        return None
+
+
+def azure_url_policy() -> dict[str, Any]:
+    """What validate_vault_url allows here: the configured suffixes."""
+    return {"allowed_suffixes": tuple(settings.KEYWARD_AZURE_VAULT_SUFFIXES)}
+
+
+class KmipSourceForm(forms.Form):
+    """The customer's KMIP server, reached with mutual TLS and optionally a username.
+
+    Files left empty keep the saved ones; every upload is validated together
+    with the saved files before anything is stored.
+    """
+
+    host = forms.CharField(label="KMIP server host", max_length=253)
+    port = forms.IntegerField(
+        label="Port",
+        min_value=1,
+        max_value=65535,
+        initial=5696,
+        error_messages={
+            "min_value": "Enter a port from 1 to 65535.",
+            "max_value": "Enter a port from 1 to 65535.",
+        },
+    )
+    ca_cert = forms.FileField(label="Server CA certificate (PEM)", required=False)
+    client_cert = forms.FileField(label="Client certificate (PEM)", required=False)
+    client_key = forms.FileField(label="Client private key (PEM)", required=False)
+    passphrase = forms.CharField(
+        label="Private key passphrase",
+        max_length=1024,
+        required=False,
+        widget=SecretInput(),
+        strip=False,
+        help_text="Leave empty if the key is not encrypted.",
+    )
+    username = forms.CharField(label="KMIP username (optional)", max_length=256, required=False)
+    password = forms.CharField(
+        label="KMIP password", max_length=1024, required=False, widget=SecretInput(), strip=False
+    )
+
+    def clean_host(self) -> str:
+        host = self.cleaned_data["host"].strip().lower()
+        if not host:
+            raise forms.ValidationError("Enter the KMIP server's host name.")
+        return host
+
+    def clean_ca_cert(self) -> bytes | None:
+        return _pem_upload(self, "ca_cert")
+
+    def clean_client_cert(self) -> bytes | None:
+        return _pem_upload(self, "client_cert")
+
+    def clean_client_key(self) -> bytes | None:
+        return _pem_upload(self, "client_key")

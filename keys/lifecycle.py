@@ -275,7 +275,14 @@ def kek_confirm_rotation(
     if pending is None:
         raise LifecycleRefused("No new key version is waiting for confirmation.")
     config = _config_for(source, pending)
-    probe = KeySource(pk=source.pk, tenant=current, kind=source.kind, config=config)
+    probe = KeySource(
+        pk=source.pk,
+        tenant=current,
+        kind=source.kind,
+        config=config,
+        sealed_credentials=source.sealed_credentials,
+        sealed_credentials_root=source.sealed_credentials_root,
+    )
     results = _require_checks(
         current, probe, actor, "kek.confirm_rotation", request,
         refusal="The new key version did not pass its checks",
@@ -309,7 +316,9 @@ def _config_for(source: KeySource, pending: KekVersion) -> dict[str, object]:
         config["check_value"] = pending.check_value
     elif config.get("store") == "aws_kms":
         config["key_arn"] = pending.provider_version
-    return config  # AWS KMS by alias: the alias resolves to the new key by itself
+    else:  # AWS KMS by alias: the alias resolves to the new key by itself
+        config.update(provider_for(source).pin_version(pending.provider_version))
+    return config
 
 
 def kek_reject_rotation(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> str:
@@ -598,10 +607,12 @@ def byok_remove_run(*, tenant_id: str) -> str:
 
 
 def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> str:
-    """Forced rotation in the customer's key store, where it can do it (AWS on-demand).
+    """Forced rotation in the customer's key store, where it can do it.
 
-    The key stays the same key, so nothing is rewrapped; the new material's
-    marker is recorded so the health check does not pause for our own rotation.
+    AWS on demand: the key stays the same key, so nothing is rewrapped; the new
+    material's marker is recorded so the health check does not pause for our
+    own rotation. KMIP: a new key is made on the server and becomes a pending
+    version, confirmed and rewrapped like any detected rotation.
     """
     current = Tenant.objects.get(pk=tenant.pk)
     if current.state != ServiceState.BYOK_ACTIVE:
@@ -611,8 +622,8 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
     if not provider.can_rotate_now:
         raise LifecycleRefused("This key rotates by uploading a new key; use the upload page.")
     try:
-        provider.rotate_now()
-        health = provider.health()
+        new_key = provider.rotate_now()
+        health = None if new_key else provider.health()
     except (KeyUnavailable, KeyAccessDenied) as exc:
         record(
             tenant=current,
@@ -623,6 +634,21 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
             request=request,
         )
         raise LifecycleRefused(f"The key store refused the rotation: {exc}") from None
+    if health is None:
+        # A new key (KMIP): data keys move under it after the usual confirmation.
+        record(
+            tenant=current,
+            actor=actor,
+            action="kek.rotate_now",
+            target=str(new_key),
+            details={"new_key": str(new_key)},
+            request=request,
+        )
+        tenant_mark_rotation_pending(current, source, str(new_key))
+        return (
+            "A new key was made in your key store. Review and confirm it to rewrap your "
+            "data keys under it; until then the service is paused."
+        )
     KekVersion.objects.filter(source=source, provider_version=health.version).update(
         material_marker=health.material
     )

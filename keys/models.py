@@ -42,6 +42,12 @@ class KeySource(models.Model):
     test_results = models.JSONField(default=list, blank=True)
     tested_at = models.DateTimeField(null=True, blank=True)
     tested_config_digest = models.CharField(max_length=64, blank=True)
+    # The customer's credentials for their key store (client secret, private key,
+    # passphrase, password...), as JSON sealed under the vendor root key
+    # (keys/credentials.py); never shown back. `config["credentials_ref"]` names
+    # the sealed value, so entering them again changes the digest and needs a new test.
+    sealed_credentials = models.BinaryField(null=True, blank=True, editable=False)
+    sealed_credentials_root = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         constraints = [

@@ -47,12 +47,25 @@ def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvide
         # Cheap to build; `version` makes a pending upload the current one (confirm).
         return _uploaded(source, version)
     # The endpoint is part of the key: a provider never outlives the settings it was built with.
-    key = (str(source.pk), source.config_digest(), str(settings.KEYWARD_AWS_ENDPOINT_URL))
+    key = (str(source.pk), source.config_digest(), _settings_in_use())
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
             provider = _providers[key] = _build(source)
         return provider
+
+
+def _settings_in_use() -> str:
+    """The settings a provider is built with: a change builds a new one."""
+    return repr(
+        (
+            settings.KEYWARD_AWS_ENDPOINT_URL,
+            settings.KEYWARD_AZURE_AUTHORITY_HOST,
+            settings.KEYWARD_AZURE_CA_BUNDLE,
+            settings.KEYWARD_AZURE_VAULT_SUFFIXES,
+            settings.KEYWARD_KMIP_ALLOWED_NETWORKS,
+        )
+    )
 
 
 def _uploaded(source: KeySource, version: str | None = None) -> KeyProvider:
@@ -92,4 +105,65 @@ def _build(source: KeySource) -> KeyProvider:
             connect_timeout=timeout,
             read_timeout=timeout,
         )
-    raise NotImplementedError(f"no provider for {source.kind!r} yet")
+    if source.kind == SourceKind.AZURE_KEYVAULT:
+        return _azure(source)
+    if source.kind == SourceKind.KMIP:
+        return _kmip(source)
+    raise NotImplementedError(f"no provider for {source.kind!r}")
+
+
+def _azure(source: KeySource) -> KeyProvider:
+    from keys.credentials import credentials_of
+    from keys.providers.azure_keyvault import (
+        AzureCredentials,
+        AzureKeyVaultConfig,
+        AzureKeyVaultProvider,
+    )
+
+    config = source.config
+    secrets = credentials_of(source)
+    certificate = secrets.get("client_certificate_pem")
+    return AzureKeyVaultProvider(
+        AzureKeyVaultConfig(
+            vault_url=config["vault_url"],
+            key_name=config["key_name"],
+            tenant_id=config["tenant_id"],
+            client_id=config["client_id"],
+            key_version=config.get("key_version") or None,
+            allowed_suffixes=tuple(settings.KEYWARD_AZURE_VAULT_SUFFIXES),
+        ),
+        AzureCredentials(
+            client_secret=secrets.get("client_secret"),
+            client_certificate_pem=certificate.encode() if certificate else None,
+        ),
+        authority_host=settings.KEYWARD_AZURE_AUTHORITY_HOST or None,
+        connection_verify=settings.KEYWARD_AZURE_CA_BUNDLE or True,
+        timeout=float(settings.KEYWARD_AZURE_TIMEOUT_SECONDS),
+    )
+
+
+def _kmip(source: KeySource) -> KeyProvider:
+    from keys.credentials import credentials_of
+    from keys.providers.kmip import KmipConfig, KmipCredentials, KmipProvider
+
+    config = source.config
+    secrets = credentials_of(source)
+    return KmipProvider(
+        KmipConfig(
+            host=config["host"],
+            port=int(config["port"]),
+            key_uid=config.get("key_uid") or None,
+            key_name=f"keyward-{source.tenant.slug}",
+            username=config.get("username") or None,
+            allowed_networks=tuple(settings.KEYWARD_KMIP_ALLOWED_NETWORKS),
+        ),
+        KmipCredentials(
+            ca_pem=secrets["ca_pem"].encode(),
+            cert_pem=secrets["cert_pem"].encode(),
+            key_pem=secrets["key_pem"].encode(),
+            passphrase=secrets["passphrase"].encode() if secrets.get("passphrase") else None,
+            password=secrets.get("password") or None,
+        ),
+        timeout=float(settings.KEYWARD_KMIP_TIMEOUT_SECONDS),
+        key_cache_seconds=float(source.tenant.dek_cache_ttl),
+    )

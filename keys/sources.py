@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
+from keys.credentials import credentials_seal
 from keys.models import (
     DataKey,
     DekState,
@@ -59,8 +60,14 @@ def key_source_register(
     config: dict[str, Any],
     actor: Actor,
     request: HttpRequest | None = None,
+    credentials: dict[str, str] | None = None,
 ) -> KeySource:
-    """Save a (validated) configuration. Any change invalidates the last test."""
+    """Save a (validated) configuration. Any change invalidates the last test.
+
+    `credentials` (secrets) are sealed under the vendor root key; None keeps
+    the ones saved with this registration. Only the fact that they changed
+    reaches the audit trail.
+    """
     if Tenant.objects.get(pk=tenant.pk).is_paused:
         raise KeyActionRefused(
             "A key move is in progress; change the settings when it has finished."
@@ -68,8 +75,16 @@ def key_source_register(
     source = draft_source(tenant, kind)
     if source is None:
         source = KeySource(tenant=tenant, kind=kind)
-    changed = source.config != config
-    source.config = config
+    previous = dict(source.config)
+    if credentials is not None:
+        source.config = dict(config)
+        credentials_seal(source, credentials)
+    else:
+        source.config = dict(config)
+        if "credentials_ref" in previous:
+            source.config["credentials_ref"] = previous["credentials_ref"]
+    config = source.config
+    changed = previous != config
     if changed:
         source.state = SourceState.DRAFT
         source.test_results = []
@@ -81,7 +96,11 @@ def key_source_register(
         actor=actor,
         action="key_source.register",
         target=kind,
-        details={"config": config, "changed": changed},
+        details={
+            "config": config,
+            "changed": changed,
+            "credentials_replaced": credentials is not None,
+        },
         request=request,
     )
     return source
@@ -132,24 +151,56 @@ def key_source_test(
     return locked
 
 
-@transaction.atomic
 def byok_enable(
     *, tenant: Tenant, source: KeySource, actor: Actor, request: HttpRequest | None = None
 ) -> KeySource:
-    """Start moving a vendor-managed tenant's DEKs under the customer's key."""
-    from keys.tasks import run_byok_enable
+    """Start moving a vendor-managed tenant's DEKs under the customer's key.
 
-    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    source = KeySource.objects.select_for_update().get(pk=source.pk, tenant=locked)
-    if locked.state != ServiceState.VENDOR_MANAGED:
+    What the key store must make first (a KMIP server's key for the tenant, a
+    pinned Key Vault version) is made before any lock is taken, then kept in
+    the configuration together with the test's digest: the test covered the
+    settings the customer saved, and this addition is ours.
+    """
+    _enable_refusal(Tenant.objects.get(pk=tenant.pk), source)
+    try:
+        prepared = provider_for(source).prepare_enable()
+    except KeyProviderError as exc:
+        raise KeyActionRefused(f"Your key store refused to prepare the key: {exc}") from None
+    return _byok_enable_start(tenant, source, prepared, actor, request)
+
+
+def _enable_refusal(tenant: Tenant, source: KeySource) -> None:
+    if tenant.state != ServiceState.VENDOR_MANAGED:
         raise KeyActionRefused(
             f"Your key can be enabled only for a vendor-managed tenant; this one is "
-            f"{locked.get_state_display()}."
+            f"{tenant.get_state_display()}."
         )
     if not source.test_passed:
         raise KeyActionRefused(
             "Run Save and Test with these settings first; Enable needs every check to pass."
         )
+
+
+@transaction.atomic
+def _byok_enable_start(
+    tenant: Tenant,
+    source: KeySource,
+    prepared: dict[str, str],
+    actor: Actor,
+    request: HttpRequest | None,
+) -> KeySource:
+    from keys.tasks import run_byok_enable
+
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    tested_digest = source.config_digest()
+    source = KeySource.objects.select_for_update().get(pk=source.pk, tenant=locked)
+    _enable_refusal(locked, source)
+    if source.config_digest() != tested_digest:
+        raise KeyActionRefused("The settings changed meanwhile; run Save and Test again.")
+    if prepared:
+        source.config = {**source.config, **prepared}
+        source.tested_config_digest = source.config_digest()
+        source.save(update_fields=["config", "tested_config_digest"])
     locked.state = ServiceState.MIGRATING
     locked.state_changed_at = timezone.now()
     locked.save(update_fields=["state", "state_changed_at"])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -14,7 +15,14 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from console.sudo import sudo_required
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
-from keys.forms import AwsKmsSourceForm, CacheTtlForm, KeyUploadForm, RotateDekForm
+from keys.forms import (
+    AwsKmsSourceForm,
+    AzureKeyVaultSourceForm,
+    CacheTtlForm,
+    KeyUploadForm,
+    KmipSourceForm,
+    RotateDekForm,
+)
 from keys.lifecycle import (
     REVOCABLE_STATES,
     LifecycleRefused,
@@ -31,6 +39,13 @@ from keys.lifecycle import (
 )
 from keys.models import KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyProviderError
+from keys.registration import (
+    KmipEntry,
+    RegistrationInvalid,
+    azure_register,
+    kmip_register,
+    saved_azure_method,
+)
 from keys.registry import provider_for
 from keys.selectors import (
     enabling_progress,
@@ -266,8 +281,7 @@ def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) ->
         )
     except KeyActionRefused as exc:
         _refused(request, access, "byok.enable", str(exc))
-        page = "keys:upload" if source.kind == SourceKind.UPLOADED else "keys:aws"
-        return redirect(page, slug=access.tenant.slug)
+        return redirect(SOURCE_PAGES[source.kind], slug=access.tenant.slug)
     messages.success(request, "Moving your data keys under your key. This page shows the progress.")
     return redirect("keys:overview", slug=access.tenant.slug)
 
@@ -281,6 +295,207 @@ def enable_progress(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         "keys/keys.html#enable-progress",
         {"tenant": access.tenant, "enabling": enabling_progress(access.tenant)},
     )
+
+
+# -- Azure Key Vault and KMIP servers ---------------------------------------------------
+
+# The registration page of each kind of customer key.
+SOURCE_PAGES: dict[str, str] = {
+    SourceKind.AWS_KMS: "keys:aws",
+    SourceKind.UPLOADED: "keys:upload",
+    SourceKind.AZURE_KEYVAULT: "keys:azure",
+    SourceKind.KMIP: "keys:kmip",
+}
+
+
+def _source_page(
+    request: HttpRequest,
+    access: TenantAccess,
+    kind: str,
+    form: forms.Form,
+    status: int = 200,
+) -> HttpResponse:
+    """A registration page: the form, the last test's named checks, Enable."""
+    tenant = access.tenant
+    source = current_source(tenant, kind)
+    test_passed = bool(source and source.test_passed)
+    context = {
+        "tenant": tenant,
+        "source": source,
+        "form": form,
+        "credentials_saved": bool(source and source.sealed_credentials),
+        "settings_changed": bool(
+            source and source.test_results and source.tested_config_digest != source.config_digest()
+        ),
+        "can_enable": test_passed and tenant.state == ServiceState.VENDOR_MANAGED,
+        "can_switch": bool(
+            source
+            and source.state != SourceState.ACTIVE
+            and test_passed
+            and tenant.state == ServiceState.BYOK_ACTIVE
+        ),
+        "enable_blocked": _enable_blocked(source),
+    }
+    template: dict[str, str] = {
+        SourceKind.AZURE_KEYVAULT: "keys/azure.html",
+        SourceKind.KMIP: "keys/kmip.html",
+    }
+    return render(request, template[kind], context, status=status)
+
+
+def _enable_blocked(source: KeySource | None) -> str:
+    """Why Enable is disabled now ("" when it is not)."""
+    if source is None:
+        return "Save your settings and run the test first."
+    if source.state == SourceState.ACTIVE:
+        return ""
+    if not source.test_results:
+        return "Run the test first: Enable needs every check to pass."
+    if source.tested_config_digest != source.config_digest():
+        return "The settings changed since the last test: test them again."
+    if not source.test_passed:
+        return "Some checks failed: fix them and test again."
+    return ""
+
+
+def _form_refused(
+    request: HttpRequest, access: TenantAccess, kind: str, form: forms.Form
+) -> HttpResponse:
+    reasons = "; ".join(
+        f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items()
+    )
+    _refused(request, access, "key_source.register", reasons)
+    return _source_page(request, access, kind, form, status=400)
+
+
+def _saved_then_tested(request: HttpRequest, access: TenantAccess, source: KeySource) -> None:
+    source = key_source_test(source=source, actor=Actor.for_user(request.user), request=request)
+    if source.test_passed:
+        messages.success(request, "Every check passed. You can enable your key.")
+    else:
+        messages.error(request, "Some checks failed: see what to change below.")
+
+
+def _azure_form(
+    access: TenantAccess, data: Any = None, files: Any = None
+) -> AzureKeyVaultSourceForm:
+    source = current_source(access.tenant, SourceKind.AZURE_KEYVAULT)
+    config = source.config if source else {}
+    return AzureKeyVaultSourceForm(
+        data,
+        files,
+        saved_method=saved_azure_method(access.tenant),
+        initial={
+            name: config.get(name, "")
+            for name in ("vault_url", "key_name", "tenant_id", "client_id")
+        }
+        | {"auth_method": config.get("auth_method", "secret")},
+    )
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.MANAGE_KEYS)
+def azure_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    return _source_page(request, access, SourceKind.AZURE_KEYVAULT, _azure_form(access))
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def azure_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    form = _azure_form(access, request.POST, request.FILES)
+    if not form.is_valid():
+        return _form_refused(request, access, SourceKind.AZURE_KEYVAULT, form)
+    data = form.cleaned_data
+    try:
+        source = azure_register(
+            tenant=access.tenant,
+            vault_url=data["vault_url"],
+            key_name=data["key_name"],
+            tenant_id=data["tenant_id"],
+            client_id=data["client_id"],
+            auth_method=data["auth_method"],
+            credentials=form.credentials(),
+            certificate_thumbprint=form.certificate_thumbprint,
+            actor=Actor.for_user(request.user),
+            request=request,
+        )
+    except KeyActionRefused as exc:
+        _refused(request, access, "key_source.register", str(exc))
+        return redirect("keys:azure", slug=access.tenant.slug)
+    _saved_then_tested(request, access, source)
+    return redirect("keys:azure", slug=access.tenant.slug)
+
+
+def _kmip_form(access: TenantAccess, data: Any = None, files: Any = None) -> KmipSourceForm:
+    source = current_source(access.tenant, SourceKind.KMIP)
+    config = source.config if source else {}
+    return KmipSourceForm(
+        data,
+        files,
+        initial={
+            "host": config.get("host", ""),
+            "port": config.get("port", 5696),
+            "username": config.get("username", ""),
+        },
+    )
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.MANAGE_KEYS)
+def kmip_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    return _source_page(request, access, SourceKind.KMIP, _kmip_form(access))
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def kmip_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    form = _kmip_form(access, request.POST, request.FILES)
+    if not form.is_valid():
+        return _form_refused(request, access, SourceKind.KMIP, form)
+    data = form.cleaned_data
+    entry = KmipEntry(
+        host=data["host"],
+        port=data["port"],
+        username=data["username"].strip(),
+        password=data["password"] or None,
+        ca_pem=data["ca_cert"],
+        cert_pem=data["client_cert"],
+        key_pem=data["client_key"],
+        passphrase=data["passphrase"] or None,
+    )
+    try:
+        source = kmip_register(
+            tenant=access.tenant, entry=entry, actor=Actor.for_user(request.user), request=request
+        )
+    except RegistrationInvalid as exc:
+        form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        return _form_refused(request, access, SourceKind.KMIP, form)
+    except KeyActionRefused as exc:
+        _refused(request, access, "key_source.register", str(exc))
+        return redirect("keys:kmip", slug=access.tenant.slug)
+    _saved_then_tested(request, access, source)
+    return redirect("keys:kmip", slug=access.tenant.slug)
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_KEYS)
+@sudo_required
+def test_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
+    """Test the saved settings again (the key store may have been fixed meanwhile)."""
+    source = get_object_or_404(
+        KeySource.objects.exclude(state__in=[SourceState.RETIRED, SourceState.REVOKED]),
+        pk=source_id,
+        tenant=access.tenant,
+    )
+    _saved_then_tested(request, access, source)
+    return redirect(SOURCE_PAGES.get(source.kind, "keys:overview"), slug=access.tenant.slug)
 
 
 # -- wrapped-key upload (bring your own key) ------------------------------------------

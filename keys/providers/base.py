@@ -115,11 +115,30 @@ class KeyProvider(abc.ABC):
         """Usable and current version; raises KeyUnavailable or KeyAccessDenied."""
         return KeyHealth(True, self.current_version())
 
+    def prepare_enable(self) -> dict[str, str]:
+        """Make what Enable needs in the key store; return configuration to keep.
+
+        Called once, before any data key moves: a KMIP server makes the tenant's
+        key here (its identifier is kept), Key Vault pins the version in use now.
+        """
+        return {}
+
+    def pin_version(self, version: str) -> dict[str, str]:
+        """Configuration that makes `version` the one new wraps use (a confirmed rotation)."""
+        return {}
+
     # Key stores that can make new key material on request (AWS KMS on-demand
     # rotation) say so; the rest are rotated by a new upload or a new key.
     can_rotate_now: bool = False
 
-    def rotate_now(self) -> None:
+    def rotate_now(self) -> str | None:
+        """Make new key material now.
+
+        Returns a new version id when the rotation made a new key that data keys
+        must be rewrapped under (KMIP: a new key on the server; the caller records
+        it as a pending version), or None when the key store changed the material
+        inside the same key and older wrapped keys still unwrap (AWS KMS).
+        """
         raise NotImplementedError("this key source rotates by a new key or upload")
 
     def __repr__(self) -> str:
