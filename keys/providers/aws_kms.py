@@ -786,7 +786,7 @@ class AwsKmsProvider(KeyProvider):
 
     can_rotate_now = True
 
-    def rotate_now(self) -> None:
+    def rotate_now(self) -> str | None:
         """RotateKeyOnDemand: new material in the same key; older ciphertexts still decrypt."""
         arn = self.current_version()
         self._call(
@@ -795,6 +795,7 @@ class AwsKmsProvider(KeyProvider):
             self.config.region,
             partial(_rotate_on_demand, key_arn=arn),
         )
+        return None
 
     def health(self) -> KeyHealth:
         status = self.key_state()
