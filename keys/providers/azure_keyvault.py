@@ -795,6 +795,10 @@ class AzureKeyVaultProvider(KeyProvider):
     def _credential_error(self, exc: ClientAuthenticationError) -> KeyProviderError:
         status = getattr(exc.response, "status_code", None)
         message = _first_line(str(exc.message or exc))
+        if status is None:
+            # MSAL reports a 5xx from the token endpoint as text only.
+            http = re.search(r"HTTP Error: (\d{3})", message)
+            status = int(http.group(1)) if http else None
         if (status is not None and (status == 429 or status >= 500)) or _caused_by_transport(exc):
             detail = f"answered {status}" if status else "could not be reached"
             return _tag(
@@ -833,7 +837,9 @@ class AzureKeyVaultProvider(KeyProvider):
                 code=code or "refused",
             )
         return _tag(
-            KeyUnavailable(f"Microsoft Entra ID did not issue a token: {message}"),
+            KeyUnavailable(
+                f"Microsoft Entra ID did not issue a token ({message}); try again later"
+            ),
             source="entra",
         )
 
