@@ -18,12 +18,15 @@ Connection
   replaced, handing it the socket made here (PyKMIP's own TLS code uses the
   deprecated `PROTOCOL_TLS` and reads certificates from file paths).
 - One connection per provider, reused under a lock: a KMIP request on an open
-  connection is one round trip, a new connection three (TCP, then two for the
-  TLS 1.2 handshake) plus the server's private-key operation; on loopback a
-  handshake costs about as much as five requests. A connection idle for a
-  while, or that the server has closed, is replaced before use; a request that
-  is safe to repeat is retried once on a new connection when a reused one
-  turns out dead.
+  connection is one round trip, a new connection three more (TCP, then two for
+  the TLS 1.2 handshake) plus the server's private-key operation. Measured on
+  loopback against PyKMIP's server: 7 ms per Encrypt on an open connection,
+  17 ms with a new connection each time; across a WAN the gap grows with the
+  round trips. Requests are serialized per provider (PyKMIP's client is not
+  thread-safe). A connection idle for a minute, or that the server has closed,
+  is replaced before use; a request that is safe to repeat is retried once on a
+  new connection when a reused one turns out dead (Create, Activate, Revoke and
+  Destroy are not repeated).
 - The protocol version is the highest of KMIP 1.0 to 1.4 that the server lists
   in DiscoverVersions (KMIP 1.0 when it cannot answer).
 
@@ -277,16 +280,27 @@ def _default_resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _networks(allowed: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(network, strict=False) for network in allowed]
+    except (TypeError, ValueError):
+        raise InvalidKmipConfig(
+            f"allowed_networks: {list(allowed)!r} must be networks like 10.20.0.0/16"
+        ) from None
+
+
 def _checked_addresses(
     host: str,
     port: int,
     *,
     allow_private: bool,
     resolve: Callable[[str, int], list[str]] | None = None,
+    allowed_networks: Sequence[str] = (),
 ) -> list[str]:
     """The addresses to connect to, each checked; raise InvalidKmipConfig."""
     _check_host_syntax(host)
     _check_port(port)
+    networks = _networks(allowed_networks)
     literal = _host_literal(host)
     if literal is not None:
         found = [str(literal)]
@@ -307,6 +321,8 @@ def _checked_addresses(
                 f"host: {host!r} resolved to {text!r}, which is not an IP address"
             ) from None
         why = _refusal(address)
+        if why and any(address in network for network in networks):
+            why = None  # the operator allows this network (a private link, say)
         if why and not allow_private:
             shown = host if literal is not None else f"{host} resolves to {address}, which"
             raise InvalidKmipConfig(
@@ -322,18 +338,22 @@ def validate_host(
     host: str,
     port: int,
     *,
-    allow_private: bool,
+    allow_private: bool = False,
     resolve: Callable[[str, int], list[str]] | None = None,
+    allowed_networks: Sequence[str] = (),
 ) -> None:
     """Check a KMIP host and port as the customer entered them; raise InvalidKmipConfig.
 
     The host is a DNS name or an IP literal (no scheme, path or spaces) and the
     port 1 to 65535. The name is resolved (`resolve`, by default getaddrinfo)
     and refused when any address is loopback, private, link-local, multicast,
-    reserved or unspecified, unless `allow_private`. The provider repeats this
+    reserved or unspecified, unless `allow_private`, or unless the address is in
+    one of the operator's `allowed_networks` (CIDR). The provider repeats this
     check for every connection, and connects to the address it checked.
     """
-    _checked_addresses(host, port, allow_private=allow_private, resolve=resolve)
+    _checked_addresses(
+        host, port, allow_private=allow_private, resolve=resolve, allowed_networks=allowed_networks
+    )
 
 
 @dataclass(frozen=True)
@@ -346,10 +366,13 @@ class KmipConfig:
     key_name: str = "keyward"
     username: str | None = None
     allow_private: bool = field(default=False, repr=False)
+    # Private networks the operator allows (CIDR), e.g. a customer's private link.
+    allowed_networks: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         _check_host_syntax(self.host)
         _check_port(self.port)
+        _networks(self.allowed_networks)
         if self.key_uid is not None:
             _check_text("key_uid", self.key_uid, what="key unique identifier")
         _check_text("key_name", self.key_name, what="key name")
@@ -590,7 +613,7 @@ def validate_client_material(
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise _material_error(
             "client_key",
-            f"the private key does not belong to the client certificate {_name(leaf.subject)}: "
+            f"the private key does not match the client certificate {_name(leaf.subject)}: "
             "upload the key that was generated with this certificate",
         )
     _check_dates("client_cert", leaf, when, "the client certificate")
@@ -855,7 +878,11 @@ class KmipProvider(KeyProvider):
         host, port = self.config.host, self.config.port
         try:
             addresses = _checked_addresses(
-                host, port, allow_private=self.config.allow_private, resolve=self._resolve
+                host,
+                port,
+                allow_private=self.config.allow_private,
+                resolve=self._resolve,
+                allowed_networks=self.config.allowed_networks,
             )
         except InvalidKmipConfig as exc:
             raise KmipConnectError(f"KMIP server {self.config.address}: {exc}") from None
@@ -1105,6 +1132,14 @@ class KmipProvider(KeyProvider):
     def rotate_now(self) -> str | None:
         """A new key made the same way; the caller rewraps data keys under it."""
         return self._create(self.config.key_name)
+
+    def prepare_enable(self) -> dict[str, str]:
+        """Enable uses the configured key, or a new one made here (its uid is kept)."""
+        return {"key_uid": self.config.key_uid or self.create_key()}
+
+    def pin_version(self, version: str) -> dict[str, str]:
+        """A confirmed rotation: new wraps use the key `version`."""
+        return {"key_uid": _check_text("version", version, what="key unique identifier")}
 
     def _state(self, uid: str) -> Any:
         def get_state(client: Any) -> Any:

@@ -208,7 +208,7 @@ def test_passphrase_protected_key() -> None:
         (
             lambda: {"key_pem": read(other_client_key())},
             "client_key",
-            "does not belong to the client certificate",
+            "does not match the client certificate",
         ),
         (
             lambda: {
@@ -328,6 +328,26 @@ def test_accepted_hosts() -> None:
     validate_host("127.0.0.1", 5696, allow_private=True)
     validate_host("10.0.0.1", 1, allow_private=True)
     validate_host("kmip.corp", 65535, allow_private=True, resolve=resolver("10.0.0.7", "::1"))
+
+
+def test_operator_allowed_networks() -> None:
+    allowed = ("10.20.0.0/16", "fd00::/8")
+    validate_host("10.20.3.4", 5696, allow_private=False, allowed_networks=allowed)
+    validate_host(
+        "kmip.corp",
+        5696,
+        allow_private=False,
+        resolve=resolver("fd00::5"),
+        allowed_networks=allowed,
+    )
+    with pytest.raises(InvalidKmipConfig, match="private"):
+        validate_host("10.21.0.1", 5696, allow_private=False, allowed_networks=allowed)
+    with pytest.raises(InvalidKmipConfig, match="allowed_networks"):
+        KmipConfig(host="kmip.example.com", allowed_networks=("not a network",))
+    # The provider honours them on every connection.
+    settings = kmip_settings()
+    provider = make_provider(allow_private=False, allowed_networks=(f"{settings.host}/32",))
+    assert provider.run_checks(CONTEXT)[0].passed
 
 
 def test_config_is_validated_and_hides_secrets() -> None:
@@ -519,6 +539,13 @@ def test_revoked_then_destroyed_key(keyed: KmipProvider) -> None:
     assert not health.usable and "not found" in health.detail
     with pytest.raises(KeyAccessDenied, match="ITEM_NOT_FOUND"):
         keyed.unwrap(blob, CONTEXT, uid)
+
+
+def test_prepare_enable_and_pin_version(provider: KmipProvider, keyed: KmipProvider) -> None:
+    made = provider.prepare_enable()["key_uid"]
+    assert key_state(made) == enums.State.ACTIVE
+    assert keyed.prepare_enable() == {"key_uid": keyed.current_version()}
+    assert keyed.pin_version(made) == {"key_uid": made}
 
 
 def test_rotate_now_makes_a_new_key(keyed: KmipProvider) -> None:
