@@ -11,16 +11,23 @@ from typing import Any
 import pytest
 import requests
 from azure.core.exceptions import (
+    ClientAuthenticationError,
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.identity import CertificateCredential, ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.servers.keyvault import FakeCredential, KeyVaultServer
+from tests.servers.keyvault import (
+    FakeCredential,
+    KeyVaultServer,
+    certificate_thumbprint,
+    make_client_certificate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +242,102 @@ def test_stall_times_out(kv: KeyVaultServer, rsa_keys: list[Any]) -> None:
     assert time.monotonic() - started < 10  # the read timeout, well before the 30 s stall
     kv.reset_faults()  # releases the stalled handler
     assert client.get_key("kek").name == "kek"
+
+
+# -- the Entra ID token endpoint ---------------------------------------------------
+
+
+def entra_kwargs(kv: KeyVaultServer) -> dict[str, Any]:
+    return {
+        "authority": kv.authority,
+        "disable_instance_discovery": True,
+        "connection_verify": kv.ca_path,
+        "retry_total": 0,
+    }
+
+
+def test_entra_secret_token_is_required_by_the_vault(
+    kv: KeyVaultServer, rsa_keys: list[Any]
+) -> None:
+    kv.create_key("kek", private_key=rsa_keys[0])
+    app = kv.register_app(secret="right-secret")
+    credential = ClientSecretCredential(
+        kv.tenant_id, app.client_id, "right-secret", **entra_kwargs(kv)
+    )
+    client = KeyClient(kv.url, credential, **client_kwargs(kv))
+    assert client.get_key("kek").name == "kek"
+    assert [r.op for r in kv.requests if r.op in ("openid_configuration", "token")] == [
+        "openid_configuration",
+        "token",
+    ]
+    token_request = kv.requests_for("token")[0]
+    assert token_request.body["client_secret"] == "***"
+    assert token_request.body["scope"].startswith("https://vault.azure.net/.default")
+    assert [t.client_id for t in kv.tokens_issued] == [app.client_id]
+    # A token the endpoint did not issue is refused once apps are registered.
+    with pytest.raises(HttpResponseError) as exc:
+        key_client(kv).get_key("kek")
+    assert exc.value.status_code == 401
+    kv.expire_tokens()
+    with pytest.raises(HttpResponseError) as exc:
+        client.get_key("kek")
+    assert exc.value.status_code == 401
+
+
+def test_entra_wrong_secret_unknown_app_and_tenant(kv: KeyVaultServer) -> None:
+    app = kv.register_app(secret="right-secret")
+    cases = {
+        (kv.tenant_id, app.client_id, "wrong"): "AADSTS7000215",
+        (kv.tenant_id, "11111111-1111-1111-1111-111111111111", "right-secret"): "AADSTS700016",
+        ("22222222-1111-1111-1111-111111111111", app.client_id, "right-secret"): "tenant",
+    }
+    for (tenant, client_id, secret), fragment in cases.items():
+        credential = ClientSecretCredential(tenant, client_id, secret, **entra_kwargs(kv))
+        with pytest.raises(ClientAuthenticationError) as exc:
+            credential.get_token("https://vault.azure.net/.default")
+        assert fragment in str(exc.value.message)
+    statuses = {r.status for r in kv.requests if r.op == "token"}
+    assert statuses == {400, 401}
+    discovery = [r for r in kv.requests if r.op == "openid_configuration"]
+    assert 400 in {r.status for r in discovery}
+
+
+def test_entra_certificate_assertion(kv: KeyVaultServer, rsa_keys: list[Any]) -> None:
+    kv.create_key("kek", private_key=rsa_keys[0])
+    pem = make_client_certificate(key=rsa_keys[1])
+    app = kv.register_app(certificate=pem)
+    assert certificate_thumbprint(pem).lower() in app.certificates
+    credential = CertificateCredential(
+        kv.tenant_id, app.client_id, certificate_data=pem, **entra_kwargs(kv)
+    )
+    assert KeyClient(kv.url, credential, **client_kwargs(kv)).get_key("kek").name == "kek"
+    # Signed by a key whose certificate is not on the app: refused.
+    other = make_client_certificate(key=rsa_keys[2])
+    stranger = CertificateCredential(
+        kv.tenant_id, app.client_id, certificate_data=other, **entra_kwargs(kv)
+    )
+    with pytest.raises(ClientAuthenticationError) as exc:
+        stranger.get_token("https://vault.azure.net/.default")
+    assert "AADSTS700027" in str(exc.value.message)
+
+
+def test_entra_denied_app_and_faults(kv: KeyVaultServer, rsa_keys: list[Any]) -> None:
+    kv.create_key("kek", private_key=rsa_keys[0])
+    app = kv.register_app(secret="s")
+    credential = ClientSecretCredential(kv.tenant_id, app.client_id, "s", **entra_kwargs(kv))
+    client = KeyClient(kv.url, credential, **client_kwargs(kv))
+    kv.deny_app(app.client_id)
+    with pytest.raises(HttpResponseError) as exc:
+        client.get_key("kek")
+    assert exc.value.status_code == 403
+    assert exc.value.error is not None
+    assert exc.value.error.innererror["code"] == "ForbiddenByRbac"
+    kv.deny_app(app.client_id, False)
+    kv.fail(500)  # Key Vault operations only: the token endpoint keeps working
+    fresh = ClientSecretCredential(kv.tenant_id, app.client_id, "s", **entra_kwargs(kv))
+    assert fresh.get_token("https://vault.azure.net/.default").token
+    kv.reset_faults()
+    kv.fail(500, "token")
+    failing = ClientSecretCredential(kv.tenant_id, app.client_id, "s", **entra_kwargs(kv))
+    with pytest.raises(ClientAuthenticationError):
+        failing.get_token("https://vault.azure.net/.default")
