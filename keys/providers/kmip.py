@@ -973,6 +973,12 @@ class KmipProvider(KeyProvider):
                 f"the KMIP server {self.config.address} closed the connection after the TLS "
                 f"handshake ({_transport_text(exc)}); it may not accept the client certificate"
             ) from None
+        except Exception as exc:  # PyKMIP could not decode the answer
+            raise KmipUnavailable(
+                f"the KMIP server {self.config.address} answered DiscoverVersions with "
+                f"something that could not be read ({type(exc).__name__})",
+                "DiscoverVersions",
+            ) from None
         if result.result_status.value == enums.ResultStatus.SUCCESS:
             offered = [(v.major, v.minor) for v in result.protocol_versions or []]
             self._offered = [f"{major}.{minor}" for major, minor in offered]
@@ -1088,8 +1094,13 @@ class KmipProvider(KeyProvider):
         def query(client: Any) -> Any:
             return client.proxy.query(query_functions=[enums.QueryFunction.QUERY_OPERATIONS])
 
-        answer = self._result("Query", self._call("Query", None, query))
-        operations = _operation_names(answer.operations or [])
+        try:
+            answer = self._result("Query", self._call("Query", None, query))
+        except KmipUnavailable as exc:
+            if exc.reason is None:
+                raise  # the connection, not the server's answer
+            answer = None  # a server without Query: the round trip tells what works
+        operations = _operation_names(answer.operations or []) if answer else []
         with self._lock:
             self._operations = operations
         return operations
