@@ -46,13 +46,14 @@ class StoredObject:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def validate_key(key: str) -> str:
+def validate_key(key: str, max_bytes: int = MAX_KEY_BYTES) -> str:
     """Return `key` when every backend can store it under that exact name, else InvalidKey.
 
     The rules, the same for the filesystem and S3 so that objects can move
-    between them: 1 to 1024 bytes of UTF-8; no control characters (NUL
-    included) and no backslash; "/" separates segments, which cannot be empty
-    (no leading or trailing "/", no "//") and cannot be "." or "..".
+    between them: 1 to 1024 bytes of UTF-8 (fewer when a backend adds a
+    prefix: Storage.max_key_bytes); no control characters (NUL included) and
+    no backslash; "/" separates segments, which cannot be empty (no leading or
+    trailing "/", no "//") and cannot be "." or "..".
     """
     if not isinstance(key, str):
         raise InvalidKey("a key is a string")
@@ -60,8 +61,8 @@ def validate_key(key: str) -> str:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidKey("a key must be valid UTF-8 (no lone surrogates)") from None
-    if not 1 <= size <= MAX_KEY_BYTES:
-        raise InvalidKey(f"a key is 1 to {MAX_KEY_BYTES} bytes of UTF-8, not {size}")
+    if not 1 <= size <= max_bytes:
+        raise InvalidKey(f"a key here is 1 to {max_bytes} bytes of UTF-8, not {size}")
     if _CONTROL.search(key):
         raise InvalidKey("a key cannot contain control characters")
     if "\\" in key:
@@ -76,11 +77,11 @@ def validate_key(key: str) -> str:
     return key
 
 
-def validate_prefix(prefix: str) -> str:
+def validate_prefix(prefix: str, max_bytes: int = MAX_KEY_BYTES) -> str:
     """A listing prefix: empty, or the start of a valid key (it may end with '/')."""
     if prefix == "":
         return prefix
-    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix, max_bytes)
     return prefix
 
 
@@ -114,6 +115,10 @@ class Storage(abc.ABC):
     """
 
     location: str  # for people: "filesystem /srv/keyward/objects", "s3://bucket/prefix/"
+    max_key_bytes: int = MAX_KEY_BYTES  # less where the backend prefixes keys
+
+    def check_key(self, key: str) -> str:
+        return validate_key(key, self.max_key_bytes)
 
     @abc.abstractmethod
     def put(

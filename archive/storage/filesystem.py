@@ -40,7 +40,6 @@ from archive.storage.base import (
     StorageDenied,
     StorageError,
     StoredObject,
-    validate_key,
     validate_metadata,
     validate_prefix,
 )
@@ -67,35 +66,44 @@ class FilesystemStorage(Storage):
     def put(
         self, key: str, chunks: Iterable[bytes], *, metadata: Mapping[str, str] | None = None
     ) -> StoredObject:
-        validate_key(key)
+        self.check_key(key)
         meta = validate_metadata(metadata)
         path = self._path(key)
         header = json.dumps({"key": key, "metadata": meta}, sort_keys=True).encode()
         temp, handle = self._create_temp(path)
         size = 0
+        # An error from `chunks` is the caller's and propagates unchanged; errors
+        # of our own writes become StorageError. Either way the temporary goes.
         try:
             with handle:
-                handle.write(_PREAMBLE.pack(MAGIC, FORMAT_V1, len(header)) + header)
+                try:
+                    handle.write(_PREAMBLE.pack(MAGIC, FORMAT_V1, len(header)) + header)
+                except OSError as error:
+                    raise _mapped(error, key) from error
                 for chunk in chunks:
-                    handle.write(chunk)
+                    try:
+                        handle.write(chunk)
+                    except OSError as error:
+                        raise _mapped(error, key) from error
                     size += len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            temp.replace(path)  # os.replace: atomic within one filesystem
-        except BaseException as error:
+                try:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError as error:
+                    raise _mapped(error, key) from error
+            try:
+                temp.replace(path)  # os.replace: atomic within one filesystem
+            except OSError as error:
+                raise _mapped(error, key) from error
+        except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
-            if isinstance(error, OSError):
-                raise _mapped(error, key) from error
             raise
-        try:
-            _fsync_folder(path.parent)
-        except OSError as error:
-            raise _mapped(error, key) from error
+        self._sync_folder(path.parent, key)
         return StoredObject(key=key, size=size, metadata=meta)
 
     def get(self, key: str) -> Iterator[bytes]:
-        validate_key(key)
+        self.check_key(key)
         handle = self._open(key)
         try:
             self._read_header(handle, key)
@@ -105,14 +113,14 @@ class FilesystemStorage(Storage):
         return _stream(handle, key)
 
     def head(self, key: str) -> StoredObject:
-        validate_key(key)
+        self.check_key(key)
         with self._open(key) as handle:
             header_size, stored_key, meta = self._read_header(handle, key)
             size = os.fstat(handle.fileno()).st_size - header_size
         return StoredObject(key=stored_key, size=size, metadata=meta)
 
     def delete(self, key: str) -> None:
-        validate_key(key)
+        self.check_key(key)
         path = self._path(key)
         try:
             path.unlink()
@@ -120,14 +128,11 @@ class FilesystemStorage(Storage):
             return
         except OSError as error:
             raise _mapped(error, key) from error
-        try:
-            _fsync_folder(path.parent)
-        except OSError as error:
-            raise _mapped(error, key) from error
+        self._sync_folder(path.parent, key)
         self._prune(path.parent)
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
-        validate_prefix(prefix)
+        validate_prefix(prefix, self.max_key_bytes)
         # Descend straight to the folder of the prefix's complete segments, then
         # read the key of every object below it from its file's header.
         *folders, _rest = prefix.split("/")
@@ -160,6 +165,19 @@ class FilesystemStorage(Storage):
         *folders, last = key.split("/")
         names = [_name(s, FOLDER_SUFFIX) for s in folders]
         return self.root.joinpath(*names, _name(last, OBJECT_SUFFIX))
+
+    def _sync_folder(self, folder: Path, key: str) -> None:
+        """Make a rename or unlink in `folder` durable.
+
+        The folder may already be gone: a concurrent delete of the same key
+        removed it once it was empty, which is a valid order of the two.
+        """
+        try:
+            _fsync_folder(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise _mapped(error, key) from error
 
     def _create_temp(self, path: Path) -> tuple[Path, BinaryIO]:
         """A new temporary file beside `path`, creating missing folders.

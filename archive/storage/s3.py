@@ -26,6 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archive.storage.base import (
+    MAX_KEY_BYTES,
     ObjectMissing,
     Storage,
     StorageDenied,
@@ -72,7 +73,7 @@ class S3Storage(Storage):
             raise ValueError("page_size is 1 to 1000 keys")
         if prefix:
             prefix = prefix.rstrip("/")
-            validate_key(prefix)
+            validate_key(prefix, MAX_KEY_BYTES // 2)  # leave keys room
             prefix += "/"
         self.bucket = bucket
         self.prefix = prefix
@@ -93,13 +94,14 @@ class S3Storage(Storage):
         self.client = client
         self.region = str(getattr(getattr(client, "meta", None), "region_name", None) or region)
         self.location = f"s3://{bucket}/{prefix}"
+        self.max_key_bytes = MAX_KEY_BYTES - len(prefix.encode())  # S3 counts the prefix
 
     # -- the interface ----------------------------------------------------
 
     def put(
         self, key: str, chunks: Iterable[bytes], *, metadata: Mapping[str, str] | None = None
     ) -> StoredObject:
-        validate_key(key)
+        self.check_key(key)
         meta = validate_metadata(metadata)
         name = self.prefix + key
         common = {"Bucket": self.bucket, "Key": name, "Metadata": meta, **self._sse()}
@@ -151,7 +153,7 @@ class S3Storage(Storage):
         return StoredObject(key=key, size=size, metadata=meta)
 
     def get(self, key: str) -> Iterator[bytes]:
-        validate_key(key)
+        self.check_key(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         except (BotoCoreError, ClientError) as error:
@@ -159,7 +161,7 @@ class S3Storage(Storage):
         return _stream(response["Body"], self._where(key))
 
     def head(self, key: str) -> StoredObject:
-        validate_key(key)
+        self.check_key(key)
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except (BotoCoreError, ClientError) as error:
@@ -171,7 +173,7 @@ class S3Storage(Storage):
         )
 
     def delete(self, key: str) -> None:
-        validate_key(key)
+        self.check_key(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
         except (BotoCoreError, ClientError) as error:
@@ -180,7 +182,7 @@ class S3Storage(Storage):
                 raise mapped from error
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
-        validate_prefix(prefix)
+        validate_prefix(prefix, self.max_key_bytes)
         return self._list(prefix)
 
     def ensure(self) -> None:
