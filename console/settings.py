@@ -346,6 +346,13 @@ if KEYWARD_AZURE_AUTHORITY_HOST and not KEYWARD_AZURE_AUTHORITY_HOST.startswith(
     raise ImproperlyConfigured("KEYWARD_AZURE_AUTHORITY_HOST must be an https:// URL")
 # A CA bundle for Key Vault and Entra (empty: the system's trust store).
 KEYWARD_AZURE_CA_BUNDLE = env.string("KEYWARD_AZURE_CA_BUNDLE") or ""
+# Tests only: admit https://127.0.0.1:<this port> as a vault (the suite's Key
+# Vault test server). 0, the default, admits no loopback vault at all.
+KEYWARD_AZURE_LOOPBACK_VAULT_PORT = env.integer(
+    "KEYWARD_AZURE_LOOPBACK_VAULT_PORT", 0, minimum=0, maximum=65535
+)
+if PRODUCTION and KEYWARD_AZURE_LOOPBACK_VAULT_PORT:
+    raise ImproperlyConfigured("KEYWARD_AZURE_LOOPBACK_VAULT_PORT is for tests; unset it")
 KEYWARD_AZURE_TIMEOUT_SECONDS = env.integer(
     "KEYWARD_AZURE_TIMEOUT_SECONDS", 5, minimum=1, maximum=60
 )

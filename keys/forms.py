@@ -142,7 +142,7 @@ class AzureKeyVaultSourceForm(forms.Form):
     client_id = forms.CharField(label="Application (client) ID", max_length=36)
     auth_method = forms.ChoiceField(
         label="Sign in with",
-        choices=[("secret", "Client secret"), ("certificate", "Client certificate")],
+        choices=[("secret", "A client secret"), ("certificate", "A client certificate")],
         initial="secret",
         widget=forms.RadioSelect,
     )
@@ -226,7 +226,10 @@ class AzureKeyVaultSourceForm(forms.Form):
 
 def azure_url_policy() -> dict[str, Any]:
     """What validate_vault_url allows here: the configured suffixes."""
-    return {"allowed_suffixes": tuple(settings.KEYWARD_AZURE_VAULT_SUFFIXES)}
+    return {
+        "allowed_suffixes": tuple(settings.KEYWARD_AZURE_VAULT_SUFFIXES),
+        "allow_loopback_port": settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT or None,
+    }
 
 
 class KmipSourceForm(forms.Form):

@@ -63,6 +63,7 @@ def _settings_in_use() -> str:
             settings.KEYWARD_AZURE_AUTHORITY_HOST,
             settings.KEYWARD_AZURE_CA_BUNDLE,
             settings.KEYWARD_AZURE_VAULT_SUFFIXES,
+            settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT,
             settings.KEYWARD_KMIP_ALLOWED_NETWORKS,
         )
     )
@@ -131,6 +132,7 @@ def _azure(source: KeySource) -> KeyProvider:
             client_id=config["client_id"],
             key_version=config.get("key_version") or None,
             allowed_suffixes=tuple(settings.KEYWARD_AZURE_VAULT_SUFFIXES),
+            allow_loopback_port=settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT or None,
         ),
         AzureCredentials(
             client_secret=secrets.get("client_secret"),

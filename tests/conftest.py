@@ -82,3 +82,63 @@ def _fast_password_hashing(settings: Any) -> None:
 def _retire_without_grace(settings: Any) -> None:
     # Production waits an hour before retiring a DEK; tests that want it say so.
     settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 0
+
+
+@pytest.fixture(scope="session")
+def _keyvault_server() -> Any:
+    from tests.servers.keyvault import KeyVaultServer
+
+    with KeyVaultServer() as server:
+        yield server
+
+
+@dataclass
+class AzureSetup:
+    """The Key Vault test server as the customer's vault, with Keyward's app registered."""
+
+    server: Any
+    client_id: str
+    secret: str
+    key_name: str = "keyward-kek"
+
+    @property
+    def vault_url(self) -> str:
+        return str(self.server.url)
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.server.tenant_id)
+
+    def form(self, **overrides: Any) -> dict[str, Any]:
+        data = {
+            "vault_url": self.vault_url,
+            "key_name": self.key_name,
+            "tenant_id": self.tenant_id,
+            "client_id": self.client_id,
+            "auth_method": "secret",
+            "client_secret": self.secret,
+        }
+        data.update(overrides)
+        return data
+
+
+@pytest.fixture
+def azure(_keyvault_server: Any, settings: Any) -> Any:
+    """A fresh vault with an RSA-2048 key; settings point Keyward at it."""
+    import uuid
+
+    from keys.runtime import reset_for_tests
+
+    server = _keyvault_server
+    server.reset()
+    settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT = server.port
+    settings.KEYWARD_AZURE_AUTHORITY_HOST = server.authority
+    settings.KEYWARD_AZURE_CA_BUNDLE = str(server.ca_path)
+    settings.KEYWARD_AZURE_TIMEOUT_SECONDS = 2
+    client_id = str(uuid.uuid4())
+    secret = f"secret-{uuid.uuid4()}"
+    server.register_app(client_id, secret=secret)
+    setup = AzureSetup(server, client_id, secret)
+    server.create_key(setup.key_name)
+    reset_for_tests()
+    return setup

@@ -960,6 +960,13 @@ class AzureKeyVaultProvider(KeyProvider):
             return self.config.key_version
         return str(self._get_key(None).properties.version)
 
+    def prepare_enable(self) -> dict[str, str]:
+        """Pin the version current now: a version added later waits for a confirmation."""
+        return {"key_version": self.current_version()}
+
+    def pin_version(self, version: str) -> dict[str, str]:
+        return {"key_version": validate_key_version(version)}
+
     def health(self) -> KeyHealth:
         """The key's current version, and whether the version wraps use can be used now."""
         pinned = self.config.key_version

@@ -1195,7 +1195,7 @@ class KmipProvider(KeyProvider):
         }
         if self.config.username:
             facts["Username"] = self.config.username
-        return KeyDescription(self.kind, "KMIP key", facts)
+        return KeyDescription(self.kind, "KMIP server key", facts)
 
     # -- wrapping ------------------------------------------------------------------
     def wrap(self, dek: bytes, context: Context) -> Wrapped:
