@@ -55,7 +55,7 @@ def test_a_good_key_passes_every_check_and_the_secret_is_never_shown(acme, azure
     assert azure.secret not in body
     source = source_of(acme.tenant)
     assert source.test_passed and source.state == SourceState.TESTED
-    assert azure.secret.encode() not in bytes(source.sealed_credentials)
+    assert azure.secret.encode() not in bytes(source.sealed_credentials or b"")
     assert azure.secret not in str(source.config)
     for event in AuditEvent.objects.filter(tenant=acme.tenant):
         assert azure.secret not in str(event.details) + event.reason
@@ -79,7 +79,7 @@ def test_a_certificate_credential_works(acme, azure) -> None:
     source = source_of(acme.tenant)
     assert source.config["auth_method"] == "certificate"
     assert len(source.config["certificate_thumbprint"]) == 40
-    assert b"PRIVATE KEY" not in bytes(source.sealed_credentials)
+    assert b"PRIVATE KEY" not in bytes(source.sealed_credentials or b"")
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,9 @@ def _fresh_providers() -> None:
 
 
 def files(
-    ca: str | None = None, cert: str | None = None, key: str | bytes | None = None
+    ca: str | bytes | None = None,
+    cert: str | bytes | None = None,
+    key: str | bytes | None = None,
 ) -> dict[str, Any]:
     """Uploads for the form: paths, or bytes for a key made in the test."""
     out: dict[str, Any] = {}
@@ -97,7 +99,7 @@ def test_good_settings_pass_show_the_server_and_enable_encrypt(acme) -> None:
     source = source_of(acme.tenant)
     assert source.state == SourceState.TESTED and source.test_passed
     # Secrets are sealed: the row holds no PEM and no private key in the clear.
-    assert b"PRIVATE KEY" not in bytes(source.sealed_credentials)
+    assert b"PRIVATE KEY" not in bytes(source.sealed_credentials or b"")
     assert "PRIVATE KEY" not in str(source.config)
     assert "keyward-test" in source.config["client_subject"]
     event = AuditEvent.objects.get(tenant=acme.tenant, action="key_source.register")
