@@ -79,6 +79,8 @@ INSTALLED_APPS = [
     "audit",
     "keys",
     "archive",
+    "api",
+    "objects",
 ]
 
 MIDDLEWARE = [

@@ -27,5 +27,6 @@ urlpatterns = [
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
     path("t/<slug:slug>/keys/", include("keys.urls")),
+    path("api/v1/", include("api.urls")),
     path("admin/", admin.site.urls),
 ]
