@@ -213,15 +213,7 @@ def _aws_page(
         "key_policy": key_policy_statement(tenant, str(role_arn or "")),
         "trust_policy": role_trust_policy(external_id),
         "vendor_principal": settings.KEYWARD_AWS_VENDOR_PRINCIPAL,
-        "can_enable": bool(
-            source and source.test_passed and tenant.state == ServiceState.VENDOR_MANAGED
-        ),
-        "can_switch": bool(
-            source
-            and source.state != SourceState.ACTIVE
-            and source.test_passed
-            and tenant.state == ServiceState.BYOK_ACTIVE
-        ),
+        **_test_and_enable(tenant, source),
     }
     return render(request, "keys/aws.html", context, status=status)
 
@@ -318,12 +310,24 @@ def _source_page(
     """A registration page: the form, the last test's named checks, Enable."""
     tenant = access.tenant
     source = current_source(tenant, kind)
-    test_passed = bool(source and source.test_passed)
     context = {
         "tenant": tenant,
         "source": source,
         "form": form,
         "credentials_saved": bool(source and source.sealed_credentials),
+        **_test_and_enable(tenant, source),
+    }
+    template: dict[str, str] = {
+        SourceKind.AZURE_KEYVAULT: "keys/azure.html",
+        SourceKind.KMIP: "keys/kmip.html",
+    }
+    return render(request, template[kind], context, status=status)
+
+
+def _test_and_enable(tenant: Any, source: KeySource | None) -> dict[str, Any]:
+    """What keys/_source_test.html needs: the last test, and whether Enable is offered."""
+    test_passed = bool(source and source.test_passed)
+    return {
         "settings_changed": bool(
             source and source.test_results and source.tested_config_digest != source.config_digest()
         ),
@@ -336,11 +340,6 @@ def _source_page(
         ),
         "enable_blocked": _enable_blocked(source),
     }
-    template: dict[str, str] = {
-        SourceKind.AZURE_KEYVAULT: "keys/azure.html",
-        SourceKind.KMIP: "keys/kmip.html",
-    }
-    return render(request, template[kind], context, status=status)
 
 
 def _enable_blocked(source: KeySource | None) -> str:

@@ -50,7 +50,7 @@ def test_disabled_key_fails_then_passes_then_enable_with_progress(
         checks = page.get_by_test_id("checks")
         expect(checks).to_contain_text("Failed: Key enabled")
         expect(checks).to_contain_text("enable the key in the AWS KMS console")
-        expect(page.get_by_test_id("enable")).to_have_count(0)
+        expect(page.get_by_test_id("enable")).to_be_disabled()
 
         kms.enable_key(KeyId=key_arn)
         page.get_by_test_id("save-and-test").click()

@@ -53,7 +53,7 @@ def test_the_page_shows_the_policies_to_add(acme) -> None:
     assert "kms:EncryptionContext:keyward:tenant" in body
     assert str(acme.tenant.pk) in body
     assert "sts:ExternalId" in body and "keyward-" in body
-    assert "Enable my key" not in body
+    assert 'data-testid="enable" disabled' in body
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_a_disabled_key_fails_with_what_to_do_and_enable_is_refused(acme, key_ar
     body = save_and_test(client, key_arn).content.decode()
     assert "Failed: Key enabled" in body
     assert "enable the key in the AWS KMS console" in body
-    assert "Enable my key" not in body
+    assert 'data-testid="enable" disabled' in body
     source = KeySource.objects.get(tenant=acme.tenant, kind=SourceKind.AWS_KMS)
     response = client.post(reverse("keys:enable_source", args=["acme", source.pk]), follow=True)
     assert "Run Save and Test with these settings first" in response.content.decode()
@@ -153,7 +153,7 @@ def test_an_unreachable_kms_fails_the_test_quickly_and_changes_nothing(
     settings.KEYWARD_AWS_ENDPOINT_URL = f"http://127.0.0.1:{closed_port}"
     body = save_and_test(login(acme.owner, sudo=True), key_arn).content.decode()
     assert "Failed: Key found" in body
-    assert "Enable my key" not in body
+    assert 'data-testid="enable" disabled' in body
     acme.tenant.refresh_from_db()
     assert acme.tenant.state == ServiceState.VENDOR_MANAGED
 
@@ -220,7 +220,7 @@ def test_unusable_keys_fail_their_named_check_and_are_audited(acme, case) -> Non
         check = "Symmetric encryption key"
     body = save_and_test(login(acme.key_admin, sudo=True), arn).content.decode()
     assert f"Failed: {check}" in body
-    assert "Enable my key" not in body
+    assert 'data-testid="enable" disabled' in body
     event = AuditEvent.objects.get(tenant=acme.tenant, action="key_source.test")
     assert event.outcome == "failure" and check in event.reason
     acme.tenant.refresh_from_db()
