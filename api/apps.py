@@ -7,3 +7,9 @@ class ApiConfig(AppConfig):
     name = "api"
     verbose_name = "Tenant data API"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from api.indexkeys import index_new_records
+        from archive.services import records_hook_register
+
+        records_hook_register(index_new_records)

@@ -23,3 +23,11 @@ def record_counts_by_dek(tenant: Tenant) -> dict[int, int]:
 
 def record_for_tenant(tenant: Tenant, uid: str) -> Record | None:
     return Record.objects.filter(tenant=tenant, uid=uid).select_related("sealed").first()
+
+
+def records_page(tenant: Tenant, *, kind: str | None, after: int, limit: int) -> list[Record]:
+    """Up to `limit` records with an id past `after`, oldest first (keyset pagination)."""
+    rows = Record.objects.filter(tenant=tenant, pk__gt=after).select_related("sealed")
+    if kind:
+        rows = rows.filter(kind=kind)
+    return list(rows.order_by("pk")[:limit])

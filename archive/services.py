@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.http import HttpRequest
 
 from archive.bulk import insert_records
 from archive.fields import FIELDS_BY_KIND
@@ -17,6 +19,9 @@ from keys.ciphertext import dek_id_of
 from keys.envelope import DataKeyExhausted
 from keys.runtime import envelope, state_from_db
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
+
+if TYPE_CHECKING:
+    from audit.services import Actor
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,43 @@ def records_create(
         _validate(item)
     created: list[Record] = []
     for start in range(0, len(items), batch_size):
-        rows = _encrypt_rows(tenant, items[start : start + batch_size])
-        created += insert_records(rows)
+        batch = items[start : start + batch_size]
+        rows = insert_records(_encrypt_rows(tenant, batch))
+        for hook in _records_hooks:
+            hook(tenant, rows, batch)
+        created += rows
     return created
+
+
+# Called in records_create's transaction after each inserted batch, with the
+# plaintext items beside their rows (the blind index registers one, so every
+# path that creates records, bulk loads included, is indexed).
+RecordsHook = Callable[[Tenant, Sequence[Record], Sequence[NewRecord]], None]
+_records_hooks: list[RecordsHook] = []
+
+
+def records_hook_register(hook: RecordsHook) -> None:
+    if hook not in _records_hooks:
+        _records_hooks.append(hook)
+
+
+@transaction.atomic
+def record_delete(
+    *, tenant: Tenant, record: Record, actor: Actor, request: HttpRequest | None = None
+) -> None:
+    """Delete a record, its sealed fields and its lookup rows (refused while paused)."""
+    from audit.services import record as audit
+
+    state = Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk)
+    if state in PAUSED_STATES:
+        raise ServicePaused(
+            f"The tenant's service is paused ({ServiceState(state).label}); retry later."
+        )
+    if record.tenant_id != tenant.pk:
+        raise ValidationError("record belongs to another tenant")
+    target = f"{record.kind} {record.uid}"
+    record.delete()
+    audit(tenant=tenant, actor=actor, action="record.delete", target=target, request=request)
 
 
 def record_fields(tenant: Tenant, record: Record) -> dict[str, str]:

@@ -7,12 +7,16 @@ from audit.selectors import AuditFilters
 
 # Offered as suggestions in the filter; any well-formed action name is accepted.
 KNOWN_ACTIONS = (
+    "api_token.create",
+    "api_token.revoke",
     "audit.export",
     "audit.verify",
     "auth.lockout",
     "auth.login",
     "auth.logout",
     "auth.sudo",
+    "blind_index.rebuilt",
+    "blind_index.rotate",
     "byok.enable",
     "byok.enabled",
     "byok.remove",
@@ -46,6 +50,7 @@ KNOWN_ACTIONS = (
     "membership.add",
     "membership.change_role",
     "membership.remove",
+    "record.delete",
     "records.load",
     "records.reencrypt",
     "records.reencrypt.done",

@@ -390,3 +390,42 @@ KEYWARD_DESTROY_WAIT_DAYS = env.integer("KEYWARD_DESTROY_WAIT_DAYS", 7, minimum=
 KEYWARD_REENCRYPT_BATCH = env.integer(
     "KEYWARD_REENCRYPT_BATCH", 5_000, minimum=100, maximum=100_000
 )
+
+# --- Encrypted objects -------------------------------------------------------------
+# Where blobs live: folders under KEYWARD_OBJECT_ROOT (embedded default) or S3.
+# Vendor-managed tenants share one location under a tenant prefix; a BYOK tenant
+# gets its own folder, or its own bucket "<dedicated prefix>-<tenant slug>".
+KEYWARD_OBJECT_STORE = env.choice("KEYWARD_OBJECT_STORE", "filesystem", ("filesystem", "s3"))
+KEYWARD_OBJECT_ROOT = Path(env.string("KEYWARD_OBJECT_ROOT") or DATA_DIR / "objects").resolve()
+KEYWARD_OBJECT_S3_BUCKET = env.string("KEYWARD_OBJECT_S3_BUCKET") or "keyward-objects"
+KEYWARD_OBJECT_S3_DEDICATED_PREFIX = (
+    env.string("KEYWARD_OBJECT_S3_DEDICATED_PREFIX") or "keyward-tenant"
+)
+KEYWARD_OBJECT_S3_REGION = env.string("KEYWARD_OBJECT_S3_REGION") or "eu-west-1"
+KEYWARD_OBJECT_S3_ENDPOINT_URL = env.string("KEYWARD_OBJECT_S3_ENDPOINT_URL")  # e.g. LocalStack
+if KEYWARD_OBJECT_S3_ENDPOINT_URL and not KEYWARD_OBJECT_S3_ENDPOINT_URL.startswith(
+    ("http://", "https://")
+):
+    raise ImproperlyConfigured("KEYWARD_OBJECT_S3_ENDPOINT_URL must be an http:// or https:// URL")
+KEYWARD_OBJECT_MAX_BYTES = env.integer(
+    "KEYWARD_OBJECT_MAX_BYTES", 100 * 1024 * 1024, minimum=1, maximum=5 * 1024**4
+)
+
+# Tenant data API (api/).
+KEYWARD_API_MAX_BODY_BYTES = env.integer(
+    "KEYWARD_API_MAX_BODY_BYTES", 1_048_576, minimum=1024, maximum=2_500_000
+)
+KEYWARD_API_RETRY_AFTER_SECONDS = env.integer(
+    "KEYWARD_API_RETRY_AFTER_SECONDS", 30, minimum=1, maximum=3600
+)
+KEYWARD_API_IDEMPOTENCY_HOURS = env.integer(
+    "KEYWARD_API_IDEMPOTENCY_HOURS", 24, minimum=1, maximum=7 * 24
+)
+KEYWARD_API_INDEX_REBUILD_BATCH = env.integer(
+    "KEYWARD_API_INDEX_REBUILD_BATCH", 2_000, minimum=10, maximum=50_000
+)
+# Benchmarks only: the records API stores fields unencrypted (and indexes them
+# unkeyed) so that `bench/bench_ingest.py` can measure what encryption costs.
+KEYWARD_API_BENCH_PLAINTEXT = env.boolean("KEYWARD_API_BENCH_PLAINTEXT", False)
+if PRODUCTION and KEYWARD_API_BENCH_PLAINTEXT:
+    raise ImproperlyConfigured("KEYWARD_API_BENCH_PLAINTEXT is for benchmarks; unset it")

@@ -28,6 +28,8 @@ class Perm(StrEnum):
     MANAGE_MEMBERS = "manage_members"
     DESTROY_KEYS = "destroy_keys"
     REMOVE_BYOK = "remove_byok"
+    # API tokens read the tenant's decrypted data: owners only.
+    MANAGE_API_TOKENS = "manage_api_tokens"
 
 
 ROLE_PERMS: dict[str, frozenset[Perm]] = {

@@ -1,0 +1,93 @@
+"""`Idempotency-Key`: a retried create returns the first result and never stores twice."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from api.errors import ApiError
+from api.models import IdempotencyKey
+from tenants.models import Tenant
+
+MAX_KEY_LENGTH = 255
+Outcome = tuple[int, dict[str, Any]]
+
+
+def request_fingerprint(method: str, path: str, body: Any) -> bytes:
+    """SHA-256 of the request as parsed: key order and whitespace do not count."""
+    canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def check_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Send an Idempotency-Key of 1 to {MAX_KEY_LENGTH} printable characters.",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def run_once(
+    *, tenant: Tenant, key: str, fingerprint: bytes, create: Callable[[], Outcome]
+) -> tuple[int, dict[str, Any], bool]:
+    """Run `create` once per (tenant, key) within the key's lifetime; replay it otherwise.
+
+    Returns (status, body, replayed).
+
+    1. Insert the key's row, doing nothing on conflict. A concurrent request
+       holding the same key in an uncommitted transaction makes this wait
+       until that transaction ends (PostgreSQL's unique index does the
+       queueing), so two retries never both run `create`.
+    2. Lock the row. A stored outcome under the same fingerprint is replayed;
+       under another fingerprint it is a 409. An expired row starts over.
+    3. Run `create` and store its outcome, in the same transaction: if it
+       raises, the row goes with it and a later retry runs again.
+    """
+    now = timezone.now()
+    expires = now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS)
+    with transaction.atomic():
+        IdempotencyKey.objects.bulk_create(
+            [
+                IdempotencyKey(
+                    tenant=tenant,
+                    key=key,
+                    request_sha256=fingerprint,
+                    created=now,
+                    expires_at=expires,
+                )
+            ],
+            ignore_conflicts=True,
+        )
+        row = IdempotencyKey.objects.select_for_update().get(tenant=tenant, key=key)
+        if row.expires_at <= now:
+            row.request_sha256, row.status, row.response = fingerprint, None, None
+            row.created, row.expires_at = now, expires
+        elif not hmac.compare_digest(bytes(row.request_sha256), fingerprint):
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "This Idempotency-Key was already used with a different request.",
+                field="Idempotency-Key",
+            )
+        elif row.status is not None:
+            return row.status, dict(row.response or {}), True
+        status, body = create()
+        row.status, row.response = status, body
+        row.save()
+        return status, body, False
+
+
+def purge_expired() -> int:
+    deleted, _ = IdempotencyKey.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted

@@ -1,0 +1,318 @@
+"""Per-tenant blind-index keys: made, wrapped, cached, rotated and rebuilt.
+
+An index key is 32 random bytes wrapped by the tenant's key source exactly
+like a DEK, but under `index_context` (purpose "blind-index"), so neither
+kind of wrapped key unwraps as the other. Unwrapped index keys live only in
+this process's memory, for the tenant's DEK cache TTL, and are dropped when
+the tenant's key epoch moves or its key is revoked (the envelope's state
+check), so revoking the customer key stops lookups as it stops decryption.
+
+Every record created through `archive.services.records_create` is indexed by
+`index_new_records` (registered as a records hook in `ApiConfig.ready`), under
+the active version and, during a rotation, the version being built as well.
+Records that arrive by any other path are indexed by the next rebuild.
+
+Known limit: enabling BYOK rewraps the DEKs but not the index key; rotate
+the index key afterwards (Data page) so that it, too, is wrapped by the
+customer's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from api.blindindex import INDEXED_FIELDS, digest, digests
+from api.models import IndexKey, IndexKeyState, LookupRow
+from archive.models import Record, SealedFields
+from archive.pii import decode_fields
+from archive.services import PII_FIELD, NewRecord
+from audit.services import Actor, record
+from keys.envelope import ACTIVE, KeyRevoked
+from keys.registry import provider_for
+from keys.runtime import envelope
+from keys.services import KeyActionRefused, active_source, kek_version_get_or_create
+from tenants.models import ServiceState, Tenant
+
+PURPOSE = "blind-index"
+
+
+def index_context(tenant_id: str, version: int) -> dict[str, str]:
+    """What a wrapped index key is bound to (a DEK's purpose is "dek")."""
+    return {"keyward:tenant": tenant_id, "keyward:purpose": PURPOSE, "keyward:index": str(version)}
+
+
+# -- the process cache -----------------------------------------------------
+
+
+@dataclass
+class _Cached:
+    material: bytes
+    expires: float
+    epoch: int
+
+    def __repr__(self) -> str:
+        return f"<index key, expires {self.expires:.0f}>"
+
+
+_cache: dict[int, _Cached] = {}
+_cache_lock = threading.Lock()
+
+
+def _unwrap(key: IndexKey) -> bytes:
+    kek = key.kek_version
+    return provider_for(kek.source).unwrap(
+        bytes(key.wrapped), index_context(str(key.tenant_id), key.version), kek.provider_version
+    )
+
+
+def key_material(key: IndexKey) -> bytes:
+    """The unwrapped index key, from memory when fresh (same TTL and epoch rule as DEKs)."""
+    state = envelope().state(str(key.tenant_id))
+    if state.status != ACTIVE:
+        with _cache_lock:
+            _cache.pop(key.pk, None)
+        raise KeyRevoked(f"the tenant's key is {state.status}: lookups are unavailable")
+    now = time.monotonic()
+    cached = _cache.get(key.pk)
+    if cached is not None and cached.epoch == state.epoch and now < cached.expires:
+        return cached.material
+    loaded = IndexKey.objects.select_related("kek_version__source", "tenant").get(pk=key.pk)
+    material = _unwrap(loaded)
+    with _cache_lock:
+        _cache[key.pk] = _Cached(material, now + loaded.tenant.dek_cache_ttl, state.epoch)
+    return material
+
+
+def forget_cached_keys() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+# -- services ----------------------------------------------------------------
+
+
+def _new_index_key(*, tenant: Tenant, version: int, state: str) -> IndexKey:
+    """Make and wrap an index key; the plaintext lives only in this frame."""
+    material = secrets.token_bytes(32)
+    source = active_source(tenant)
+    wrapped = provider_for(source).wrap(material, index_context(str(tenant.pk), version))
+    del material
+    return IndexKey.objects.create(
+        tenant=tenant,
+        version=version,
+        wrapped=wrapped.blob,
+        kek_version=kek_version_get_or_create(source, wrapped.version),
+        state=state,
+    )
+
+
+def index_key_ensure(*, tenant: Tenant) -> IndexKey:
+    """The tenant's active index key, made on first use (the tenant row serialises makers)."""
+    found = IndexKey.objects.filter(tenant=tenant, state=IndexKeyState.ACTIVE).first()
+    if found is not None:
+        return found
+    with transaction.atomic():
+        Tenant.objects.select_for_update().only("pk").get(pk=tenant.pk)
+        found = IndexKey.objects.filter(tenant=tenant, state=IndexKeyState.ACTIVE).first()
+        if found is not None:
+            return found
+        return _new_index_key(tenant=tenant, version=1, state=IndexKeyState.ACTIVE)
+
+
+@transaction.atomic
+def index_key_rotate(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> IndexKey:
+    """Start a new index key version; `api.rebuild_blind_index` fills it and switches over."""
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.is_paused or locked.state in (ServiceState.REVOKED, ServiceState.DESTROYED):
+        raise KeyActionRefused(
+            f"The lookup key cannot be rotated while the tenant is {locked.get_state_display()}."
+        )
+    building = IndexKey.objects.filter(tenant=locked, state=IndexKeyState.BUILDING).first()
+    if building is not None:
+        return building
+    current = IndexKey.objects.filter(tenant=locked, state=IndexKeyState.ACTIVE).first()
+    last = IndexKey.objects.filter(tenant=locked).order_by("-version").first()
+    key = _new_index_key(
+        tenant=locked,
+        version=(last.version if last else 0) + 1,
+        state=IndexKeyState.BUILDING if current is not None else IndexKeyState.ACTIVE,
+    )
+    record(
+        tenant=locked,
+        actor=actor,
+        action="blind_index.rotate",
+        target=f"lookup key v{key.version}",
+        details={"from_version": current.version if current else None, "to_version": key.version},
+        request=request,
+    )
+    if key.state == IndexKeyState.BUILDING:
+        from api.tasks import rebuild_blind_index
+
+        key_id = key.pk
+        transaction.on_commit(lambda: rebuild_blind_index.delay(key_id))
+    return key
+
+
+def _rows_for(
+    key: IndexKey, material: bytes, records: Sequence[tuple[int, dict[str, str]]]
+) -> list[LookupRow]:
+    return [
+        LookupRow(tenant_id=key.tenant_id, field=name, version=key.version, digest=d, record_id=rid)
+        for rid, fields in records
+        for name, d in digests(material, fields)
+    ]
+
+
+def index_new_records(tenant: Tenant, rows: Sequence[Record], items: Sequence[NewRecord]) -> None:
+    """records_create hook: lookup rows for new records, from the plaintext at hand."""
+    if not any(set(i.fields) & INDEXED_FIELDS for i in items):
+        return
+    if settings.KEYWARD_API_BENCH_PLAINTEXT:
+        _index_plaintext(tenant, rows, items)
+        return
+    keys = list(
+        IndexKey.objects.filter(
+            tenant=tenant, state__in=[IndexKeyState.ACTIVE, IndexKeyState.BUILDING]
+        )
+    ) or [index_key_ensure(tenant=tenant)]
+    pairs = [(row.pk, item.fields) for row, item in zip(rows, items, strict=True)]
+    lookup: list[LookupRow] = []
+    for key in keys:
+        lookup += _rows_for(key, key_material(key), pairs)
+    LookupRow.objects.bulk_create(lookup)
+
+
+def _index_plaintext(tenant: Tenant, rows: Sequence[Record], items: Sequence[NewRecord]) -> None:
+    """Benchmarks only (refused in production): the same rows under an unkeyed hash."""
+    LookupRow.objects.bulk_create(
+        LookupRow(
+            tenant=tenant,
+            field=name,
+            version=0,
+            digest=hashlib.sha256(f"{name}\x00{value}".encode()).digest(),
+            record_id=row.pk,
+        )
+        for row, item in zip(rows, items, strict=True)
+        for name, value in item.fields.items()
+        if name in INDEXED_FIELDS
+    )
+
+
+def index_rebuild(*, index_key_id: int) -> IndexKey:
+    """Fill a BUILDING version with lookup rows for every record, then switch to it.
+
+    1. In batches of KEYWARD_API_INDEX_REBUILD_BATCH records by id, past the
+       checkpoint: decrypt the sealed fields, compute the digests, insert the
+       rows (ignoring rows already there) and move the checkpoint, in one
+       transaction. A task killed anywhere resumes from the checkpoint.
+    2. With no record left past the checkpoint: retire the active version and
+       make this one active, in one transaction with the key row locked.
+    3. Delete the retired versions' lookup rows, in batches.
+    Records created meanwhile are indexed under both versions by the hook.
+    """
+    key = IndexKey.objects.select_related("tenant").get(pk=index_key_id)
+    batch = settings.KEYWARD_API_INDEX_REBUILD_BATCH
+    while key.state == IndexKeyState.BUILDING:
+        with transaction.atomic():
+            key = IndexKey.objects.select_for_update().select_related("tenant").get(pk=key.pk)
+            if key.state != IndexKeyState.BUILDING:
+                break
+            done = _rebuild_batch(key, batch)
+            if done:
+                _switch_to(key)
+    _delete_retired_rows(key.tenant, batch)
+    return IndexKey.objects.get(pk=key.pk)
+
+
+def _rebuild_batch(key: IndexKey, batch: int) -> bool:
+    """Index the next batch; True when there was nothing left to index."""
+    sealed = list(
+        SealedFields.objects.filter(
+            record__tenant_id=key.tenant_id, record_id__gt=key.rebuilt_through
+        )
+        .select_related("record")
+        .order_by("record_id")[:batch]
+    )
+    if not sealed:
+        return True
+    tenant_id = str(key.tenant_id)
+    plain = envelope().decrypt_many(
+        tenant_id,
+        [(s.record.kind, PII_FIELD, str(s.record.uid), bytes(s.pii)) for s in sealed],
+    )
+    material = key_material(key)
+    rows = _rows_for(
+        key,
+        material,
+        [(s.record_id, decode_fields(p)) for s, p in zip(sealed, plain, strict=True)],
+    )
+    LookupRow.objects.bulk_create(rows, ignore_conflicts=True)
+    key.rebuilt_through = sealed[-1].record_id
+    key.save(update_fields=["rebuilt_through"])
+    return False
+
+
+def _switch_to(key: IndexKey) -> None:
+    now = timezone.now()
+    previous = IndexKey.objects.filter(tenant_id=key.tenant_id, state=IndexKeyState.ACTIVE)
+    old = [k.version for k in previous]
+    previous.update(state=IndexKeyState.RETIRED, retired_at=now)
+    key.state = IndexKeyState.ACTIVE
+    key.save(update_fields=["state"])
+    record(
+        tenant=key.tenant,
+        actor=Actor.system("lookup key rotation"),
+        action="blind_index.rebuilt",
+        target=f"lookup key v{key.version}",
+        details={"retired_versions": old, "records_through": key.rebuilt_through},
+    )
+
+
+def _delete_retired_rows(tenant: Tenant, batch: int) -> None:
+    retired = list(
+        IndexKey.objects.filter(tenant=tenant, state=IndexKeyState.RETIRED).values_list(
+            "version", flat=True
+        )
+    )
+    if not retired:
+        return
+    while True:
+        ids = list(
+            LookupRow.objects.filter(tenant=tenant, version__in=retired).values_list(
+                "pk", flat=True
+            )[: batch * 5]
+        )
+        if not ids:
+            return
+        LookupRow.objects.filter(pk__in=ids).delete()
+
+
+# -- reads -----------------------------------------------------------------
+
+
+def records_lookup(*, tenant: Tenant, field: str, value: str) -> QuerySet[Record]:
+    """Records whose `field` equals `value` after normalisation, through the active version."""
+    if settings.KEYWARD_API_BENCH_PLAINTEXT:
+        version, wanted = 0, hashlib.sha256(f"{field}\x00{value}".encode()).digest()
+    else:
+        key = IndexKey.objects.filter(tenant=tenant, state=IndexKeyState.ACTIVE).first()
+        if key is None:
+            return Record.objects.none()
+        version, wanted = key.version, digest(key_material(key), field, value)
+    matching = LookupRow.objects.filter(
+        tenant=tenant, field=field, version=version, digest=wanted
+    ).values("record_id")
+    return Record.objects.filter(tenant=tenant, pk__in=matching)

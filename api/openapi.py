@@ -1,0 +1,386 @@
+"""The OpenAPI 3.1 description of /api/v1/, served at /api/v1/openapi.json.
+
+Hand-written: the API is small, and a document kept beside the code reads
+better than one derived from it. The error codes come from `api.errors`, so
+a code added there is documented here; tests check that every route is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.blindindex import INDEXED_FIELDS
+from api.errors import ERROR_CODES
+from api.models import Scope
+from archive.fields import FIELDS_BY_KIND
+
+
+def _error(*codes: str) -> dict[str, Any]:
+    described = "; ".join(f"`{c}`: {ERROR_CODES[c][1]}" for c in codes)
+    return {
+        "description": described,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _retry(*codes: str) -> dict[str, Any]:
+    response = _error(*codes)
+    response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return response
+
+
+def _responses(ok: dict[str, Any], *, write: bool, extra: dict[str, Any] | None = None) -> Any:
+    responses: dict[str, Any] = {
+        **ok,
+        "401": _error("unauthorized"),
+        "403": _error("forbidden", "key_revoked"),
+        "405": _error("method_not_allowed"),
+        "503": _retry("paused", "migrating", "key_unavailable")
+        if write
+        else _retry("key_unavailable"),
+    }
+    responses.update(extra or {})
+    return dict(sorted(responses.items()))
+
+
+def _security(scope: str) -> list[dict[str, list[str]]]:
+    return [{"bearer": [scope]}]
+
+
+RECORD_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+OBJECT_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "Object key: 1 to 1024 characters; `/` allowed.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+}
+OBJECT_HEADERS = {
+    "ETag": {
+        "description": "Quoted hex SHA-256 of the plaintext.",
+        "schema": {"type": "string"},
+    },
+    "X-Content-SHA256": {
+        "description": "Hex SHA-256 of the plaintext (as stored at PUT).",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+    "Digest": {
+        "description": "`sha-256=<base64>` of the plaintext (RFC 3230).",
+        "schema": {"type": "string"},
+    },
+    "Content-Length": {"schema": {"type": "integer"}},
+}
+
+
+def _paths() -> dict[str, Any]:
+    record_ref = {"$ref": "#/components/schemas/Record"}
+    return {
+        "/records": {
+            "post": {
+                "operationId": "createRecord",
+                "summary": "Create a record; its fields are encrypted and indexed.",
+                "security": _security(Scope.RECORDS_WRITE),
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewRecord"}}
+                    },
+                },
+                "responses": _responses(
+                    {
+                        "201": {
+                            "description": "Created (or, with a replayed Idempotency-Key, "
+                            "the first result again, with `Idempotent-Replayed: true`).",
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}},
+                                "Idempotent-Replayed": {"schema": {"type": "string"}},
+                            },
+                            "content": {"application/json": {"schema": record_ref}},
+                        }
+                    },
+                    write=True,
+                    extra={
+                        "400": _error(
+                            "invalid_json",
+                            "invalid_field",
+                            "unknown_kind",
+                            "invalid_idempotency_key",
+                        ),
+                        "409": _error("conflict", "idempotency_key_reused"),
+                        "413": _error("too_large"),
+                    },
+                ),
+            },
+            "get": {
+                "operationId": "listRecords",
+                "summary": "List records oldest first, or look them up by a field's exact value.",
+                "description": "With `field` and `value`, returns the records whose field "
+                "equals the value after normalisation (emails lowercased, SIDs and serials "
+                "uppercased, names NFKC-casefolded with spaces collapsed), found through a "
+                "blind index (HMAC-SHA-256 under a per-tenant key); no plaintext is stored "
+                "or compared.",
+                "security": _security(Scope.RECORDS_READ),
+                "parameters": [
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "Opaque: the `next_cursor` of the previous page.",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "field",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": sorted(INDEXED_FIELDS)},
+                    },
+                    {"name": "value", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "A page of records.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/RecordPage"}
+                                }
+                            },
+                        }
+                    },
+                    write=False,
+                    extra={"400": _error("invalid_field", "unknown_kind", "invalid_cursor")},
+                ),
+            },
+        },
+        "/records/{id}": {
+            "parameters": [RECORD_ID],
+            "get": {
+                "operationId": "getRecord",
+                "summary": "Read one record with its decrypted fields.",
+                "security": _security(Scope.RECORDS_READ),
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "The record.",
+                            "content": {"application/json": {"schema": record_ref}},
+                        }
+                    },
+                    write=False,
+                    extra={"404": _error("not_found")},
+                ),
+            },
+            "delete": {
+                "operationId": "deleteRecord",
+                "summary": "Delete a record and its lookup entries.",
+                "security": _security(Scope.RECORDS_WRITE),
+                "responses": _responses(
+                    {"204": {"description": "Deleted."}},
+                    write=True,
+                    extra={"404": _error("not_found")},
+                ),
+            },
+        },
+        "/objects/{key}": {
+            "parameters": [OBJECT_KEY],
+            "put": {
+                "operationId": "putObject",
+                "summary": "Store a blob (streamed, encrypted in authenticated segments).",
+                "security": _security(Scope.OBJECTS_WRITE),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(
+                    {
+                        "201": {
+                            "description": "Stored (200 when an existing object was replaced).",
+                            "headers": OBJECT_HEADERS,
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Object"}
+                                }
+                            },
+                        }
+                    },
+                    write=True,
+                    extra={"400": _error("invalid_field"), "413": _error("too_large")},
+                ),
+            },
+            "get": {
+                "operationId": "getObject",
+                "summary": "Read a blob (streamed, decrypted and verified segment by segment).",
+                "security": _security(Scope.OBJECTS_READ),
+                "responses": _responses(
+                    {
+                        "200": {
+                            "description": "The plaintext.",
+                            "headers": OBJECT_HEADERS,
+                            "content": {"application/octet-stream": {}},
+                        }
+                    },
+                    write=False,
+                    extra={"404": _error("not_found")},
+                ),
+            },
+            "head": {
+                "operationId": "headObject",
+                "summary": "The blob's size and checksums, without the body.",
+                "security": _security(Scope.OBJECTS_READ),
+                "responses": _responses(
+                    {"200": {"description": "Metadata only.", "headers": OBJECT_HEADERS}},
+                    write=False,
+                    extra={"404": {"description": "No such object (HEAD has no body)."}},
+                ),
+            },
+            "delete": {
+                "operationId": "deleteObject",
+                "summary": "Delete a blob.",
+                "security": _security(Scope.OBJECTS_WRITE),
+                "responses": _responses(
+                    {"204": {"description": "Deleted."}},
+                    write=True,
+                    extra={"404": _error("not_found")},
+                ),
+            },
+        },
+    }
+
+
+def _components() -> dict[str, Any]:
+    field_names = sorted({f for fields in FIELDS_BY_KIND.values() for f in fields})
+    return {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A tenant API token `kw_<prefix>_<secret>`, made by an owner on "
+                "the console's Data page, with scopes "
+                + ", ".join(f"`{s}`" for s in Scope.values)
+                + ".",
+            }
+        },
+        "headers": {
+            "RetryAfter": {
+                "description": "Seconds to wait before retrying (with the same Idempotency-Key).",
+                "schema": {"type": "integer"},
+            }
+        },
+        "parameters": {
+            "IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "description": "Any unique string (a UUID) per logical create. A retry with the "
+                "same key and body returns the first result and never stores twice; with "
+                "another body it is a 409 `idempotency_key_reused`. Keys expire after 24 hours.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "enum": sorted(ERROR_CODES)},
+                            "message": {"type": "string"},
+                            "field": {
+                                "type": "string",
+                                "description": "The offending member, parameter or header "
+                                "(`fields.email`, `limit`, `Idempotency-Key`).",
+                            },
+                        },
+                    }
+                },
+                "x-error-codes": {
+                    code: {"status": status, "description": text}
+                    for code, (status, text) in sorted(ERROR_CODES.items())
+                },
+            },
+            "NewRecord": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "external_id"],
+                "properties": {
+                    "kind": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                    "external_id": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "fields": {
+                        "type": "object",
+                        "description": "Personal fields; allowed names per kind: "
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in FIELDS_BY_KIND.items()),
+                        "propertyNames": {"enum": field_names},
+                        "additionalProperties": {"type": "string"},
+                    },
+                },
+            },
+            "Record": {
+                "type": "object",
+                "required": ["id", "kind", "external_id", "fields", "created"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "kind": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                    "external_id": {"type": "string"},
+                    "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "created": {"type": "string", "format": "date-time"},
+                },
+            },
+            "RecordPage": {
+                "type": "object",
+                "required": ["data", "next_cursor"],
+                "properties": {
+                    "data": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+            },
+            "Object": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "size": {"type": "integer"},
+                    "sha256": {"type": "string"},
+                    "created": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Keyward tenant data API",
+            "version": "1",
+            "description": "Store and read a tenant's protected records and objects. Every "
+            "value is encrypted under the tenant's data keys (customer-managed when the "
+            'tenant brought its key). Errors are `{"error": {"code", "message", '
+            '"field"?}}`; the codes are listed under `Error`.',
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+        "components": _components(),
+    }

@@ -1,0 +1,258 @@
+"""The records API: create, read, list, look up by a field's value, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import RequestDataTooBig, ValidationError
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+
+from api import benchmode
+from api.auth import api_endpoint, no_content
+from api.blindindex import INDEXED_FIELDS
+from api.errors import ApiError
+from api.idempotency import check_key, request_fingerprint, run_once
+from api.indexkeys import index_key_ensure, records_lookup
+from api.models import ApiToken
+from api.openapi import openapi_document
+from api.tokens import token_actor
+from archive.fields import FIELDS_BY_KIND
+from archive.models import Record
+from archive.pii import decode_fields
+from archive.selectors import record_for_tenant, records_page
+from archive.services import PII_FIELD, NewRecord, record_delete, records_create
+from keys.runtime import envelope
+from tenants.models import Tenant
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+CURSOR_SALT = "api.records.cursor"
+CREATE_KEYS = frozenset({"kind", "external_id", "fields"})
+
+
+# -- request parsing -----------------------------------------------------------
+
+
+def json_object(request: HttpRequest) -> dict[str, Any]:
+    """The body as a JSON object, within KEYWARD_API_MAX_BODY_BYTES (413 beyond it)."""
+    limit = settings.KEYWARD_API_MAX_BODY_BYTES
+    too_large = ApiError(413, "too_large", f"The body is over {limit} bytes.")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        raise too_large
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.")
+    return data
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_field", message, field=field)
+
+
+def parse_new_record(data: dict[str, Any]) -> NewRecord:
+    for name in sorted(set(data) - CREATE_KEYS):
+        raise _invalid(name, f"Unknown member {name!r}; send kind, external_id and fields.")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in FIELDS_BY_KIND:
+        raise ApiError(
+            400,
+            "unknown_kind",
+            f"Unknown kind {kind!r}; use one of {', '.join(sorted(FIELDS_BY_KIND))}.",
+            field="kind",
+        )
+    external_id = data.get("external_id")
+    if not isinstance(external_id, str) or not 1 <= len(external_id) <= 255:
+        raise _invalid("external_id", "Give an external_id string of 1 to 255 characters.")
+    fields = data.get("fields", {})
+    if not isinstance(fields, dict):
+        raise _invalid("fields", "fields must be an object of field names to strings.")
+    allowed = FIELDS_BY_KIND[kind]
+    for name in sorted(fields):
+        if name not in allowed:
+            raise _invalid(f"fields.{name}", f"Unknown field {name!r} for kind {kind}.")
+        if not isinstance(fields[name], str):
+            raise _invalid(f"fields.{name}", f"Field {name!r} must be a string.")
+    return NewRecord(kind=kind, external_id=external_id, fields=dict(fields))
+
+
+# -- responses ---------------------------------------------------------------
+
+
+def _timestamp(record: Record) -> str:
+    return record.created.isoformat().replace("+00:00", "Z")
+
+
+def record_json(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": str(record.uid),
+        "kind": record.kind,
+        "external_id": record.external_id,
+        "fields": fields,
+        "created": _timestamp(record),
+    }
+
+
+def _fields_of(tenant: Tenant, records: list[Record]) -> list[dict[str, str]]:
+    if not records:
+        return []
+    blobs = [bytes(r.sealed.pii) for r in records]
+    if settings.KEYWARD_API_BENCH_PLAINTEXT:
+        return [decode_fields(b) for b in blobs]
+    plain = envelope().decrypt_many(
+        str(tenant.pk),
+        [(r.kind, PII_FIELD, str(r.uid), blob) for r, blob in zip(records, blobs, strict=True)],
+    )
+    return [decode_fields(p) for p in plain]
+
+
+def _tenant(request: HttpRequest) -> Tenant:
+    tenant: Tenant = request.tenant  # type: ignore[attr-defined]
+    return tenant
+
+
+def _token(request: HttpRequest) -> ApiToken:
+    token: ApiToken = request.api_token  # type: ignore[attr-defined]
+    return token
+
+
+# -- views -------------------------------------------------------------------
+
+
+def _create(tenant: Tenant, item: NewRecord) -> tuple[int, dict[str, Any]]:
+    if Record.objects.filter(tenant=tenant, kind=item.kind, external_id=item.external_id).exists():
+        raise _conflict()
+    try:
+        if settings.KEYWARD_API_BENCH_PLAINTEXT:
+            (created,) = benchmode.records_create_plain(tenant=tenant, items=[item])
+        else:
+            (created,) = records_create(tenant=tenant, items=[item])
+    except (IntegrityError, psycopg.errors.UniqueViolation):
+        raise _conflict() from None
+    except ValidationError as exc:  # records_create's own checks, after ours
+        raise _invalid("fields", "; ".join(exc.messages)) from None
+    return 201, record_json(created, item.fields)
+
+
+def _conflict() -> ApiError:
+    return ApiError(409, "conflict", "A record of this kind with this external_id exists.")
+
+
+@api_endpoint("records:write", methods=("POST",))
+def record_create(request: HttpRequest) -> HttpResponse:
+    tenant = _tenant(request)
+    data = json_object(request)
+    item = parse_new_record(data)
+    if not settings.KEYWARD_API_BENCH_PLAINTEXT and set(item.fields) & INDEXED_FIELDS:
+        index_key_ensure(tenant=tenant)  # outside the create's transaction: made once per tenant
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, body = _create(tenant, item)
+        replayed = False
+    else:
+        status, body, replayed = run_once(
+            tenant=tenant,
+            key=check_key(key),
+            fingerprint=request_fingerprint("POST", "/records", data),
+            create=lambda: _create(tenant, item),
+        )
+    response = JsonResponse(body, status=status)
+    response["Location"] = f"{request.path.rstrip('/')}/{body['id']}"
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _limit(request: HttpRequest) -> int:
+    raw = request.GET.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise _invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
+    return int(raw)
+
+
+def _after(request: HttpRequest) -> int:
+    cursor = request.GET.get("cursor")
+    if not cursor:
+        return 0
+    try:
+        after = signing.loads(cursor, salt=CURSOR_SALT)
+    except signing.BadSignature:
+        raise ApiError(
+            400, "invalid_cursor", "Pass back a next_cursor this API gave.", field="cursor"
+        ) from None
+    if not isinstance(after, int):
+        raise ApiError(400, "invalid_cursor", "Pass back a next_cursor this API gave.")
+    return after
+
+
+@api_endpoint("records:read", methods=("GET",))
+def record_list(request: HttpRequest) -> HttpResponse:
+    """Records oldest first, `limit` at a time; with field and value, exact lookup."""
+    tenant = _tenant(request)
+    limit, after = _limit(request), _after(request)
+    kind = request.GET.get("kind") or None
+    if kind is not None and kind not in FIELDS_BY_KIND:
+        raise ApiError(400, "unknown_kind", f"Unknown kind {kind!r}.", field="kind")
+    field, value = request.GET.get("field"), request.GET.get("value")
+    if field is not None or value is not None:
+        if field not in INDEXED_FIELDS:
+            raise _invalid("field", f"Look up by one of: {', '.join(sorted(INDEXED_FIELDS))}.")
+        if not value:
+            raise _invalid("value", "Give the value to look up.")
+        matches = records_lookup(tenant=tenant, field=field, value=value).filter(pk__gt=after)
+        if kind:
+            matches = matches.filter(kind=kind)
+        page = list(matches.select_related("sealed").order_by("pk")[:limit])
+    else:
+        page = records_page(tenant, kind=kind, after=after, limit=limit)
+    data = [record_json(r, f) for r, f in zip(page, _fields_of(tenant, page), strict=True)]
+    next_cursor = signing.dumps(page[-1].pk, salt=CURSOR_SALT) if len(page) == limit else None
+    return JsonResponse({"data": data, "next_cursor": next_cursor})
+
+
+def _record_or_404(tenant: Tenant, uid: UUID) -> Record:
+    found = record_for_tenant(tenant, str(uid))
+    if found is None:
+        raise ApiError(404, "not_found", "No such record.")
+    return found
+
+
+@api_endpoint("records:read", methods=("GET",))
+def record_detail(request: HttpRequest, uid: UUID) -> HttpResponse:
+    tenant = _tenant(request)
+    found = _record_or_404(tenant, uid)
+    return JsonResponse(record_json(found, _fields_of(tenant, [found])[0]))
+
+
+@api_endpoint("records:write", methods=("DELETE",))
+def record_remove(request: HttpRequest, uid: UUID) -> HttpResponse:
+    tenant = _tenant(request)
+    found = _record_or_404(tenant, uid)
+    record_delete(tenant=tenant, record=found, actor=token_actor(_token(request)), request=request)
+    return no_content()
+
+
+@require_GET
+def openapi_json(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(openapi_document(), json_dumps_params={"indent": 1})
