@@ -394,7 +394,7 @@ KEYWARD_REENCRYPT_BATCH = env.integer(
 # --- Encrypted objects -------------------------------------------------------------
 # Where blobs live: folders under KEYWARD_OBJECT_ROOT (embedded default) or S3.
 # Vendor-managed tenants share one location under a tenant prefix; a BYOK tenant
-# gets its own folder, or its own bucket "<dedicated prefix>-<tenant slug>".
+# gets its own folder, or its own bucket "<dedicated prefix>-<16 hex of the tenant id>".
 KEYWARD_OBJECT_STORE = env.choice("KEYWARD_OBJECT_STORE", "filesystem", ("filesystem", "s3"))
 KEYWARD_OBJECT_ROOT = Path(env.string("KEYWARD_OBJECT_ROOT") or DATA_DIR / "objects").resolve()
 KEYWARD_OBJECT_S3_BUCKET = env.string("KEYWARD_OBJECT_S3_BUCKET") or "keyward-objects"

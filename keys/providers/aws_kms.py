@@ -784,6 +784,12 @@ class AwsKmsProvider(KeyProvider):
             deletion_date=metadata.get("DeletionDate"),
         )
 
+    def storage_encryption_key(self) -> str | None:
+        """The key ARN in use (an alias resolved), for a dedicated bucket's SSE-KMS default."""
+        with self._lock:
+            resolved = self._resolved_key_arn
+        return resolved or self.current_version()
+
     can_rotate_now = True
 
     def rotate_now(self) -> str | None:

@@ -141,6 +141,15 @@ class KeyProvider(abc.ABC):
         """
         raise NotImplementedError("this key source rotates by a new key or upload")
 
+    def storage_encryption_key(self) -> str | None:
+        """The key a dedicated storage location encrypts at rest with, where the store can.
+
+        An S3 bucket's default SSE-KMS key for an AWS KMS key; None where the
+        storage cannot use the customer's key itself (objects are encrypted
+        under the tenant's DEKs either way).
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 

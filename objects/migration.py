@@ -1,0 +1,548 @@
+"""Moving a tenant's objects between the shared and its dedicated location.
+
+When BYOK is enabled the objects go to the dedicated location, re-encrypted
+under a DEK wrapped by the customer's key; when it is removed they come back.
+The BYOK flows put the tenant in `migrating` / `migrating_back` (writes are
+refused, reads keep serving each object from where its row says), call
+`migration_start` and listen to `objects.signals.migration_finished`.
+
+Guarantees: every object of the manifest ends up exactly once in the target
+location (a storage key is one object; puts are atomic overwrites), with its
+plaintext checksum verified against the manifest, before any source copy is
+deleted; a failed verification deletes nothing and changes no row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from archive.segments import (
+    Digest,
+    ObjectFormatError,
+    ObjectUnauthentic,
+    ciphertext_size,
+    decrypt_stream,
+    encrypt_stream,
+)
+from archive.storage import ObjectMissing, Storage, StorageDenied
+from audit.models import Outcome
+from audit.services import Actor, record
+from keys.envelope import KeyRevoked
+from keys.models import DataKey, DekState
+from keys.notify import notify_key_admins
+from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid
+from objects.keyring import dek_material
+from objects.locations import ensured, storage_for
+from objects.models import (
+    OPEN_MIGRATION_STATES,
+    Direction,
+    ItemState,
+    Location,
+    MigrationItem,
+    MigrationState,
+    ObjectMigration,
+    StoredObject,
+)
+from objects.services import object_binding
+from objects.signals import migration_finished
+from tenants.models import ServiceState, Tenant
+
+logger = logging.getLogger(__name__)
+
+MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
+PAGE = 500  # items loaded per query
+STATE_CHECK_SECONDS = 1.0
+_SHOWN = 5  # keys named in an error
+
+
+class MigrationRefused(Exception):
+    """The migration cannot start now; the message says why."""
+
+
+class VerificationFailed(Exception):
+    """The target does not hold exactly the manifest's objects, or one does not check."""
+
+
+class _Stop(Exception):
+    """The tenant left the migrating state, or its key or storage refuses: stop for now."""
+
+
+def _locations(direction: str) -> tuple[str, str]:
+    if direction == Direction.TO_DEDICATED:
+        return Location.SHARED, Location.DEDICATED
+    if direction == Direction.TO_SHARED:
+        return Location.DEDICATED, Location.SHARED
+    raise ValueError(f"unknown direction {direction!r}")
+
+
+@transaction.atomic
+def migration_start(
+    *, tenant: Tenant, direction: str, target_dek_id: int, actor: Actor | None = None
+) -> ObjectMigration:
+    """Take the manifest of the tenant's objects to move, and return the migration.
+
+    The tenant must already be `migrating` / `migrating_back` (its row is locked
+    here, so writes in flight finish first and none can land after the
+    manifest). Objects already in the target location stay where they are.
+    Idempotent: an open migration in the same direction is returned as is.
+    The caller enqueues `objects.run_migration` after commit (`enqueue_run`).
+    """
+    source, target = _locations(direction)
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.state not in MIGRATING_STATES:
+        raise MigrationRefused(
+            f"Objects move only while the tenant is migrating; it is {locked.get_state_display()}."
+        )
+    existing = ObjectMigration.objects.filter(
+        tenant=locked, state__in=OPEN_MIGRATION_STATES
+    ).first()
+    if existing is not None:
+        if existing.direction != direction:
+            raise MigrationRefused("Another move of this tenant's objects is under way.")
+        return existing
+    dek = DataKey.objects.filter(
+        pk=target_dek_id, tenant=locked, state__in=[DekState.ACTIVE, DekState.RETIRING]
+    ).first()
+    if dek is None:
+        raise MigrationRefused(f"Data key {target_dek_id} is not a live data key of this tenant.")
+    migration = ObjectMigration.objects.create(
+        tenant=locked,
+        direction=direction,
+        state=MigrationState.MANIFEST,
+        source_location=source,
+        target_location=target,
+        target_dek=dek,
+    )
+    rows = (
+        StoredObject.objects.filter(tenant=locked, location=source)
+        .order_by("key")
+        .values_list("pk", "key", "sha256", "size")
+    )
+    total = size = 0
+    batch: list[MigrationItem] = []
+    for pk, key, sha256, object_size in rows.iterator(chunk_size=2000):
+        batch.append(
+            MigrationItem(
+                migration=migration,
+                object_id=pk,
+                key=key,
+                sha256=sha256,
+                size=object_size,
+                source_location=source,
+            )
+        )
+        total += 1
+        size += object_size
+        if len(batch) >= 2000:
+            MigrationItem.objects.bulk_create(batch)
+            batch = []
+    MigrationItem.objects.bulk_create(batch)
+    migration.total = total
+    migration.bytes_total = size
+    migration.state = MigrationState.COPYING
+    migration.save(update_fields=["total", "bytes_total", "state"])
+    record(
+        tenant=locked,
+        actor=actor or Actor.system("object migration"),
+        action="objects.migration_start",
+        target=direction,
+        details={
+            "migration": str(migration.pk),
+            "objects": total,
+            "bytes": size,
+            "from": source,
+            "to": target,
+            "target_dek": dek.version,
+        },
+    )
+    return migration
+
+
+def enqueue_run(migration: ObjectMigration) -> None:
+    """Run the migration in a worker once the surrounding transaction commits."""
+    from objects.tasks import run_migration
+
+    migration_id = str(migration.pk)
+    transaction.on_commit(lambda: run_migration.delay(migration_id))
+
+
+def migration_run(migration_id: str) -> str:
+    """Run (or resume) a migration as far as it can go; return its state. Idempotent.
+
+    1. copying: each pending item is read from the source, decrypted under its
+       DEK (authenticated against its key and tenant), checked against the
+       manifest's SHA-256, re-encrypted under the target DEK and put in the
+       target location under the same key (an atomic overwrite: a run killed
+       after the put redoes that object, never duplicates it), then marked
+       copied.
+    2. verifying: the target location's listing must hold exactly the
+       manifest's keys (and the objects already there before), each of the
+       right size; each copy is read back, must name the target DEK and
+       decrypt to the manifest's SHA-256; then it is marked verified.
+    3. switching: one transaction points every manifest object's row to the
+       target location and DEK.
+    4. deleting: only now the source copies are deleted (idempotent, marked
+       per item); then done, and `migration_finished` is sent.
+    Any check that fails in 1 or 2 ends the migration in `failed`: source
+    copies and rows untouched, audited, key administrators alerted. Before
+    the switch the run stops (`stopped`, resumable) when the tenant leaves
+    the migrating state or its key or storage refuses.
+    """
+    migration = ObjectMigration.objects.select_related("tenant", "target_dek").get(pk=migration_id)
+    if migration.state in (MigrationState.DONE, MigrationState.FAILED):
+        return str(migration.state)
+    run = _Run(migration)
+    try:
+        if migration.state in (MigrationState.STOPPED, MigrationState.MANIFEST):
+            run.resume()
+        if run.state == MigrationState.COPYING:
+            run.copy()
+            run.advance(MigrationState.COPYING, MigrationState.VERIFYING)
+        if run.state == MigrationState.VERIFYING:
+            run.verify()
+            run.advance(MigrationState.VERIFYING, MigrationState.SWITCHING)
+        if run.state == MigrationState.SWITCHING:
+            run.switch()
+        if run.state == MigrationState.DELETING:
+            run.delete_sources()
+    except VerificationFailed as exc:
+        return run.fail(str(exc))
+    except _Stop as exc:
+        return run.stop(str(exc))
+    return str(run.state)
+
+
+def _items(migration_id: Any, state: str) -> Iterator[list[tuple[int, str, str, int, str]]]:
+    """Pages of (id, key, sha256, size, source location) of the items in `state`, by id."""
+    after = 0
+    while True:
+        page = list(
+            MigrationItem.objects.filter(migration_id=migration_id, state=state, id__gt=after)
+            .order_by("id")
+            .values_list("id", "key", "sha256", "size", "source_location")[:PAGE]
+        )
+        if not page:
+            return
+        yield page
+        after = page[-1][0]
+
+
+class _Run:
+    def __init__(self, migration: ObjectMigration) -> None:
+        self.m = migration
+        self.tenant = migration.tenant
+        self.tenant_id = str(migration.tenant_id)
+        self.state = str(migration.state)
+        self._checked = 0.0
+        self._storages: dict[str, Storage] = {}
+
+    # -- state -------------------------------------------------------------
+    def storage(self, location: str) -> Storage:
+        found = self._storages.get(location)
+        if found is None:
+            if location == self.m.target_location:
+                found = ensured(self.tenant, location)
+            else:
+                found = storage_for(self.tenant, location)
+            self._storages[location] = found
+        return found
+
+    def check_tenant(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < STATE_CHECK_SECONDS:
+            return
+        state = Tenant.objects.values_list("state", flat=True).get(pk=self.tenant.pk)
+        if state not in MIGRATING_STATES:
+            raise _Stop(f"the tenant is {ServiceState(state).label}, no longer migrating")
+        self._checked = now
+
+    def advance(self, from_state: str, to_state: str) -> None:
+        ObjectMigration.objects.filter(pk=self.m.pk, state=from_state).update(
+            state=to_state, checkpoint=0, updated=timezone.now()
+        )
+        self.state = str(ObjectMigration.objects.values_list("state", flat=True).get(pk=self.m.pk))
+
+    def resume(self) -> None:
+        self.check_tenant(force=True)
+        # The items say how far it went; copy and verify skip what is done.
+        self.advance(str(self.m.state), MigrationState.COPYING)
+
+    def material(self, dek_id: int) -> bytes:
+        try:
+            return dek_material(self.tenant_id, dek_id)
+        except (KeyRevoked, KeyAccessDenied, KeyMaterialInvalid) as exc:
+            raise _Stop(f"the data key cannot be used: {exc}") from None
+
+    # -- 1. copy -------------------------------------------------------------
+    def copy(self) -> None:
+        target = self.storage(self.m.target_location)
+        target_dek_id = int(self.m.target_dek_id)
+        target_key = self.material(target_dek_id)
+        for page in _items(self.m.pk, ItemState.PENDING):
+            for item_id, key, sha256, size, source_location in page:
+                self.check_tenant()
+                binding = object_binding(self.tenant_id, key)
+                digest = Digest()
+                try:
+                    plain = decrypt_stream(
+                        self.storage(source_location).get(key),
+                        key_for=self.material,
+                        binding=binding,
+                    )
+                    target.put(
+                        key,
+                        encrypt_stream(
+                            digest.tee(plain),
+                            dek=target_key,
+                            dek_id=target_dek_id,
+                            binding=binding,
+                        ),
+                    )
+                except ObjectMissing:
+                    raise VerificationFailed(
+                        f"the source copy of {key!r} is missing; nothing was deleted"
+                    ) from None
+                except (ObjectUnauthentic, ObjectFormatError):
+                    raise VerificationFailed(
+                        f"the source copy of {key!r} does not authenticate; nothing was deleted"
+                    ) from None
+                except StorageDenied as exc:
+                    raise _Stop(f"the storage refused: {exc}") from None
+                if digest.hexdigest() != sha256 or digest.size != size:
+                    raise VerificationFailed(
+                        f"the source copy of {key!r} does not match the manifest's checksum; "
+                        "nothing was deleted"
+                    )
+                self._mark(
+                    item_id, ItemState.PENDING, ItemState.COPIED, copied=1, bytes_copied=size
+                )
+
+    def _mark(self, item_id: int, from_state: str, to_state: str, **counts: int) -> None:
+        with transaction.atomic():
+            moved = MigrationItem.objects.filter(pk=item_id, state=from_state).update(
+                state=to_state
+            )
+            if moved:
+                ObjectMigration.objects.filter(pk=self.m.pk).update(
+                    checkpoint=item_id,
+                    updated=timezone.now(),
+                    **{name: F(name) + n for name, n in counts.items()},
+                )
+
+    # -- 2. verify -----------------------------------------------------------
+    def verify(self) -> None:
+        self.check_tenant(force=True)
+        target = self.storage(self.m.target_location)
+        listed = {o.key: o.size for o in target.list("")}
+        expected: dict[str, int] = {}
+        for manifest_page in _manifest_pages(self.m.pk):
+            for key, size in manifest_page:
+                expected[key] = ciphertext_size(size)
+        already = StoredObject.objects.filter(
+            tenant=self.tenant, location=self.m.target_location
+        ).exclude(migration_items__migration=self.m)
+        for key, stored_size in already.values_list("key", "ciphertext_size").iterator():
+            expected[key] = stored_size
+        missing = sorted(set(expected) - set(listed))
+        extra = sorted(set(listed) - set(expected))
+        if missing or extra or len(listed) != len(expected):
+            raise VerificationFailed(
+                f"the target location holds {len(listed)} objects where {len(expected)} were "
+                f"expected ({len(missing)} missing{_named(missing)}, {len(extra)} not in the "
+                f"manifest{_named(extra)}); nothing was deleted"
+            )
+        wrong = sorted(k for k, size in expected.items() if listed[k] != size)
+        if wrong:
+            raise VerificationFailed(
+                f"{len(wrong)} objects in the target have the wrong size{_named(wrong)}; "
+                "nothing was deleted"
+            )
+        target_dek_id = int(self.m.target_dek_id)
+        target_key = self.material(target_dek_id)
+
+        def key_for(dek_id: int) -> bytes:
+            if dek_id != target_dek_id:
+                raise ObjectUnauthentic("the copy names another data key than the target")
+            return target_key
+
+        for page in _items(self.m.pk, ItemState.COPIED):
+            for item_id, key, sha256, size, _source in page:
+                self.check_tenant()
+                digest = Digest()
+                try:
+                    for piece in decrypt_stream(
+                        target.get(key),
+                        key_for=key_for,
+                        binding=object_binding(self.tenant_id, key),
+                    ):
+                        digest.update(piece)
+                except ObjectMissing:
+                    raise VerificationFailed(
+                        f"the copy of {key!r} vanished from the target; nothing was deleted"
+                    ) from None
+                except (ObjectUnauthentic, ObjectFormatError):
+                    raise VerificationFailed(
+                        f"the copy of {key!r} does not authenticate; nothing was deleted"
+                    ) from None
+                except StorageDenied as exc:
+                    raise _Stop(f"the storage refused: {exc}") from None
+                if digest.hexdigest() != sha256 or digest.size != size:
+                    raise VerificationFailed(
+                        f"the copy of {key!r} does not match the manifest's checksum; "
+                        "nothing was deleted"
+                    )
+                self._mark(item_id, ItemState.COPIED, ItemState.VERIFIED, verified=1)
+        left = MigrationItem.objects.filter(migration=self.m).exclude(state=ItemState.VERIFIED)
+        if left.exists():
+            # Items still pending: a concurrent run of the same migration is behind
+            # this one; back to copying, which that run (or the next) finishes.
+            self.advance(MigrationState.VERIFYING, MigrationState.COPYING)
+
+    # -- 3. switch -------------------------------------------------------------
+    def switch(self) -> None:
+        with transaction.atomic():
+            locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
+            if locked.state != MigrationState.SWITCHING:
+                self.state = str(locked.state)
+                return
+            if (
+                MigrationItem.objects.filter(migration=locked)
+                .exclude(state=ItemState.VERIFIED)
+                .exists()
+            ):
+                raise VerificationFailed("items were not all verified; nothing was switched")
+            switched = StoredObject.objects.filter(
+                tenant_id=locked.tenant_id,
+                pk__in=MigrationItem.objects.filter(migration=locked).values("object_id"),
+            ).update(
+                location=locked.target_location,
+                dek_id=locked.target_dek_id,
+                updated=timezone.now(),
+            )
+            locked.state = MigrationState.DELETING
+            locked.checkpoint = 0
+            locked.save(update_fields=["state", "checkpoint", "updated"])
+            logger.info(
+                "objects of %s switched to %s: %d", self.tenant_id, locked.target_location, switched
+            )
+        self.state = MigrationState.DELETING
+
+    # -- 4. delete -------------------------------------------------------------
+    def delete_sources(self) -> None:
+        for page in _items(self.m.pk, ItemState.VERIFIED):
+            for item_id, key, _sha, _size, source_location in page:
+                self.storage(source_location).delete(key)
+                self._mark(item_id, ItemState.VERIFIED, ItemState.DELETED, deleted=1)
+        with transaction.atomic():
+            locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
+            if locked.state != MigrationState.DELETING:
+                self.state = str(locked.state)
+                return
+            locked.state = MigrationState.DONE
+            locked.finished = timezone.now()
+            locked.save(update_fields=["state", "finished", "updated"])
+            record(
+                tenant=self.tenant,
+                actor=Actor.system("object migration"),
+                action="objects.migration_done",
+                target=locked.direction,
+                details={
+                    "migration": str(locked.pk),
+                    "objects": locked.total,
+                    "bytes": locked.bytes_total,
+                    "to": locked.target_location,
+                },
+            )
+            _send_finished(locked)
+        self.state = MigrationState.DONE
+
+    # -- endings ---------------------------------------------------------------
+    def fail(self, reason: str) -> str:
+        with transaction.atomic():
+            locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
+            if locked.state in (
+                MigrationState.DONE,
+                MigrationState.FAILED,
+                MigrationState.DELETING,
+            ):
+                return str(locked.state)
+            locked.state = MigrationState.FAILED
+            locked.error = reason
+            locked.finished = timezone.now()
+            locked.save(update_fields=["state", "error", "finished", "updated"])
+            record(
+                tenant=self.tenant,
+                actor=Actor.system("object migration"),
+                action="objects.migration_failed",
+                outcome=Outcome.FAILURE,
+                target=locked.direction,
+                reason=reason,
+                details={"migration": str(locked.pk), "copied": locked.copied},
+            )
+            notify_key_admins(
+                self.tenant,
+                "moving your objects stopped",
+                "Keyward stopped moving this tenant's objects because a check failed:\n\n"
+                f"{reason}\n\nEvery object is still in its original location and readable; "
+                "nothing was deleted. Contact support to resume the move.",
+            )
+            _send_finished(locked)
+        logger.error("object migration %s failed: %s", locked.pk, reason)
+        return MigrationState.FAILED
+
+    def stop(self, reason: str) -> str:
+        with transaction.atomic():
+            locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
+            if locked.state not in (
+                MigrationState.COPYING,
+                MigrationState.VERIFYING,
+                MigrationState.MANIFEST,
+            ):
+                return str(locked.state)
+            locked.state = MigrationState.STOPPED
+            locked.error = reason
+            locked.save(update_fields=["state", "error", "updated"])
+            record(
+                tenant=self.tenant,
+                actor=Actor.system("object migration"),
+                action="objects.migration_stopped",
+                outcome=Outcome.FAILURE,
+                target=locked.direction,
+                reason=f"stopped, resumes when the tenant migrates again: {reason}",
+                details={"migration": str(locked.pk)},
+            )
+        return MigrationState.STOPPED
+
+
+def _manifest_pages(migration_id: Any) -> Iterator[list[tuple[str, int]]]:
+    after = 0
+    while True:
+        page = list(
+            MigrationItem.objects.filter(migration_id=migration_id, id__gt=after)
+            .order_by("id")
+            .values_list("id", "key", "size")[:2000]
+        )
+        if not page:
+            return
+        yield [(key, size) for _id, key, size in page]
+        after = page[-1][0]
+
+
+def _named(keys: list[str]) -> str:
+    if not keys:
+        return ""
+    shown = ", ".join(repr(k) for k in keys[:_SHOWN])
+    return f": {shown}{', ...' if len(keys) > _SHOWN else ''}"
+
+
+def _send_finished(migration: ObjectMigration) -> None:
+    transaction.on_commit(
+        lambda: migration_finished.send(sender=ObjectMigration, migration=migration)
+    )

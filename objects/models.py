@@ -1,0 +1,175 @@
+"""Encrypted objects (blobs) and the moves of a tenant's objects between storage locations."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from archive.storage import InvalidKey, validate_key
+from keys.models import DataKey
+from tenants.models import Tenant
+
+
+class Location(models.TextChoices):
+    SHARED = "shared", "Shared storage"
+    DEDICATED = "dedicated", "Dedicated storage"
+
+
+def validate_object_key(value: str) -> None:
+    try:
+        validate_key(value)
+    except InvalidKey as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class StoredObject(models.Model):
+    """One blob of a tenant: where its ciphertext lives and what it decrypts to.
+
+    The ciphertext itself (archive/segments.py format) is in the storage
+    location named here, under `key`; it names its DEK in its header too.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="stored_objects")
+    key = models.CharField(max_length=1024, validators=[validate_object_key])
+    location = models.CharField(max_length=16, choices=Location.choices)
+    size = models.BigIntegerField()
+    ciphertext_size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)  # hex SHA-256 of the plaintext
+    dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="stored_objects")
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="one_object_per_tenant_key")
+        ]
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.size} bytes, {self.location})"
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.sha256}"'
+
+
+class Direction(models.TextChoices):
+    TO_DEDICATED = "to_dedicated", "To dedicated storage"
+    TO_SHARED = "to_shared", "Back to shared storage"
+
+
+class MigrationState(models.TextChoices):
+    MANIFEST = "manifest", "Taking the manifest"
+    COPYING = "copying", "Copying"
+    VERIFYING = "verifying", "Verifying"
+    SWITCHING = "switching", "Switching"
+    DELETING = "deleting", "Deleting the old copies"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+
+
+OPEN_MIGRATION_STATES = (
+    MigrationState.MANIFEST,
+    MigrationState.COPYING,
+    MigrationState.VERIFYING,
+    MigrationState.SWITCHING,
+    MigrationState.DELETING,
+    MigrationState.STOPPED,
+)
+FINISHED_MIGRATION_STATES = (MigrationState.DONE, MigrationState.FAILED)
+
+
+class ObjectMigration(models.Model):
+    """Moving every object of a tenant to another location, re-encrypted under `target_dek`.
+
+    The manifest (MigrationItem rows, taken at the start) and each item's state
+    are the checkpoint: a run killed at any point continues from them.
+    `checkpoint` is the id of the last item whose current step is done, so a
+    resumed run starts after it without scanning the ones before.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="object_migrations")
+    direction = models.CharField(max_length=16, choices=Direction.choices)
+    state = models.CharField(
+        max_length=16, choices=MigrationState.choices, default=MigrationState.MANIFEST
+    )
+    source_location = models.CharField(max_length=16, choices=Location.choices)
+    target_location = models.CharField(max_length=16, choices=Location.choices)
+    target_dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="+")
+    total = models.BigIntegerField(default=0)
+    copied = models.BigIntegerField(default=0)
+    verified = models.BigIntegerField(default=0)
+    deleted = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_copied = models.BigIntegerField(default=0)
+    checkpoint = models.BigIntegerField(default=0)
+    started = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(state__in=[s.value for s in OPEN_MIGRATION_STATES]),
+                name="one_open_object_migration_per_tenant",
+            )
+        ]
+        ordering = ["-started"]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} of {self.tenant_id}: {self.state}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_MIGRATION_STATES
+
+    @property
+    def percent(self) -> int:
+        """Overall progress: copying is most of the work, then verifying, then deleting."""
+        if self.state == MigrationState.DONE:
+            return 100
+        if not self.total:
+            return 0
+        done = 0.7 * self.copied + 0.2 * self.verified + 0.1 * self.deleted
+        return min(99, int(100 * done / self.total))
+
+
+class ItemState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    COPIED = "copied", "Copied"
+    VERIFIED = "verified", "Verified"
+    DELETED = "deleted", "Source deleted"
+
+
+class MigrationItem(models.Model):
+    """One object of the manifest, as it was when the migration began."""
+
+    id = models.BigAutoField(primary_key=True)
+    migration = models.ForeignKey(ObjectMigration, on_delete=models.CASCADE, related_name="items")
+    object = models.ForeignKey(
+        StoredObject, on_delete=models.SET_NULL, null=True, related_name="migration_items"
+    )
+    key = models.CharField(max_length=1024)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    source_location = models.CharField(max_length=16, choices=Location.choices)
+    state = models.CharField(max_length=16, choices=ItemState.choices, default=ItemState.PENDING)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["migration", "key"], name="one_item_per_migration_key")
+        ]
+        indexes = [models.Index(fields=["migration", "state", "id"])]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.state}"

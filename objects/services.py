@@ -1,0 +1,179 @@
+"""Storing, reading and deleting a tenant's encrypted objects.
+
+An object is streamed through archive.segments under the tenant's current
+DEK into its current location, and its row (where it is, which DEK, the
+plaintext SHA-256) is written once the storage holds the whole ciphertext.
+
+Writes hold a shared lock on the tenant's row from their state check to
+their row's commit (PostgreSQL `FOR SHARE`): a move of the tenant's objects
+locks the row to change its state and take its manifest, so it waits for
+writes in flight and no write lands after the manifest was taken. Writes
+are not audited one by one (data-plane traffic, like records).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from archive.segments import Digest, decrypt_stream, encrypt_stream
+from archive.services import ServicePaused
+from archive.storage import validate_key
+from keys.envelope import KeyRevoked
+from objects.keyring import current_object_key, dek_material
+from objects.locations import current_location, ensured, storage_for
+from objects.models import StoredObject
+from tenants.models import PAUSED_STATES, ServiceState, Tenant
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,255}")
+_BINDING_PREFIX = b"keyward object v1\x00"
+
+
+class ObjectTooLarge(Exception):
+    """The object is over KEYWARD_OBJECT_MAX_BYTES; nothing was stored."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an object is at most {limit} bytes")
+        self.limit = limit
+
+
+class ObjectNotFound(Exception):
+    """No object under that key for this tenant (another tenant's is not found either)."""
+
+
+class ObjectMismatch(Exception):
+    """The stored ciphertext is not the one the object's row describes."""
+
+
+def object_binding(tenant_id: str, key: str) -> bytes:
+    """What an object's segments are bound to: a blob copied to another key or tenant fails."""
+    tenant = tenant_id.encode()
+    return _BINDING_PREFIX + len(tenant).to_bytes(2, "big") + tenant + key.encode("utf-8")
+
+
+def max_object_bytes() -> int:
+    return int(settings.KEYWARD_OBJECT_MAX_BYTES)
+
+
+def _locked_state(tenant: Tenant) -> str:
+    """The tenant's state, with its row share-locked until the transaction ends."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT state FROM tenants_tenant WHERE id = %s FOR SHARE", [tenant.pk])
+            row = cursor.fetchone()
+        if row is None:
+            raise Tenant.DoesNotExist(str(tenant.pk))
+        return str(row[0])
+    # SQLite (embedded) serialises writers on the database file instead.
+    return str(Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk))
+
+
+def _check_writable(state: str) -> None:
+    if state in (ServiceState.REVOKED, ServiceState.DESTROYED):
+        raise KeyRevoked(f"the tenant's key is {state}: its data cannot be written")
+    if state in PAUSED_STATES:
+        raise ServicePaused(
+            f"The tenant's service is paused ({ServiceState(state).label}); retry later."
+        )
+
+
+def _limited(chunks: Iterable[bytes], digest: Digest, limit: int) -> Iterator[bytes]:
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if digest.size + len(chunk) > limit:
+            raise ObjectTooLarge(limit)
+        digest.update(chunk)
+        yield chunk
+
+
+def object_put(
+    *,
+    tenant: Tenant,
+    key: str,
+    chunks: Iterable[bytes],
+    content_type: str = DEFAULT_CONTENT_TYPE,
+) -> StoredObject:
+    """Store (or replace) the object `key`, streaming `chunks` through encryption.
+
+    Raises InvalidKey / ValueError for a bad key or content type, ObjectTooLarge
+    (nothing stored, the previous version untouched), ServicePaused while the
+    tenant is paused or its objects move, KeyRevoked, and the key stores' errors.
+    """
+    validate_key(key)
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise ValueError("a content type is 1 to 255 printable ASCII characters")
+    limit = max_object_bytes()
+    tenant_id = str(tenant.pk)
+    with transaction.atomic():
+        _check_writable(_locked_state(tenant))
+        location = current_location(tenant)
+        storage = ensured(tenant, location)
+        dek = current_object_key(tenant_id)
+        digest = Digest()
+        stored = storage.put(
+            key,
+            encrypt_stream(
+                _limited(chunks, digest, limit),
+                dek=dek.material,
+                dek_id=dek.dek_id,
+                binding=object_binding(tenant_id, key),
+            ),
+        )
+        obj, _created = StoredObject.objects.update_or_create(
+            tenant=tenant,
+            key=key,
+            defaults={
+                "location": location,
+                "size": digest.size,
+                "ciphertext_size": stored.size,
+                "sha256": digest.hexdigest(),
+                "dek_id": dek.dek_id,
+                "content_type": content_type,
+            },
+        )
+    return obj
+
+
+def object_head(*, tenant: Tenant, key: str) -> StoredObject:
+    obj = StoredObject.objects.filter(tenant=tenant, key=key).first()
+    if obj is None:
+        raise ObjectNotFound(key)
+    return obj
+
+
+def object_open(*, tenant: Tenant, key: str) -> tuple[StoredObject, Iterator[bytes]]:
+    """The object's row and its plaintext, streamed and authenticated segment by segment.
+
+    The DEK and the stored bytes are reached before returning, so a revoked key,
+    an unreachable key store or a missing blob raise here, not mid-stream. A
+    ciphertext that fails to authenticate raises ObjectUnauthentic while
+    streaming: the caller must abort the response, not end it cleanly.
+    """
+    obj = object_head(tenant=tenant, key=key)
+    tenant_id = str(tenant.pk)
+    material = dek_material(tenant_id, obj.dek_id)
+
+    def key_for(dek_id: int) -> bytes:
+        if dek_id != obj.dek_id:
+            raise ObjectMismatch("the stored object names another data key than its row")
+        return material
+
+    pieces = storage_for(tenant, obj.location).get(key)
+    return obj, decrypt_stream(pieces, key_for=key_for, binding=object_binding(tenant_id, key))
+
+
+def object_delete(*, tenant: Tenant, key: str) -> None:
+    """Delete the object: its bytes first, then its row (a retry finishes either way)."""
+    validate_key(key)
+    with transaction.atomic():
+        _check_writable(_locked_state(tenant))
+        obj = StoredObject.objects.select_for_update().filter(tenant=tenant, key=key).first()
+        if obj is None:
+            raise ObjectNotFound(key)
+        storage_for(tenant, obj.location).delete(key)
+        obj.delete()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from archive.storage import StorageError
+from keys.providers.base import KeyUnavailable
+from objects.migration import MIGRATING_STATES, migration_run
+from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    name="objects.run_migration",
+    autoretry_for=(KeyUnavailable, StorageError, ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=10,
+)
+def run_migration(migration_id: str) -> str:
+    """Run or resume a move of a tenant's objects (idempotent: see migration_run)."""
+    return migration_run(migration_id)
+
+
+@shared_task(name="objects.resume_migrations")
+def resume_migrations() -> int:
+    """Beat: send again the migrations that a lost worker left open, or that were
+    stopped while the tenant left the migrating state and may go on now."""
+    resumed = 0
+    open_ = ObjectMigration.objects.filter(
+        state__in=OPEN_MIGRATION_STATES, tenant__state__in=MIGRATING_STATES
+    ).values_list("pk", "state")
+    for migration_id, state in open_:
+        logger.info("resuming object migration %s (%s)", migration_id, state)
+        run_migration.delay(str(migration_id))
+        resumed += 1
+    # After the switch the tenant's state does not matter: finish deleting.
+    for migration_id in (
+        ObjectMigration.objects.filter(state=MigrationState.DELETING)
+        .exclude(tenant__state__in=MIGRATING_STATES)
+        .values_list("pk", flat=True)
+    ):
+        run_migration.delay(str(migration_id))
+        resumed += 1
+    return resumed

@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from django.core import mail
+
+import objects.migration
+from archive.services import ServicePaused
+from audit.models import AuditEvent
+from objects.locations import ensured, storage_for
+from objects.migration import MigrationRefused, migration_run, migration_start
+from objects.models import Direction, ItemState, Location, MigrationState, StoredObject
+from objects.selectors import migration_progress, objects_usage
+from objects.services import object_open, object_put
+from objects.signals import migration_finished
+from tenants.models import ServiceState
+from tests.objects.conftest import (
+    MIGRATING,
+    MIGRATING_BACK,
+    active_dek,
+    new_target_dek,
+    random_blobs,
+    set_state,
+)
+
+
+def read_all(tenant: Any, key: str) -> bytes:
+    _obj, stream = object_open(tenant=tenant, key=key)
+    return b"".join(stream)
+
+
+def with_objects(tenant: Any, n: int = 30) -> dict[str, bytes]:
+    blobs = random_blobs(n)
+    for key, data in blobs.items():
+        object_put(tenant=tenant, key=key, chunks=[data])
+    return blobs
+
+
+def keys_at(tenant: Any, location: str) -> list[str]:
+    return [o.key for o in storage_for(tenant, location).list()]
+
+
+@pytest.fixture
+def finished() -> Any:
+    seen: list[Any] = []
+
+    def receiver(sender: Any, migration: Any, **_: Any) -> None:
+        seen.append(migration)
+
+    migration_finished.connect(receiver)
+    yield seen
+    migration_finished.disconnect(receiver)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_to_dedicated_and_back_keeps_every_object(acme, finished) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant)
+    old = active_dek(tenant)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    assert migration.total == 30 and migration.bytes_total == sum(map(len, blobs.values()))
+    assert migration.items.filter(state=ItemState.PENDING).count() == 30
+    with pytest.raises(ServicePaused):
+        object_put(tenant=tenant, key="late", chunks=[b"x"])
+
+    assert migration_run(str(migration.pk)) == MigrationState.DONE
+    migration.refresh_from_db()
+    assert (migration.copied, migration.verified, migration.deleted) == (30, 30, 30)
+    assert migration.percent == 100 and migration.finished is not None
+    assert [m.pk for m in finished] == [migration.pk]
+    assert keys_at(tenant, Location.SHARED) == []
+    assert keys_at(tenant, Location.DEDICATED) == sorted(blobs)
+    rows = StoredObject.objects.filter(tenant=tenant)
+    assert set(rows.values_list("location", "dek_id")) == {(Location.DEDICATED, target.pk)}
+    assert old.pk != target.pk
+    for key, data in blobs.items():
+        assert read_all(tenant, key) == data
+    assert AuditEvent.objects.filter(tenant=tenant, action="objects.migration_done").count() == 1
+    assert migration_run(str(migration.pk)) == MigrationState.DONE  # a no-op now
+    assert AuditEvent.objects.filter(tenant=tenant, action="objects.migration_done").count() == 1
+    assert len(finished) == 1
+
+    # And back, under a vendor-managed DEK.
+    set_state(tenant, ServiceState.VENDOR_MANAGED)
+    back_dek = new_target_dek(tenant)
+    set_state(tenant, MIGRATING_BACK)
+    back = migration_start(tenant=tenant, direction=Direction.TO_SHARED, target_dek_id=back_dek.pk)
+    assert migration_run(str(back.pk)) == MigrationState.DONE
+    assert keys_at(tenant, Location.DEDICATED) == []
+    assert keys_at(tenant, Location.SHARED) == sorted(blobs)
+    assert set(rows.values_list("location", "dek_id")) == {(Location.SHARED, back_dek.pk)}
+    for key, data in blobs.items():
+        assert read_all(tenant, key) == data
+    usage = objects_usage(tenant)
+    assert usage.count == 30 and [r.label for r in usage.by_location] == ["shared"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reads_serve_objects_from_the_source_until_the_switch(acme, monkeypatch) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 5)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    seen: dict[str, bytes] = {}
+    real_switch = objects.migration._Run.switch
+
+    def reading_switch(self: Any) -> None:
+        # Everything copied and verified, nothing switched: rows still say shared.
+        for key in blobs:
+            assert StoredObject.objects.get(tenant=tenant, key=key).location == Location.SHARED
+            seen[key] = read_all(tenant, key)
+        assert migration_progress(tenant) is not None
+        real_switch(self)
+
+    monkeypatch.setattr(objects.migration._Run, "switch", reading_switch)
+    assert migration_run(str(migration.pk)) == MigrationState.DONE
+    assert seen == blobs
+    assert migration_progress(tenant) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_corrupt_copy_fails_the_move_and_keeps_everything(acme, monkeypatch, finished) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 10)
+    before = list(
+        StoredObject.objects.filter(tenant=tenant).values_list("key", "location", "dek_id")
+    )
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    victim = sorted(blobs)[3]
+    real_verify = objects.migration._Run.verify
+
+    def corrupting_verify(self: Any) -> None:
+        dedicated = storage_for(tenant, Location.DEDICATED)
+        blob = bytearray(b"".join(dedicated.get(victim)))
+        blob[-40] ^= 1  # one bit in the last segment
+        dedicated.put(victim, [bytes(blob)])
+        real_verify(self)
+
+    monkeypatch.setattr(objects.migration._Run, "verify", corrupting_verify)
+    assert migration_run(str(migration.pk)) == MigrationState.FAILED
+    migration.refresh_from_db()
+    assert victim in migration.error and "does not authenticate" in migration.error
+    assert migration.deleted == 0 and migration.finished is not None
+    assert keys_at(tenant, Location.SHARED) == sorted(blobs)  # sources kept
+    after = list(
+        StoredObject.objects.filter(tenant=tenant).values_list("key", "location", "dek_id")
+    )
+    assert after == before  # rows untouched
+    for key, data in blobs.items():
+        assert read_all(tenant, key) == data
+    event = AuditEvent.objects.get(tenant=tenant, action="objects.migration_failed")
+    assert event.outcome == "failure" and victim in event.reason
+    assert [m.pk for m in finished] == [migration.pk]
+    assert any("moving your objects stopped" in m.subject for m in mail.outbox)
+    monkeypatch.setattr(objects.migration._Run, "verify", real_verify)
+    assert migration_run(str(migration.pk)) == MigrationState.FAILED  # stays failed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_object_in_the_target_fails_verification(acme) -> None:
+    tenant = acme.tenant
+    with_objects(tenant, 3)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    ensured(tenant, Location.DEDICATED).put("stray", [b"not ours"])
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    assert migration_run(str(migration.pk)) == MigrationState.FAILED
+    migration.refresh_from_db()
+    assert "'stray'" in migration.error and "not in the manifest" in migration.error
+    assert len(keys_at(tenant, Location.SHARED)) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_source_that_does_not_match_the_manifest_fails(acme) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 3)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    key = sorted(blobs)[0]
+    migration.items.filter(key=key).update(sha256=hashlib.sha256(b"other").hexdigest())
+    assert migration_run(str(migration.pk)) == MigrationState.FAILED
+    assert "checksum" in type(migration).objects.get(pk=migration.pk).error
+    assert len(keys_at(tenant, Location.SHARED)) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_stops_when_the_tenant_leaves_migrating_and_resumes_later(acme) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 4)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    set_state(tenant, ServiceState.DEGRADED)
+    assert migration_run(str(migration.pk)) == MigrationState.STOPPED
+    assert keys_at(tenant, Location.SHARED) == sorted(blobs)
+    set_state(tenant, MIGRATING)
+    assert migration_run(str(migration.pk)) == MigrationState.DONE
+    assert keys_at(tenant, Location.DEDICATED) == sorted(blobs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_is_refused_unless_migrating_and_is_idempotent(acme, globex) -> None:
+    tenant = acme.tenant
+    with_objects(tenant, 2)
+    target = new_target_dek(tenant)
+    with pytest.raises(MigrationRefused):
+        migration_start(tenant=tenant, direction=Direction.TO_DEDICATED, target_dek_id=target.pk)
+    set_state(tenant, MIGRATING)
+    with pytest.raises(MigrationRefused):  # another tenant's DEK
+        migration_start(
+            tenant=tenant,
+            direction=Direction.TO_DEDICATED,
+            target_dek_id=active_dek(globex.tenant).pk,
+        )
+    first = migration_start(
+        tenant=tenant, direction=Direction.TO_DEDICATED, target_dek_id=target.pk
+    )
+    again = migration_start(
+        tenant=tenant, direction=Direction.TO_DEDICATED, target_dek_id=target.pk
+    )
+    assert again.pk == first.pk and first.items.count() == 2
+    with pytest.raises(MigrationRefused):
+        migration_start(tenant=tenant, direction=Direction.TO_SHARED, target_dek_id=target.pk)
