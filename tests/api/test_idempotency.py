@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from api.models import IdempotencyKey
+from archive.models import Record
+from tests.api.conftest import Api, issue, user_record
+
+
+def test_a_retry_returns_the_first_result_and_stores_once(acme, api) -> None:
+    headers = {"Idempotency-Key": "create-u-1"}
+    first = api.post("records", user_record(), headers)
+    again = api.post("records", user_record(), headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first
+    assert Record.objects.filter(tenant=acme.tenant).count() == 1
+
+
+def test_key_order_and_whitespace_do_not_make_another_request(api) -> None:
+    headers = {"Idempotency-Key": "k"}
+    assert api.post("records", user_record(), headers).status_code == 201
+    body = '{ "fields": {"full_name": "Ada Lovelace", "email": "Ada@Example.com"},'
+    body += ' "external_id": "u-1", "kind": "user" }'
+    assert api.post("records", body, headers).status_code == 201
+
+
+def test_the_same_key_with_another_body_is_409(acme, api) -> None:
+    headers = {"Idempotency-Key": "k"}
+    assert api.post("records", user_record("a"), headers).status_code == 201
+    response = api.post("records", user_record("b"), headers)
+    assert response.status_code == 409
+    assert response.json()["error"] == {
+        "code": "idempotency_key_reused",
+        "message": "This Idempotency-Key was already used with a different request.",
+        "field": "Idempotency-Key",
+    }
+    assert not Record.objects.filter(external_id="b").exists()
+
+
+def test_keys_belong_to_one_tenant(acme, globex, api) -> None:
+    other = Api(issue(globex.tenant).text)
+    headers = {"Idempotency-Key": "shared"}
+    assert api.post("records", user_record("a"), headers).status_code == 201
+    assert other.post("records", user_record("b"), headers).status_code == 201
+
+
+def test_a_failed_create_is_not_remembered(acme, api) -> None:
+    from tenants.models import ServiceState, Tenant
+
+    headers = {"Idempotency-Key": "k"}
+    Tenant.objects.filter(pk=acme.tenant.pk).update(state=ServiceState.MIGRATING)
+    assert api.post("records", user_record(), headers).status_code == 503
+    Tenant.objects.filter(pk=acme.tenant.pk).update(state=ServiceState.VENDOR_MANAGED)
+    assert api.post("records", user_record(), headers).status_code == 201
+    assert "Idempotent-Replayed" not in api.post(
+        "records", user_record("z"), {"Idempotency-Key": "z"}
+    )
+
+
+def test_keys_expire_after_24_hours(acme, api) -> None:
+    headers = {"Idempotency-Key": "k"}
+    assert api.post("records", user_record("a"), headers).status_code == 201
+    IdempotencyKey.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = api.post("records", user_record("b"), headers)
+    assert response.status_code == 201 and "Idempotent-Replayed" not in response
+    row = IdempotencyKey.objects.get()
+    assert row.expires_at - row.created == timedelta(hours=24)
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
+def test_a_malformed_key_is_400(api, key) -> None:
+    response = api.post("records", user_record(), {"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_retries_store_once(acme) -> None:
+    assert connection.vendor == "postgresql"
+    text = issue(acme.tenant).text
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def send() -> None:
+        try:
+            client = Api(text)
+            barrier.wait()
+            results.append(client.post("records", user_record(), {"Idempotency-Key": "race"}))
+        finally:
+            connection.close()
+
+    for _ in range(5):
+        results.clear()
+        IdempotencyKey.objects.all().delete()
+        Record.objects.filter(tenant=acme.tenant).delete()
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in results] == [201, 201]
+        assert results[0].json() == results[1].json()
+        assert sorted(r.has_header("Idempotent-Replayed") for r in results) == [False, True]
+        assert Record.objects.filter(tenant=acme.tenant).count() == 1

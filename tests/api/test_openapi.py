@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from api.errors import ERROR_CODES
+
+CODES = {
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "invalid_json",
+    "invalid_field",
+    "unknown_kind",
+    "too_large",
+    "idempotency_key_reused",
+    "paused",
+    "migrating",
+    "key_revoked",
+    "key_unavailable",
+}
+
+
+def test_the_document_is_served_and_describes_every_route(db) -> None:
+    response = Client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {"/records", "/records/{id}", "/objects/{key}"}
+    assert set(doc["paths"]["/records"]) == {"get", "post"}
+    assert set(doc["paths"]["/records/{id}"]) == {"parameters", "get", "delete"}
+    assert set(doc["paths"]["/objects/{key}"]) == {"parameters", "put", "get", "head", "delete"}
+    resolver = get_resolver()
+    api_routes = [
+        str(p.pattern)
+        for r in resolver.url_patterns
+        if isinstance(r, URLResolver) and str(r.pattern) == "api/v1/"
+        for p in r.url_patterns
+        if isinstance(p, URLPattern)
+    ]
+    assert set(api_routes) == {"records", "records/<uuid:uid>", "openapi.json"}
+
+
+def test_every_error_code_is_documented_with_its_status(db) -> None:
+    doc = Client().get("/api/v1/openapi.json").json()
+    error = doc["components"]["schemas"]["Error"]
+    assert set(error["properties"]["error"]["properties"]["code"]["enum"]) >= CODES
+    assert set(error["x-error-codes"]) == set(ERROR_CODES)
+    text = str(doc["paths"])
+    for code in CODES:
+        assert f"`{code}`" in text, code
+    put = doc["paths"]["/objects/{key}"]["put"]
+    assert "413" in put["responses"] and "503" in put["responses"]
+    get = doc["paths"]["/objects/{key}"]["get"]["responses"]["200"]["headers"]
+    assert {"ETag", "X-Content-SHA256", "Digest"} <= set(get)
+    assert doc["paths"]["/records"]["post"]["security"] == [{"bearer": ["records:write"]}]
