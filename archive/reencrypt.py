@@ -4,23 +4,25 @@ On PostgreSQL a batch is: read the next sealed rows after the checkpoint that
 are under any other DEK of the tenant (binary results: bytea arrives as bytes),
 decrypt and re-seal each record's personal fields in memory, COPY the new
 values (binary) into a temporary table and write them back with ONE
-`UPDATE ... FROM` it. On SQLite (the embedded default) the same batch is
-written with executemany.
+`UPDATE ... FROM` it; two batches are in flight at once (`ReencryptionPass`).
+On SQLite (the embedded default) the same batch is written with executemany,
+one at a time.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from archive.bulk import is_postgres, raw_cursor
 from archive.services import PII_FIELD
@@ -43,9 +45,23 @@ from tenants.models import Tenant
 Transform = Callable[[str, list[tuple[Any, ...]], int], tuple[list[int], list[bytes]]]
 
 _SELECT = (
-    "SELECT s.record_id, r.uid{text}, r.kind, s.dek_id, s.pii{version} "
+    "SELECT s.record_id, r.uid, r.kind, s.dek_id, s.pii "
     "FROM archive_sealedfields AS s JOIN archive_record AS r ON r.id = s.record_id "
     "WHERE s.dek_id IN ({deks}) AND s.record_id > %s ORDER BY s.record_id LIMIT %s"
+)
+# PostgreSQL: one index range per older DEK, merged in record order (a Merge
+# Append), each stopping after a batch; an IN list over the (dek, record)
+# index would sort every remaining row of those DEKs on every batch.
+_PG_BRANCH = (
+    "(SELECT record_id, dek_id, pii, xmin::text AS version FROM archive_sealedfields "
+    "WHERE dek_id = %s AND record_id > %s ORDER BY record_id LIMIT %s)"
+)
+_PG_SELECT = (
+    "SELECT s.record_id, r.uid::text, r.kind, s.dek_id, s.pii, s.version "
+    "FROM ({branches}) AS s JOIN archive_record AS r ON r.id = s.record_id "
+    # Said again of r: without it the merge join reads the records table from
+    # its first row on every batch, and the job slows down as it goes.
+    "WHERE r.id > %s ORDER BY s.record_id LIMIT %s"
 )
 _CREATE_BATCH_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS reencrypt_batch "
@@ -59,6 +75,16 @@ _UPDATE_FROM_BATCH = (
     # The range lets the join start at the batch instead of the table's first row.
     "AND s.record_id BETWEEN %s AND %s"
 )
+# Connections whose batch table has statistics. Analyzed once: the row count
+# per page stays true from batch to batch, and the planner scales it by the
+# table's current size, so the plan stays a join over the batch's range.
+_analyzed: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+# Batches written at once on PostgreSQL, each by a thread with its own
+# connection: the row updates (heap, both indexes, the DEK foreign key check)
+# are the cost, and one backend does them on one core while the other re-seals
+# and writes the next batch. SQLite has one writer: one batch at a time.
+WORKERS = 2
 
 
 def _older_deks(tenant: Tenant, target: DataKey) -> list[int]:
@@ -127,40 +153,53 @@ class Batch:
         return self.ids[-1]
 
 
+def read_rows(*, older: list[int], after_id: int, size: int) -> list[tuple[Any, ...]]:
+    """The next `size` sealed rows after `after_id` under any of the `older` DEKs."""
+    if not older:
+        return []
+    if is_postgres():
+        branches = " UNION ALL ".join([_PG_BRANCH] * len(older))
+        params: list[int] = []
+        for dek_id in older:
+            params += [dek_id, after_id, size]
+        with raw_cursor() as cursor:
+            cursor.execute(
+                _PG_SELECT.format(branches=branches), [*params, after_id, size], binary=True
+            )
+            return cursor.fetchall()
+    deks = ", ".join(["%s"] * len(older))
+    with connection.cursor() as django_cursor:
+        django_cursor.execute(_SELECT.format(deks=deks), [*older, after_id, size])
+        # SQLite keeps UUIDs as 32 hex digits; the binding uses the usual form.
+        return [
+            (pk, str(uuid.UUID(uid)), kind, dek_id, pii)
+            for pk, uid, kind, dek_id, pii in django_cursor.fetchall()
+        ]
+
+
+def reseal(
+    *, tenant: Tenant, target: DataKey, rows: list[tuple[Any, ...]], transform: Transform | None
+) -> Batch:
+    """Re-seal rows that `read_rows` returned (no database access but the DEK budget)."""
+    tenant_id = str(tenant.pk)
+    envelope().spend(tenant_id, target.pk, len(rows))
+    ids, values = (transform or reencrypt_rows)(tenant_id, rows, target.pk)
+    versions = [row[5] for row in rows] if len(rows[0]) > 5 else []
+    return Batch(ids, values, versions)
+
+
 def read_batch(
     *, tenant: Tenant, target: DataKey, after_id: int, transform: Transform | None = None
 ) -> Batch | None:
     """Read the next rows after `after_id` under an older DEK and re-seal them (no writes)."""
-    size = settings.KEYWARD_REENCRYPT_BATCH
-    tenant_id = str(tenant.pk)
-    older = _older_deks(tenant, target)
-    if not older:
-        return None
-    deks = ", ".join(["%s"] * len(older))
-    if is_postgres():
-        with raw_cursor() as cursor:
-            cursor.execute(
-                _SELECT.format(text="::text", version=", s.xmin::text", deks=deks),
-                [*older, after_id, size],
-                binary=True,
-            )
-            rows = cursor.fetchall()
-    else:
-        with connection.cursor() as django_cursor:
-            django_cursor.execute(
-                _SELECT.format(text="", version="", deks=deks), [*older, after_id, size]
-            )
-            # SQLite keeps UUIDs as 32 hex digits; the binding uses the usual form.
-            rows = [
-                (pk, str(uuid.UUID(uid)), kind, dek_id, pii)
-                for pk, uid, kind, dek_id, pii in django_cursor.fetchall()
-            ]
+    rows = read_rows(
+        older=_older_deks(tenant, target),
+        after_id=after_id,
+        size=settings.KEYWARD_REENCRYPT_BATCH,
+    )
     if not rows:
         return None
-    envelope().spend(tenant_id, target.pk, len(rows))
-    ids, values = (transform or reencrypt_rows)(tenant_id, rows, target.pk)
-    versions = [row[5] for row in rows] if is_postgres() else []
-    return Batch(ids, values, versions)
+    return reseal(tenant=tenant, target=target, rows=rows, transform=transform)
 
 
 def write_batch(batch: Batch, target: DataKey) -> int:
@@ -184,7 +223,9 @@ def write_batch(batch: Batch, target: DataKey) -> int:
             copy.set_types(["int8", "bytea", "text"])
             for row in zip(batch.ids, batch.values, batch.versions, strict=True):
                 copy.write_row(row)
-        cursor.execute("ANALYZE reencrypt_batch")
+        if cursor.connection not in _analyzed:
+            cursor.execute("ANALYZE reencrypt_batch")
+            _analyzed.add(cursor.connection)
         cursor.execute(_UPDATE_FROM_BATCH, [target.pk, batch.ids[0], batch.last_id])
         return cursor.rowcount
 
@@ -199,14 +240,29 @@ def reencrypt_batch(
     return len(batch.ids), write_batch(batch, target), batch.last_id
 
 
-class BatchReader:
-    """Reads (and re-seals) the next batch while the caller writes the current one.
+# Called in each batch's transaction, after its write, with the rows rewritten
+# and the checkpoint; False when the job must stop (the batch is rolled back).
+SaveProgress = Callable[[int, int], bool]
 
-    On PostgreSQL a thread with its own connection reads one batch ahead, so
-    the decrypt/encrypt work and the database's UPDATE overlap on two cores.
-    Reading needs no lock (writes check each row's xmin) and reads from the
-    checkpoint on, so a crash anywhere still resumes exactly. On SQLite
-    (one writer, embedded) it reads in the caller's thread.
+
+class ReencryptionPass:
+    """One pass over the records after a checkpoint, batches written in parallel.
+
+    1. A worker takes the next batch under a lock: one SELECT, in record order,
+       after the previous batch taken. Batches never overlap.
+    2. Outside the lock it re-seals the rows (AES-GCM releases the GIL) and
+       writes them in ONE transaction together with the job's progress
+       (`save`): a batch and its progress commit or vanish together.
+    3. The checkpoint saved with batch n is the end of the longest run of
+       batches 0..m committed so far, n included: every row up to it is
+       written. A crash can leave later batches committed beyond the
+       checkpoint; a rerun reads from the checkpoint, and their rows, now under
+       the target DEK, are no longer selected. Nothing is skipped and nothing
+       is counted twice.
+    4. A row changed by another writer since it was read is not overwritten
+       (the xmin check in `write_batch`); the caller's next pass redoes it.
+
+    On SQLite (one writer) a single worker runs in the caller's thread.
     """
 
     def __init__(
@@ -215,52 +271,95 @@ class BatchReader:
         tenant: Tenant,
         target: DataKey,
         after_id: int,
+        save: SaveProgress,
         transform: Transform | None = None,
     ) -> None:
-        self._args = {"tenant": tenant, "target": target, "transform": transform}
-        self._after = after_id
-        self._threaded = is_postgres()
-        self._queue: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=1)
+        self._tenant, self._target, self._save, self._transform = tenant, target, save, transform
+        self._older = _older_deks(tenant, target)
+        self._size = settings.KEYWARD_REENCRYPT_BATCH
+        self._lock = threading.Lock()
+        self._after = after_id  # where the next batch starts
+        self._start = after_id
+        self._ends: list[int] = []  # last record id of each batch taken
+        self._committed: set[int] = set()  # batch numbers beyond the committed run
+        self._run_end = -1  # batches 0.._run_end are committed
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self._threaded:
-            self._thread = threading.Thread(target=self._run, name="reencrypt-reader", daemon=True)
-            self._thread.start()
+        self._errors: list[BaseException] = []
+        self.halted = False  # `save` said stop
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run the pass to its end (or until `save` says stop); raise a worker's error."""
+        if not is_postgres() or WORKERS == 1:
+            self._work()
+        else:
+            threads = [
+                threading.Thread(target=self._thread, name=f"reencrypt-{n}", daemon=True)
+                for n in range(WORKERS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if self._errors:
+            raise self._errors[0]
+
+    def _thread(self) -> None:
         try:
-            after = self._after
-            while not self._stop.is_set():
-                batch = read_batch(after_id=after, **self._args)  # type: ignore[arg-type]
-                self._put(batch)
-                if batch is None:
-                    return
-                after = batch.last_id
-        except BaseException as exc:
-            self._put(exc)
+            self._work()
         finally:
             connection.close()  # this thread's connection
 
-    def _put(self, item: Batch | BaseException | None) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+    def _work(self) -> None:
+        try:
+            while (taken := self._take()) is not None:
+                number, rows = taken
+                batch = reseal(
+                    tenant=self._tenant, target=self._target, rows=rows, transform=self._transform
+                )
+                with transaction.atomic():
+                    if is_postgres():
+                        # Not waiting for the WAL flush is safe here: a batch
+                        # lost in a server crash loses its checkpoint with it
+                        # and is redone by the rerun, and any later synchronous
+                        # commit (the DEK's retirement above all) flushes the
+                        # WAL up to and past it first.
+                        with raw_cursor() as cursor:
+                            cursor.execute("SET LOCAL synchronous_commit = off")
+                    # Looked up at each call: tests wrap it to simulate a crash.
+                    rewritten = write_batch(batch, self._target)
+                    if not self._save(rewritten, self._checkpoint_with(number)):
+                        transaction.set_rollback(True)
+                        self.halted = True
+                        self._stop.set()
+                        return
+                self._committed_batch(number)
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._stop.set()
 
-    def next(self) -> Batch | None:
-        if not self._threaded:
-            batch = read_batch(after_id=self._after, **self._args)  # type: ignore[arg-type]
-            if batch is not None:
-                self._after = batch.last_id
-            return batch
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def _take(self) -> tuple[int, list[tuple[Any, ...]]] | None:
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            rows = read_rows(older=self._older, after_id=self._after, size=self._size)
+            if not rows:
+                self._stop.set()
+                return None
+            self._after = rows[-1][0]
+            self._ends.append(self._after)
+            return len(self._ends) - 1, rows
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def _checkpoint_with(self, number: int) -> int:
+        """The checkpoint if batch `number` commits now."""
+        with self._lock:
+            end = self._run_end
+            while end + 1 == number or end + 1 in self._committed:
+                end += 1
+            return self._ends[end] if end >= 0 else self._start
+
+    def _committed_batch(self, number: int) -> None:
+        with self._lock:
+            self._committed.add(number)
+            while self._run_end + 1 in self._committed:
+                self._run_end += 1
+                self._committed.discard(self._run_end)

@@ -286,8 +286,8 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
 
     1. Each batch re-encrypts the next records after the checkpoint and moves
        the checkpoint in the same transaction: killed anywhere, a rerun
-       neither skips nor repeats a committed batch. The next batch is read
-       and re-sealed while this one is written (`BatchReader`).
+       neither skips nor repeats a committed batch. On PostgreSQL two
+       batches are re-sealed and written at once (`ReencryptionPass`).
     2. Rows changed while they were read are skipped by the write; a new pass
        from the start picks them up (at most three passes).
     3. When no record remains under an older DEK, those DEKs are retired and
@@ -330,30 +330,37 @@ def _reencryption_failed(job: ReencryptionJob, error: str) -> ReencryptionJob:
 
 
 def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> ReencryptionJob:
-    from archive.reencrypt import BatchReader, write_batch
+    from django.db.models import Value
+    from django.db.models.functions import Greatest
+
+    from archive.reencrypt import ReencryptionPass
     from archive.selectors import records_not_under
 
     ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
     tenant, target = job.tenant, job.target_dek
-    for _ in range(3):
-        reader = BatchReader(
-            tenant=tenant, target=target, after_id=job.last_record_id, transform=transform
+
+    def save(rewritten: int, checkpoint: int) -> bool:
+        # In the batch's transaction. Batches commit out of order, so the
+        # checkpoint only ever moves forward.
+        return (
+            ReencryptionJob.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+                done=F("done") + rewritten,
+                last_record_id=Greatest(F("last_record_id"), Value(checkpoint)),
+            )
+            == 1
         )
-        try:
-            while (batch := reader.next()) is not None:
-                with transaction.atomic():
-                    locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
-                    if locked.state != JobState.RUNNING:
-                        return locked
-                    locked.done += write_batch(batch, target)
-                    locked.last_record_id = batch.last_id
-                    locked.save(update_fields=["done", "last_record_id"])
-        finally:
-            reader.close()
+
+    for _ in range(3):
+        after = ReencryptionJob.objects.values_list("last_record_id", flat=True).get(pk=job.pk)
+        run = ReencryptionPass(
+            tenant=tenant, target=target, after_id=after, save=save, transform=transform
+        )
+        run.run()
+        if run.halted:
+            return ReencryptionJob.objects.get(pk=job.pk)
         if not records_not_under(tenant, target).exists():
             break
         ReencryptionJob.objects.filter(pk=job.pk).update(last_record_id=0)
-        job.last_record_id = 0
     retired = dek_retire_unused(tenant=tenant)
     with transaction.atomic():
         job = ReencryptionJob.objects.select_for_update().get(pk=job.pk)

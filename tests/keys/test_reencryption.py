@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -78,16 +79,18 @@ def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> N
     settings.KEYWARD_REENCRYPT_BATCH = 50
     tenant = tenant_with_old_data("initech", 400)
     before = snapshot(tenant)
-    job = ReencryptionJob.objects.create(
-        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=400
-    )
+    target = DataKey.objects.get(tenant=tenant, state="active")
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=400)
     real = archive.reencrypt.write_batch
-    calls = {"n": 0}
+    lock = threading.Lock()
+    calls: list[int] = []  # first record id of each batch written
 
     def crashing(batch, target):
-        calls["n"] += 1
+        with lock:  # two batches are written at once
+            calls.append(batch.ids[0])
+            crash = len(calls) == 3
         done = real(batch, target)
-        if calls["n"] == 3:
+        if crash:
             raise RuntimeError("worker lost")  # after the batch's UPDATE, before commit
         return done
 
@@ -95,12 +98,33 @@ def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> N
     with pytest.raises(RuntimeError):
         reencryption_run(job_id=str(job.pk))
     job.refresh_from_db()
-    assert (job.state, job.done, job.last_record_id > 0) == (JobState.RUNNING, 100, True)
+    assert job.state == JobState.RUNNING
+    # The two batches before the crash committed, and perhaps the one being
+    # written beside it; the crashed one did not.
+    assert job.done in (100, 150)
+    moved = SealedFields.objects.filter(record__tenant=tenant, dek=target)
+    assert moved.count() == job.done  # progress and data committed together
+    assert 0 < job.last_record_id < calls[2]  # the checkpoint is before the lost batch
+    assert not moved.filter(record_id__gte=calls[2], record_id__lt=calls[2] + 50).exists()
     monkeypatch.setattr(archive.reencrypt, "write_batch", real)
     job = reencryption_run(job_id=str(job.pk))
-    assert job.done == 400
+    assert job.done == 400  # nothing redone, nothing skipped
     assert_all_under_current(tenant)
     assert snapshot(tenant) == before
+
+
+def test_the_checkpoint_covers_only_batches_committed_in_order() -> None:
+    run = archive.reencrypt.ReencryptionPass.__new__(archive.reencrypt.ReencryptionPass)
+    run._lock, run._start, run._run_end, run._committed = threading.Lock(), 7, -1, set()
+    run._ends = [100, 200, 300, 400]
+    assert run._checkpoint_with(1) == 7  # batch 0 still being written
+    run._committed_batch(1)
+    assert run._checkpoint_with(2) == 7
+    assert run._checkpoint_with(0) == 200  # 0 commits: 0 and 1 are done
+    run._committed_batch(0)
+    assert run._checkpoint_with(3) == 200  # 2 is not committed
+    run._committed_batch(2)
+    assert run._checkpoint_with(3) == 400
 
 
 @pytest.mark.django_db(transaction=True)
@@ -152,44 +176,50 @@ def test_keys_page_shows_real_figures(db) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_row_changed_while_being_read_is_left_alone_then_redone(settings) -> None:
-    import threading
-
+def test_a_row_changed_while_being_read_is_not_overwritten(settings) -> None:
     from django.db import connections
+
+    from archive.pii import encode_fields
+    from archive.services import PII_FIELD
+    from keys.ciphertext import dek_id_of
 
     settings.KEYWARD_REENCRYPT_BATCH = 50
     tenant = tenant_with_old_data("initech", 120)
     before = snapshot(tenant)
-    victim = Record.objects.filter(tenant=tenant).order_by("id")[10]
-    job = ReencryptionJob.objects.create(
-        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=120
-    )
+    victim = Record.objects.filter(tenant=tenant, kind="user").order_by("id")[10]
+    target = DataKey.objects.get(tenant=tenant, state="active")
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=120)
     real = archive.reencrypt.reencrypt_rows
     fired: list[bool] = []
+    new_fields = {"name": "renamed", "email": "renamed@example.com"}
 
-    def concurrent_write(*args):
-        if not fired:
+    def concurrent_write(tenant_id, rows, target_id):
+        if not fired and any(row[0] == victim.pk for row in rows):
             fired.append(True)
 
-            def write() -> None:  # another connection, committed at once
-                Record.objects.filter(pk=victim.pk).update(external_id="renamed")
+            def write() -> None:  # the application saves new fields, committed at once
+                blob = envelope().encrypt(
+                    tenant_id, victim.kind, PII_FIELD, str(victim.uid), encode_fields(new_fields)
+                )
+                SealedFields.objects.filter(pk=victim.pk).update(dek_id=dek_id_of(blob), pii=blob)
                 connections.close_all()
 
             thread = threading.Thread(target=write)
             thread.start()
             thread.join()
-        return real(*args)
+        return real(tenant_id, rows, target_id)
 
     archive.reencrypt.reencrypt_rows = concurrent_write
     try:
         job = reencryption_run(job_id=str(job.pk))
     finally:
         archive.reencrypt.reencrypt_rows = real
-    assert job.state == JobState.DONE
-    assert job.done == 120  # 119 in the first pass, the changed row in the second
+    assert fired and job.state == JobState.DONE
+    assert job.done == 119  # the victim was read, but its stale re-sealed copy was dropped
     assert_all_under_current(tenant)
-    assert snapshot(tenant) == before
-    assert Record.objects.get(pk=victim.pk).external_id == "renamed"
+    after = snapshot(tenant)
+    assert after.pop(str(victim.uid)) == new_fields  # the newer write survived
+    assert after == {uid: f for uid, f in before.items() if uid != str(victim.uid)}
 
 
 @pytest.mark.django_db(transaction=True)
