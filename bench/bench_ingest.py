@@ -1,0 +1,181 @@
+"""Records created per second through the API, against the same endpoint without crypto.
+
+Two gunicorn servers on PostgreSQL (DATABASE_URL) serve the same code: one as
+in production, one with KEYWARD_API_BENCH_PLAINTEXT on (fields stored
+unencrypted, lookup rows under an unkeyed hash; a setting production refuses).
+8 client threads, each on a keep-alive connection, POST /api/v1/records with
+an Idempotency-Key, a user record with five personal fields (four indexed).
+Rounds alternate between the servers so both see the same machine; each
+figure is the best round.
+
+    .venv/bin/python bench/bench_ingest.py
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+os.environ.setdefault("KEYWARD_MODE", "embedded")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from api.tokens import api_token_create  # noqa: E402
+from audit.services import Actor  # noqa: E402
+from tenants.services import tenant_create  # noqa: E402
+
+CLIENTS = 8
+WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", str(max(2, 2 * (os.cpu_count() or 1)))))
+PER_ROUND = int(os.environ.get("BENCH_INGEST_RECORDS", "2000"))
+ROUNDS = 3
+TARGET_RATIO = 0.7
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(plaintext: bool) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "KEYWARD_API_BENCH_PLAINTEXT": "true" if plaintext else "false"}
+    server = subprocess.Popen(
+        [
+            str(ROOT / ".venv/bin/gunicorn"),
+            "console.wsgi:application",
+            f"--bind=127.0.0.1:{port}",
+            f"--workers={WORKERS}",
+            "--worker-class=sync",
+            "--keep-alive=30",
+            "--log-level=warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/api/v1/openapi.json")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    sys.exit("gunicorn did not start")
+
+
+def body(n: int, run: str) -> bytes:
+    return json.dumps(
+        {
+            "kind": "user",
+            "external_id": f"{run}-{n}",
+            "fields": {
+                "email": f"person{n}@example.com",
+                "full_name": f"Person Number {n}",
+                "sid": f"S-1-5-21-1000-{n}",
+                "user_principal_name": f"person{n}@corp.example.com",
+                "entra_name": f"person{n}",
+            },
+        }
+    ).encode()
+
+
+def ingest(port: int, token: str, count: int) -> float:
+    """Seconds for CLIENTS threads to create `count` records between them."""
+    run = uuid.uuid4().hex[:8]
+    per_client = count // CLIENTS
+    errors: list[str] = []
+    barrier = threading.Barrier(CLIENTS + 1)
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        barrier.wait()
+        for i in range(per_client):
+            n = c * per_client + i
+            conn.request(
+                "POST",
+                "/api/v1/records",
+                body=body(n, run),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": f"{run}-{n}",
+                },
+            )
+            response = conn.getresponse()
+            response.read()
+            if response.status != 201:
+                errors.append(f"{response.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        sys.exit(f"{len(errors)} requests failed, e.g. HTTP {errors[0]}")
+    return elapsed
+
+
+def main() -> None:
+    if connection.vendor != "postgresql":
+        print("bench_ingest needs PostgreSQL (DATABASE_URL)", file=sys.stderr)
+        sys.exit(2)
+    call_command("migrate", verbosity=0)
+    slug = f"bench-ingest-{uuid.uuid4().hex[:8]}"
+    tenant = tenant_create(name="Bench ingest", slug=slug, actor=Actor.system("bench"))
+    token = api_token_create(
+        tenant=tenant,
+        actor=Actor.system("bench"),
+        name="bench",
+        scopes=["records:read", "records:write"],
+    ).text
+    connection.close()
+    servers = [start_server(plaintext=False), start_server(plaintext=True)]
+    try:
+        (_, crypto_port), (_, plain_port) = servers
+        for port in (crypto_port, plain_port):
+            ingest(port, token, CLIENTS * 25)  # warm: connections, DEK and index key caches
+        crypto, plain = [], []
+        for _ in range(ROUNDS):
+            crypto.append(PER_ROUND / ingest(crypto_port, token, PER_ROUND))
+            plain.append(PER_ROUND / ingest(plain_port, token, PER_ROUND))
+    finally:
+        for server, _ in servers:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    rate, plain_rate = max(crypto), max(plain)
+    print(f"# {CLIENTS} clients, {WORKERS} gunicorn workers, {PER_ROUND} records per round")
+    print(f"BENCH ingest_records_per_s {rate:.0f} records/s")
+    print(f"BENCH ingest_nocrypto_records_per_s {plain_rate:.0f} records/s")
+    print(f"BENCH ingest_vs_nocrypto {rate / plain_rate:.2f} x")
+    met = rate / plain_rate >= TARGET_RATIO
+    print(f"# target (>= {TARGET_RATIO} of no-crypto): {'met' if met else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
