@@ -69,10 +69,6 @@ OBJECT_HEADERS = {
         "description": "Hex SHA-256 of the plaintext (as stored at PUT).",
         "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     },
-    "Digest": {
-        "description": "`sha-256=<base64>` of the plaintext (RFC 3230).",
-        "schema": {"type": "string"},
-    },
     "Content-Length": {"schema": {"type": "integer"}},
 }
 
@@ -237,7 +233,11 @@ def _paths() -> dict[str, Any]:
                             "description": "The plaintext.",
                             "headers": OBJECT_HEADERS,
                             "content": {"application/octet-stream": {}},
-                        }
+                        },
+                        "304": {
+                            "description": "Not modified (`If-None-Match` names the ETag).",
+                            "headers": OBJECT_HEADERS,
+                        },
                     },
                     write=False,
                     extra={"404": _error("not_found")},
