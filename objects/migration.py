@@ -58,6 +58,16 @@ logger = logging.getLogger(__name__)
 
 MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 PAGE = 500  # items loaded per query
+# Item steps are recorded in batches of this many items, bytes or seconds,
+# whichever comes first: a killed run redoes at most one batch.
+MARK_ITEMS = 50
+MARK_BYTES = 64 * 1024 * 1024
+MARK_SECONDS = 0.5
+_COUNTERS: dict[str, str] = {
+    ItemState.COPIED: "copied",
+    ItemState.VERIFIED: "verified",
+    ItemState.DELETED: "deleted",
+}
 STATE_CHECK_SECONDS = 1.0
 _SHOWN = 5  # keys named in an error
 
@@ -242,6 +252,9 @@ class _Run:
         self.state = str(migration.state)
         self._checked = 0.0
         self._storages: dict[str, Storage] = {}
+        self._batch: list[tuple[int, str, str]] = []
+        self._batch_bytes = 0
+        self._flushed = time.monotonic()
 
     # -- state -------------------------------------------------------------
     def storage(self, location: str) -> Storage:
@@ -320,21 +333,51 @@ class _Run:
                         f"the source copy of {key!r} does not match the manifest's checksum; "
                         "nothing was deleted"
                     )
-                self._mark(
-                    item_id, ItemState.PENDING, ItemState.COPIED, copied=1, bytes_copied=size
-                )
+                self._mark(item_id, size, ItemState.PENDING, ItemState.COPIED)
+        self.flush()
 
-    def _mark(self, item_id: int, from_state: str, to_state: str, **counts: int) -> None:
+    def _mark(self, item_id: int, size: int, from_state: str, to_state: str) -> None:
+        """Record an item's step; written in batches (MARK_ITEMS, MARK_BYTES, MARK_SECONDS).
+
+        A run killed before a batch is written redoes those items' steps, which
+        are idempotent (an overwrite with the same plaintext, a read, a delete).
+        """
+        batch = self._batch
+        if batch and batch[0][1:] != (from_state, to_state):
+            self.flush()
+        batch.append((item_id, from_state, to_state))
+        self._batch_bytes += size
+        if (
+            len(batch) >= MARK_ITEMS
+            or self._batch_bytes >= MARK_BYTES
+            or time.monotonic() - self._flushed >= MARK_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._flushed = time.monotonic()
+        if not batch:
+            return
+        _, from_state, to_state = batch[0]
+        counter = _COUNTERS[to_state]
         with transaction.atomic():
-            moved = MigrationItem.objects.filter(pk=item_id, state=from_state).update(
-                state=to_state
+            # Only the items still in `from_state` count: a concurrent run of the
+            # same migration may have recorded some of them already.
+            moved = list(
+                MigrationItem.objects.select_for_update()
+                .filter(pk__in=[i for i, _, _ in batch], state=from_state)
+                .values_list("pk", "size")
             )
-            if moved:
-                ObjectMigration.objects.filter(pk=self.m.pk).update(
-                    checkpoint=item_id,
-                    updated=timezone.now(),
-                    **{name: F(name) + n for name, n in counts.items()},
-                )
+            if not moved:
+                return
+            MigrationItem.objects.filter(pk__in=[pk for pk, _ in moved]).update(state=to_state)
+            counts: dict[str, Any] = {counter: F(counter) + len(moved)}
+            if to_state == ItemState.COPIED:
+                counts["bytes_copied"] = F("bytes_copied") + sum(size for _, size in moved)
+            ObjectMigration.objects.filter(pk=self.m.pk).update(
+                checkpoint=max(pk for pk, _ in moved), updated=timezone.now(), **counts
+            )
 
     # -- 2. verify -----------------------------------------------------------
     def verify(self) -> None:
@@ -398,7 +441,8 @@ class _Run:
                         f"the copy of {key!r} does not match the manifest's checksum; "
                         "nothing was deleted"
                     )
-                self._mark(item_id, ItemState.COPIED, ItemState.VERIFIED, verified=1)
+                self._mark(item_id, size, ItemState.COPIED, ItemState.VERIFIED)
+        self.flush()
         left = MigrationItem.objects.filter(migration=self.m).exclude(state=ItemState.VERIFIED)
         if left.exists():
             # Items still pending: a concurrent run of the same migration is behind
@@ -439,7 +483,8 @@ class _Run:
         for page in _items(self.m.pk, ItemState.VERIFIED):
             for item_id, key, _sha, _size, source_location in page:
                 self.storage(source_location).delete(key)
-                self._mark(item_id, ItemState.VERIFIED, ItemState.DELETED, deleted=1)
+                self._mark(item_id, 0, ItemState.VERIFIED, ItemState.DELETED)
+            self.flush()
         with transaction.atomic():
             locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
             if locked.state != MigrationState.DELETING:
