@@ -19,6 +19,7 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import Actor, record
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
+from keys.moves import TO_SHARED, objects_move_begin, objects_move_next
 from keys.notify import notify_key_admins
 from keys.providers.base import CheckResult, KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
@@ -558,13 +559,20 @@ def tenant_remove_byok(*, tenant: Tenant, actor: Actor, request: HttpRequest | N
 
 
 def byok_remove_run(*, tenant_id: str) -> str:
-    """Rewrap every live DEK under the vendor-managed key, then switch. Idempotent."""
+    """Rewrap every live DEK under the vendor-managed key, switch, move the objects back.
+
+    Idempotent, and the mirror of `byok_enable_run`: a tenant with objects in its
+    dedicated location stays `migrating_back` until they are in shared storage
+    under a new vendor-managed DEK (keys/moves.py), then `byok_remove_finish`.
+    """
     tenant = Tenant.objects.get(pk=tenant_id)
     if tenant.state != ServiceState.MIGRATING_BACK:
         return "skipped"
     local = (
         KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).order_by("-created").first()
     )
+    if local is not None and local.state == SourceState.ACTIVE:  # switched: objects moving
+        return objects_move_next(tenant, TO_SHARED, byok_remove_finish)
     if local is None:
         local = KeySource.objects.create(
             tenant=tenant, kind=SourceKind.LOCAL, state=SourceState.RETIRED
@@ -590,20 +598,35 @@ def byok_remove_run(*, tenant_id: str) -> str:
         KekVersion.objects.filter(source__in=customer).update(state=KekState.RETIRED)
         customer.update(state=SourceState.RETIRED)
         KeySource.objects.filter(pk=local.pk).update(state=SourceState.ACTIVE)
+        local.state = SourceState.ACTIVE
+        record(
+            tenant=locked,
+            actor=Actor.system("remove byok"),
+            action="byok.keys_moved_back",
+            details={"data_keys": live.count()},
+        )
+        if objects_move_begin(tenant=locked, source=local, direction=TO_SHARED):
+            return "moving"
+        byok_remove_finish(locked)
+    envelope().forget(str(tenant.pk))
+    return "done"
+
+
+def byok_remove_finish(tenant: Tenant) -> bool:
+    """The last step of removing BYOK: vendor-managed again. Idempotent; True if it moved."""
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.state != ServiceState.MIGRATING_BACK:
+            return False
         Tenant.objects.filter(pk=locked.pk).update(
             state=ServiceState.VENDOR_MANAGED,
             state_changed_at=timezone.now(),
             key_epoch=F("key_epoch") + 1,
         )
-        record(
-            tenant=locked,
-            actor=Actor.system("remove byok"),
-            action="byok.removed",
-            details={"data_keys": live.count()},
-        )
+        record(tenant=locked, actor=Actor.system("remove byok"), action="byok.removed")
         publish_key_state(str(locked.pk))
     envelope().forget(str(tenant.pk))
-    return "done"
+    return True
 
 
 def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> str:

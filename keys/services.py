@@ -131,6 +131,31 @@ def dek_rotate(
     return dek
 
 
+def dek_rotate_for_move(*, tenant: Tenant, source: KeySource, reason: str) -> DataKey:
+    """A new active DEK under `source` while the tenant is paused for a move between
+    key sources (its objects are re-encrypted under it). The caller holds the
+    tenant's row lock and has just made `source` the active one."""
+    current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
+    last = DataKey.objects.filter(tenant=tenant).order_by("-version").first()
+    if current is not None:
+        current.state = DekState.RETIRING
+        current.save(update_fields=["state"])
+    dek = _new_dek(tenant=tenant, source=source, version=(last.version if last else 0) + 1)
+    record(
+        tenant=tenant,
+        actor=Actor.system("key move"),
+        action="dek.rotate",
+        target=f"DEK v{dek.version}",
+        reason=reason,
+        details={
+            "from_version": current.version if current else None,
+            "to_version": dek.version,
+            "kek": dek.kek_version.provider_version,
+        },
+    )
+    return dek
+
+
 def dek_rotate_if_due(*, tenant: Tenant) -> DataKey | None:
     """Rotate when the active DEK is older than the tenant's rotation period."""
     current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()

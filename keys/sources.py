@@ -24,8 +24,10 @@ from keys.models import (
     KekState,
     KekVersion,
     KeySource,
+    SourceKind,
     SourceState,
 )
+from keys.moves import TO_DEDICATED, objects_move_begin, objects_move_next
 from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
@@ -223,20 +225,24 @@ def byok_enable_progress(tenant: Tenant, source: KeySource) -> tuple[int, int]:
 
 
 def byok_enable_run(*, source_id: str) -> KeySource:
-    """Rewrap every live DEK under the source, then switch the tenant over. Idempotent.
+    """Rewrap every live DEK under the source, switch, move the objects. Idempotent.
 
     1. One DEK at a time (`rewrap_one`: key stores called with no lock held,
        the write checked under lock): unwrap with the key it is under, wrap
        with the customer's key, overwrite the wrapped bytes. A rerun skips
        DEKs already under the source.
     2. When none is left, in one transaction: the vendor source and its KEK
-       versions are retired, the customer's source is active, the tenant is
-       `byok_active`, and the key epoch moves so every process reloads its
-       DEKs through the customer's key.
+       versions are retired and the customer's source is active. A tenant
+       with objects in shared storage stays `migrating` while they move to its
+       dedicated location under a new DEK (keys/moves.py); otherwise, and when
+       that move is done, `byok_enable_finish`.
     """
     source = KeySource.objects.select_related("tenant").get(pk=source_id)
     tenant = source.tenant
-    if tenant.state != ServiceState.MIGRATING or source.state == SourceState.ACTIVE:
+    if tenant.state != ServiceState.MIGRATING:
+        return source
+    if source.state == SourceState.ACTIVE:  # switched already: the objects are moving
+        objects_move_next(tenant, TO_DEDICATED, byok_enable_finish)
         return source
     provider = provider_for(source)
     pending = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES).exclude(
@@ -254,7 +260,7 @@ def byok_enable_run(*, source_id: str) -> KeySource:
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         source = KeySource.objects.select_for_update().get(pk=source.pk)
-        if source.state == SourceState.ACTIVE:
+        if source.state == SourceState.ACTIVE or locked.state != ServiceState.MIGRATING:
             return source
         if pending.exists():  # a DEK appeared meanwhile: the next run moves it first
             raise KeyUnavailable("data keys are still to be moved; retrying")
@@ -265,19 +271,41 @@ def byok_enable_run(*, source_id: str) -> KeySource:
         old_sources.update(state=SourceState.RETIRED)
         source.state = SourceState.ACTIVE
         source.save(update_fields=["state"])
+        _, total = byok_enable_progress(locked, source)
+        record(
+            tenant=locked,
+            actor=Actor.system("byok enable"),
+            action="byok.keys_moved",
+            target=source.kind,
+            details={"data_keys": total, "vendor_copies_destroyed": total},
+        )
+        moving = objects_move_begin(tenant=locked, source=source, direction=TO_DEDICATED)
+        if not moving:
+            byok_enable_finish(locked)
+    envelope().forget(str(tenant.pk))
+    return source
+
+
+def byok_enable_finish(tenant: Tenant) -> bool:
+    """The last step of Enable: the tenant is `byok_active`. Idempotent; True if it moved."""
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        source = KeySource.objects.filter(tenant=locked, state=SourceState.ACTIVE).first()
+        if locked.state != ServiceState.MIGRATING:
+            return False
+        if source is None or source.kind == SourceKind.LOCAL:
+            return False
         Tenant.objects.filter(pk=locked.pk).update(
             state=ServiceState.BYOK_ACTIVE,
             state_changed_at=timezone.now(),
             key_epoch=F("key_epoch") + 1,
         )
-        _, total = byok_enable_progress(locked, source)
         record(
             tenant=locked,
             actor=Actor.system("byok enable"),
             action="byok.enabled",
             target=source.kind,
-            details={"data_keys": total, "vendor_copies_destroyed": total},
         )
         publish_key_state(str(locked.pk))
     envelope().forget(str(tenant.pk))
-    return source
+    return True

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('keys', '0006_material_marker'),
+        ("keys", "0006_material_marker"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='keysource',
-            name='sealed_credentials',
+            model_name="keysource",
+            name="sealed_credentials",
             field=models.BinaryField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='keysource',
-            name='sealed_credentials_root',
+            model_name="keysource",
+            name="sealed_credentials_root",
             field=models.CharField(blank=True, editable=False, max_length=64),
         ),
     ]

@@ -35,7 +35,10 @@ def test_counts_are_kept_in_memory_and_flushed_in_one_batch(db, django_assert_ma
     assert dek.encryption_count == 100 * FIELDS_PER_RECORD
 
 
-def test_a_dek_never_exceeds_its_limit_and_is_rotated(db, settings) -> None:
+def test_a_dek_never_exceeds_its_limit_and_is_rotated(transactional_db, settings) -> None:
+    # Committed transactions: each rotation is published to every process (Redis) on
+    # commit, as in production; inside one uncommitted test transaction a refresh of
+    # the key state after its interval would read the state from before the rotations.
     settings.KEYWARD_DEK_MAX_ENCRYPTIONS = 2_000
     settings.KEYWARD_DEK_RESERVATION_BLOCK = 500
     reset_for_tests()
