@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.http import HttpRequest
 
-from console.banners import banner_for
+from console.banners import Banner, banner_for
 from keys.expiry import expiring_version
+from tenants.models import ServiceState, Tenant
 from tenants.permissions import is_support_staff
 from tenants.selectors import memberships_for_user
+
+MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:
@@ -23,5 +27,17 @@ def shell(request: HttpRequest) -> dict[str, Any]:
         "is_support": is_support_staff(user),
         "access": access,
         "current_tenant": access.tenant if access else None,
-        "banner": banner_for(access.tenant) if access else None,
+        "banner": _with_progress(banner_for(access.tenant), access.tenant) if access else None,
     }
+
+
+def _with_progress(banner: Banner | None, tenant: Tenant) -> Banner | None:
+    """While the tenant's objects move, the banner says how far the move is."""
+    if banner is None or tenant.state not in MIGRATING_STATES:
+        return banner
+    from objects.selectors import migration_progress
+
+    progress = migration_progress(tenant)
+    if progress is None:
+        return banner
+    return replace(banner, text=f"{banner.text} Objects: {progress.label} ({progress.percent}%).")

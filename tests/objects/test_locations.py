@@ -23,7 +23,8 @@ def test_filesystem_locations(acme: Any, globex: Any, object_root: Any) -> None:
     assert isinstance(shared, FilesystemStorage) and isinstance(dedicated, FilesystemStorage)
     assert shared.root == object_root / "shared" / "tenants" / str(acme.tenant.pk)
     assert dedicated.root == object_root / "dedicated" / str(acme.tenant.pk)
-    assert storage_for(globex.tenant, Location.SHARED).root != shared.root
+    other = storage_for(globex.tenant, Location.SHARED)
+    assert isinstance(other, FilesystemStorage) and other.root != shared.root
     assert current_location(acme.tenant) == Location.SHARED
     with pytest.raises(ValueError):
         storage_for(acme.tenant, "elsewhere")

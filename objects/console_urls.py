@@ -1,0 +1,13 @@
+"""Console URLs of the objects section, included at /t/<slug>/data/objects/."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from objects import views
+
+app_name = "objects"
+urlpatterns = [
+    path("", views.data_section, name="section"),
+    path("migration/progress/", views.migration_progress_partial, name="migration_progress"),
+]
