@@ -12,9 +12,10 @@ Every record created through `archive.services.records_create` is indexed by
 the active version and, during a rotation, the version being built as well.
 Records that arrive by any other path are indexed by the next rebuild.
 
-Known limit: enabling BYOK rewraps the DEKs but not the index key; rotate
-the index key afterwards (Data page) so that it, too, is wrapped by the
-customer's key.
+Index keys follow the tenant's key moves like its DEKs: Enable, removal and
+a confirmed rotation rewrap them under the new key (`index_keys_move`,
+registered with keys.services in `ApiConfig.ready`), so after Enable only the
+customer's key opens them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from archive.pii import decode_fields
 from archive.services import PII_FIELD, NewRecord
 from audit.services import Actor, record
 from keys.envelope import ACTIVE, KeyRevoked
+from keys.models import KeySource
+from keys.providers.base import KeyProvider
 from keys.registry import provider_for
 from keys.runtime import envelope
 from keys.services import KeyActionRefused, active_source, kek_version_get_or_create
@@ -316,3 +319,42 @@ def records_lookup(*, tenant: Tenant, field: str, value: str) -> QuerySet[Record
         tenant=tenant, field=field, version=version, digest=wanted
     ).values("record_id")
     return Record.objects.filter(tenant=tenant, pk__in=matching)
+
+
+def index_keys_move(
+    tenant: Tenant,
+    target: KeySource,
+    wrapper: KeyProvider,
+    while_state: str,
+    version: str | None,
+) -> bool:
+    """Rewrap the tenant's index keys under `target` with its key moves (Enable,
+    removal, a confirmed rotation): registered with keys.services, called before
+    each move switches. One key per transaction, no lock across key-store calls;
+    False when the tenant left `while_state`."""
+    keys = (
+        IndexKey.objects.filter(tenant=tenant)
+        .exclude(state=IndexKeyState.RETIRED)
+        .select_related("kek_version__source")
+        .order_by("version")
+    )
+    for key in list(keys):
+        kek = key.kek_version
+        if kek.source_id == target.pk and version in (None, kek.provider_version):
+            continue
+        if Tenant.objects.get(pk=tenant.pk).state != while_state:
+            return False
+        before = bytes(key.wrapped)
+        context = index_context(str(tenant.pk), key.version)
+        material = provider_for(kek.source).unwrap(before, context, kek.provider_version)
+        wrapped = wrapper.wrap(material, context)
+        del material
+        with transaction.atomic():
+            if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
+                return False
+            row = IndexKey.objects.select_for_update().get(pk=key.pk)
+            if bytes(row.wrapped) == before:
+                row.wrapped = wrapped.blob
+                row.kek_version = kek_version_get_or_create(target, wrapped.version)
+                row.save(update_fields=["wrapped", "kek_version"])
+    return True

@@ -24,7 +24,7 @@ from keys.notify import notify_key_admins
 from keys.providers.base import CheckResult, KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
 from keys.runtime import envelope, publish_key_state
-from keys.services import rewrap_one
+from keys.services import rewrap_one, rewrap_other_keys
 from tenants.models import ServiceState, Tenant
 
 HEALTH = Actor.system("key health check")
@@ -367,6 +367,14 @@ def kek_rewrap_run(*, source_id: str) -> str:
             while_state=ServiceState.REWRAPPING,
         ):
             return "stopped"
+    if not rewrap_other_keys(
+        tenant=tenant,
+        target=source,
+        wrapper=provider,
+        while_state=ServiceState.REWRAPPING,
+        version=target,
+    ):
+        return "stopped"
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.REWRAPPING:
@@ -588,6 +596,10 @@ def byok_remove_run(*, tenant_id: str) -> str:
             while_state=ServiceState.MIGRATING_BACK,
         ):
             return "stopped"
+    if not rewrap_other_keys(
+        tenant=tenant, target=local, wrapper=vendor, while_state=ServiceState.MIGRATING_BACK
+    ):
+        return "stopped"
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.MIGRATING_BACK:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -440,6 +441,34 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
         publish_key_state(str(tenant.pk))
         envelope().forget(str(tenant.pk))
     return retired
+
+
+# Other keys a tenant keeps wrapped by its KEK (the blind-index keys) move with
+# its data keys: each app registers a mover, called by every key move before
+# it switches. A mover rewraps, one key per transaction and with no lock held
+# across key-store calls, every key not under `target` (or, with `version`, not
+# under that version of it); it returns False when the tenant left `while_state`.
+WrappedKeyMover = Callable[[Tenant, KeySource, KeyProvider, str, str | None], bool]
+_wrapped_key_movers: list[WrappedKeyMover] = []
+
+
+def wrapped_key_mover_register(mover: WrappedKeyMover) -> None:
+    if mover not in _wrapped_key_movers:
+        _wrapped_key_movers.append(mover)
+
+
+def rewrap_other_keys(
+    *,
+    tenant: Tenant,
+    target: KeySource,
+    wrapper: KeyProvider,
+    while_state: str,
+    version: str | None = None,
+) -> bool:
+    """Move every registered kind of wrapped key under `target`; False to stop."""
+    return all(
+        mover(tenant, target, wrapper, while_state, version) for mover in _wrapped_key_movers
+    )
 
 
 def rewrap_one(

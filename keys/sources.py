@@ -31,7 +31,7 @@ from keys.moves import TO_DEDICATED, objects_move_begin, objects_move_next
 from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
-from keys.services import KeyActionRefused, rewrap_one
+from keys.services import KeyActionRefused, rewrap_one, rewrap_other_keys
 from tenants.models import ServiceState, Tenant
 
 LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
@@ -257,6 +257,10 @@ def byok_enable_run(*, source_id: str) -> KeySource:
             while_state=ServiceState.MIGRATING,
         ):
             return source
+    if not rewrap_other_keys(
+        tenant=tenant, target=source, wrapper=provider, while_state=ServiceState.MIGRATING
+    ):
+        return source
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         source = KeySource.objects.select_for_update().get(pk=source.pk)

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from api.indexkeys import forget_cached_keys, records_lookup
+from api.models import IndexKey
+from archive.services import NewRecord, records_create
 from audit.models import AuditEvent
 from audit.services import Actor
 from keys.lifecycle import byok_remove_run, tenant_remove_byok
@@ -145,6 +148,27 @@ def test_a_tenant_without_objects_is_active_at_once(acme, django_capture_on_comm
     enable_kmip(acme.tenant, django_capture_on_commit_callbacks)
     assert state(acme.tenant) == ServiceState.BYOK_ACTIVE
     assert not ObjectMigration.objects.filter(tenant=acme.tenant).exists()
+
+
+def test_lookup_keys_move_with_the_data_keys(acme, django_capture_on_commit_callbacks) -> None:
+    tenant = acme.tenant
+    [record] = records_create(
+        tenant=tenant,
+        items=[NewRecord("user", "u-1", {"email": "Ada@Example.com", "name": "Ada"})],
+    )
+    source = enable_kmip(tenant, django_capture_on_commit_callbacks)
+    key = IndexKey.objects.select_related("kek_version__source").get(tenant=tenant)
+    assert key.kek_version.source_id == source.pk  # only the customer's key opens it now
+    forget_cached_keys()
+    reset_for_tests()
+    found = records_lookup(tenant=tenant, field="email", value="ada@example.com")
+    assert list(found.values_list("pk", flat=True)) == [record.pk]
+
+    with django_capture_on_commit_callbacks(execute=False):
+        tenant_remove_byok(tenant=tenant, actor=SYSTEM)
+        assert byok_remove_run(tenant_id=str(tenant.pk)) == "done"
+    key.refresh_from_db()
+    assert key.kek_version.source.kind == SourceKind.LOCAL
 
 
 def test_a_lost_finish_signal_is_made_up_by_the_resumed_run(
