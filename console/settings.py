@@ -410,6 +410,10 @@ if KEYWARD_OBJECT_S3_ENDPOINT_URL and not KEYWARD_OBJECT_S3_ENDPOINT_URL.startsw
 KEYWARD_OBJECT_MAX_BYTES = env.integer(
     "KEYWARD_OBJECT_MAX_BYTES", 100 * 1024 * 1024, minimum=1, maximum=5 * 1024**4
 )
+# Objects moved at a time by a migration (threads: crypto, hashing and I/O release the GIL).
+KEYWARD_OBJECT_MIGRATE_THREADS = env.integer(
+    "KEYWARD_OBJECT_MIGRATE_THREADS", 4, minimum=1, maximum=32
+)
 
 # Tenant data API (api/).
 KEYWARD_API_MAX_BODY_BYTES = env.integer(

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -294,47 +296,76 @@ class _Run:
             raise _Stop(f"the data key cannot be used: {exc}") from None
 
     # -- 1. copy -------------------------------------------------------------
+    def _ring(self, dek_ids: set[int]) -> Callable[[int], bytes]:
+        """DEK bytes by id, loaded here so that worker threads never touch the database."""
+        ring = {dek_id: self.material(dek_id) for dek_id in dek_ids}
+
+        def key_for(dek_id: int) -> bytes:
+            found = ring.get(dek_id)
+            if found is None:
+                raise ObjectUnauthentic("the object names another data key than its row")
+            return found
+
+        return key_for
+
+    def _parallel(
+        self, state: str, step: Callable[[tuple[int, str, str, int, str]], None], to_state: str
+    ) -> None:
+        """Run `step` on every item in `state`, a few at a time (threads: the crypto,
+        hashing and I/O release the GIL); record each in order in this thread."""
+        threads = max(1, int(settings.KEYWARD_OBJECT_MIGRATE_THREADS))
+        with ThreadPoolExecutor(threads, thread_name_prefix="object-move") as pool:
+            for page in _items(self.m.pk, state):
+                for start in range(0, len(page), 4 * threads):
+                    self.check_tenant()
+                    chunk = page[start : start + 4 * threads]
+                    for item, _done in zip(chunk, pool.map(step, chunk), strict=True):
+                        self._mark(item[0], item[3], state, to_state)
+        self.flush()
+
     def copy(self) -> None:
         target = self.storage(self.m.target_location)
+        source = self.storage(self.m.source_location)
         target_dek_id = int(self.m.target_dek_id)
         target_key = self.material(target_dek_id)
-        for page in _items(self.m.pk, ItemState.PENDING):
-            for item_id, key, sha256, size, source_location in page:
-                self.check_tenant()
-                binding = object_binding(self.tenant_id, key)
-                digest = Digest()
-                try:
-                    plain = decrypt_stream(
-                        self.storage(source_location).get(key),
-                        key_for=self.material,
-                        binding=binding,
-                    )
-                    target.put(
-                        key,
-                        encrypt_stream(
-                            digest.tee(plain),
-                            dek=target_key,
-                            dek_id=target_dek_id,
-                            binding=binding,
-                        ),
-                    )
-                except ObjectMissing:
-                    raise VerificationFailed(
-                        f"the source copy of {key!r} is missing; nothing was deleted"
-                    ) from None
-                except (ObjectUnauthentic, ObjectFormatError):
-                    raise VerificationFailed(
-                        f"the source copy of {key!r} does not authenticate; nothing was deleted"
-                    ) from None
-                except StorageDenied as exc:
-                    raise _Stop(f"the storage refused: {exc}") from None
-                if digest.hexdigest() != sha256 or digest.size != size:
-                    raise VerificationFailed(
-                        f"the source copy of {key!r} does not match the manifest's checksum; "
-                        "nothing was deleted"
-                    )
-                self._mark(item_id, size, ItemState.PENDING, ItemState.COPIED)
-        self.flush()
+        source_deks = set(
+            StoredObject.objects.filter(
+                migration_items__migration=self.m, migration_items__state=ItemState.PENDING
+            )
+            .values_list("dek_id", flat=True)
+            .distinct()
+        )
+        key_for = self._ring(source_deks)
+
+        def copy_one(item: tuple[int, str, str, int, str]) -> None:
+            _item_id, key, sha256, size, _source_location = item
+            binding = object_binding(self.tenant_id, key)
+            digest = Digest()
+            try:
+                plain = decrypt_stream(source.get(key), key_for=key_for, binding=binding)
+                target.put(
+                    key,
+                    encrypt_stream(
+                        digest.tee(plain), dek=target_key, dek_id=target_dek_id, binding=binding
+                    ),
+                )
+            except ObjectMissing:
+                raise VerificationFailed(
+                    f"the source copy of {key!r} is missing; nothing was deleted"
+                ) from None
+            except (ObjectUnauthentic, ObjectFormatError):
+                raise VerificationFailed(
+                    f"the source copy of {key!r} does not authenticate; nothing was deleted"
+                ) from None
+            except StorageDenied as exc:
+                raise _Stop(f"the storage refused: {exc}") from None
+            if digest.hexdigest() != sha256 or digest.size != size:
+                raise VerificationFailed(
+                    f"the source copy of {key!r} does not match the manifest's checksum; "
+                    "nothing was deleted"
+                )
+
+        self._parallel(ItemState.PENDING, copy_one, ItemState.COPIED)
 
     def _mark(self, item_id: int, size: int, from_state: str, to_state: str) -> None:
         """Record an item's step; written in batches (MARK_ITEMS, MARK_BYTES, MARK_SECONDS).
@@ -407,42 +438,33 @@ class _Run:
                 f"{len(wrong)} objects in the target have the wrong size{_named(wrong)}; "
                 "nothing was deleted"
             )
-        target_dek_id = int(self.m.target_dek_id)
-        target_key = self.material(target_dek_id)
+        key_for = self._ring({int(self.m.target_dek_id)})
 
-        def key_for(dek_id: int) -> bytes:
-            if dek_id != target_dek_id:
-                raise ObjectUnauthentic("the copy names another data key than the target")
-            return target_key
+        def verify_one(item: tuple[int, str, str, int, str]) -> None:
+            _item_id, key, sha256, size, _source = item
+            digest = Digest()
+            try:
+                for piece in decrypt_stream(
+                    target.get(key), key_for=key_for, binding=object_binding(self.tenant_id, key)
+                ):
+                    digest.update(piece)
+            except ObjectMissing:
+                raise VerificationFailed(
+                    f"the copy of {key!r} vanished from the target; nothing was deleted"
+                ) from None
+            except (ObjectUnauthentic, ObjectFormatError):
+                raise VerificationFailed(
+                    f"the copy of {key!r} does not authenticate; nothing was deleted"
+                ) from None
+            except StorageDenied as exc:
+                raise _Stop(f"the storage refused: {exc}") from None
+            if digest.hexdigest() != sha256 or digest.size != size:
+                raise VerificationFailed(
+                    f"the copy of {key!r} does not match the manifest's checksum; "
+                    "nothing was deleted"
+                )
 
-        for page in _items(self.m.pk, ItemState.COPIED):
-            for item_id, key, sha256, size, _source in page:
-                self.check_tenant()
-                digest = Digest()
-                try:
-                    for piece in decrypt_stream(
-                        target.get(key),
-                        key_for=key_for,
-                        binding=object_binding(self.tenant_id, key),
-                    ):
-                        digest.update(piece)
-                except ObjectMissing:
-                    raise VerificationFailed(
-                        f"the copy of {key!r} vanished from the target; nothing was deleted"
-                    ) from None
-                except (ObjectUnauthentic, ObjectFormatError):
-                    raise VerificationFailed(
-                        f"the copy of {key!r} does not authenticate; nothing was deleted"
-                    ) from None
-                except StorageDenied as exc:
-                    raise _Stop(f"the storage refused: {exc}") from None
-                if digest.hexdigest() != sha256 or digest.size != size:
-                    raise VerificationFailed(
-                        f"the copy of {key!r} does not match the manifest's checksum; "
-                        "nothing was deleted"
-                    )
-                self._mark(item_id, size, ItemState.COPIED, ItemState.VERIFIED)
-        self.flush()
+        self._parallel(ItemState.COPIED, verify_one, ItemState.VERIFIED)
         left = MigrationItem.objects.filter(migration=self.m).exclude(state=ItemState.VERIFIED)
         if left.exists():
             # Items still pending: a concurrent run of the same migration is behind
