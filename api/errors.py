@@ -31,6 +31,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "paused": (503, "Writes are paused (a key rotation to confirm); retry after Retry-After."),
     "migrating": (503, "The tenant's data is moving between key stores; retry after Retry-After."),
     "key_unavailable": (503, "The key store cannot be reached and cached keys expired; retry."),
+    "storage_unavailable": (503, "Object storage cannot be reached; retry after Retry-After."),
 }
 
 

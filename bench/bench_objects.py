@@ -256,10 +256,11 @@ def main() -> None:
         f"# migrate: {total_mb} MiB in 4 MiB objects between two folders under data/, "
         f"{WORKERS} objects at a time, best of {MIGRATE_REPEATS}"
     )
-    print(f"BENCH migrate_mb_per_s {moved['migrate']:.0f} MB/s")
-    print(f"BENCH migrate_plain_copy_mb_per_s {moved['plain_copy']:.0f} MB/s")
+    # The pieces alone (no database, no checkpoints); bench_migrate.py measures the engine.
+    print(f"BENCH migrate_pieces_mb_per_s {moved['migrate']:.0f} MB/s")
+    print(f"BENCH migrate_pieces_plain_copy_mb_per_s {moved['plain_copy']:.0f} MB/s")
     ratio = moved["migrate"] / moved["plain_copy"]
-    print(f"BENCH migrate_vs_plain_copy {ratio:.3f} x")
+    print(f"BENCH migrate_pieces_vs_plain_copy {ratio:.3f} x")
     verdict = "met" if ratio >= MIGRATE_TARGET else "MISSED"
     print(f"# migrate vs plain copy: {ratio:.3f} x, target >= {MIGRATE_TARGET:.2f}: {verdict}")
 

@@ -403,9 +403,19 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
     return job
 
 
+def _objects_depend_on(dek: DataKey) -> bool:
+    """Objects are under it, or a move of objects is writing under it."""
+    from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
+
+    return (
+        StoredObject.objects.filter(dek=dek).exists()
+        or ObjectMigration.objects.filter(target_dek=dek, state__in=OPEN_MIGRATION_STATES).exists()
+    )
+
+
 @transaction.atomic
 def dek_retire_unused(*, tenant: Tenant) -> list[int]:
-    """Retire every non-active DEK no record depends on, destroying its wrapped bytes.
+    """Retire every non-active DEK no record or object depends on, destroying its wrapped bytes.
 
     Only once the DEK has been decrypt-only for longer than a process can keep
     believing it is current (KEYWARD_DEK_RETIRE_GRACE_SECONDS): a process that
@@ -421,7 +431,7 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
         replaced_at = successors.get(dek.version + 1)
         if replaced_at is None or timezone.now() - replaced_at < grace:
             continue
-        if SealedFields.objects.filter(dek=dek).exists():
+        if SealedFields.objects.filter(dek=dek).exists() or _objects_depend_on(dek):
             continue
         dek.state = DekState.RETIRED
         dek.wrapped = b""

@@ -207,3 +207,16 @@ def test_a_failed_move_keeps_the_tenant_paused_until_retried(
     assert retried.pk != migration.pk and retried.state == MigrationState.DONE
     assert state(tenant) == ServiceState.BYOK_ACTIVE
     assert read_all(tenant) == sums
+
+
+def test_a_dek_that_objects_depend_on_is_never_retired(acme) -> None:
+    from keys.services import dek_retire_unused, dek_rotate
+
+    tenant = acme.tenant
+    put_objects(tenant, 2)
+    first = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+    assert dek_retire_unused(tenant=tenant) == []  # no records, but objects use it
+    first.refresh_from_db()
+    assert first.state == DekState.RETIRING and bytes(first.wrapped)
+    assert len(read_all(tenant)) == 2
