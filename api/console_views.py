@@ -27,6 +27,7 @@ from audit.services import Actor
 from console.sudo import sudo_required
 from keys.providers.base import KeyProviderError
 from keys.services import KeyActionRefused
+from objects.views import data_section_context
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
 
@@ -45,6 +46,8 @@ def _page(
         "can_manage_tokens": access.can(Perm.MANAGE_API_TOKENS),
         "form": form or ApiTokenForm(),
         "issued": issued,
+        "can_manage_keys": access.can(Perm.MANAGE_KEYS),
+        **data_section_context(access.tenant),
     }
     response = render(request, "api/data.html", context, status=status)
     if issued is not None:

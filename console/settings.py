@@ -252,6 +252,9 @@ else:
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
     }
+# The queue tasks are sent to (workers consume it): one per deployment, or per
+# test worker, so that tasks a task sends stay with the workers meant for them.
+CELERY_TASK_DEFAULT_QUEUE = env.string("KEYWARD_CELERY_QUEUE") or "celery"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

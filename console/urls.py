@@ -27,6 +27,7 @@ urlpatterns = [
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
     path("t/<slug:slug>/keys/", include("keys.urls")),
+    path("t/<slug:slug>/data/objects/", include("objects.console_urls")),
     path("t/<slug:slug>/data/", include("api.console_urls")),
     path("api/v1/", include("api.urls")),
     path("admin/", admin.site.urls),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,62 @@ def test_azure_register_test_enable_then_a_new_version_pauses_with_a_banner(
         expect(page.get_by_test_id("state-banner")).to_have_count(0)
     acme.tenant.refresh_from_db()
     assert acme.tenant.state == ServiceState.BYOK_ACTIVE
+
+
+def test_enabling_a_key_on_a_tenant_with_objects_moves_them_with_a_progress_bar(
+    page: Page,
+    sign_in: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    from objects import keyring, locations
+    from objects.models import Location, StoredObject
+    from objects.services import object_put
+
+    root = tmp_path / "objects"
+    settings.KEYWARD_OBJECT_ROOT = root
+    locations.forget()
+    keyring.forget()
+    reset_for_tests()
+    acme = make_tenant("Acme", "acme")
+    for n in range(150):
+        object_put(tenant=acme.tenant, key=f"exports/{n:04}.csv", chunks=[b"x" * 3000])
+    server = kmip.kmip_settings()
+    # A slow move, so the progress bar is seen: each item is checkpointed alone.
+    with celery_worker(tmp_path / "worker.log", {"KEYWARD_OBJECT_ROOT": str(root)}) as worker:
+        monkeypatch.setitem(celery_app.conf, "task_default_queue", worker.queue)
+        sign_in(acme.owner.username, PASSWORD)
+        page.get_by_role("link", name="Data", exact=True).click()
+        expect(page.get_by_test_id("objects-total")).to_contain_text("150 objects")
+        expect(page.get_by_test_id("objects-per-location")).to_contain_text("Shared")
+
+        page.get_by_role("link", name="Keys", exact=True).click()
+        page.get_by_test_id("bring-kmip").click()
+        page.get_by_label("KMIP server host").fill(server.host)
+        page.get_by_label("Port").fill(str(server.port))
+        page.get_by_label("Server CA certificate (PEM)").set_input_files(kmip.ca_cert())
+        page.get_by_label("Client certificate (PEM)").set_input_files(kmip.client_cert())
+        page.get_by_label("Client private key (PEM)").set_input_files(kmip.client_key())
+        page.get_by_test_id("save-and-test").click()
+        expect(page.get_by_role("status")).to_contain_text("Every check passed.")
+        page.get_by_test_id("enable").click()
+        expect(page.get_by_role("status")).to_contain_text("Moving your data keys under your key")
+        expect(page.get_by_test_id("state-banner")).to_be_visible()  # paused while moving
+
+        page.get_by_role("link", name="Data", exact=True).click()
+        # Each visit shows the move's progress (the region also polls by itself)
+        # until the objects are all in the tenant's dedicated storage.
+        deadline = time.monotonic() + 90
+        seen_progress = False
+        while "Dedicated to Acme" not in page.get_by_test_id("objects-per-location").inner_text():
+            seen_progress |= page.get_by_test_id("object-migration-progress").count() > 0
+            assert time.monotonic() < deadline, "the objects did not move in 90 s"
+            page.wait_for_timeout(300)
+            page.reload()
+        assert seen_progress or page.get_by_test_id("object-migrations").count() > 0
+        expect(page.get_by_test_id("object-migrations")).to_contain_text("Done")
+        expect(page.get_by_test_id("state-banner")).to_have_count(0)
+    acme.tenant.refresh_from_db()
+    assert acme.tenant.state == ServiceState.BYOK_ACTIVE
+    assert set(StoredObject.objects.values_list("location", flat=True)) == {Location.DEDICATED}

@@ -45,6 +45,7 @@ def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> It
         "DATABASE_URL": worker_database_url(),
         "KEYWARD_MODE": "embedded",
         "KEYWARD_DEK_RETIRE_GRACE_SECONDS": "0",
+        "KEYWARD_CELERY_QUEUE": queue,  # what its tasks send goes to itself
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:
