@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,14 @@ from archive.models import Record
 from archive.services import records_create
 from archive.synthetic import synthetic_records
 from audit.services import Actor
+from objects.models import StoredObject
+from objects.services import object_put
 from tenants.models import Membership, Role, Tenant
 from tenants.services import membership_add, tenant_create
 
 DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
 DEMO_RECORDS = 400
+DEMO_OBJECTS = 60  # exported reports, so that enabling a key has objects to move
 ROLES = (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER)
 
 
@@ -33,6 +37,23 @@ def demo_password() -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(12))
     return path.read_text().strip()
+
+
+def _demo_objects(tenant: Tenant) -> None:
+    """Small CSV exports of the tenant's devices, stored encrypted like any object."""
+    rng = random.Random(tenant.slug)
+    for n in range(DEMO_OBJECTS):
+        rows = [
+            f"device-{rng.randrange(10**6):06},{rng.choice(['ok', 'warn', 'crit'])}"
+            for _ in range(200)
+        ]
+        body = ("device,status\n" + "\n".join(rows) + "\n").encode()
+        object_put(
+            tenant=tenant,
+            key=f"exports/2026-11/report-{n:03}.csv",
+            chunks=[body],
+            content_type="text/csv",
+        )
 
 
 class Command(BaseCommand):
@@ -76,6 +97,8 @@ class Command(BaseCommand):
                 records_create(
                     tenant=tenant, items=list(synthetic_records(DEMO_RECORDS, prefix=f"{slug}-"))
                 )
+            if not StoredObject.objects.filter(tenant=tenant).exists():
+                _demo_objects(tenant)
         user("support@vendor.example", is_staff=True, is_superuser=False)
         user("admin@vendor.example", is_staff=True, is_superuser=True)
         return logins
