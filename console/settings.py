@@ -243,7 +243,7 @@ if REDIS_URL:
 else:
     # A broker that needs no server: messages are files in the data folder.
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -251,6 +251,8 @@ else:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Broadcast (worker control) state too, instead of ./control.
+        "control_folder": str(_broker_dir / "control"),
     }
 # The queue tasks are sent to (workers consume it): one per deployment, or per
 # test worker, so that tasks a task sends stay with the workers meant for them.
