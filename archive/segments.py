@@ -49,6 +49,7 @@ and at their right place, but the caller must treat the object as failed
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -288,6 +289,41 @@ def decrypt_stream(
     final = opened(view[:filled], 1)
     if final:
         yield final
+
+
+def peek_header(pieces: Iterable[bytes]) -> tuple[ObjectHeader, Iterator[bytes]]:
+    """Read the header at the front of `pieces`; return it and the same bytes, from the start.
+
+    The header is not authenticated yet: it names the object's DEK and salt,
+    which decrypting (or authenticate_stream) then proves.
+    """
+    it = iter(pieces)
+    taken: list[bytes] = []
+    have = 0
+    for piece in it:
+        taken.append(piece)
+        have += len(piece)
+        if have >= HEADER_SIZE:
+            break
+    head = taken[0] if len(taken) == 1 else b"".join(taken)
+    header = read_header(bytes(memoryview(head)[:HEADER_SIZE]))
+    return header, itertools.chain(taken, it)
+
+
+def authenticate_stream(
+    pieces: Iterable[bytes],
+    *,
+    key_for: Callable[[int], bytes],
+    binding: bytes,
+) -> int:
+    """Check every segment of an object as decrypt_stream does, keep nothing; return its size.
+
+    The size is that of the plaintext. Same errors as decrypt_stream.
+    """
+    size = 0
+    for plaintext in decrypt_stream(pieces, key_for=key_for, binding=binding):
+        size += len(plaintext)
+    return size
 
 
 def _check_segment_size(segment_size: int) -> None:

@@ -10,28 +10,67 @@ Guarantees: every object of the manifest ends up exactly once in the target
 location (a storage key is one object; puts are atomic overwrites), with its
 plaintext checksum verified against the manifest, before any source copy is
 deleted; a failed verification deletes nothing and changes no row.
+
+The plaintext is hashed once, while it is copied, and the copy is verified
+by reading it back without hashing it again. Why that still proves the
+checksum of what is stored (see migration_run for the steps):
+
+1. The copy streams each object's plaintext through SHA-256 into the
+   encryption, and compares the digest and size with the manifest when the
+   plaintext ends, before the final segment is produced. A mismatch raises
+   inside the put, which then leaves nothing behind; and a stream without its
+   final segment would not authenticate anyway. So every ciphertext this
+   engine lands in the target encrypts a plaintext that matched the manifest.
+2. Each encryption draws a fresh random 32-byte salt for the object's header,
+   and the item records that salt once the put returned. The salt names that
+   one write: no other write draws it (2^-256), and only a holder of the DEK
+   can make segments that authenticate under the subkey derived from it.
+3. Verification reads the copy back from the target, requires its header to
+   name the target DEK and the recorded salt, and authenticates every segment
+   (AES-GCM, with the header, the tenant and key binding, the index and the
+   final flag in the associated data). Authentic segments under that subkey
+   are exactly the ones written in 2, in order, none missing: so the stored
+   plaintext is the one hashed in 1, and its checksum is the manifest's.
+4. A copy with another salt (a stale or foreign write: an earlier run killed
+   between its put and its record, or anything else that wrote the key
+   since) proves nothing about its plaintext: it is not accepted but copied
+   again, and verified again. Items copied before salts were recorded are
+   verified the old way, by hashing the plaintext read back.
+
+Only one run of a migration works at a time (_Exclusive): a second one sent
+while the first still runs returns at once, saying it runs elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import hmac
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Case, CharField, F, Value, When
 from django.utils import timezone
 
 from archive.segments import (
-    Digest,
     ObjectFormatError,
     ObjectUnauthentic,
+    authenticate_stream,
     ciphertext_size,
     decrypt_stream,
     encrypt_stream,
+    peek_header,
 )
 from archive.storage import ObjectMissing, Storage, StorageDenied
 from audit.models import Outcome
@@ -72,6 +111,15 @@ _COUNTERS: dict[str, str] = {
 }
 STATE_CHECK_SECONDS = 1.0
 _SHOWN = 5  # keys named in an error
+# Items handed to the threads ahead of the one being recorded, per thread: the
+# threads never wait for the recording, and a killed run has at most this many
+# per thread done but unrecorded beyond the unwritten batch.
+AHEAD = 2
+# A verification that sent items back to copying runs the copy again at once,
+# up to this many times; further rounds wait for the next resume.
+PASSES = 3
+RUNNING_ELSEWHERE = "running elsewhere"
+_LOCK_NAMESPACE = 0x4B574F4D  # "KWOM": object migrations, in pg_advisory_lock(int, int)
 
 
 class MigrationRefused(Exception):
@@ -84,6 +132,94 @@ class VerificationFailed(Exception):
 
 class _Stop(Exception):
     """The tenant left the migrating state, or its key or storage refuses: stop for now."""
+
+
+class _LostLock(Exception):
+    """This run no longer holds the migration's lock: leave the migration as it is."""
+
+
+class _Mismatch(Exception):
+    """The plaintext streamed from the source does not match the manifest."""
+
+
+class _Exclusive:
+    """At most one run of a migration at a time, in any process on any machine.
+
+    PostgreSQL: a session advisory lock taken with pg_try_advisory_lock on a
+    connection of its own, held for the whole run. It needs no expiry or
+    renewal: the server drops it the moment that connection ends, so a worker
+    killed with SIGKILL frees it at once and the very next send resumes the
+    move, while a slow but live run (a large object on a slow store) keeps it
+    however long it takes. A lease in a column would have to pick a duration:
+    too short and a live run loses it and races its successor, too long and
+    every crash delays the resume by that much. The run checks the connection
+    as it goes and stops, changing nothing, if it was lost (the lock with it).
+    It needs a session that outlives transactions: no PgBouncer in
+    transaction mode in front of the workers.
+
+    SQLite (embedded mode, one machine by construction): an exclusive flock
+    on a file per migration under DATA_DIR/locks, which the kernel releases
+    when the process dies, just as PostgreSQL does.
+    """
+
+    def __init__(self, migration_id: uuid.UUID) -> None:
+        self.migration_id = migration_id
+        self._connection: BaseDatabaseWrapper | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
+            return self._acquire_advisory()
+        return self._acquire_flock()
+
+    def _acquire_advisory(self) -> bool:
+        objid = int.from_bytes(self.migration_id.bytes[:4], "big", signed=True)
+        connection = connections.create_connection(DEFAULT_DB_ALIAS)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_NAMESPACE, objid])
+                row = cursor.fetchone()
+        except BaseException:
+            connection.close()
+            raise
+        if not row or not row[0]:
+            connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    def _acquire_flock(self) -> bool:
+        folder = Path(settings.DATA_DIR) / "locks"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(
+            folder / f"object-migration-{self.migration_id}.lock", os.O_RDWR | os.O_CREAT, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def check(self) -> None:
+        """Raise _LostLock when the lock's connection is gone (the lock went with it)."""
+        if self._connection is None:
+            return
+        try:
+            with self._connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError:
+            raise _LostLock("the connection holding the migration's lock was lost") from None
+
+    def release(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(DatabaseError):
+                self._connection.close()  # ends the session and its advisory lock
+            self._connection = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _locations(direction: str) -> tuple[str, str]:
@@ -196,8 +332,11 @@ def migration_run(migration_id: str) -> str:
        copied.
     2. verifying: the target location's listing must hold exactly the
        manifest's keys (and the objects already there before), each of the
-       right size; each copy is read back, must name the target DEK and
-       decrypt to the manifest's SHA-256; then it is marked verified.
+       right size; each copy is read back, must name the target DEK and the
+       salt recorded when it was copied, and every segment must authenticate
+       (which proves the manifest's SHA-256: see the module's docstring);
+       then it is marked verified. A copy with another salt goes back to
+       copying and is copied and verified again.
     3. switching: one transaction points every manifest object's row to the
        target location and DEK.
     4. deleting: only now the source copies are deleted (idempotent, marked
@@ -210,16 +349,33 @@ def migration_run(migration_id: str) -> str:
     migration = ObjectMigration.objects.select_related("tenant", "target_dek").get(pk=migration_id)
     if migration.state in (MigrationState.DONE, MigrationState.FAILED):
         return str(migration.state)
-    run = _Run(migration)
+    lock = _Exclusive(migration.pk)
+    if not lock.acquire():
+        logger.info("object migration %s is running elsewhere", migration.pk)
+        return RUNNING_ELSEWHERE
     try:
-        if migration.state in (MigrationState.STOPPED, MigrationState.MANIFEST):
+        # Read again under the lock: the run that held it may have moved it on.
+        migration.refresh_from_db()
+        if migration.state in (MigrationState.DONE, MigrationState.FAILED):
+            return str(migration.state)
+        return _run(_Run(migration, lock))
+    finally:
+        lock.release()
+
+
+def _run(run: _Run) -> str:
+    try:
+        if run.state in (MigrationState.STOPPED, MigrationState.MANIFEST):
             run.resume()
-        if run.state == MigrationState.COPYING:
-            run.copy()
-            run.advance(MigrationState.COPYING, MigrationState.VERIFYING)
-        if run.state == MigrationState.VERIFYING:
-            run.verify()
-            run.advance(MigrationState.VERIFYING, MigrationState.SWITCHING)
+        for _ in range(PASSES):
+            if run.state == MigrationState.COPYING:
+                run.copy()
+                run.advance(MigrationState.COPYING, MigrationState.VERIFYING)
+            if run.state == MigrationState.VERIFYING:
+                run.verify()  # back to copying when a copy must be made again
+                run.advance(MigrationState.VERIFYING, MigrationState.SWITCHING)
+            if run.state != MigrationState.COPYING:
+                break
         if run.state == MigrationState.SWITCHING:
             run.switch()
         if run.state == MigrationState.DELETING:
@@ -228,17 +384,24 @@ def migration_run(migration_id: str) -> str:
         return run.fail(str(exc))
     except _Stop as exc:
         return run.stop(str(exc))
+    except _LostLock as exc:
+        logger.warning("object migration %s: %s; leaving it as it is", run.m.pk, exc)
+        return RUNNING_ELSEWHERE
     return str(run.state)
 
 
-def _items(migration_id: Any, state: str) -> Iterator[list[tuple[int, str, str, int, str]]]:
-    """Pages of (id, key, sha256, size, source location) of the items in `state`, by id."""
+Item = tuple[int, str, str, int, str, str]  # id, key, sha256, size, source location, target salt
+Step = tuple[str, str]  # an item's next state and its target salt
+
+
+def _items(migration_id: Any, state: str) -> Iterator[list[Item]]:
+    """Pages of the items in `state`, by id."""
     after = 0
     while True:
         page = list(
             MigrationItem.objects.filter(migration_id=migration_id, state=state, id__gt=after)
             .order_by("id")
-            .values_list("id", "key", "sha256", "size", "source_location")[:PAGE]
+            .values_list("id", "key", "sha256", "size", "source_location", "target_salt")[:PAGE]
         )
         if not page:
             return
@@ -247,14 +410,15 @@ def _items(migration_id: Any, state: str) -> Iterator[list[tuple[int, str, str, 
 
 
 class _Run:
-    def __init__(self, migration: ObjectMigration) -> None:
+    def __init__(self, migration: ObjectMigration, lock: _Exclusive) -> None:
         self.m = migration
+        self.lock = lock
         self.tenant = migration.tenant
         self.tenant_id = str(migration.tenant_id)
         self.state = str(migration.state)
         self._checked = 0.0
         self._storages: dict[str, Storage] = {}
-        self._batch: list[tuple[int, str, str]] = []
+        self._batch: list[tuple[int, str, str, str]] = []
         self._batch_bytes = 0
         self._flushed = time.monotonic()
 
@@ -269,13 +433,17 @@ class _Run:
             self._storages[location] = found
         return found
 
-    def check_tenant(self, *, force: bool = False) -> None:
+    def check_tenant(self, *, force: bool = False, tenant: bool = True) -> None:
+        """Every STATE_CHECK_SECONDS: still holding the lock, and (with `tenant`)
+        the tenant still migrating."""
         now = time.monotonic()
         if not force and now - self._checked < STATE_CHECK_SECONDS:
             return
-        state = Tenant.objects.values_list("state", flat=True).get(pk=self.tenant.pk)
-        if state not in MIGRATING_STATES:
-            raise _Stop(f"the tenant is {ServiceState(state).label}, no longer migrating")
+        self.lock.check()
+        if tenant:
+            state = Tenant.objects.values_list("state", flat=True).get(pk=self.tenant.pk)
+            if state not in MIGRATING_STATES:
+                raise _Stop(f"the tenant is {ServiceState(state).label}, no longer migrating")
         self._checked = now
 
     def advance(self, from_state: str, to_state: str) -> None:
@@ -295,7 +463,6 @@ class _Run:
         except (KeyRevoked, KeyAccessDenied, KeyMaterialInvalid) as exc:
             raise _Stop(f"the data key cannot be used: {exc}") from None
 
-    # -- 1. copy -------------------------------------------------------------
     def _ring(self, dek_ids: set[int]) -> Callable[[int], bytes]:
         """DEK bytes by id, loaded here so that worker threads never touch the database."""
         ring = {dek_id: self.material(dek_id) for dek_id in dek_ids}
@@ -308,21 +475,37 @@ class _Run:
 
         return key_for
 
-    def _parallel(
-        self, state: str, step: Callable[[tuple[int, str, str, int, str]], None], to_state: str
-    ) -> None:
-        """Run `step` on every item in `state`, a few at a time (threads: the crypto,
-        hashing and I/O release the GIL); record each in order in this thread."""
+    def _parallel(self, state: str, step: Callable[[Item], Step], *, tenant: bool = True) -> None:
+        """Run `step` on every item in `state` on threads (the crypto, hashing and I/O
+        release the GIL) and record each outcome in this thread, in order.
+
+        The threads are kept fed: AHEAD items per thread are handed out beyond
+        the one being recorded, so none waits for the database.
+        """
         threads = max(1, int(settings.KEYWARD_OBJECT_MIGRATE_THREADS))
-        with ThreadPoolExecutor(threads, thread_name_prefix="object-move") as pool:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="object-move")
+        running: deque[tuple[Item, Future[Step]]] = deque()
+
+        def record_oldest() -> None:
+            item, future = running.popleft()
+            to_state, salt = future.result()
+            self._mark(item[0], item[3], state, to_state, salt)
+
+        try:
             for page in _items(self.m.pk, state):
-                for start in range(0, len(page), 4 * threads):
-                    self.check_tenant()
-                    chunk = page[start : start + 4 * threads]
-                    for item, _done in zip(chunk, pool.map(step, chunk), strict=True):
-                        self._mark(item[0], item[3], state, to_state)
+                for item in page:
+                    self.check_tenant(tenant=tenant)
+                    running.append((item, pool.submit(step, item)))
+                    if len(running) > AHEAD * threads:
+                        record_oldest()
+            while running:
+                record_oldest()
+        finally:
+            # On an error, what was not started never starts; what runs finishes.
+            pool.shutdown(wait=True, cancel_futures=True)
         self.flush()
 
+    # -- 1. copy -------------------------------------------------------------
     def copy(self) -> None:
         target = self.storage(self.m.target_location)
         source = self.storage(self.m.source_location)
@@ -337,18 +520,18 @@ class _Run:
         )
         key_for = self._ring(source_deks)
 
-        def copy_one(item: tuple[int, str, str, int, str]) -> None:
-            _item_id, key, sha256, size, _source_location = item
+        def copy_one(item: Item) -> Step:
+            _item_id, key, sha256, size, _source_location, _salt = item
             binding = object_binding(self.tenant_id, key)
-            digest = Digest()
             try:
                 plain = decrypt_stream(source.get(key), key_for=key_for, binding=binding)
-                target.put(
-                    key,
-                    encrypt_stream(
-                        digest.tee(plain), dek=target_key, dek_id=target_dek_id, binding=binding
-                    ),
-                )
+                pieces = encrypt_stream(
+                    _checked(plain, sha256, size), dek=target_key, dek_id=target_dek_id,
+                    binding=binding,
+                )  # fmt: skip
+                # The header comes first, before any plaintext is read.
+                header, pieces = peek_header(pieces)
+                target.put(key, pieces)
             except ObjectMissing:
                 raise VerificationFailed(
                     f"the source copy of {key!r} is missing; nothing was deleted"
@@ -357,26 +540,27 @@ class _Run:
                 raise VerificationFailed(
                     f"the source copy of {key!r} does not authenticate; nothing was deleted"
                 ) from None
-            except StorageDenied as exc:
-                raise _Stop(f"the storage refused: {exc}") from None
-            if digest.hexdigest() != sha256 or digest.size != size:
+            except _Mismatch:
                 raise VerificationFailed(
                     f"the source copy of {key!r} does not match the manifest's checksum; "
                     "nothing was deleted"
-                )
+                ) from None
+            except StorageDenied as exc:
+                raise _Stop(f"the storage refused: {exc}") from None
+            return ItemState.COPIED, header.salt.hex()
 
-        self._parallel(ItemState.PENDING, copy_one, ItemState.COPIED)
+        self._parallel(ItemState.PENDING, copy_one)
 
-    def _mark(self, item_id: int, size: int, from_state: str, to_state: str) -> None:
+    def _mark(self, item_id: int, size: int, from_state: str, to_state: str, salt: str) -> None:
         """Record an item's step; written in batches (MARK_ITEMS, MARK_BYTES, MARK_SECONDS).
 
         A run killed before a batch is written redoes those items' steps, which
         are idempotent (an overwrite with the same plaintext, a read, a delete).
         """
         batch = self._batch
-        if batch and batch[0][1:] != (from_state, to_state):
+        if batch and batch[0][1:3] != (from_state, to_state):
             self.flush()
-        batch.append((item_id, from_state, to_state))
+        batch.append((item_id, from_state, to_state, salt))
         self._batch_bytes += size
         if (
             len(batch) >= MARK_ITEMS
@@ -390,22 +574,35 @@ class _Run:
         self._flushed = time.monotonic()
         if not batch:
             return
-        _, from_state, to_state = batch[0]
-        counter = _COUNTERS[to_state]
+        _, from_state, to_state, _ = batch[0]
+        salts = {item_id: salt for item_id, _, _, salt in batch}
         with transaction.atomic():
-            # Only the items still in `from_state` count: a concurrent run of the
-            # same migration may have recorded some of them already.
+            # Only the items still in `from_state` count (a batch is recorded once).
             moved = list(
                 MigrationItem.objects.select_for_update()
-                .filter(pk__in=[i for i, _, _ in batch], state=from_state)
+                .filter(pk__in=list(salts), state=from_state)
                 .values_list("pk", "size")
             )
             if not moved:
                 return
-            MigrationItem.objects.filter(pk__in=[pk for pk, _ in moved]).update(state=to_state)
-            counts: dict[str, Any] = {counter: F(counter) + len(moved)}
+            changes: dict[str, Any] = {"state": to_state}
             if to_state == ItemState.COPIED:
-                counts["bytes_copied"] = F("bytes_copied") + sum(size for _, size in moved)
+                changes["target_salt"] = Case(
+                    *(When(pk=pk, then=Value(salts[pk])) for pk, _ in moved),
+                    output_field=CharField(),
+                )
+            elif to_state == ItemState.PENDING:
+                changes["target_salt"] = ""
+            MigrationItem.objects.filter(pk__in=[pk for pk, _ in moved]).update(**changes)
+            count, size = len(moved), sum(size for _, size in moved)
+            counts: dict[str, Any]
+            if to_state == ItemState.PENDING:  # to be copied again
+                counts = {"copied": F("copied") - count, "bytes_copied": F("bytes_copied") - size}
+            else:
+                counter = _COUNTERS[to_state]
+                counts = {counter: F(counter) + count}
+                if to_state == ItemState.COPIED:
+                    counts["bytes_copied"] = F("bytes_copied") + size
             ObjectMigration.objects.filter(pk=self.m.pk).update(
                 checkpoint=max(pk for pk, _ in moved), updated=timezone.now(), **counts
             )
@@ -438,16 +635,27 @@ class _Run:
                 f"{len(wrong)} objects in the target have the wrong size{_named(wrong)}; "
                 "nothing was deleted"
             )
-        key_for = self._ring({int(self.m.target_dek_id)})
+        target_dek_id = int(self.m.target_dek_id)
+        key_for = self._ring({target_dek_id})
 
-        def verify_one(item: tuple[int, str, str, int, str]) -> None:
-            _item_id, key, sha256, size, _source = item
-            digest = Digest()
+        def verify_one(item: Item) -> Step:
+            _item_id, key, sha256, size, _source, salt = item
+            binding = object_binding(self.tenant_id, key)
             try:
-                for piece in decrypt_stream(
-                    target.get(key), key_for=key_for, binding=object_binding(self.tenant_id, key)
-                ):
-                    digest.update(piece)
+                header, pieces = peek_header(target.get(key))
+                if not salt:
+                    # Copied before salts were recorded: hash the plaintext again.
+                    plain = decrypt_stream(pieces, key_for=key_for, binding=binding)
+                    for _ in _checked(plain, sha256, size):
+                        pass
+                elif header.dek_id != target_dek_id or header.salt.hex() != salt:
+                    logger.warning(
+                        "object migration %s: the copy of %r is not the one it wrote; copying "
+                        "it again", self.m.pk, key,
+                    )  # fmt: skip
+                    return ItemState.PENDING, ""
+                elif authenticate_stream(pieces, key_for=key_for, binding=binding) != size:
+                    raise _Mismatch  # unreachable once the listed size matched; kept as a check
             except ObjectMissing:
                 raise VerificationFailed(
                     f"the copy of {key!r} vanished from the target; nothing was deleted"
@@ -456,19 +664,20 @@ class _Run:
                 raise VerificationFailed(
                     f"the copy of {key!r} does not authenticate; nothing was deleted"
                 ) from None
-            except StorageDenied as exc:
-                raise _Stop(f"the storage refused: {exc}") from None
-            if digest.hexdigest() != sha256 or digest.size != size:
+            except _Mismatch:
                 raise VerificationFailed(
                     f"the copy of {key!r} does not match the manifest's checksum; "
                     "nothing was deleted"
-                )
+                ) from None
+            except StorageDenied as exc:
+                raise _Stop(f"the storage refused: {exc}") from None
+            return ItemState.VERIFIED, salt
 
-        self._parallel(ItemState.COPIED, verify_one, ItemState.VERIFIED)
+        self._parallel(ItemState.COPIED, verify_one)
         left = MigrationItem.objects.filter(migration=self.m).exclude(state=ItemState.VERIFIED)
         if left.exists():
-            # Items still pending: a concurrent run of the same migration is behind
-            # this one; back to copying, which that run (or the next) finishes.
+            # Copies to make again (or, from before runs were exclusive, items a
+            # concurrent run had not copied yet): back to copying.
             self.advance(MigrationState.VERIFYING, MigrationState.COPYING)
 
     # -- 3. switch -------------------------------------------------------------
@@ -502,11 +711,22 @@ class _Run:
 
     # -- 4. delete -------------------------------------------------------------
     def delete_sources(self) -> None:
-        for page in _items(self.m.pk, ItemState.VERIFIED):
-            for item_id, key, _sha, _size, source_location in page:
-                self.storage(source_location).delete(key)
-                self._mark(item_id, 0, ItemState.VERIFIED, ItemState.DELETED)
-            self.flush()
+        # Storages made here: the threads only use them.
+        storages = {
+            location: self.storage(location)
+            for location in MigrationItem.objects.filter(migration=self.m, state=ItemState.VERIFIED)
+            .order_by()
+            .values_list("source_location", flat=True)
+            .distinct()
+        }
+
+        def delete_one(item: Item) -> Step:
+            _item_id, key, _sha, _size, source_location, salt = item
+            storages[source_location].delete(key)
+            return ItemState.DELETED, salt
+
+        # After the switch the tenant's state does not matter: finish deleting.
+        self._parallel(ItemState.VERIFIED, delete_one, tenant=False)
         with transaction.atomic():
             locked = ObjectMigration.objects.select_for_update().get(pk=self.m.pk)
             if locked.state != MigrationState.DELETING:
@@ -586,6 +806,20 @@ class _Run:
                 details={"migration": str(locked.pk)},
             )
         return MigrationState.STOPPED
+
+
+def _checked(plain: Iterable[bytes], sha256: str, size: int) -> Iterator[bytes]:
+    """Pass the plaintext through, hashing it; raise _Mismatch at its end unless it
+    has the manifest's size and SHA-256 (before the encryption makes its final
+    segment, so a put of it fails and leaves nothing)."""
+    digest = hashlib.sha256()
+    seen = 0
+    for piece in plain:
+        digest.update(piece)
+        seen += len(piece)
+        yield piece
+    if seen != size or not hmac.compare_digest(digest.hexdigest(), sha256):
+        raise _Mismatch
 
 
 def _manifest_pages(migration_id: Any) -> Iterator[list[tuple[str, int]]]:

@@ -163,6 +163,9 @@ class MigrationItem(models.Model):
     size = models.BigIntegerField()
     source_location = models.CharField(max_length=16, choices=Location.choices)
     state = models.CharField(max_length=16, choices=ItemState.choices, default=ItemState.PENDING)
+    # The hex salt in the header of the copy this migration wrote and checked
+    # (empty until copied): verification accepts that exact write only.
+    target_salt = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         constraints = [

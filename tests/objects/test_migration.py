@@ -1,19 +1,32 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
+import uuid
 from typing import Any
 
 import pytest
 from django.core import mail
+from django.db import connection
 
 import objects.migration
+from archive.segments import encrypt_stream
 from archive.services import ServicePaused
 from audit.models import AuditEvent
+from objects.keyring import dek_material
 from objects.locations import ensured, storage_for
-from objects.migration import MigrationRefused, migration_run, migration_start
+from objects.migration import (
+    RUNNING_ELSEWHERE,
+    MigrationRefused,
+    _Exclusive,
+    migration_run,
+    migration_start,
+)
 from objects.models import Direction, ItemState, Location, MigrationState, StoredObject
 from objects.selectors import migration_progress, objects_usage
-from objects.services import object_open, object_put
+from objects.services import object_binding, object_open, object_put
 from objects.signals import migration_finished
 from tenants.models import ServiceState
 from tests.objects.conftest import (
@@ -235,3 +248,102 @@ def test_start_is_refused_unless_migrating_and_is_idempotent(acme, globex) -> No
     assert again.pk == first.pk and first.items.count() == 2
     with pytest.raises(MigrationRefused):
         migration_start(tenant=tenant, direction=Direction.TO_SHARED, target_dek_id=target.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copy_the_move_did_not_write_is_copied_again(acme, monkeypatch) -> None:
+    """A stale or foreign copy authenticates under the target DEK but has another salt:
+    verification does not take it, the object is copied again and verified."""
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 6)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    victim = sorted(blobs)[2]
+    real_verify = objects.migration._Run.verify
+    planted: list[str] = []
+
+    def planting_verify(self: Any) -> None:
+        if not planted:
+            # Same size, valid under the target DEK and binding, other plaintext.
+            wrong = os.urandom(len(blobs[victim]))
+            pieces = encrypt_stream(
+                [wrong], dek=dek_material(str(tenant.pk), target.pk), dek_id=target.pk,
+                binding=object_binding(str(tenant.pk), victim),
+            )  # fmt: skip
+            ensured(tenant, Location.DEDICATED).put(victim, pieces)
+            planted.append(victim)
+        real_verify(self)
+
+    monkeypatch.setattr(objects.migration._Run, "verify", planting_verify)
+    assert migration_run(str(migration.pk)) == MigrationState.DONE
+    assert planted == [victim]
+    migration.refresh_from_db()
+    assert (migration.copied, migration.verified, migration.deleted) == (6, 6, 6)
+    assert migration.bytes_copied == migration.bytes_total
+    for key, data in blobs.items():
+        assert read_all(tenant, key) == data
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_of_a_running_migration_returns_at_once(acme, monkeypatch) -> None:
+    tenant = acme.tenant
+    blobs = with_objects(tenant, 8)
+    target = new_target_dek(tenant)
+    set_state(tenant, MIGRATING)
+    migration = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED,
+                                target_dek_id=target.pk)  # fmt: skip
+    copying, second_done = threading.Event(), threading.Event()
+    real_copy = objects.migration._Run.copy
+
+    def held_copy(self: Any) -> None:
+        copying.set()
+        assert second_done.wait(30)
+        real_copy(self)
+
+    monkeypatch.setattr(objects.migration._Run, "copy", held_copy)
+    results: list[str] = []
+
+    def first() -> None:
+        try:
+            results.append(migration_run(str(migration.pk)))
+        finally:
+            connection.close()
+
+    runner = threading.Thread(target=first)
+    runner.start()
+    try:
+        assert copying.wait(30)
+        started = time.monotonic()
+        assert migration_run(str(migration.pk)) == RUNNING_ELSEWHERE
+        assert time.monotonic() - started < 2
+        migration.refresh_from_db()
+        assert migration.state == MigrationState.COPYING and migration.copied == 0
+    finally:
+        second_done.set()
+        runner.join(60)
+    assert results == [MigrationState.DONE]
+    migration.refresh_from_db()
+    assert (migration.copied, migration.verified, migration.deleted) == (8, 8, 8)
+    assert keys_at(tenant, Location.SHARED) == []
+    assert keys_at(tenant, Location.DEDICATED) == sorted(blobs)
+    for key, data in blobs.items():
+        assert read_all(tenant, key) == data
+    assert AuditEvent.objects.filter(tenant=tenant, action="objects.migration_done").count() == 1
+    # The lock went with the run: a run sent now finds the migration done.
+    assert migration_run(str(migration.pk)) == MigrationState.DONE
+
+
+def test_without_postgresql_a_file_lock_keeps_runs_apart(settings, tmp_path) -> None:
+    settings.DATA_DIR = tmp_path
+    migration_id = uuid.uuid4()
+    first, second = _Exclusive(migration_id), _Exclusive(migration_id)
+    assert first._acquire_flock()
+    assert not second._acquire_flock()
+    other = _Exclusive(uuid.uuid4())
+    assert other._acquire_flock()  # another migration's lock is another file
+    other.release()
+    first.release()
+    assert second._acquire_flock()
+    second.release()

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from archive.segments import encrypt_stream
 from objects import locations
 from objects.keyring import current_object_key
 from objects.locations import ensured, storage_for
-from objects.migration import MARK_ITEMS, migration_start
+from objects.migration import AHEAD, MARK_ITEMS, migration_start
 from objects.models import (
     Direction,
     ItemState,
@@ -103,8 +104,10 @@ def check_sources_kept(tenant: Tenant, migration: ObjectMigration, blobs: dict[s
         return
     assert not migration.items.exclude(state__in=[ItemState.VERIFIED, ItemState.DELETED]).exists()
     deleted = set(migration.items.filter(state=ItemState.DELETED).values_list("key", flat=True))
-    # Those deleted since the last recorded batch are gone but not yet marked.
-    assert deleted <= gone and len(gone - deleted) <= MARK_ITEMS
+    # Those deleted since the last recorded batch, or handed to the threads
+    # ahead of it, are gone but not yet marked.
+    threads = settings.KEYWARD_OBJECT_MIGRATE_THREADS
+    assert deleted <= gone and len(gone - deleted) <= MARK_ITEMS + (AHEAD + 1) * threads
     rows = StoredObject.objects.filter(tenant=tenant)
     assert set(rows.values_list("location", flat=True)) == {migration.target_location}
 
