@@ -107,14 +107,33 @@ def dek_rotate(
         raise KeyActionRefused(
             f"The data key cannot be rotated while the tenant is {locked.get_state_display()}."
         )
+    dek = _rotate_under(locked, active_source(locked), actor=actor, reason=reason, request=request)
+    publish_key_state(str(locked.pk))
+    return dek
+
+
+def dek_rotate_for_move(*, tenant: Tenant, source: KeySource, reason: str) -> DataKey:
+    """A new active DEK under `source` while the tenant is paused for a move between
+    key sources (its objects are re-encrypted under it). The caller holds the
+    tenant's row lock and has just made `source` the active one."""
+    return _rotate_under(tenant, source, actor=Actor.system("key move"), reason=reason)
+
+
+def _rotate_under(
+    locked: Tenant,
+    source: KeySource,
+    *,
+    actor: Actor,
+    reason: str,
+    request: HttpRequest | None = None,
+) -> DataKey:
+    """The active DEK becomes decrypt-only and a new one is made under `source` (audited)."""
     current = DataKey.objects.filter(tenant=locked, state=DekState.ACTIVE).first()
     last = DataKey.objects.filter(tenant=locked).order_by("-version").first()
     if current is not None:
         current.state = DekState.RETIRING
         current.save(update_fields=["state"])
-    dek = _new_dek(
-        tenant=locked, source=active_source(locked), version=(last.version if last else 0) + 1
-    )
+    dek = _new_dek(tenant=locked, source=source, version=(last.version if last else 0) + 1)
     record(
         tenant=locked,
         actor=actor,
@@ -127,32 +146,6 @@ def dek_rotate(
             "kek": dek.kek_version.provider_version,
         },
         request=request,
-    )
-    publish_key_state(str(locked.pk))
-    return dek
-
-
-def dek_rotate_for_move(*, tenant: Tenant, source: KeySource, reason: str) -> DataKey:
-    """A new active DEK under `source` while the tenant is paused for a move between
-    key sources (its objects are re-encrypted under it). The caller holds the
-    tenant's row lock and has just made `source` the active one."""
-    current = DataKey.objects.filter(tenant=tenant, state=DekState.ACTIVE).first()
-    last = DataKey.objects.filter(tenant=tenant).order_by("-version").first()
-    if current is not None:
-        current.state = DekState.RETIRING
-        current.save(update_fields=["state"])
-    dek = _new_dek(tenant=tenant, source=source, version=(last.version if last else 0) + 1)
-    record(
-        tenant=tenant,
-        actor=Actor.system("key move"),
-        action="dek.rotate",
-        target=f"DEK v{dek.version}",
-        reason=reason,
-        details={
-            "from_version": current.version if current else None,
-            "to_version": dek.version,
-            "kek": dek.kek_version.provider_version,
-        },
     )
     return dek
 
@@ -242,6 +235,17 @@ def kek_rewrap_vendor_deks(*, actor: Actor) -> dict[str, int]:
                 target=newest,
                 details={"data_keys": len(rows)},
             )
+    # The tenants' other vendor-wrapped keys (lookup keys) follow, one at a time.
+    for tenant in Tenant.objects.filter(
+        key_sources__kind=SourceKind.LOCAL, key_sources__state=SourceState.ACTIVE
+    ):
+        rewrap_other_keys(
+            tenant=tenant,
+            target=active_or_local_source(tenant),
+            wrapper=provider,
+            while_state=tenant.state,
+            version=newest,
+        )
     _retire_unused_kek_versions()
     record(
         tenant=None,

@@ -145,6 +145,10 @@ def test_root_key_rotation_then_rewrap_moves_every_vendor_dek(tenant: Tenant) ->
     for dek in DataKey.objects.select_related("kek_version"):
         assert dek.kek_version.provider_version == newest
         assert bytes(dek.wrapped) != before[dek.pk]
+    from api.models import IndexKey  # lookup keys follow the root key too
+
+    assert IndexKey.objects.filter(tenant=tenant).exists()
+    assert {k.kek_version.provider_version for k in IndexKey.objects.all()} == {newest}
     old_versions = KekVersion.objects.exclude(provider_version=newest)
     assert old_versions.exists() and all(v.state == KekState.RETIRED for v in old_versions)
     reset_for_tests()
