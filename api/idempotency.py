@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from api.errors import ApiError
 from api.models import IdempotencyKey
@@ -22,9 +22,11 @@ Outcome = tuple[int, dict[str, Any]]
 
 
 def request_fingerprint(method: str, path: str, body: Any) -> bytes:
-    """SHA-256 of the request as parsed: key order and whitespace do not count."""
+    """A keyed hash (HMAC-SHA-256 under a key derived from SECRET_KEY) of the request
+    as parsed: key order and whitespace do not count. Keyed, because the body holds
+    personal data: a plain hash in the database would let guesses be checked."""
     canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
+    return salted_hmac("keyward.api.idempotency", canonical.encode(), algorithm="sha256").digest()
 
 
 def check_key(key: str) -> str:
@@ -53,6 +55,9 @@ def run_once(
        under another fingerprint it is a 409. An expired row starts over.
     3. Run `create` and store its outcome, in the same transaction: if it
        raises, the row goes with it and a later retry runs again.
+
+    The stored outcome must hold no personal data (the caller stores the
+    record's id, not its fields, and rebuilds the body on a replay).
     """
     now = timezone.now()
     expires = now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS)

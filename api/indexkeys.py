@@ -37,7 +37,7 @@ from api.blindindex import INDEXED_FIELDS, digest, digests
 from api.models import IndexKey, IndexKeyState, LookupRow
 from archive.models import Record, SealedFields
 from archive.pii import decode_fields
-from archive.services import PII_FIELD, NewRecord
+from archive.services import PII_FIELD, NewRecord, ServicePaused
 from audit.services import Actor, record
 from keys.envelope import ACTIVE, KeyRevoked
 from keys.models import KeySource
@@ -126,10 +126,15 @@ def index_key_ensure(*, tenant: Tenant) -> IndexKey:
     if found is not None:
         return found
     with transaction.atomic():
-        Tenant.objects.select_for_update().only("pk").get(pk=tenant.pk)
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         found = IndexKey.objects.filter(tenant=tenant, state=IndexKeyState.ACTIVE).first()
         if found is not None:
             return found
+        if locked.is_paused:
+            # A key made now would be wrapped by the source a key move is leaving.
+            raise ServicePaused(
+                f"The tenant's service is paused ({locked.get_state_display()}); retry later."
+            )
         return _new_index_key(tenant=tenant, version=1, state=IndexKeyState.ACTIVE)
 
 
@@ -358,3 +363,14 @@ def index_keys_move(
                 row.kek_version = kek_version_get_or_create(target, wrapped.version)
                 row.save(update_fields=["wrapped", "kek_version"])
     return True
+
+
+def index_keys_shred(tenant: Tenant) -> int:
+    """Crypto-shredding: the tenant's index keys' wrapped bytes and its lookup rows go
+    (registered with keys.services; runs in the destruction's transaction)."""
+    LookupRow.objects.filter(tenant=tenant).delete()
+    shredded = IndexKey.objects.filter(tenant=tenant).update(
+        wrapped=b"", state=IndexKeyState.RETIRED, retired_at=timezone.now()
+    )
+    forget_cached_keys()
+    return shredded

@@ -150,7 +150,8 @@ def _create(tenant: Tenant, item: NewRecord) -> tuple[int, dict[str, Any]]:
         raise _conflict() from None
     except ValidationError as exc:  # records_create's own checks, after ours
         raise _invalid("fields", "; ".join(exc.messages)) from None
-    return 201, record_json(created, item.fields)
+    # What an Idempotency-Key keeps: the record's identity, never its fields.
+    return 201, {"id": str(created.uid), "kind": created.kind, "external_id": created.external_id}
 
 
 def _conflict() -> ApiError:
@@ -166,15 +167,22 @@ def record_create(request: HttpRequest) -> HttpResponse:
         index_key_ensure(tenant=tenant)  # outside the create's transaction: made once per tenant
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, body = _create(tenant, item)
+        status, created = _create(tenant, item)
         replayed = False
     else:
-        status, body, replayed = run_once(
+        status, created, replayed = run_once(
             tenant=tenant,
             key=check_key(key),
             fingerprint=request_fingerprint("POST", "/records", data),
             create=lambda: _create(tenant, item),
         )
+    # The body comes from the stored record, decrypted, as a read would return it.
+    record = (
+        Record.objects.select_related("sealed").filter(tenant=tenant, uid=created["id"]).first()
+    )
+    if record is None:  # replayed after the record was deleted
+        raise ApiError(404, "not_found", "The record this request created was deleted since.")
+    body = record_json(record, item.fields if not replayed else _fields_of(tenant, [record])[0])
     response = JsonResponse(body, status=status)
     response["Location"] = f"{request.path.rstrip('/')}/{body['id']}"
     if replayed:

@@ -24,7 +24,7 @@ from keys.notify import notify_key_admins
 from keys.providers.base import CheckResult, KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
 from keys.runtime import envelope, publish_key_state
-from keys.services import rewrap_one, rewrap_other_keys
+from keys.services import rewrap_one, rewrap_other_keys, shred_other_keys
 from tenants.models import ServiceState, Tenant
 
 HEALTH = Actor.system("key health check")
@@ -533,6 +533,11 @@ def tenant_destroy_due(*, tenant_id: str) -> bool:
         for source in sources:
             _destroy_uploaded_copies(source)
         KekVersion.objects.filter(source__in=sources).update(material=None, state=KekState.REVOKED)
+        # The customer's key-store credentials have no use left: gone with the keys.
+        KeySource.objects.filter(pk__in=[s.pk for s in sources]).update(
+            sealed_credentials=None, sealed_credentials_root=""
+        )
+        other_keys = shred_other_keys(locked)
         Tenant.objects.filter(pk=locked.pk).update(
             state=ServiceState.DESTROYED,
             state_changed_at=timezone.now(),
@@ -543,7 +548,7 @@ def tenant_destroy_due(*, tenant_id: str) -> bool:
             actor=Actor.system("crypto-shredding"),
             action="key.destroyed",
             reason="the waiting period ended; every wrapped data key was deleted",
-            details={"data_keys": count},
+            details={"data_keys": count, "other_keys": other_keys},
         )
         publish_key_state(str(locked.pk))
     envelope().forget(str(tenant_id))

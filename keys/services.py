@@ -471,6 +471,21 @@ def wrapped_key_mover_register(mover: WrappedKeyMover) -> None:
         _wrapped_key_movers.append(mover)
 
 
+# ...and are destroyed with them when a tenant is crypto-shredded.
+WrappedKeyShredder = Callable[[Tenant], int]
+_wrapped_key_shredders: list[WrappedKeyShredder] = []
+
+
+def wrapped_key_shredder_register(shredder: WrappedKeyShredder) -> None:
+    if shredder not in _wrapped_key_shredders:
+        _wrapped_key_shredders.append(shredder)
+
+
+def shred_other_keys(tenant: Tenant) -> int:
+    """Destroy the tenant's other wrapped keys (in the caller's transaction); how many."""
+    return sum(shredder(tenant) for shredder in _wrapped_key_shredders)
+
+
 def rewrap_other_keys(
     *,
     tenant: Tenant,

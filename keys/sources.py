@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from keys.credentials import credentials_seal
+from keys.credentials import CredentialsMissing, credentials_seal
 from keys.models import (
     DataKey,
     DekState,
@@ -117,6 +117,7 @@ def key_source_test(
     transaction; only the result is written.
     """
     context = dek_context(str(source.tenant_id), 0) | {"keyward:purpose": "test"}
+    tested_digest = source.config_digest()
     try:
         results = provider_for(source).run_checks(context)
     except KeyProviderError as exc:  # a provider should report, not raise; be safe anyway
@@ -127,12 +128,15 @@ def key_source_test(
     passed = all_required_passed(results)
     with transaction.atomic():
         locked = KeySource.objects.select_for_update().get(pk=source.pk)
+        if locked.config_digest() != tested_digest:
+            # Saved again while this test ran: its result is for settings gone now.
+            return locked
         locked.test_results = [
             {"name": r.name, "passed": r.passed, "message": r.message, "required": r.required}
             for r in results
         ] or [{"name": "Key store", "passed": False, "message": failure, "required": True}]
         locked.tested_at = timezone.now()
-        locked.tested_config_digest = locked.config_digest()
+        locked.tested_config_digest = tested_digest
         if locked.state in (SourceState.DRAFT, SourceState.TESTED):
             locked.state = SourceState.TESTED if passed else SourceState.DRAFT
         locked.save()
@@ -168,6 +172,8 @@ def byok_enable(
         prepared = provider_for(source).prepare_enable()
     except KeyProviderError as exc:
         raise KeyActionRefused(f"Your key store refused to prepare the key: {exc}") from None
+    except (CredentialsMissing, ValueError) as exc:  # saved settings no longer usable
+        raise KeyActionRefused(f"The saved settings cannot be used: {exc}") from None
     return _byok_enable_start(tenant, source, prepared, actor, request)
 
 
@@ -176,6 +182,11 @@ def _enable_refusal(tenant: Tenant, source: KeySource) -> None:
         raise KeyActionRefused(
             f"Your key can be enabled only for a vendor-managed tenant; this one is "
             f"{tenant.get_state_display()}."
+        )
+    if source.state not in (SourceState.DRAFT, SourceState.TESTED):
+        raise KeyActionRefused(
+            f"This key registration is {source.get_state_display().lower()}: register the key "
+            "again and test it."
         )
     if not source.test_passed:
         raise KeyActionRefused(

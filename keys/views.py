@@ -273,7 +273,7 @@ def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) ->
         )
     except KeyActionRefused as exc:
         _refused(request, access, "byok.enable", str(exc))
-        return redirect(SOURCE_PAGES[source.kind], slug=access.tenant.slug)
+        return redirect(SOURCE_PAGES.get(source.kind, "keys:overview"), slug=access.tenant.slug)
     messages.success(request, "Moving your data keys under your key. This page shows the progress.")
     return redirect("keys:overview", slug=access.tenant.slug)
 

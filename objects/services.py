@@ -25,7 +25,7 @@ from archive.storage import validate_key
 from keys.envelope import KeyRevoked
 from objects.keyring import current_object_key, dek_material
 from objects.locations import current_location, ensured, storage_for
-from objects.models import StoredObject
+from objects.models import Location, StoredObject
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -91,6 +91,36 @@ def _limited(chunks: Iterable[bytes], digest: Digest, limit: int) -> Iterator[by
         yield chunk
 
 
+def _hold_key(tenant_id: str, key: str) -> None:
+    """Serialise writes of one object key until commit (PostgreSQL; SQLite serialises
+    all writers): without it, two uploads of the same key could leave the row
+    describing one and the storage holding the other."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"{tenant_id}:{key}"]
+            )
+
+
+def _hold_dek(dek_id: int) -> None:
+    """Keep the DEK from being retired while an upload under it is under way (the
+    retirement locks the row, so it waits, then sees this object's row)."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT state FROM keys_datakey WHERE id = %s FOR SHARE", [dek_id])
+        row = cursor.fetchone()
+    if row is None or row[0] in ("retired", "destroyed"):
+        raise KeyRevoked("the tenant's data key was destroyed: nothing can be written")
+
+
+def _fits_every_location(tenant: Tenant, key: str) -> None:
+    """An object key must fit wherever the tenant's objects may move (an S3 prefix
+    takes part of the 1024 bytes), or a later move could never place it."""
+    for location in (Location.SHARED, Location.DEDICATED):
+        storage_for(tenant, location).check_key(key)
+
+
 def object_put(
     *,
     tenant: Tenant,
@@ -111,9 +141,12 @@ def object_put(
     tenant_id = str(tenant.pk)
     with transaction.atomic():
         _check_writable(_locked_state(tenant))
+        _hold_key(tenant_id, key)
         location = current_location(tenant)
         storage = ensured(tenant, location)
+        _fits_every_location(tenant, key)
         dek = current_object_key(tenant_id)
+        _hold_dek(dek.dek_id)
         digest = Digest()
         stored = storage.put(
             key,

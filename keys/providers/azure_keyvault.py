@@ -336,8 +336,10 @@ def _validate_guid(value: str, field_name: str, what: str) -> str:
         hint = ""
         if "." in text:
             hint = " (a GUID, not a domain name)"
+        # The value is not repeated: a secret pasted into the wrong field would
+        # otherwise reach the page and the (permanent) audit trail.
         raise InvalidAzureConfig(
-            f"{_show(text)} is not a {what}{hint}: copy it from the app registration's "
+            f"this is not a {what}{hint}: copy it from the app registration's "
             "Overview page, like 72f988bf-86f1-41af-91ab-2d7cd011db47",
             field=field_name,
         )

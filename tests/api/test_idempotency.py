@@ -23,6 +23,25 @@ def test_a_retry_returns_the_first_result_and_stores_once(acme, api) -> None:
     assert Record.objects.filter(tenant=acme.tenant).count() == 1
 
 
+def test_what_a_key_keeps_holds_no_personal_data(acme, api) -> None:
+    first = api.post("records", user_record(), {"Idempotency-Key": "k"})
+    row = IdempotencyKey.objects.get(tenant=acme.tenant, key="k")
+    kept = str(row.response) + bytes(row.request_sha256).hex()
+    for value in first.json()["fields"].values():
+        assert value not in str(row.response)
+    assert "fields" not in (row.response or {})
+    # The fingerprint is keyed: a plain SHA-256 of the request does not match it.
+    import hashlib
+    import json
+
+    plain = json.dumps(["POST", "/records", user_record()], sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(plain.encode()).hexdigest() not in kept
+    # A replay after the record was deleted says so rather than inventing a body.
+    assert api.delete(f"records/{first.json()['id']}").status_code == 204
+    again = api.post("records", user_record(), {"Idempotency-Key": "k"})
+    assert again.status_code == 404
+
+
 def test_key_order_and_whitespace_do_not_make_another_request(api) -> None:
     headers = {"Idempotency-Key": "k"}
     assert api.post("records", user_record(), headers).status_code == 201

@@ -142,6 +142,15 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
         for d in DataKey.objects.filter(tenant=acme.tenant)
     )
     assert AuditEvent.objects.filter(tenant=acme.tenant, action="key.destroyed").exists()
+    # The lookup key and its keyed hashes go too.
+    from api.models import IndexKey, LookupRow
+
+    assert IndexKey.objects.filter(tenant=acme.tenant).exists()
+    assert all(bytes(k.wrapped) == b"" for k in IndexKey.objects.filter(tenant=acme.tenant))
+    assert not LookupRow.objects.filter(tenant=acme.tenant).exists()
+    assert not KeySource.objects.filter(
+        tenant=acme.tenant, sealed_credentials__isnull=False
+    ).exists()
     assert not tenant_destroy_due(tenant_id=str(acme.tenant.pk))  # idempotent
 
 
