@@ -369,14 +369,22 @@ KEYWARD_AZURE_TIMEOUT_SECONDS = env.integer(
 # --- Customer keys: KMIP servers -------------------------------------------------
 # A KMIP host resolving into a loopback, private or link-local network is
 # refused unless its address is in one of these networks (CIDR), e.g. a
-# customer's KMIP server reached over a private link.
+# customer's KMIP server reached over a private link. "acme:10.20.0.0/16"
+# allows a network to one tenant (by slug) only; a bare CIDR to every tenant.
 KEYWARD_KMIP_ALLOWED_NETWORKS = env.strings("KEYWARD_KMIP_ALLOWED_NETWORKS", [])
-for _network in KEYWARD_KMIP_ALLOWED_NETWORKS:
+for _entry in KEYWARD_KMIP_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_entry)
+    except ValueError:
+        _slug, _, _network = _entry.partition(":")
+    else:
+        continue
     try:
         ipaddress.ip_network(_network)
     except ValueError:
         raise ImproperlyConfigured(
-            f"KEYWARD_KMIP_ALLOWED_NETWORKS: {_network!r} is not a network like 10.20.0.0/16"
+            f"KEYWARD_KMIP_ALLOWED_NETWORKS: {_entry!r} is not a network like 10.20.0.0/16 "
+            "or acme:10.20.0.0/16"
         ) from None
 KEYWARD_KMIP_TIMEOUT_SECONDS = env.integer("KEYWARD_KMIP_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
 

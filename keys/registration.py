@@ -9,6 +9,7 @@ with what is kept, then sealed again as one value.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -37,6 +38,22 @@ def _saved_credentials(tenant: Tenant, kind: str) -> dict[str, str]:
         return credentials_of(source)
     except CredentialsMissing:
         return {}
+
+
+def kmip_allowed_networks(tenant: Tenant) -> tuple[str, ...]:
+    """The private networks this tenant's KMIP server may be in: the operator's bare
+    CIDRs, and those given to this tenant ("<slug>:<CIDR>")."""
+    allowed = []
+    for entry in settings.KEYWARD_KMIP_ALLOWED_NETWORKS:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            slug, _, network = entry.partition(":")
+            if slug == tenant.slug:
+                allowed.append(network)
+        else:
+            allowed.append(entry)
+    return tuple(allowed)
 
 
 def saved_azure_method(tenant: Tenant) -> str | None:
@@ -119,7 +136,7 @@ def kmip_register(
         validate_host(
             entry.host,
             entry.port,
-            allowed_networks=tuple(settings.KEYWARD_KMIP_ALLOWED_NETWORKS),
+            allowed_networks=kmip_allowed_networks(tenant),
         )
     except InvalidKmipConfig as exc:
         raise RegistrationInvalid("host", str(exc)) from None

@@ -147,6 +147,7 @@ def _azure(source: KeySource) -> KeyProvider:
 def _kmip(source: KeySource) -> KeyProvider:
     from keys.credentials import credentials_of
     from keys.providers.kmip import KmipConfig, KmipCredentials, KmipProvider
+    from keys.registration import kmip_allowed_networks
 
     config = source.config
     secrets = credentials_of(source)
@@ -157,7 +158,7 @@ def _kmip(source: KeySource) -> KeyProvider:
             key_uid=config.get("key_uid") or None,
             key_name=f"keyward-{source.tenant.slug}",
             username=config.get("username") or None,
-            allowed_networks=tuple(settings.KEYWARD_KMIP_ALLOWED_NETWORKS),
+            allowed_networks=kmip_allowed_networks(source.tenant),
         ),
         KmipCredentials(
             ca_pem=secrets["ca_pem"].encode(),

@@ -175,7 +175,12 @@ def test_bad_uploads_are_refused_and_change_nothing(acme, case, make, field, mes
 
 @pytest.mark.parametrize(
     ("host", "allowed"),
-    [("127.0.0.1", []), ("10.0.0.1", ["127.0.0.1/32"]), ("169.254.169.254", ["127.0.0.1/32"])],
+    [
+        ("127.0.0.1", []),
+        ("127.0.0.1", ["globex:127.0.0.1/32"]),  # allowed to another tenant only
+        ("10.0.0.1", ["127.0.0.1/32"]),
+        ("169.254.169.254", ["127.0.0.1/32"]),
+    ],
 )
 def test_hosts_inside_private_networks_are_refused(acme, settings, host, allowed) -> None:
     settings.KEYWARD_KMIP_ALLOWED_NETWORKS = allowed
@@ -184,6 +189,12 @@ def test_hosts_inside_private_networks_are_refused(acme, settings, host, allowed
     assert 'data-testid="host-error"' in response.content.decode()
     assert not KeySource.objects.filter(tenant=acme.tenant, kind=SourceKind.KMIP).exists()
     assert AuditEvent.objects.get(action="key_source.register").outcome == "failure"
+
+
+def test_a_network_allowed_to_this_tenant_only_is_reachable(acme, settings) -> None:
+    settings.KEYWARD_KMIP_ALLOWED_NETWORKS = ["acme:127.0.0.1/32"]
+    body = save(login(acme.key_admin, sudo=True), **good_files()).content.decode()
+    assert "Every check passed." in body
 
 
 def test_the_wrong_ca_fails_the_tls_check_naming_it_then_the_right_one_passes(acme) -> None:
