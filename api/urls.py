@@ -13,6 +13,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
         by_method(GET=views.record_list, POST=views.record_create),
         name="records",
     ),
+    path("records/batch", views.record_create_batch, name="records_batch"),
     path(
         "records/<uuid:uid>",
         by_method(GET=views.record_detail, DELETE=views.record_remove),

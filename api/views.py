@@ -154,6 +154,103 @@ def _create(tenant: Tenant, item: NewRecord) -> tuple[int, dict[str, Any]]:
     return 201, {"id": str(created.uid), "kind": created.kind, "external_id": created.external_id}
 
 
+MAX_BATCH = 500
+
+
+def _parse_batch(data: dict[str, Any]) -> list[NewRecord]:
+    """`{"records": [...]}`: 1 to MAX_BATCH new records, each checked like a single create;
+    an error names the offending one (`records[3].fields.email`)."""
+    for name in sorted(set(data) - {"records"}):
+        raise _invalid(name, f"Unknown member {name!r}; send records.")
+    records = data.get("records")
+    if not isinstance(records, list) or not 1 <= len(records) <= MAX_BATCH:
+        raise _invalid("records", f"records must be a list of 1 to {MAX_BATCH} new records.")
+    items: list[NewRecord] = []
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(records):
+        where = f"records[{index}]"
+        if not isinstance(entry, dict):
+            raise _invalid(where, f"{where} must be an object with kind, external_id and fields.")
+        try:
+            item = parse_new_record(entry)
+        except ApiError as exc:
+            exc.field = f"{where}.{exc.field}" if exc.field else where
+            exc.message = f"{where}: {exc.message}"
+            raise
+        if (item.kind, item.external_id) in seen:
+            raise _invalid(f"{where}.external_id", f"{where}: this external_id is sent twice.")
+        seen.add((item.kind, item.external_id))
+        items.append(item)
+    return items
+
+
+def _create_batch(tenant: Tenant, items: list[NewRecord]) -> tuple[int, dict[str, Any]]:
+    existing = _existing(tenant, items)
+    if existing:
+        raise ApiError(
+            409,
+            "conflict",
+            f"{len(existing)} record(s) of this kind and external_id exist already, e.g. "
+            f"{existing[0]!r}; nothing was stored.",
+        )
+    try:
+        created = records_create(tenant=tenant, items=items)
+    except (IntegrityError, psycopg.errors.UniqueViolation):
+        raise _conflict() from None
+    except ValidationError as exc:
+        raise _invalid("records", "; ".join(exc.messages)) from None
+    # What an Idempotency-Key keeps: the records' ids, never their fields.
+    return 201, {"ids": [str(r.uid) for r in created]}
+
+
+def _existing(tenant: Tenant, items: list[NewRecord]) -> list[str]:
+    by_kind: dict[str, list[str]] = {}
+    for item in items:
+        by_kind.setdefault(item.kind, []).append(item.external_id)
+    found: list[str] = []
+    for kind, external_ids in by_kind.items():
+        found += Record.objects.filter(
+            tenant=tenant, kind=kind, external_id__in=external_ids
+        ).values_list("external_id", flat=True)
+    return sorted(found)
+
+
+@api_endpoint("records:write", methods=("POST",))
+def record_create_batch(request: HttpRequest) -> HttpResponse:
+    """Create up to MAX_BATCH records at once, all or none (one transaction, one COPY)."""
+    tenant = _tenant(request)
+    data = json_object(request)
+    items = _parse_batch(data)
+    if any(set(item.fields) & INDEXED_FIELDS for item in items):
+        index_key_ensure(tenant=tenant)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, created = _create_batch(tenant, items)
+        replayed = False
+    else:
+        status, created, replayed = run_once(
+            tenant=tenant,
+            key=check_key(key),
+            fingerprint=request_fingerprint("POST", "/records/batch", data),
+            create=lambda: _create_batch(tenant, items),
+        )
+    order = {uid: n for n, uid in enumerate(created["ids"])}
+    records = sorted(
+        Record.objects.select_related("sealed").filter(tenant=tenant, uid__in=created["ids"]),
+        key=lambda r: order[str(r.uid)],
+    )
+    if len(records) != len(order):
+        raise ApiError(404, "not_found", "Records this request created were deleted since.")
+    fields = [i.fields for i in items] if not replayed else _fields_of(tenant, records)
+    response = JsonResponse(
+        {"records": [record_json(r, f) for r, f in zip(records, fields, strict=True)]},
+        status=status,
+    )
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
 def _conflict() -> ApiError:
     return ApiError(409, "conflict", "A record of this kind with this external_id exists.")
 

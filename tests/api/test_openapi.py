@@ -26,7 +26,7 @@ def test_the_document_is_served_and_describes_every_route(db) -> None:
     assert response.status_code == 200
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/records", "/records/{id}", "/objects/{key}"}
+    assert set(doc["paths"]) == {"/records", "/records/batch", "/records/{id}", "/objects/{key}"}
     assert set(doc["paths"]["/records"]) == {"get", "post"}
     assert set(doc["paths"]["/records/{id}"]) == {"parameters", "get", "delete"}
     assert set(doc["paths"]["/objects/{key}"]) == {"parameters", "put", "get", "head", "delete"}
@@ -38,7 +38,7 @@ def test_the_document_is_served_and_describes_every_route(db) -> None:
         for p in r.url_patterns
         if isinstance(p, URLPattern)
     ]
-    assert set(api_routes) == {"records", "records/<uuid:uid>", "openapi.json"}
+    assert set(api_routes) == {"records", "records/batch", "records/<uuid:uid>", "openapi.json"}
 
 
 def test_every_error_code_is_documented_with_its_status(db) -> None:
