@@ -84,26 +84,37 @@ def start_server(plaintext: bool) -> tuple[subprocess.Popen[bytes], int]:
     sys.exit("gunicorn did not start")
 
 
+BATCH = 100  # records per request for the batch figures
+
+
 def body(n: int, run: str) -> bytes:
-    return json.dumps(
-        {
-            "kind": "user",
-            "external_id": f"{run}-{n}",
-            "fields": {
-                "email": f"person{n}@example.com",
-                "full_name": f"Person Number {n}",
-                "sid": f"S-1-5-21-1000-{n}",
-                "user_principal_name": f"person{n}@corp.example.com",
-                "entra_name": f"person{n}",
-            },
-        }
-    ).encode()
+    return json.dumps(record(n, run)).encode()
 
 
-def ingest(port: int, token: str, count: int) -> float:
-    """Seconds for CLIENTS threads to create `count` records between them."""
+def batch_body(first: int, run: str) -> bytes:
+    return json.dumps({"records": [record(n, run) for n in range(first, first + BATCH)]}).encode()
+
+
+def record(n: int, run: str) -> dict[str, object]:
+    return {
+        "kind": "user",
+        "external_id": f"{run}-{n}",
+        "fields": {
+            "email": f"person{n}@example.com",
+            "full_name": f"Person Number {n}",
+            "sid": f"S-1-5-21-1000-{n}",
+            "user_principal_name": f"person{n}@corp.example.com",
+            "entra_name": f"person{n}",
+        },
+    }
+
+
+def ingest(port: int, token: str, count: int, batch: bool = False) -> float:
+    """Seconds for CLIENTS threads to create `count` records between them
+    (one per request, or BATCH per request to /records/batch)."""
     run = uuid.uuid4().hex[:8]
-    per_client = count // CLIENTS
+    step = BATCH if batch else 1
+    per_client = count // CLIENTS // step
     errors: list[str] = []
     barrier = threading.Barrier(CLIENTS + 1)
 
@@ -111,11 +122,11 @@ def ingest(port: int, token: str, count: int) -> float:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         barrier.wait()
         for i in range(per_client):
-            n = c * per_client + i
+            n = (c * per_client + i) * step
             conn.request(
                 "POST",
-                "/api/v1/records",
-                body=body(n, run),
+                "/api/v1/records/batch" if batch else "/api/v1/records",
+                body=batch_body(n, run) if batch else body(n, run),
                 headers={
                     "Authorization": f"Bearer {token}",
                     "Content-Type": "application/json",
@@ -160,10 +171,13 @@ def main() -> None:
         (_, crypto_port), (_, plain_port) = servers
         for port in (crypto_port, plain_port):
             ingest(port, token, CLIENTS * 25)  # warm: connections, DEK and index key caches
-        crypto, plain = [], []
+        crypto, plain, crypto_batch, plain_batch = [], [], [], []
+        batched = PER_ROUND * 5  # records per batched round
         for _ in range(ROUNDS):
             crypto.append(PER_ROUND / ingest(crypto_port, token, PER_ROUND))
             plain.append(PER_ROUND / ingest(plain_port, token, PER_ROUND))
+            crypto_batch.append(batched / ingest(crypto_port, token, batched, batch=True))
+            plain_batch.append(batched / ingest(plain_port, token, batched, batch=True))
     finally:
         for server, _ in servers:
             os.killpg(server.pid, signal.SIGTERM)
@@ -173,6 +187,10 @@ def main() -> None:
     print(f"BENCH ingest_records_per_s {rate:.0f} records/s")
     print(f"BENCH ingest_nocrypto_records_per_s {plain_rate:.0f} records/s")
     print(f"BENCH ingest_vs_nocrypto {rate / plain_rate:.2f} x")
+    batch_rate, plain_batch_rate = max(crypto_batch), max(plain_batch)
+    print(f"BENCH ingest_batch_records_per_s {batch_rate:.0f} records/s")
+    print(f"BENCH ingest_batch_nocrypto_records_per_s {plain_batch_rate:.0f} records/s")
+    print(f"BENCH ingest_batch_vs_nocrypto {batch_rate / plain_batch_rate:.2f} x")
     met = rate / plain_rate >= TARGET_RATIO
     print(f"# target (>= {TARGET_RATIO} of no-crypto): {'met' if met else 'MISSED'}")
 
