@@ -8,6 +8,7 @@ and only then do the source and the tenant switch over.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.db import transaction
@@ -174,7 +175,13 @@ def byok_enable(
         raise KeyActionRefused(f"Your key store refused to prepare the key: {exc}") from None
     except (CredentialsMissing, ValueError) as exc:  # saved settings no longer usable
         raise KeyActionRefused(f"The saved settings cannot be used: {exc}") from None
-    return _byok_enable_start(tenant, source, prepared, actor, request)
+    try:
+        return _byok_enable_start(tenant, source, prepared, actor, request)
+    except KeyActionRefused:
+        # E.g. a second click: leave nothing behind in the customer's key store.
+        with contextlib.suppress(KeyProviderError):
+            provider_for(source).discard_prepared(prepared)
+        raise
 
 
 def _enable_refusal(tenant: Tenant, source: KeySource) -> None:

@@ -123,6 +123,10 @@ class KeyProvider(abc.ABC):
         """
         return {}
 
+    def discard_prepared(self, prepared: dict[str, str]) -> None:
+        """Enable was refused after `prepare_enable`: undo what it made, if anything."""
+        return None
+
     def pin_version(self, version: str) -> dict[str, str]:
         """Configuration that makes `version` the one new wraps use (a confirmed rotation)."""
         return {}

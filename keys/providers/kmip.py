@@ -1148,6 +1148,13 @@ class KmipProvider(KeyProvider):
         """Enable uses the configured key, or a new one made here (its uid is kept)."""
         return {"key_uid": self.config.key_uid or self.create_key()}
 
+    def discard_prepared(self, prepared: dict[str, str]) -> None:
+        """Enable was refused after `prepare_enable`: a key made for it goes (revoked and
+        destroyed, nothing was ever wrapped under it); a configured key stays."""
+        uid = prepared.get("key_uid")
+        if uid and uid != self.config.key_uid:
+            self._retire(uid)
+
     def pin_version(self, version: str) -> dict[str, str]:
         """A confirmed rotation: new wraps use the key `version`."""
         return {"key_uid": _check_text("version", version, what="key unique identifier")}

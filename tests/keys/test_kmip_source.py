@@ -303,3 +303,41 @@ def test_forced_rotation_makes_a_new_key_that_is_confirmed_then_rewrapped(acme) 
     reset_for_tests()
     row = Record.objects.select_related("sealed").get(pk=records[0].pk)
     assert record_fields(acme.tenant, row)["sid"].startswith("S-1-5-21-")
+
+
+def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) -> None:
+    import keys.sources
+    from audit.services import Actor
+    from keys.providers.kmip import KmipProvider
+    from keys.services import KeyActionRefused
+    from keys.sources import byok_enable
+    from tenants.models import Tenant
+
+    save(login(acme.owner, sudo=True), **good_files())
+    source = source_of(acme.tenant)
+    made: list[str] = []
+    real_prepare = KmipProvider.prepare_enable
+
+    def prepare(self: KmipProvider) -> dict[str, str]:
+        prepared = real_prepare(self)
+        made.append(prepared["key_uid"])
+        return prepared
+
+    real_start = keys.sources._byok_enable_start
+
+    def racing(tenant: Any, *args: Any) -> Any:
+        # Another administrator's Enable wins between our checks and our lock.
+        Tenant.objects.filter(pk=tenant.pk).update(state=ServiceState.MIGRATING)
+        return real_start(tenant, *args)
+
+    monkeypatch.setattr(KmipProvider, "prepare_enable", prepare)
+    monkeypatch.setattr(keys.sources, "_byok_enable_start", racing)
+    with pytest.raises(KeyActionRefused):
+        byok_enable(tenant=acme.tenant, source=source, actor=Actor.system("tests"))
+    [uid] = made
+    with kmip.kmip_client() as server:
+        try:
+            _, attributes = server.get_attributes(uid, ["State"])
+        except kmip.KmipOperationFailure:
+            return  # destroyed and gone
+    assert attributes[0].attribute_value.value == kmip.enums.State.DESTROYED
