@@ -138,7 +138,7 @@ def _token(request: HttpRequest) -> ApiToken:
 # -- views -------------------------------------------------------------------
 
 
-def _create(tenant: Tenant, item: NewRecord) -> tuple[int, dict[str, Any]]:
+def _create(tenant: Tenant, item: NewRecord, made: list[Record]) -> tuple[int, dict[str, Any]]:
     if Record.objects.filter(tenant=tenant, kind=item.kind, external_id=item.external_id).exists():
         raise _conflict()
     try:
@@ -150,6 +150,7 @@ def _create(tenant: Tenant, item: NewRecord) -> tuple[int, dict[str, Any]]:
         raise _conflict() from None
     except ValidationError as exc:  # records_create's own checks, after ours
         raise _invalid("fields", "; ".join(exc.messages)) from None
+    made.append(created)
     # What an Idempotency-Key keeps: the record's identity, never its fields.
     return 201, {"id": str(created.uid), "kind": created.kind, "external_id": created.external_id}
 
@@ -184,7 +185,9 @@ def _parse_batch(data: dict[str, Any]) -> list[NewRecord]:
     return items
 
 
-def _create_batch(tenant: Tenant, items: list[NewRecord]) -> tuple[int, dict[str, Any]]:
+def _create_batch(
+    tenant: Tenant, items: list[NewRecord], made: list[Record]
+) -> tuple[int, dict[str, Any]]:
     existing = _existing(tenant, items)
     if existing:
         raise ApiError(
@@ -199,6 +202,7 @@ def _create_batch(tenant: Tenant, items: list[NewRecord]) -> tuple[int, dict[str
         raise _conflict() from None
     except ValidationError as exc:
         raise _invalid("records", "; ".join(exc.messages)) from None
+    made.extend(created)
     # What an Idempotency-Key keeps: the records' ids, never their fields.
     return 201, {"ids": [str(r.uid) for r in created]}
 
@@ -224,24 +228,28 @@ def record_create_batch(request: HttpRequest) -> HttpResponse:
     if any(set(item.fields) & INDEXED_FIELDS for item in items):
         index_key_ensure(tenant=tenant)
     key = request.headers.get("Idempotency-Key")
+    made: list[Record] = []
     if key is None:
-        status, created = _create_batch(tenant, items)
-        replayed = False
+        status, created = _create_batch(tenant, items, made)
     else:
-        status, created, replayed = run_once(
+        status, created, _ = run_once(
             tenant=tenant,
             key=check_key(key),
             fingerprint=request_fingerprint("POST", "/records/batch", data),
-            create=lambda: _create_batch(tenant, items),
+            create=lambda: _create_batch(tenant, items, made),
         )
-    order = {uid: n for n, uid in enumerate(created["ids"])}
-    records = sorted(
-        Record.objects.select_related("sealed").filter(tenant=tenant, uid__in=created["ids"]),
-        key=lambda r: order[str(r.uid)],
-    )
-    if len(records) != len(order):
-        raise ApiError(404, "not_found", "Records this request created were deleted since.")
-    fields = [i.fields for i in items] if not replayed else _fields_of(tenant, records)
+    replayed = not made
+    if made:
+        records, fields = made, [i.fields for i in items]
+    else:  # a replay: the first result is rebuilt from the stored records, decrypted
+        order = {uid: n for n, uid in enumerate(created["ids"])}
+        records = sorted(
+            Record.objects.select_related("sealed").filter(tenant=tenant, uid__in=created["ids"]),
+            key=lambda r: order[str(r.uid)],
+        )
+        if len(records) != len(order):
+            raise ApiError(404, "not_found", "Records this request created were deleted since.")
+        fields = _fields_of(tenant, records)
     response = JsonResponse(
         {"records": [record_json(r, f) for r, f in zip(records, fields, strict=True)]},
         status=status,
@@ -263,23 +271,26 @@ def record_create(request: HttpRequest) -> HttpResponse:
     if not settings.KEYWARD_API_BENCH_PLAINTEXT and set(item.fields) & INDEXED_FIELDS:
         index_key_ensure(tenant=tenant)  # outside the create's transaction: made once per tenant
     key = request.headers.get("Idempotency-Key")
+    made: list[Record] = []
     if key is None:
-        status, created = _create(tenant, item)
-        replayed = False
+        status, created = _create(tenant, item, made)
     else:
-        status, created, replayed = run_once(
+        status, created, _ = run_once(
             tenant=tenant,
             key=check_key(key),
             fingerprint=request_fingerprint("POST", "/records", data),
-            create=lambda: _create(tenant, item),
+            create=lambda: _create(tenant, item, made),
         )
-    # The body comes from the stored record, decrypted, as a read would return it.
-    record = (
-        Record.objects.select_related("sealed").filter(tenant=tenant, uid=created["id"]).first()
-    )
-    if record is None:  # replayed after the record was deleted
-        raise ApiError(404, "not_found", "The record this request created was deleted since.")
-    body = record_json(record, item.fields if not replayed else _fields_of(tenant, [record])[0])
+    replayed = not made
+    if made:
+        body = record_json(made[0], item.fields)
+    else:  # a replay: the first result is rebuilt from the stored record, decrypted
+        record = (
+            Record.objects.select_related("sealed").filter(tenant=tenant, uid=created["id"]).first()
+        )
+        if record is None:
+            raise ApiError(404, "not_found", "The record this request created was deleted since.")
+        body = record_json(record, _fields_of(tenant, [record])[0])
     response = JsonResponse(body, status=status)
     response["Location"] = f"{request.path.rstrip('/')}/{body['id']}"
     if replayed:

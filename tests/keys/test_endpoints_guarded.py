@@ -20,6 +20,9 @@ ENDPOINTS = [
     ("keys:set_cache_ttl", False, False, True),
     ("keys:reencrypt", False, False, True),
     ("keys:aws_save_and_test", False, False, True),
+    ("keys:azure_save_and_test", False, False, True),
+    ("keys:kmip_save_and_test", False, False, True),
+    ("keys:test_source", True, False, True),
     ("keys:enable_source", True, False, True),
     ("keys:switch_source", True, False, True),
     ("keys:import_parameters", False, False, False),
@@ -32,6 +35,7 @@ ENDPOINTS = [
     ("keys:cancel_destroy", False, True, True),
     ("keys:remove_byok", False, True, True),
     ("keys:rotate_kek", False, False, True),
+    ("objects:migration_retry", False, False, True),
 ]
 
 
