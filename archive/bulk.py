@@ -8,7 +8,7 @@ binary COPY instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -35,6 +35,22 @@ def raw_cursor() -> psycopg.Cursor[Any]:
     return psycopg.Cursor(pg)
 
 
+def copy_rows(
+    table: str, columns: Sequence[str], types: list[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """COPY rows into `table` in PostgreSQL's binary format, in the caller's transaction.
+
+    Columns left out take their defaults (an id from its sequence).
+    """
+    with (
+        raw_cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
 def insert_records(rows: Sequence[Record]) -> list[Record]:
     """Insert records and their sealed fields (`record.sealed`); every row gets its id."""
     if not rows:
@@ -51,22 +67,21 @@ def insert_records(rows: Sequence[Record]) -> list[Record]:
             [len(rows)],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        with cursor.copy(
-            f"COPY archive_record ({', '.join(RECORD_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(RECORD_TYPES)
-            for record, pk in zip(rows, ids, strict=True):
-                record.pk = pk
-                record.created = now
-                copy.write_row(
-                    (pk, record.uid, record.tenant_id, record.kind, record.external_id, now)
-                )
-        with cursor.copy(
-            f"COPY archive_sealedfields ({', '.join(SEALED_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(SEALED_TYPES)
-            for record in rows:
-                copy.write_row((record.pk, record.sealed.dek_id, record.sealed.pii))
+    for record, pk in zip(rows, ids, strict=True):
+        record.pk = pk
+        record.created = now
+    copy_rows(
+        "archive_record",
+        RECORD_COLUMNS,
+        RECORD_TYPES,
+        ((r.pk, r.uid, r.tenant_id, r.kind, r.external_id, now) for r in rows),
+    )
+    copy_rows(
+        "archive_sealedfields",
+        SEALED_COLUMNS,
+        SEALED_TYPES,
+        ((r.pk, r.sealed.dek_id, r.sealed.pii) for r in rows),
+    )
     for record in rows:
         record._state.adding = False
         record._state.db = connection.alias
