@@ -49,8 +49,9 @@ def _storage_error() -> ApiError:
 
 
 def _headers(response: HttpResponseBase, obj: StoredObject) -> None:
-    response["ETag"] = obj.etag
-    response["X-Content-SHA256"] = obj.sha256
+    if obj.sha256:  # forgotten when the tenant's keys were crypto-shredded
+        response["ETag"] = obj.etag
+        response["X-Content-SHA256"] = obj.sha256
     response["Last-Modified"] = obj.updated.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
@@ -101,7 +102,8 @@ def object_download(request: HttpRequest, key: str) -> HttpResponseBase:
     tenant = request.tenant  # type: ignore[attr-defined]
     try:
         obj = object_head(tenant=tenant, key=key)
-        if request.META.get("HTTP_IF_NONE_MATCH", "") in (obj.etag, obj.sha256):
+        match = request.META.get("HTTP_IF_NONE_MATCH", "")
+        if match and obj.sha256 and match in (obj.etag, obj.sha256):
             response: HttpResponseBase = HttpResponse(status=304)
             _headers(response, obj)
             return response

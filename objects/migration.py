@@ -90,6 +90,8 @@ from objects.models import (
     MigrationState,
     ObjectMigration,
     StoredObject,
+    blob_name,
+    key_of_blob,
 )
 from objects.services import object_binding
 from objects.signals import migration_finished
@@ -271,16 +273,17 @@ def migration_start(
     rows = (
         StoredObject.objects.filter(tenant=locked, location=source)
         .order_by("key")
-        .values_list("pk", "key", "sha256", "size")
+        .values_list("pk", "key", "version", "sha256", "size")
     )
     total = size = 0
     batch: list[MigrationItem] = []
-    for pk, key, sha256, object_size in rows.iterator(chunk_size=2000):
+    for pk, key, version, sha256, object_size in rows.iterator(chunk_size=2000):
         batch.append(
             MigrationItem(
                 migration=migration,
                 object_id=pk,
                 key=key,
+                version=version,
                 sha256=sha256,
                 size=object_size,
                 source_location=source,
@@ -390,7 +393,8 @@ def _run(run: _Run) -> str:
     return str(run.state)
 
 
-Item = tuple[int, str, str, int, str, str]  # id, key, sha256, size, source location, target salt
+# id, key, version, sha256, size, source location, target salt
+Item = tuple[int, str, str, str, int, str, str]
 Step = tuple[str, str]  # an item's next state and its target salt
 
 
@@ -401,7 +405,9 @@ def _items(migration_id: Any, state: str) -> Iterator[list[Item]]:
         page = list(
             MigrationItem.objects.filter(migration_id=migration_id, state=state, id__gt=after)
             .order_by("id")
-            .values_list("id", "key", "sha256", "size", "source_location", "target_salt")[:PAGE]
+            .values_list(
+                "id", "key", "version", "sha256", "size", "source_location", "target_salt"
+            )[:PAGE]
         )
         if not page:
             return
@@ -489,7 +495,7 @@ class _Run:
         def record_oldest() -> None:
             item, future = running.popleft()
             to_state, salt = future.result()
-            self._mark(item[0], item[3], state, to_state, salt)
+            self._mark(item[0], item[4], state, to_state, salt)
 
         try:
             for page in _items(self.m.pk, state):
@@ -521,17 +527,18 @@ class _Run:
         key_for = self._ring(source_deks)
 
         def copy_one(item: Item) -> Step:
-            _item_id, key, sha256, size, _source_location, _salt = item
-            binding = object_binding(self.tenant_id, key)
+            _item_id, key, version, sha256, size, _source_location, _salt = item
+            binding = object_binding(self.tenant_id, key, version)
+            name = blob_name(key, version)
             try:
-                plain = decrypt_stream(source.get(key), key_for=key_for, binding=binding)
+                plain = decrypt_stream(source.get(name), key_for=key_for, binding=binding)
                 pieces = encrypt_stream(
                     _checked(plain, sha256, size), dek=target_key, dek_id=target_dek_id,
                     binding=binding,
                 )  # fmt: skip
                 # The header comes first, before any plaintext is read.
                 header, pieces = peek_header(pieces)
-                target.put(key, pieces)
+                target.put(name, pieces)
             except ObjectMissing:
                 raise VerificationFailed(
                     f"the source copy of {key!r} is missing; nothing was deleted"
@@ -619,18 +626,22 @@ class _Run:
         already = StoredObject.objects.filter(
             tenant=self.tenant, location=self.m.target_location
         ).exclude(migration_items__migration=self.m)
-        for key, stored_size in already.values_list("key", "ciphertext_size").iterator():
-            expected[key] = stored_size
+        for key, version, stored_size in already.values_list(
+            "key", "version", "ciphertext_size"
+        ).iterator():
+            expected[blob_name(key, version)] = stored_size
         # Blobs no row names are left by writes that failed before their row was
         # committed (never acknowledged to anyone): not the tenant's data, so they
         # neither count nor stop the move. Writes are refused while it runs, so
         # none can be in flight now.
+        # (A replaced version whose delete did not happen is one of them.)
         unexpected = set(listed) - set(expected)
-        known = set(
-            StoredObject.objects.filter(tenant=self.tenant, key__in=unexpected).values_list(
-                "key", flat=True
-            )
-        )
+        known = {
+            blob_name(key, version)
+            for key, version in StoredObject.objects.filter(
+                tenant=self.tenant, key__in={key_of_blob(name) for name in unexpected}
+            ).values_list("key", "version")
+        } & unexpected
         orphans = unexpected - known
         if orphans:
             logger.warning(
@@ -658,10 +669,10 @@ class _Run:
         key_for = self._ring({target_dek_id})
 
         def verify_one(item: Item) -> Step:
-            _item_id, key, sha256, size, _source, salt = item
-            binding = object_binding(self.tenant_id, key)
+            _item_id, key, version, sha256, size, _source, salt = item
+            binding = object_binding(self.tenant_id, key, version)
             try:
-                header, pieces = peek_header(target.get(key))
+                header, pieces = peek_header(target.get(blob_name(key, version)))
                 if not salt:
                     # Copied before salts were recorded: hash the plaintext again.
                     plain = decrypt_stream(pieces, key_for=key_for, binding=binding)
@@ -740,8 +751,8 @@ class _Run:
         }
 
         def delete_one(item: Item) -> Step:
-            _item_id, key, _sha, _size, source_location, salt = item
-            storages[source_location].delete(key)
+            _item_id, key, version, _sha, _size, source_location, salt = item
+            storages[source_location].delete(blob_name(key, version))
             return ItemState.DELETED, salt
 
         # After the switch the tenant's state does not matter: finish deleting.
@@ -847,11 +858,11 @@ def _manifest_pages(migration_id: Any) -> Iterator[list[tuple[str, int]]]:
         page = list(
             MigrationItem.objects.filter(migration_id=migration_id, id__gt=after)
             .order_by("id")
-            .values_list("id", "key", "size")[:2000]
+            .values_list("id", "key", "version", "size")[:2000]
         )
         if not page:
             return
-        yield [(key, size) for _id, key, size in page]
+        yield [(blob_name(key, version), size) for _id, key, version, size in page]
         after = page[-1][0]
 
 

@@ -25,11 +25,32 @@ def validate_object_key(value: str) -> None:
         raise ValidationError(str(exc)) from None
 
 
+# A blob's storage name: the object's key and the version its row names.
+# Every write makes a new version under a name of its own, so a write that
+# dies before its row commits leaves the previous version whole.
+_VERSION_MARK = "~v"
+VERSION_NAME_BYTES = len(_VERSION_MARK) + 16  # "~v" and 16 hex digits
+
+
+def blob_name(key: str, version: str) -> str:
+    """Where version `version` of object `key` is stored ("" = written before versions)."""
+    return f"{key}{_VERSION_MARK}{version}" if version else key
+
+
+def key_of_blob(name: str) -> str:
+    """The object key a storage name may belong to (the name itself when unversioned)."""
+    key, mark, version = name.rpartition(_VERSION_MARK)
+    if mark and len(version) == 16 and all(c in "0123456789abcdef" for c in version):
+        return key
+    return name
+
+
 class StoredObject(models.Model):
     """One blob of a tenant: where its ciphertext lives and what it decrypts to.
 
     The ciphertext itself (archive/segments.py format) is in the storage
-    location named here, under `key`; it names its DEK in its header too.
+    location named here, under `blob` (the key and the version); it names its
+    DEK in its header too.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -39,6 +60,8 @@ class StoredObject(models.Model):
     size = models.BigIntegerField()
     ciphertext_size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)  # hex SHA-256 of the plaintext
+    # 16 hex digits, new with every write ("" for objects written before versions).
+    version = models.CharField(max_length=16, blank=True, default="")
     dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="stored_objects")
     content_type = models.CharField(max_length=255, default="application/octet-stream")
     created = models.DateTimeField(auto_now_add=True)
@@ -56,6 +79,10 @@ class StoredObject(models.Model):
     @property
     def etag(self) -> str:
         return f'"{self.sha256}"'
+
+    @property
+    def blob(self) -> str:
+        return blob_name(self.key, self.version)
 
 
 class Direction(models.TextChoices):
@@ -159,6 +186,7 @@ class MigrationItem(models.Model):
         StoredObject, on_delete=models.SET_NULL, null=True, related_name="migration_items"
     )
     key = models.CharField(max_length=1024)
+    version = models.CharField(max_length=16, blank=True, default="")  # the object's
     sha256 = models.CharField(max_length=64)
     size = models.BigIntegerField()
     source_location = models.CharField(max_length=16, choices=Location.choices)

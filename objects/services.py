@@ -13,7 +13,9 @@ are not audited one by one (data-plane traffic, like records).
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 
 from django.conf import settings
@@ -21,16 +23,19 @@ from django.db import connection, transaction
 
 from archive.segments import Digest, decrypt_stream, encrypt_stream
 from archive.services import ServicePaused
-from archive.storage import validate_key
+from archive.storage import InvalidKey, Storage, StorageError, validate_key
 from keys.envelope import KeyRevoked
 from objects.keyring import current_object_key, dek_material
 from objects.locations import current_location, ensured, storage_for
-from objects.models import Location, StoredObject
+from objects.models import VERSION_NAME_BYTES, Location, MigrationItem, StoredObject, blob_name
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,255}")
 _BINDING_PREFIX = b"keyward object v1\x00"
+_BINDING_PREFIX_V2 = b"keyward object v2\x00"
 
 
 class ObjectTooLarge(Exception):
@@ -49,10 +54,21 @@ class ObjectMismatch(Exception):
     """The stored ciphertext is not the one the object's row describes."""
 
 
-def object_binding(tenant_id: str, key: str) -> bytes:
-    """What an object's segments are bound to: a blob copied to another key or tenant fails."""
+def object_binding(tenant_id: str, key: str, version: str = "") -> bytes:
+    """What an object's segments are bound to: a blob copied to another key, version
+    or tenant fails (an older version put back in place of the current one too)."""
     tenant = tenant_id.encode()
-    return _BINDING_PREFIX + len(tenant).to_bytes(2, "big") + tenant + key.encode("utf-8")
+    if not version:  # written before versions
+        return _BINDING_PREFIX + len(tenant).to_bytes(2, "big") + tenant + key.encode("utf-8")
+    name = key.encode("utf-8")
+    return (
+        _BINDING_PREFIX_V2
+        + len(tenant).to_bytes(2, "big")
+        + tenant
+        + len(name).to_bytes(2, "big")
+        + name
+        + version.encode()
+    )
 
 
 def max_object_bytes() -> int:
@@ -115,10 +131,15 @@ def _hold_dek(dek_id: int) -> None:
 
 
 def _fits_every_location(tenant: Tenant, key: str) -> None:
-    """An object key must fit wherever the tenant's objects may move, or a later move
-    could never place it. The shared location is the strictest (its tenant prefix
-    takes part of S3's 1024 bytes; dedicated locations have none)."""
-    storage_for(tenant, Location.SHARED).check_key(key)
+    """An object key, with its version, must fit wherever the tenant's objects may
+    move, or a later move could never place it. The shared location is the
+    strictest (its tenant prefix takes part of S3's 1024 bytes; dedicated
+    locations have none)."""
+    try:
+        storage_for(tenant, Location.SHARED).check_key(blob_name(key, "0" * 16))
+    except InvalidKey:
+        limit = storage_for(tenant, Location.SHARED).max_key_bytes - VERSION_NAME_BYTES
+        raise InvalidKey(f"a key here is at most {limit} bytes of UTF-8") from None
 
 
 def object_put(
@@ -139,22 +160,26 @@ def object_put(
         raise ValueError("a content type is 1 to 255 printable ASCII characters")
     limit = max_object_bytes()
     tenant_id = str(tenant.pk)
+    version = secrets.token_hex(8)
     with transaction.atomic():
         _check_writable(_locked_state(tenant))
         _hold_key(tenant_id, key)
         location = current_location(tenant)
         storage = ensured(tenant, location)
         _fits_every_location(tenant, key)
+        previous = StoredObject.objects.filter(tenant=tenant, key=key).first()
         dek = current_object_key(tenant_id)
         _hold_dek(dek.dek_id)
         digest = Digest()
+        # A new name for every write: until the row below commits, it names the
+        # previous version, which stays whole whatever happens to this write.
         stored = storage.put(
-            key,
+            blob_name(key, version),
             encrypt_stream(
                 _limited(chunks, digest, limit),
                 dek=dek.material,
                 dek_id=dek.dek_id,
-                binding=object_binding(tenant_id, key),
+                binding=object_binding(tenant_id, key, version),
             ),
         )
         obj, _created = StoredObject.objects.update_or_create(
@@ -165,11 +190,27 @@ def object_put(
                 "size": digest.size,
                 "ciphertext_size": stored.size,
                 "sha256": digest.hexdigest(),
+                "version": version,
                 "dek_id": dek.dek_id,
                 "content_type": content_type,
             },
         )
+        if previous is not None:
+            old = storage_for(tenant, previous.location)
+            transaction.on_commit(lambda: _delete_replaced(old, previous.blob))
     return obj
+
+
+def _delete_replaced(storage: Storage, name: str) -> None:
+    """Delete a replaced version once its successor's row is committed.
+
+    Best effort: a version left behind (a crash, an unreachable store) is a
+    blob no row names, which reads and moves ignore.
+    """
+    try:
+        storage.delete(name)
+    except StorageError as exc:
+        logger.warning("a replaced object version was left in storage: %s", exc)
 
 
 def object_head(*, tenant: Tenant, key: str) -> StoredObject:
@@ -196,8 +237,9 @@ def object_open(*, tenant: Tenant, key: str) -> tuple[StoredObject, Iterator[byt
             raise ObjectMismatch("the stored object names another data key than its row")
         return material
 
-    pieces = storage_for(tenant, obj.location).get(key)
-    return obj, decrypt_stream(pieces, key_for=key_for, binding=object_binding(tenant_id, key))
+    pieces = storage_for(tenant, obj.location).get(obj.blob)
+    binding = object_binding(tenant_id, key, obj.version)
+    return obj, decrypt_stream(pieces, key_for=key_for, binding=binding)
 
 
 def object_delete(*, tenant: Tenant, key: str) -> None:
@@ -208,5 +250,18 @@ def object_delete(*, tenant: Tenant, key: str) -> None:
         obj = StoredObject.objects.select_for_update().filter(tenant=tenant, key=key).first()
         if obj is None:
             raise ObjectNotFound(key)
-        storage_for(tenant, obj.location).delete(key)
+        storage_for(tenant, obj.location).delete(obj.blob)
         obj.delete()
+
+
+def object_checksums_shred(tenant: Tenant) -> int:
+    """Crypto-shredding: forget the plaintext checksums of the tenant's objects.
+
+    A SHA-256 of the plaintext confirms a guessed document even when the
+    ciphertext can no longer be read, so it goes with the keys (rows and
+    manifests; the sizes stay). Registered with keys.services' shredders; runs
+    in the destruction's transaction. Destroys no key: returns 0.
+    """
+    StoredObject.objects.filter(tenant=tenant).update(sha256="")
+    MigrationItem.objects.filter(migration__tenant=tenant).update(sha256="")
+    return 0

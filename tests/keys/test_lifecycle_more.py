@@ -112,7 +112,14 @@ def test_revoke_destroys_the_uploaded_copy_and_the_same_key_restores(
 
 
 def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None:
+    from objects.models import Location, StoredObject
+
     acme, client = uploaded["acme"], uploaded["client"]
+    stored = StoredObject.objects.create(
+        tenant=acme.tenant, key="report.pdf", location=Location.SHARED, size=3,
+        ciphertext_size=80, sha256="ab" * 32, version="0" * 16,
+        dek=DataKey.objects.get(tenant=acme.tenant, state=DekState.ACTIVE),
+    )  # fmt: skip
     client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
     wrong = text(
         client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}, follow=True)
@@ -151,6 +158,9 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     assert not KeySource.objects.filter(
         tenant=acme.tenant, sealed_credentials__isnull=False
     ).exists()
+    # Objects keep their size, not the checksum that would confirm a guessed document.
+    stored.refresh_from_db()
+    assert stored.sha256 == "" and stored.size == 3
     assert not tenant_destroy_due(tenant_id=str(acme.tenant.pk))  # idempotent
 
 

@@ -76,6 +76,20 @@ def test_put_get_head_delete(api: Objects) -> None:
     assert api.delete("invoices/2024/1.pdf").status_code == 404
 
 
+def test_an_object_whose_checksum_was_shredded_has_no_etag_and_is_never_304(
+    api: Objects, acme: Any
+) -> None:
+    from objects.services import object_checksums_shred
+
+    assert api.put("k", b"content").status_code == 201
+    object_checksums_shred(acme.tenant)  # what crypto-shredding does to the rows
+    got = api.get("k")
+    assert got.status_code == 200 and body(got) == b"content"
+    assert not got.has_header("ETag") and not got.has_header("X-Content-SHA256")
+    assert api.get("k", If_None_Match='""').status_code == 200
+    assert not api.head("k").has_header("ETag")
+
+
 def test_too_large_is_refused_before_reading(api: Objects, settings: Any) -> None:
     settings.KEYWARD_OBJECT_MAX_BYTES = 1000
     response = api.put("big", b"x" * 1001)

@@ -52,7 +52,7 @@ def test_a_byok_tenant_on_aws_kms_gets_a_bucket_encrypted_with_its_key(s3: str, 
         "Rules"
     ][0]["ApplyServerSideEncryptionByDefault"]
     assert rule == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": byok["key_arn"]}
-    head = client.head_object(Bucket=bucket, Key="reports/q1.csv")
+    head = client.head_object(Bucket=bucket, Key=obj.blob)
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == byok["key_arn"]
     _obj, stream = object_open(tenant=tenant, key="reports/q1.csv")
     assert b"".join(stream) == b"a,b\n1,2\n"
@@ -65,7 +65,7 @@ def test_a_byok_tenant_on_aws_kms_gets_a_bucket_encrypted_with_its_key(s3: str, 
                                 target_dek_id=back_dek.pk)  # fmt: skip
     assert migration_run(str(migration.pk)) == MigrationState.DONE
     listed = client.list_objects_v2(Bucket=s3)["Contents"]
-    assert [o["Key"] for o in listed] == [f"tenants/{tenant.pk}/reports/q1.csv"]
+    assert [o["Key"] for o in listed] == [f"tenants/{tenant.pk}/{obj.blob}"]
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert StoredObject.objects.get(tenant=tenant).location == Location.SHARED
     _obj, stream = object_open(tenant=tenant, key="reports/q1.csv")

@@ -24,7 +24,15 @@ from objects.migration import (
     migration_run,
     migration_start,
 )
-from objects.models import Direction, ItemState, Location, MigrationState, StoredObject
+from objects.models import (
+    Direction,
+    ItemState,
+    Location,
+    MigrationState,
+    StoredObject,
+    blob_name,
+    key_of_blob,
+)
 from objects.selectors import migration_progress, objects_usage
 from objects.services import object_binding, object_open, object_put
 from objects.signals import migration_finished
@@ -52,7 +60,12 @@ def with_objects(tenant: Any, n: int = 30) -> dict[str, bytes]:
 
 
 def keys_at(tenant: Any, location: str) -> list[str]:
-    return [o.key for o in storage_for(tenant, location).list()]
+    """The object keys whose blobs (any version) are in `location`."""
+    return sorted(key_of_blob(o.key) for o in storage_for(tenant, location).list())
+
+
+def blob_of(tenant: Any, key: str) -> str:
+    return StoredObject.objects.get(tenant=tenant, key=key).blob
 
 
 @pytest.fixture
@@ -154,9 +167,10 @@ def test_a_corrupt_copy_fails_the_move_and_keeps_everything(acme, monkeypatch, f
 
     def corrupting_verify(self: Any) -> None:
         dedicated = storage_for(tenant, Location.DEDICATED)
-        blob = bytearray(b"".join(dedicated.get(victim)))
+        name = blob_of(tenant, victim)
+        blob = bytearray(b"".join(dedicated.get(name)))
         blob[-40] ^= 1  # one bit in the last segment
-        dedicated.put(victim, [bytes(blob)])
+        dedicated.put(name, [bytes(blob)])
         real_verify(self)
 
     monkeypatch.setattr(objects.migration._Run, "verify", corrupting_verify)
@@ -269,11 +283,12 @@ def test_a_copy_the_move_did_not_write_is_copied_again(acme, monkeypatch) -> Non
         if not planted:
             # Same size, valid under the target DEK and binding, other plaintext.
             wrong = os.urandom(len(blobs[victim]))
+            version = StoredObject.objects.get(tenant=tenant, key=victim).version
             pieces = encrypt_stream(
                 [wrong], dek=dek_material(str(tenant.pk), target.pk), dek_id=target.pk,
-                binding=object_binding(str(tenant.pk), victim),
+                binding=object_binding(str(tenant.pk), victim, version),
             )  # fmt: skip
-            ensured(tenant, Location.DEDICATED).put(victim, pieces)
+            ensured(tenant, Location.DEDICATED).put(blob_name(victim, version), pieces)
             planted.append(victim)
         real_verify(self)
 

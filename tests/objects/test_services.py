@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import pytest
 
@@ -9,7 +10,7 @@ from archive.segments import ObjectUnauthentic
 from archive.services import ServicePaused
 from archive.storage import InvalidKey
 from keys.envelope import KeyRevoked
-from objects.locations import storage_for
+from objects.locations import ensured, storage_for
 from objects.models import Location, StoredObject
 from objects.services import (
     ObjectMismatch,
@@ -37,17 +38,96 @@ def test_put_then_open_round_trips_and_records_the_checksum(acme) -> None:
     assert obj.location == Location.SHARED and obj.dek == active_dek(acme.tenant)
     assert obj.content_type == "application/pdf" and obj.etag == f'"{obj.sha256}"'
     assert read_all(acme.tenant, "a/b.pdf") == data
-    stored = storage_for(acme.tenant, Location.SHARED).head("a/b.pdf")
+    assert re.fullmatch(r"[0-9a-f]{16}", obj.version) and obj.blob == f"a/b.pdf~v{obj.version}"
+    stored = storage_for(acme.tenant, Location.SHARED).head(obj.blob)
     assert stored.size == obj.ciphertext_size > len(data)
-    assert data[:1000] not in b"".join(storage_for(acme.tenant, Location.SHARED).get("a/b.pdf"))
+    assert data[:1000] not in b"".join(storage_for(acme.tenant, Location.SHARED).get(obj.blob))
 
 
-def test_put_replaces_an_object_in_place(acme) -> None:
-    object_put(tenant=acme.tenant, key="k", chunks=[b"one"])
-    object_put(tenant=acme.tenant, key="k", chunks=[b"two!"])
+def stored_names(tenant) -> list[str]:
+    return [o.key for o in storage_for(tenant, Location.SHARED).list()]
+
+
+def test_put_replaces_an_object_under_a_new_version_and_deletes_the_old(
+    acme, django_capture_on_commit_callbacks
+) -> None:
+    first = object_put(tenant=acme.tenant, key="k", chunks=[b"one"])
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        second = object_put(tenant=acme.tenant, key="k", chunks=[b"two!"])
+    assert len(callbacks) == 1
     assert StoredObject.objects.filter(tenant=acme.tenant).count() == 1
+    assert second.version != first.version
     assert read_all(acme.tenant, "k") == b"two!"
     assert object_head(tenant=acme.tenant, key="k").size == 4
+    assert stored_names(acme.tenant) == [second.blob]  # the replaced version went after commit
+
+
+def test_a_write_that_dies_before_its_row_commits_leaves_the_old_version_readable(
+    acme, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    """The storage holds the new version's bytes, the process dies (here: an error)
+    before the row names them: readers still get the previous version, whole."""
+    import objects.services
+
+    before = object_put(tenant=acme.tenant, key="report", chunks=[b"version one"])
+
+    def die(**kwargs):
+        raise SystemExit("killed between the blob and the row")
+
+    monkeypatch.setattr(objects.services.StoredObject.objects, "update_or_create", die)
+    with pytest.raises(SystemExit):
+        object_put(tenant=acme.tenant, key="report", chunks=[b"version two"])
+    monkeypatch.undo()
+    assert read_all(acme.tenant, "report") == b"version one"
+    assert object_head(tenant=acme.tenant, key="report").version == before.version
+    # The orphaned new version is a blob no row names; the next write cleans the old one.
+    assert len(stored_names(acme.tenant)) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        after = object_put(tenant=acme.tenant, key="report", chunks=[b"version three"])
+    assert read_all(acme.tenant, "report") == b"version three"
+    assert before.blob not in stored_names(acme.tenant) and after.blob in stored_names(acme.tenant)
+
+
+def test_a_replaced_version_put_back_does_not_decrypt(acme) -> None:
+    """Versions are bound into the ciphertext: rolling an object back in storage fails."""
+    old = object_put(tenant=acme.tenant, key="k", chunks=[b"old"])
+    shared = storage_for(acme.tenant, Location.SHARED)
+    kept = b"".join(shared.get(old.blob))
+    new = object_put(tenant=acme.tenant, key="k", chunks=[b"new"])
+    shared.put(new.blob, iter([kept]))
+    with pytest.raises(ObjectUnauthentic):
+        read_all(acme.tenant, "k")
+
+
+def test_objects_written_before_versions_still_read_and_are_replaced(
+    acme, django_capture_on_commit_callbacks
+) -> None:
+    from archive.segments import encrypt_stream
+    from objects.keyring import current_object_key
+    from objects.services import object_binding
+
+    tenant_id = str(acme.tenant.pk)
+    dek = current_object_key(tenant_id)
+    shared = ensured(acme.tenant, Location.SHARED)
+    stored = shared.put(
+        "legacy",
+        encrypt_stream(
+            iter([b"from before"]),
+            dek=dek.material,
+            dek_id=dek.dek_id,
+            binding=object_binding(tenant_id, "legacy"),
+        ),
+    )
+    StoredObject.objects.create(
+        tenant=acme.tenant, key="legacy", location=Location.SHARED, size=11,
+        ciphertext_size=stored.size, sha256=hashlib.sha256(b"from before").hexdigest(),
+        dek_id=dek.dek_id,
+    )  # fmt: skip
+    assert read_all(acme.tenant, "legacy") == b"from before"
+    with django_capture_on_commit_callbacks(execute=True):
+        new = object_put(tenant=acme.tenant, key="legacy", chunks=[b"now versioned"])
+    assert read_all(acme.tenant, "legacy") == b"now versioned"
+    assert stored_names(acme.tenant) == [new.blob]
 
 
 def test_empty_object(acme) -> None:
@@ -63,7 +143,7 @@ def test_too_large_leaves_nothing_behind_and_keeps_the_old_version(acme, setting
     with pytest.raises(ObjectTooLarge):
         object_put(tenant=acme.tenant, key="new", chunks=chunks(b"y" * 20_000))
     assert read_all(acme.tenant, "big") == b"x" * 10_000
-    assert [o.key for o in storage_for(acme.tenant, Location.SHARED).list()] == ["big"]
+    assert stored_names(acme.tenant) == [object_head(tenant=acme.tenant, key="big").blob]
     assert not StoredObject.objects.filter(key="new").exists()
 
 
@@ -104,14 +184,14 @@ def test_another_tenants_object_is_not_found(acme, globex) -> None:
 
 
 def test_a_blob_moved_to_another_key_or_tenant_does_not_decrypt(acme, globex) -> None:
-    object_put(tenant=acme.tenant, key="a", chunks=[b"A" * 100])
-    object_put(tenant=acme.tenant, key="b", chunks=[b"B" * 100])
+    a = object_put(tenant=acme.tenant, key="a", chunks=[b"A" * 100])
+    b = object_put(tenant=acme.tenant, key="b", chunks=[b"B" * 100])
     shared = storage_for(acme.tenant, Location.SHARED)
-    shared.put("b", shared.get("a"))  # a's ciphertext under b's key
+    shared.put(b.blob, shared.get(a.blob))  # a's ciphertext under b's name
     with pytest.raises(ObjectUnauthentic):
         read_all(acme.tenant, "b")
-    object_put(tenant=globex.tenant, key="a", chunks=[b"G" * 100])
-    storage_for(globex.tenant, Location.SHARED).put("a", shared.get("a"))
+    theirs = object_put(tenant=globex.tenant, key="a", chunks=[b"G" * 100])
+    storage_for(globex.tenant, Location.SHARED).put(theirs.blob, shared.get(a.blob))
     with pytest.raises(ObjectMismatch):  # it names acme's DEK, not the one globex's row names
         read_all(globex.tenant, "a")
 
