@@ -332,8 +332,11 @@ start_servers() {
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$KW_PG_DIR"
     local pg_port; pg_port="$(free_port)"
     run_as_pg "$PG_BIN/initdb" -D "$KW_PG_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    # Durability off (a throwaway cluster); memory as a production server would be
+    # given it (README: PostgreSQL settings): with the 128 MB default, bulk work such
+    # as re-encryption spends its time evicting and writing back pages.
     run_as_pg "$PG_BIN/pg_ctl" -D "$KW_PG_DIR" -l "$KW_PG_DIR/log" -w \
-        -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $KW_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start >/dev/null
+        -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $KW_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=4GB" start >/dev/null
     "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres keyward
     export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/keyward"
 
