@@ -68,7 +68,7 @@ _PG_SELECT = (
 )
 _CREATE_BATCH_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS reencrypt_batch "
-    "(id bigint PRIMARY KEY, pii bytea NOT NULL, version text NOT NULL) ON COMMIT DELETE ROWS"
+    "(id bigint NOT NULL, pii bytea NOT NULL, version text NOT NULL) ON COMMIT DELETE ROWS"
 )
 # Optimistic, instead of locking every row read: a row changed since it was
 # read (its xmin moved) is left alone, and a later pass picks it up.

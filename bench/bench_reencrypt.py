@@ -1,7 +1,9 @@
 """Re-encryption of 200,000 records on PostgreSQL, against the same job without crypto.
 
 Both runs use the same batches and the same SQL (`archive.reencrypt.reencrypt_batch`);
-the baseline's transform passes the ciphertexts through unchanged.
+the baseline's transform passes the ciphertexts through unchanged. Three rounds
+(BENCH_REENCRYPT_ROUNDS) of both, each round after a fresh rotation; the best
+round of each is reported, every round is printed as a comment.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tenants.models import Tenant  # noqa: E402
 from tenants.services import tenant_create  # noqa: E402
 
 RECORDS = int(os.environ.get("BENCH_REENCRYPT_RECORDS", "200000"))
+ROUNDS = int(os.environ.get("BENCH_REENCRYPT_ROUNDS", "3"))
 SLUG = "bench-reencrypt"
 
 
@@ -95,21 +98,20 @@ def main() -> None:
     # A worker does not hold 200,000 synthetic records while it re-encrypts: the
     # garbage collector would walk them again and again.
     gc.collect()
-    old = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
-    old_wrapped = bytes(old.wrapped)
-    new = dek_rotate(tenant=tenant, actor=Actor.system("bench"), reason="bench")
-    envelope().forget(str(tenant.pk))
-    vacuum()
-
-    # Baseline: the same batches and SQL, ciphertexts passed through unchanged.
-    plain, plain_cpu = run(tenant, new, passthrough)
-    # The baseline retired nothing it did not really re-encrypt: put the rows
-    # back under the old DEK (bytes unchanged) and revive it for the real run.
-    SealedFields.objects.filter(dek=new).update(dek=old)
-    DataKey.objects.filter(pk=old.pk).update(state=DekState.RETIRING, wrapped=old_wrapped)
-    vacuum()
-    crypto, crypto_cpu = run(tenant, new)
-    assert not SealedFields.objects.filter(dek__tenant=tenant).exclude(dek=new).exists()
+    plains: list[tuple[float, float]] = []
+    cryptos: list[tuple[float, float]] = []
+    for round_ in range(ROUNDS):
+        plain_round, crypto_round = one_round(tenant)
+        plains.append(plain_round)
+        cryptos.append(crypto_round)
+        print(
+            f"# round {round_ + 1}: {RECORDS / crypto_round[0]:.0f} rows/s, "
+            f"{RECORDS / plain_round[0]:.0f} without crypto"
+        )
+    # The best round of each: these machines are shared, and a slower round
+    # measures the neighbours, not the job.
+    crypto, crypto_cpu = min(cryptos)
+    plain, plain_cpu = min(plains)
 
     rate, plain_rate = RECORDS / crypto, RECORDS / plain
     print(f"BENCH reencrypt_rows_per_s {rate:.0f} rows/s")
@@ -126,6 +128,28 @@ def main() -> None:
     print(f"BENCH reencrypt_cpu_ceiling_rows_per_s {cores * 1e6 / per_row:.0f} rows/s")
     met = rate >= 100_000 and rate / plain_rate >= 0.5
     print(f"# targets (>= 100k rows/s and >= 0.5 of no-crypto): {'met' if met else 'MISSED'}")
+
+
+def one_round(tenant: Tenant) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Rotate, then re-encrypt every record twice: without crypto, then for real.
+
+    Returns ((seconds, CPU seconds) without crypto, the same for real).
+    """
+    old = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    old_wrapped = bytes(old.wrapped)
+    new = dek_rotate(tenant=tenant, actor=Actor.system("bench"), reason="bench")
+    envelope().forget(str(tenant.pk))
+    vacuum()
+    # Baseline: the same batches and SQL, ciphertexts passed through unchanged.
+    plain = run(tenant, new, passthrough)
+    # The baseline retired nothing it did not really re-encrypt: put the rows
+    # back under the old DEK (bytes unchanged) and revive it for the real run.
+    SealedFields.objects.filter(dek=new).update(dek=old)
+    DataKey.objects.filter(pk=old.pk).update(state=DekState.RETIRING, wrapped=old_wrapped)
+    vacuum()
+    crypto = run(tenant, new)
+    assert not SealedFields.objects.filter(dek__tenant=tenant).exclude(dek=new).exists()
+    return plain, crypto
 
 
 if __name__ == "__main__":
