@@ -20,6 +20,7 @@ from keys.models import (
 )
 from keys.providers.base import KeyDescription
 from keys.registry import provider_for
+from objects.selectors import object_counts_by_dek
 from tenants.models import ServiceState, Tenant
 
 
@@ -28,6 +29,7 @@ class DekRow:
     dek: DataKey
     records: int
     age: timedelta
+    objects: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,17 @@ class KeysOverview:
     open_job: ReencryptionJob | None
     last_job: ReencryptionJob | None
     records_on_older_deks: int
+    objects_on_older_deks: int = 0
 
 
 def keys_overview(tenant: Tenant) -> KeysOverview:
     source = KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE).first()
     description = provider_for(source).describe() if source is not None else None
     counts = record_counts_by_dek(tenant)
+    object_counts = object_counts_by_dek(tenant)
     now = timezone.now()
     deks = [
-        DekRow(dek, counts.get(dek.pk, 0), now - dek.created)
+        DekRow(dek, counts.get(dek.pk, 0), now - dek.created, object_counts.get(dek.pk, 0))
         for dek in DataKey.objects.filter(tenant=tenant).select_related("kek_version")
     ]
     active = next((row.dek for row in deks if row.dek.state == DekState.ACTIVE), None)
@@ -76,6 +80,9 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
         last_job=jobs[0] if jobs else None,
         records_on_older_deks=sum(
             row.records for row in deks if active is not None and row.dek.pk != active.pk
+        ),
+        objects_on_older_deks=sum(
+            row.objects for row in deks if active is not None and row.dek.pk != active.pk
         ),
     )
 

@@ -320,8 +320,10 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
        batches are re-sealed and written at once (`ReencryptionPass`).
     2. Rows changed while they were read are skipped by the write; a new pass
        from the start picks them up (at most three passes).
-    3. When no record remains under an older DEK, those DEKs are retired and
-       their wrapped bytes destroyed.
+    3. The tenant's objects under older DEKs are rewritten under the current
+       one, one object per transaction (`objects_reencrypt_pass`).
+    4. When no record and no object remains under an older DEK, those DEKs are
+       retired and their wrapped bytes destroyed.
 
     `transform` replaces the re-sealing step; only the benchmark uses it, to
     time the same job without cryptography.
@@ -333,9 +335,12 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
         return _reencryption_failed(
             job, "The data key was rotated while the job waited; start re-encryption again."
         )
+    from archive.services import ServicePaused
+    from archive.storage import StorageError
+
     try:
         return _reencryption_run(job, transform)
-    except (KeyProviderError, EnvelopeError, CiphertextError) as exc:
+    except (KeyProviderError, EnvelopeError, CiphertextError, StorageError, ServicePaused) as exc:
         return _reencryption_failed(job, f"Re-encryption stopped: {exc}")
 
 
@@ -391,6 +396,11 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
         if not records_not_under(tenant, target).exists():
             break
         ReencryptionJob.objects.filter(pk=job.pk).update(last_record_id=0)
+    # Objects are data too: rewritten under the current DEK, or the older DEKs
+    # they use could never be retired.
+    from objects.services import objects_reencrypt_pass
+
+    objects_rewritten, objects_left = objects_reencrypt_pass(tenant)
     retired = dek_retire_unused(tenant=tenant)
     with transaction.atomic():
         job = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
@@ -402,7 +412,12 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
             actor=Actor.system("re-encryption"),
             action="records.reencrypt.done",
             target=f"DEK v{job.target_dek.version}",
-            details={"records": job.done, "retired_versions": retired},
+            details={
+                "records": job.done,
+                "objects": objects_rewritten,
+                "objects_not_reencrypted": objects_left[:20],
+                "retired_versions": retired,
+            },
         )
     return job
 

@@ -29,6 +29,11 @@ class ObjectsUsage:
     bytes: int
 
 
+def object_counts_by_dek(tenant: Tenant) -> dict[int, int]:
+    rows = objects_of_tenant(tenant).order_by().values("dek_id").annotate(n=Count("id"))
+    return {row["dek_id"]: row["n"] for row in rows}
+
+
 def objects_usage(tenant: Tenant) -> ObjectsUsage:
     """Object counts and bytes per storage location and per DEK (two grouped queries)."""
     base = objects_of_tenant(tenant).order_by()

@@ -21,9 +21,15 @@ from collections.abc import Iterable, Iterator
 from django.conf import settings
 from django.db import connection, transaction
 
-from archive.segments import Digest, decrypt_stream, encrypt_stream
+from archive.segments import (
+    Digest,
+    ObjectFormatError,
+    ObjectUnauthentic,
+    decrypt_stream,
+    encrypt_stream,
+)
 from archive.services import ServicePaused
-from archive.storage import InvalidKey, Storage, StorageError, validate_key
+from archive.storage import InvalidKey, ObjectMissing, Storage, StorageError, validate_key
 from keys.envelope import KeyRevoked
 from objects.keyring import current_object_key, dek_material
 from objects.locations import current_location, ensured, storage_for
@@ -252,6 +258,96 @@ def object_delete(*, tenant: Tenant, key: str) -> None:
             raise ObjectNotFound(key)
         storage_for(tenant, obj.location).delete(obj.blob)
         obj.delete()
+
+
+def object_reencrypt(*, tenant: Tenant, key: str, version: str) -> bool:
+    """Rewrite version `version` of object `key` under the tenant's current DEK.
+
+    Like a write with the same bytes: the plaintext is decrypted, checked
+    against the row's size and SHA-256, encrypted into a new version, and the
+    row switched to it in one transaction (the ETag and Last-Modified stay:
+    the content did not change). Returns False, changing nothing, when there
+    is nothing to do: the object is gone, was written again since (another
+    version), or already is under the current DEK. Raises ServicePaused /
+    KeyRevoked as writes do, ObjectUnauthentic or ObjectMismatch for a stored
+    copy that is not what its row says (the new version is then deleted).
+    """
+    tenant_id = str(tenant.pk)
+    with transaction.atomic():
+        _check_writable(_locked_state(tenant))
+        _hold_key(tenant_id, key)
+        obj = StoredObject.objects.filter(tenant=tenant, key=key, version=version).first()
+        dek = current_object_key(tenant_id)
+        if obj is None or obj.dek_id == dek.dek_id:
+            return False
+        _hold_dek(dek.dek_id)
+        material = dek_material(tenant_id, obj.dek_id)
+
+        def key_for(dek_id: int) -> bytes:
+            if dek_id != obj.dek_id:
+                raise ObjectMismatch("the stored object names another data key than its row")
+            return material
+
+        storage = storage_for(tenant, obj.location)
+        plain = decrypt_stream(
+            storage.get(obj.blob), key_for=key_for, binding=object_binding(tenant_id, key, version)
+        )
+        digest, new_version = Digest(), secrets.token_hex(8)
+        name = blob_name(key, new_version)
+        try:
+            stored = storage.put(
+                name,
+                encrypt_stream(
+                    _limited(plain, digest, obj.size),
+                    dek=dek.material,
+                    dek_id=dek.dek_id,
+                    binding=object_binding(tenant_id, key, new_version),
+                ),
+            )
+        except ObjectTooLarge:  # more bytes than its row says (nothing was stored)
+            raise ObjectMismatch(
+                f"the stored copy of {key!r} is not the content its row describes"
+            ) from None
+        if digest.size != obj.size or (obj.sha256 and digest.hexdigest() != obj.sha256):
+            _delete_replaced(storage, name)
+            raise ObjectMismatch(f"the stored copy of {key!r} is not the content its row describes")
+        StoredObject.objects.filter(pk=obj.pk).update(
+            version=new_version, dek_id=dek.dek_id, ciphertext_size=stored.size
+        )
+        transaction.on_commit(lambda: _delete_replaced(storage, obj.blob))
+    return True
+
+
+def objects_reencrypt_pass(tenant: Tenant) -> tuple[int, list[str]]:
+    """Rewrite every object of the tenant that is under an older DEK (`object_reencrypt`).
+
+    Page by page in key order, one transaction per object: a crash loses at
+    most the object in flight (its row still names the old version, whole),
+    and a rerun skips what is done. An object whose stored copy does not
+    decrypt or does not match its row is left as it is, logged and listed in
+    the result (its DEK then stays); the key store and the storage being
+    unavailable, or the service pausing, stop the pass (raised).
+    Returns (objects rewritten, keys left behind).
+    """
+    current = current_object_key(str(tenant.pk)).dek_id
+    rewritten, failed = 0, list[str]()
+    after = ""
+    while True:
+        page = list(
+            StoredObject.objects.filter(tenant=tenant, key__gt=after)
+            .exclude(dek_id=current)
+            .order_by("key")
+            .values_list("key", "version")[:500]
+        )
+        if not page:
+            return rewritten, failed
+        for key, version in page:
+            try:
+                rewritten += object_reencrypt(tenant=tenant, key=key, version=version)
+            except (ObjectUnauthentic, ObjectFormatError, ObjectMismatch, ObjectMissing) as exc:
+                logger.warning("object %r of %s was not re-encrypted: %s", key, tenant.pk, exc)
+                failed.append(key)
+        after = page[-1][0]
 
 
 def object_checksums_shred(tenant: Tenant) -> int:
