@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -226,6 +226,20 @@ def object_head(*, tenant: Tenant, key: str) -> StoredObject:
     return obj
 
 
+def _row_key(tenant_id: str, obj: StoredObject) -> Callable[[int], bytes]:
+    """The DEK bytes for a stored copy, which must name the DEK its row names.
+
+    Reached before returning, so a revoked or unreachable key raises here."""
+    material = dek_material(tenant_id, obj.dek_id)
+
+    def key_for(dek_id: int) -> bytes:
+        if dek_id != obj.dek_id:
+            raise ObjectMismatch("the stored object names another data key than its row")
+        return material
+
+    return key_for
+
+
 def object_open(*, tenant: Tenant, key: str) -> tuple[StoredObject, Iterator[bytes]]:
     """The object's row and its plaintext, streamed and authenticated segment by segment.
 
@@ -236,13 +250,7 @@ def object_open(*, tenant: Tenant, key: str) -> tuple[StoredObject, Iterator[byt
     """
     obj = object_head(tenant=tenant, key=key)
     tenant_id = str(tenant.pk)
-    material = dek_material(tenant_id, obj.dek_id)
-
-    def key_for(dek_id: int) -> bytes:
-        if dek_id != obj.dek_id:
-            raise ObjectMismatch("the stored object names another data key than its row")
-        return material
-
+    key_for = _row_key(tenant_id, obj)
     pieces = storage_for(tenant, obj.location).get(obj.blob)
     binding = object_binding(tenant_id, key, obj.version)
     return obj, decrypt_stream(pieces, key_for=key_for, binding=binding)
@@ -281,16 +289,11 @@ def object_reencrypt(*, tenant: Tenant, key: str, version: str) -> bool:
         if obj is None or obj.dek_id == dek.dek_id:
             return False
         _hold_dek(dek.dek_id)
-        material = dek_material(tenant_id, obj.dek_id)
-
-        def key_for(dek_id: int) -> bytes:
-            if dek_id != obj.dek_id:
-                raise ObjectMismatch("the stored object names another data key than its row")
-            return material
-
         storage = storage_for(tenant, obj.location)
         plain = decrypt_stream(
-            storage.get(obj.blob), key_for=key_for, binding=object_binding(tenant_id, key, version)
+            storage.get(obj.blob),
+            key_for=_row_key(tenant_id, obj),
+            binding=object_binding(tenant_id, key, version),
         )
         digest, new_version = Digest(), secrets.token_hex(8)
         name = blob_name(key, new_version)
