@@ -15,7 +15,6 @@ of the objects where they are. The best of each is reported.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -37,17 +36,15 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from archive.segments import encrypt_stream  # noqa: E402
 from archive.storage import FilesystemStorage  # noqa: E402
 from archive.storage import StoredObject as StoredItem  # noqa: E402
 from audit.services import Actor  # noqa: E402
 from keys.runtime import envelope  # noqa: E402
 from keys.services import dek_rotate  # noqa: E402
 from objects import keyring, locations  # noqa: E402
-from objects.keyring import current_object_key  # noqa: E402
 from objects.migration import migration_run, migration_start  # noqa: E402
-from objects.models import Direction, Location, MigrationState, StoredObject  # noqa: E402
-from objects.services import object_binding  # noqa: E402
+from objects.models import Direction, Location, MigrationState  # noqa: E402
+from objects.services import objects_load  # noqa: E402
 from tenants.models import ServiceState, Tenant  # noqa: E402
 from tenants.services import tenant_create  # noqa: E402
 
@@ -67,28 +64,9 @@ def set_state(tenant: Tenant, state: str) -> None:
 
 def load(tenant: Tenant, count: int) -> None:
     """The tenant's objects in the shared location, as object_put would leave them."""
-    key = current_object_key(str(tenant.pk))
-    shared = locations.ensured(tenant, Location.SHARED)
-    rows = []
-    for i in range(count):
-        name = f"invoices/{i:05d}.pdf"
-        data = os.urandom(OBJECT_MB * MB)
-        binding = object_binding(str(tenant.pk), name)
-        stored = shared.put(
-            name, encrypt_stream([data], dek=key.material, dek_id=key.dek_id, binding=binding)
-        )
-        rows.append(
-            StoredObject(
-                tenant=tenant,
-                key=name,
-                location=Location.SHARED,
-                size=len(data),
-                ciphertext_size=stored.size,
-                sha256=hashlib.sha256(data).hexdigest(),
-                dek_id=key.dek_id,
-            )
-        )
-    StoredObject.objects.bulk_create(rows)
+    objects_load(
+        tenant, ((f"invoices/{i:05d}.pdf", os.urandom(OBJECT_MB * MB)) for i in range(count))
+    )
 
 
 def plain_copy(tenant: Tenant, location: str, folder: Path) -> float:

@@ -13,6 +13,7 @@ are not audited one by one (data-plane traffic, like records).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -351,6 +352,47 @@ def objects_reencrypt_pass(tenant: Tenant) -> tuple[int, list[str]]:
                 logger.warning("object %r of %s was not re-encrypted: %s", key, tenant.pk, exc)
                 failed.append(key)
         after = page[-1][0]
+
+
+def objects_load(
+    tenant: Tenant, blobs: Iterable[tuple[str, bytes]], *, versioned: bool = True
+) -> list[StoredObject]:
+    """Store many objects in the shared location at once, rows in one bulk insert.
+
+    For loading data (benchmarks, tests), not for serving writes: it skips the
+    per-write guards (state, key lock), so the tenant must not be moving and
+    the keys must be new. `versioned=False` writes the layout of objects
+    stored before versions existed (blob under the bare key).
+    """
+    tenant_id = str(tenant.pk)
+    dek = current_object_key(tenant_id)
+    shared = ensured(tenant, Location.SHARED)
+    rows = []
+    for key, data in blobs:
+        validate_key(key)
+        version = secrets.token_hex(8) if versioned else ""
+        stored = shared.put(
+            blob_name(key, version),
+            encrypt_stream(
+                [data],
+                dek=dek.material,
+                dek_id=dek.dek_id,
+                binding=object_binding(tenant_id, key, version),
+            ),
+        )
+        rows.append(
+            StoredObject(
+                tenant=tenant,
+                key=key,
+                location=Location.SHARED,
+                size=len(data),
+                ciphertext_size=stored.size,
+                sha256=hashlib.sha256(data).hexdigest(),
+                version=version,
+                dek_id=dek.dek_id,
+            )
+        )
+    return StoredObject.objects.bulk_create(rows)
 
 
 def object_checksums_shred(tenant: Tenant) -> int:

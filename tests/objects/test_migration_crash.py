@@ -23,20 +23,18 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from archive.segments import encrypt_stream
 from objects import locations
-from objects.keyring import current_object_key
-from objects.locations import ensured, storage_for
+from objects.locations import storage_for
 from objects.migration import AHEAD, MARK_ITEMS, migration_start
 from objects.models import (
     Direction,
     ItemState,
-    Location,
     MigrationState,
     ObjectMigration,
     StoredObject,
+    key_of_blob,
 )
-from objects.services import object_binding, object_open
+from objects.services import object_open, objects_load
 from objects.tasks import run_migration
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
@@ -66,26 +64,7 @@ def object_root(settings: Any, object_root: Path) -> Iterator[Path]:
 
 def populate(tenant: Tenant, blobs: dict[str, bytes]) -> None:
     """The tenant's objects in the shared location (written directly: faster than the API)."""
-    key = current_object_key(str(tenant.pk))
-    shared = ensured(tenant, Location.SHARED)
-    rows = []
-    for name, data in blobs.items():
-        binding = object_binding(str(tenant.pk), name)
-        stored = shared.put(
-            name, encrypt_stream([data], dek=key.material, dek_id=key.dek_id, binding=binding)
-        )
-        rows.append(
-            StoredObject(
-                tenant=tenant,
-                key=name,
-                location=Location.SHARED,
-                size=len(data),
-                ciphertext_size=stored.size,
-                sha256=hashlib.sha256(data).hexdigest(),
-                dek_id=key.dek_id,
-            )
-        )
-    StoredObject.objects.bulk_create(rows)
+    objects_load(tenant, blobs.items())
 
 
 def progress(migration: ObjectMigration) -> int:
@@ -96,7 +75,7 @@ def progress(migration: ObjectMigration) -> int:
 def check_sources_kept(tenant: Tenant, migration: ObjectMigration, blobs: dict[str, bytes]) -> None:
     """No source copy is deleted before every copy was verified and the rows switched."""
     migration.refresh_from_db()
-    source = {o.key for o in storage_for(tenant, migration.source_location).list()}
+    source = {key_of_blob(o.key) for o in storage_for(tenant, migration.source_location).list()}
     gone = set(blobs) - source
     if migration.state not in (MigrationState.DELETING, MigrationState.DONE):
         assert not gone, f"{len(gone)} source copies deleted in state {migration.state}"
@@ -170,7 +149,9 @@ def check_moved(tenant: Tenant, migration: ObjectMigration, blobs: dict[str, byt
     )
     target = [o.key for o in storage_for(tenant, migration.target_location).list()]
     assert len(target) == len(set(target)) == len(blobs)
-    assert sorted(target) == sorted(blobs)
+    # Exactly the versions the rows name: each object once, under its own name.
+    assert sorted(target) == sorted(o.blob for o in StoredObject.objects.filter(tenant=tenant))
+    assert sorted(key_of_blob(name) for name in target) == sorted(blobs)
     assert list(storage_for(tenant, migration.source_location).list()) == []
     rows = StoredObject.objects.filter(tenant=tenant)
     assert set(rows.values_list("location", "dek_id")) == {

@@ -12,14 +12,14 @@ from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from keys.models import DataKey, DekState, JobState, ReencryptionJob
 from keys.services import reencryption_run
-from objects.locations import ensured, storage_for
+from objects.locations import storage_for
 from objects.models import Location, StoredObject
 from objects.services import (
     ObjectMismatch,
-    object_binding,
     object_open,
     object_put,
     object_reencrypt,
+    objects_load,
 )
 from tests.objects.conftest import active_dek, new_target_dek, random_blobs
 
@@ -154,26 +154,8 @@ def test_a_copy_that_is_not_what_its_row_says_is_refused(acme: Any) -> None:
 
 
 def test_an_object_written_before_versions_is_rewritten_into_one(acme: Any) -> None:
-    from archive.segments import encrypt_stream
-    from objects.keyring import current_object_key
-
     tenant = acme.tenant
-    tenant_id = str(tenant.pk)
-    dek = current_object_key(tenant_id)
-    stored = ensured(tenant, Location.SHARED).put(
-        "legacy",
-        encrypt_stream(
-            iter([b"old format"]),
-            dek=dek.material,
-            dek_id=dek.dek_id,
-            binding=object_binding(tenant_id, "legacy"),
-        ),
-    )
-    StoredObject.objects.create(
-        tenant=tenant, key="legacy", location=Location.SHARED, size=10,
-        ciphertext_size=stored.size, sha256=hashlib.sha256(b"old format").hexdigest(),
-        dek_id=dek.dek_id,
-    )  # fmt: skip
+    objects_load(tenant, [("legacy", b"old format")], versioned=False)
     new_target_dek(tenant)
     assert object_reencrypt(tenant=tenant, key="legacy", version="")
     row = StoredObject.objects.get(tenant=tenant, key="legacy")

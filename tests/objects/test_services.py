@@ -10,7 +10,7 @@ from archive.segments import ObjectUnauthentic
 from archive.services import ServicePaused
 from archive.storage import InvalidKey
 from keys.envelope import KeyRevoked
-from objects.locations import ensured, storage_for
+from objects.locations import storage_for
 from objects.models import Location, StoredObject
 from objects.services import (
     ObjectMismatch,
@@ -102,27 +102,10 @@ def test_a_replaced_version_put_back_does_not_decrypt(acme) -> None:
 def test_objects_written_before_versions_still_read_and_are_replaced(
     acme, django_capture_on_commit_callbacks
 ) -> None:
-    from archive.segments import encrypt_stream
-    from objects.keyring import current_object_key
-    from objects.services import object_binding
+    from objects.services import objects_load
 
-    tenant_id = str(acme.tenant.pk)
-    dek = current_object_key(tenant_id)
-    shared = ensured(acme.tenant, Location.SHARED)
-    stored = shared.put(
-        "legacy",
-        encrypt_stream(
-            iter([b"from before"]),
-            dek=dek.material,
-            dek_id=dek.dek_id,
-            binding=object_binding(tenant_id, "legacy"),
-        ),
-    )
-    StoredObject.objects.create(
-        tenant=acme.tenant, key="legacy", location=Location.SHARED, size=11,
-        ciphertext_size=stored.size, sha256=hashlib.sha256(b"from before").hexdigest(),
-        dek_id=dek.dek_id,
-    )  # fmt: skip
+    objects_load(acme.tenant, [("legacy", b"from before")], versioned=False)
+    assert stored_names(acme.tenant) == ["legacy"]  # the bare key, as before versions
     assert read_all(acme.tenant, "legacy") == b"from before"
     with django_capture_on_commit_callbacks(execute=True):
         new = object_put(tenant=acme.tenant, key="legacy", chunks=[b"now versioned"])
