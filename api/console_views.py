@@ -46,8 +46,7 @@ def _page(
         "can_manage_tokens": access.can(Perm.MANAGE_API_TOKENS),
         "form": form or ApiTokenForm(),
         "issued": issued,
-        "can_manage_keys": access.can(Perm.MANAGE_KEYS),
-        **data_section_context(access.tenant),
+        **data_section_context(access),
     }
     response = render(request, "api/data.html", context, status=status)
     if issued is not None:

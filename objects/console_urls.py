@@ -9,6 +9,5 @@ from objects import views
 app_name = "objects"
 urlpatterns = [
     path("", views.data_section, name="section"),
-    path("migration/progress/", views.migration_progress_partial, name="migration_progress"),
     path("migration/retry/", views.migration_retry, name="migration_retry"),
 ]

@@ -16,41 +16,35 @@ from console.sudo import sudo_required
 from keys.moves import objects_move_retry
 from keys.services import KeyActionRefused
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
-from tenants.models import Tenant
+from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
 
-def data_section_context(tenant: Tenant) -> dict[str, Any]:
+def data_section_context(access: TenantAccess) -> dict[str, Any]:
     """What `objects/_data_section.html` needs; the Data page merges it into its context."""
+    tenant = access.tenant
+    progress = migration_progress(tenant)
     return {
+        "tenant": tenant,
         "objects_usage": objects_usage(tenant),
-        "object_migration": migration_progress(tenant),
+        "object_migration": progress,
+        # While the tenant moves to or from its key, the data keys move before the objects:
+        # the section follows from the start, before the object move exists.
+        "keys_moving": progress is None
+        and tenant.state in (ServiceState.MIGRATING, ServiceState.MIGRATING_BACK),
         "object_migrations": migrations_of_tenant(tenant),
+        # A failed move's error and the retry button are for key managers only.
+        "can_manage_keys": access.can(Perm.MANAGE_KEYS),
     }
 
 
 @login_required
 @require_GET
 @with_tenant(Perm.VIEW_STATUS)
-def migration_progress_partial(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    """Polled every second by the progress region while a move runs."""
-    return render(
-        request,
-        "objects/_data_section.html#object-migration-progress",
-        {"tenant": access.tenant, "object_migration": migration_progress(access.tenant)},
-    )
-
-
-@login_required
-@require_GET
-@with_tenant(Perm.VIEW_STATUS)
 def data_section(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    """The whole objects section on its own (the Data page includes the same template)."""
-    return render(
-        request,
-        "objects/_data_section.html",
-        {"tenant": access.tenant, **data_section_context(access.tenant)},
-    )
+    """The whole objects section on its own: the Data page includes the same template, and
+    polls this every second while a move runs."""
+    return render(request, "objects/_data_section.html", data_section_context(access))
 
 
 @login_required
