@@ -277,6 +277,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
     "keys-retire-unused-deks": {"task": "keys.retire_unused_deks", "schedule": 3600.0},
     "objects-resume-migrations": {"task": "objects.resume_migrations", "schedule": 300.0},
+    "objects-sweep-orphans": {"task": "objects.sweep_orphans", "schedule": 3600.0},
     "api-purge-idempotency-keys": {"task": "api.purge_idempotency_keys", "schedule": 3600.0},
     "keys-check-key-health": {
         "task": "keys.check_key_health",
@@ -431,6 +432,13 @@ KEYWARD_OBJECT_MAX_BYTES = env.integer(
 # Objects moved at a time by a migration (threads: crypto, hashing and I/O release the GIL).
 KEYWARD_OBJECT_MIGRATE_THREADS = env.integer(
     "KEYWARD_OBJECT_MIGRATE_THREADS", 4, minimum=1, maximum=32
+)
+# A stored version that no row names (a write that died before its row
+# committed, a replaced version whose delete failed, a finished move's
+# leftovers) is deleted once sweeps have seen it unnamed for this long: far
+# longer than the moment between a version being stored and its row committing.
+KEYWARD_OBJECT_ORPHAN_GRACE_SECONDS = env.integer(
+    "KEYWARD_OBJECT_ORPHAN_GRACE_SECONDS", 3600, minimum=0, maximum=30 * 86400
 )
 
 # Tenant data API (api/).

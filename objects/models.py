@@ -85,6 +85,31 @@ class StoredObject(models.Model):
         return blob_name(self.key, self.version)
 
 
+class OrphanVersion(models.Model):
+    """A stored version that no row named when a sweep listed its location.
+
+    The sweep that finds it only notes it; a later one deletes it if it is
+    still unnamed after KEYWARD_OBJECT_ORPHAN_GRACE_SECONDS. A listing has no
+    dates, and a version being written is stored a moment before its row
+    commits: the grace keeps such a version from ever being taken for an orphan.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    location = models.CharField(max_length=16, choices=Location.choices)
+    name = models.CharField(max_length=1100)  # the storage name: key and version
+    first_seen = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "location", "name"], name="one_orphan_note_per_blob"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.location}, unnamed since {self.first_seen:%Y-%m-%d %H:%M})"
+
+
 class Direction(models.TextChoices):
     TO_DEDICATED = "to_dedicated", "To dedicated storage"
     TO_SHARED = "to_shared", "Back to shared storage"

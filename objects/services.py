@@ -18,9 +18,11 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from archive.segments import (
     Digest,
@@ -34,7 +36,17 @@ from archive.storage import InvalidKey, ObjectMissing, Storage, StorageError, va
 from keys.envelope import KeyRevoked
 from objects.keyring import current_object_key, dek_material
 from objects.locations import current_location, ensured, storage_for
-from objects.models import VERSION_NAME_BYTES, Location, MigrationItem, StoredObject, blob_name
+from objects.models import (
+    OPEN_MIGRATION_STATES,
+    VERSION_NAME_BYTES,
+    Location,
+    MigrationItem,
+    ObjectMigration,
+    OrphanVersion,
+    StoredObject,
+    blob_name,
+    key_of_blob,
+)
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
@@ -406,3 +418,97 @@ def object_checksums_shred(tenant: Tenant) -> int:
     StoredObject.objects.filter(tenant=tenant).update(sha256="")
     MigrationItem.objects.filter(migration__tenant=tenant).update(sha256="")
     return 0
+
+
+# While the tenant's objects move, the target holds copies that no row names
+# yet: a sweep leaves such a tenant alone.
+_MOVING_STATES = (ServiceState.MIGRATING, ServiceState.MIGRATING_BACK)
+
+
+def _moving(tenant: Tenant, state: str) -> bool:
+    return (
+        state in _MOVING_STATES
+        or ObjectMigration.objects.filter(tenant=tenant, state__in=OPEN_MIGRATION_STATES).exists()
+    )
+
+
+def _sweep_locations(tenant: Tenant) -> list[str]:
+    """The shared location, and the dedicated one once the tenant has used it."""
+    used = (
+        StoredObject.objects.filter(tenant=tenant, location=Location.DEDICATED).exists()
+        or ObjectMigration.objects.filter(tenant=tenant).exists()
+    )
+    return [Location.SHARED, Location.DEDICATED] if used else [Location.SHARED]
+
+
+def objects_sweep_orphans(tenant: Tenant) -> tuple[int, int]:
+    """Delete the tenant's stored versions that no row names: (noted, deleted).
+
+    Such versions are left by a write killed between storing its version and
+    committing its row, by a replaced version whose delete failed, and by a
+    move whose last deletes did not happen. A version first found unnamed is
+    only noted (OrphanVersion); a later sweep deletes it once it has stayed
+    unnamed for KEYWARD_OBJECT_ORPHAN_GRACE_SECONDS, after checking its row
+    again under the object key's write lock. Nothing is swept while the
+    tenant's objects move (the target's copies are named only at the switch).
+    """
+    if _moving(tenant, Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk)):
+        return 0, 0
+    tenant_id = str(tenant.pk)
+    now = timezone.now()
+    due_before = now - timedelta(seconds=settings.KEYWARD_OBJECT_ORPHAN_GRACE_SECONDS)
+    noted = deleted = 0
+    for location in _sweep_locations(tenant):
+        storage = storage_for(tenant, location)
+        try:
+            listed = [o.key for o in storage.list("")]
+        except ObjectMissing:
+            listed = []  # the folder or bucket was never made: nothing to sweep
+        named = {
+            blob_name(key, version)
+            for key, version in StoredObject.objects.filter(
+                tenant=tenant, location=location
+            ).values_list("key", "version")
+        }
+        orphans = [name for name in listed if name not in named]
+        notes = OrphanVersion.objects.filter(tenant=tenant, location=location)
+        seen = dict(notes.values_list("name", "first_seen"))
+        # Notes of versions since named again or gone are void.
+        unnamed = set(orphans)
+        void = [name for name in seen if name not in unnamed]
+        for start in range(0, len(void), 500):
+            notes.filter(name__in=void[start : start + 500]).delete()
+        fresh = [
+            OrphanVersion(tenant=tenant, location=location, name=name, first_seen=now)
+            for name in orphans
+            if name not in seen
+        ]
+        OrphanVersion.objects.bulk_create(fresh, ignore_conflicts=True)
+        noted += len(fresh)
+        for name in orphans:
+            if name in seen and seen[name] <= due_before:
+                deleted += _delete_orphan(tenant, tenant_id, storage, location, name)
+    if deleted:
+        logger.info("deleted %d stored object versions that no row named", deleted)
+    return noted, deleted
+
+
+def _delete_orphan(
+    tenant: Tenant, tenant_id: str, storage: Storage, location: str, name: str
+) -> int:
+    key = key_of_blob(name)
+    version = name[len(key) + 2 :] if key != name else ""
+    with transaction.atomic():
+        # The tenant's row share-locked and the key's write lock held: no move
+        # starts and no write of this key commits until the decision is made.
+        if _moving(tenant, _locked_state(tenant)):
+            return 0
+        _hold_key(tenant_id, key)
+        named = StoredObject.objects.filter(
+            tenant=tenant, key=key, version=version, location=location
+        ).exists()
+        OrphanVersion.objects.filter(tenant=tenant, location=location, name=name).delete()
+        if named:
+            return 0
+        storage.delete(name)
+    return 1
