@@ -463,7 +463,10 @@ def objects_sweep_orphans(tenant: Tenant) -> tuple[int, int]:
         try:
             listed = [o.key for o in storage.list("")]
         except ObjectMissing:
-            listed = []  # the folder or bucket was never made: nothing to sweep
+            continue  # the folder or bucket was never made: nothing to sweep
+        except StorageError as exc:  # one unreachable location does not stop the other
+            logger.warning("object sweep skipped the %s location: %s", location, exc)
+            continue
         named = {
             blob_name(key, version)
             for key, version in StoredObject.objects.filter(

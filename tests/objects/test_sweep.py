@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 import objects.services
+from archive.storage import StorageError
 from objects.locations import storage_for
 from objects.migration import migration_run, migration_start
 from objects.models import Direction, Location, MigrationState, OrphanVersion, StoredObject
@@ -136,3 +137,31 @@ def test_copies_a_finished_move_left_in_the_old_location_are_swept(acme: Any) ->
     assert {o.key for o in storage_for(tenant, Location.DEDICATED).list()} == dedicated
     for key, data in objects_.items():
         assert read(tenant, key) == data
+
+
+def test_an_unreachable_location_does_not_stop_the_sweep_of_the_other(
+    acme: Any, monkeypatch: Any
+) -> None:
+    tenant = acme.tenant
+    object_put(tenant=tenant, key="k", chunks=[b"data"])
+    orphan = died_write(tenant, monkeypatch, "k")
+    target = new_target_dek(tenant)  # a finished move: the dedicated location is swept too
+    set_state(tenant, MIGRATING)
+    move = migration_start(tenant=tenant, direction=Direction.TO_DEDICATED, target_dek_id=target.pk)
+    assert migration_run(str(move.pk)) == MigrationState.DONE
+    set_state(tenant, ServiceState.BYOK_ACTIVE)
+    dedicated = storage_for(tenant, Location.DEDICATED)
+
+    tried: list[str] = []
+
+    def unreachable(prefix: str = "") -> Any:
+        tried.append(prefix)
+        raise StorageError("the bucket did not answer")
+
+    # A store outage is not something the local store can be made to show.
+    monkeypatch.setattr(dedicated, "list", unreachable)
+    assert orphan in stored(tenant)  # the move deleted the named copy only
+    assert objects_sweep_orphans(tenant) == (1, 0)
+    age_notes(3601)
+    assert objects_sweep_orphans(tenant) == (0, 1)
+    assert orphan not in stored(tenant) and len(tried) == 2
