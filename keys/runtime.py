@@ -9,7 +9,12 @@
   Worst case, a process killed with SIGKILL loses the counts of its last flush
   interval from the displayed figure; the rotation limit is enforced on the
   reservations, which are written before any encryption happens, so a crash
-  can never let a DEK exceed its limit.
+  can never let a DEK exceed its limit. A reservation is written in the
+  caller's transaction: when that rolls back, the process keeps the block it
+  was granted, and each flush raises the reserved figure back to at least the
+  encryptions counted. Until that flush the limit may be passed by at most the
+  blocks of rolled-back reservations (the default limit, 2^31, is half the
+  2^32 bound of random nonces, which leaves ample room).
 """
 
 from __future__ import annotations
@@ -202,9 +207,15 @@ def flush_counts() -> None:
         return
     try:
         with connection.cursor() as cursor:
+            # A reservation is made in the caller's transaction and undone when
+            # that rolls back, though the encryptions it covered were done: never
+            # let the reserved figure (what the limit is checked against) fall
+            # below the encryptions counted. (SET reads the row's old values.)
             cursor.executemany(
-                "UPDATE keys_datakey SET encryption_count = encryption_count + %s WHERE id = %s",
-                [(n, dek_id) for dek_id, n in counts.items()],
+                "UPDATE keys_datakey SET encryption_count = encryption_count + %s, "
+                "encryptions_reserved = CASE WHEN encryptions_reserved < encryption_count + %s "
+                "THEN encryption_count + %s ELSE encryptions_reserved END WHERE id = %s",
+                [(n, n, n, dek_id) for dek_id, n in counts.items()],
             )
     except Exception as exc:
         logger.warning(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import transaction
 
 from archive.services import records_create
 from archive.synthetic import synthetic_records
@@ -33,6 +34,32 @@ def test_counts_are_kept_in_memory_and_flushed_in_one_batch(db, django_assert_ma
     flush_counts()  # nothing new: no double count
     dek.refresh_from_db()
     assert dek.encryption_count == 100 * FIELDS_PER_RECORD
+
+
+def test_a_rolled_back_reservation_is_made_good_at_the_next_flush(db) -> None:
+    """The caller's rollback undoes the reservation, not the encryptions it covered."""
+    tenant = tenant_create(name="Initech", slug="initech", actor=Actor.system("tests"))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        records_create(tenant=tenant, items=list(synthetic_records(100)))
+        raise RuntimeError("the caller fails after encrypting")
+    dek = DataKey.objects.get(tenant=tenant)
+    assert dek.encryptions_reserved == 0  # rolled back with the caller
+    flush_counts()
+    dek.refresh_from_db()
+    assert dek.encryption_count == 100 * FIELDS_PER_RECORD
+    assert dek.encryptions_reserved == 100 * FIELDS_PER_RECORD
+    # The process goes on spending the block it still holds; each flush keeps
+    # the reserved figure up with the count...
+    records_create(tenant=tenant, items=list(synthetic_records(10, seed=1, prefix="x-")))
+    flush_counts()
+    dek.refresh_from_db()
+    assert dek.encryption_count == dek.encryptions_reserved == 110 * FIELDS_PER_RECORD
+    # ...and never lowers a reserved figure that is above it.
+    DataKey.objects.filter(pk=dek.pk).update(encryptions_reserved=5_000)
+    records_create(tenant=tenant, items=list(synthetic_records(5, seed=2, prefix="y-")))
+    flush_counts()
+    dek.refresh_from_db()
+    assert (dek.encryption_count, dek.encryptions_reserved) == (115 * FIELDS_PER_RECORD, 5_000)
 
 
 def test_a_dek_never_exceeds_its_limit_and_is_rotated(transactional_db, settings) -> None:
