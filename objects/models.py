@@ -37,12 +37,17 @@ def blob_name(key: str, version: str) -> str:
     return f"{key}{_VERSION_MARK}{version}" if version else key
 
 
-def key_of_blob(name: str) -> str:
-    """The object key a storage name may belong to (the name itself when unversioned)."""
+def split_blob(name: str) -> tuple[str, str]:
+    """The object key and version a storage name may belong to ("" when unversioned)."""
     key, mark, version = name.rpartition(_VERSION_MARK)
     if mark and len(version) == 16 and all(c in "0123456789abcdef" for c in version):
-        return key
-    return name
+        return key, version
+    return name, ""
+
+
+def key_of_blob(name: str) -> str:
+    """The object key a storage name may belong to (the name itself when unversioned)."""
+    return split_blob(name)[0]
 
 
 class StoredObject(models.Model):

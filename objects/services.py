@@ -45,7 +45,7 @@ from objects.models import (
     OrphanVersion,
     StoredObject,
     blob_name,
-    key_of_blob,
+    split_blob,
 )
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
 
@@ -499,8 +499,7 @@ def objects_sweep_orphans(tenant: Tenant) -> tuple[int, int]:
 def _delete_orphan(
     tenant: Tenant, tenant_id: str, storage: Storage, location: str, name: str
 ) -> int:
-    key = key_of_blob(name)
-    version = name[len(key) + 2 :] if key != name else ""
+    key, version = split_blob(name)
     with transaction.atomic():
         # The tenant's row share-locked and the key's write lock held: no move
         # starts and no write of this key commits until the decision is made.

@@ -12,7 +12,15 @@ import objects.services
 from archive.storage import StorageError
 from objects.locations import storage_for
 from objects.migration import migration_run, migration_start
-from objects.models import Direction, Location, MigrationState, OrphanVersion, StoredObject
+from objects.models import (
+    Direction,
+    Location,
+    MigrationState,
+    OrphanVersion,
+    StoredObject,
+    blob_name,
+    split_blob,
+)
 from objects.services import object_open, object_put, objects_sweep_orphans
 from objects.tasks import sweep_orphans
 from tenants.models import ServiceState
@@ -165,3 +173,18 @@ def test_an_unreachable_location_does_not_stop_the_sweep_of_the_other(
     age_notes(3601)
     assert objects_sweep_orphans(tenant) == (0, 1)
     assert orphan not in stored(tenant) and len(tried) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("report~v0123456789abcdef", ("report", "0123456789abcdef")),
+        ("a/b~v~v0123456789abcdef", ("a/b~v", "0123456789abcdef")),
+        ("report", ("report", "")),  # written before versions
+        ("report~vABCDEF0123456789", ("report~vABCDEF0123456789", "")),  # not a version
+        ("report~v0123", ("report~v0123", "")),
+    ],
+)
+def test_a_storage_name_splits_into_key_and_version(name: str, parts: tuple[str, str]) -> None:
+    assert split_blob(name) == parts
+    assert blob_name(*parts) == name
