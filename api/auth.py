@@ -37,11 +37,10 @@ from api.tokens import api_token_authenticate
 from archive.services import ServicePaused
 from keys.envelope import KeyRevoked
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
-from tenants.models import PAUSED_STATES, ServiceState, Tenant
+from tenants.models import MIGRATING_STATES, PAUSED_STATES, ServiceState, Tenant
 
 View = Callable[..., HttpResponseBase]
 UNAUTHORIZED = "Send a valid API token: Authorization: Bearer kw_<prefix>_<secret>."
-MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 UNREADABLE_STATES = frozenset({ServiceState.REVOKED, ServiceState.DESTROYED})
 
 

@@ -7,11 +7,9 @@ from django.http import HttpRequest
 
 from console.banners import Banner, banner_for
 from keys.expiry import expiring_version
-from tenants.models import ServiceState, Tenant
+from tenants.models import MIGRATING_STATES, Tenant
 from tenants.permissions import is_support_staff
 from tenants.selectors import memberships_for_user
-
-MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:

@@ -95,11 +95,10 @@ from objects.models import (
 )
 from objects.services import object_binding
 from objects.signals import migration_finished
-from tenants.models import ServiceState, Tenant
+from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
 
-MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 PAGE = 500  # items loaded per query
 # Item steps are recorded in batches of this many items, bytes or seconds,
 # whichever comes first: a killed run redoes at most one batch.

@@ -47,7 +47,7 @@ from objects.models import (
     blob_name,
     split_blob,
 )
-from tenants.models import PAUSED_STATES, ServiceState, Tenant
+from tenants.models import MIGRATING_STATES, PAUSED_STATES, ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -420,14 +420,11 @@ def object_checksums_shred(tenant: Tenant) -> int:
     return 0
 
 
-# While the tenant's objects move, the target holds copies that no row names
-# yet: a sweep leaves such a tenant alone.
-_MOVING_STATES = (ServiceState.MIGRATING, ServiceState.MIGRATING_BACK)
-
-
 def _moving(tenant: Tenant, state: str) -> bool:
+    """While the tenant's objects move, the target holds copies that no row names
+    yet: a sweep leaves such a tenant alone."""
     return (
-        state in _MOVING_STATES
+        state in MIGRATING_STATES
         or ObjectMigration.objects.filter(tenant=tenant, state__in=OPEN_MIGRATION_STATES).exists()
     )
 

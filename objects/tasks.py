@@ -6,10 +6,10 @@ from celery import shared_task
 
 from archive.storage import StorageError
 from keys.providers.base import KeyUnavailable
-from objects.migration import MIGRATING_STATES, migration_run
+from objects.migration import migration_run
 from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
 from objects.services import objects_sweep_orphans
-from tenants.models import Tenant
+from tenants.models import MIGRATING_STATES, Tenant
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from console.sudo import sudo_required
 from keys.moves import objects_move_retry
 from keys.services import KeyActionRefused
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
-from tenants.models import ServiceState
+from tenants.models import MIGRATING_STATES
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
 
@@ -30,8 +30,7 @@ def data_section_context(access: TenantAccess) -> dict[str, Any]:
         "object_migration": progress,
         # While the tenant moves to or from its key, the data keys move before the objects:
         # the section follows from the start, before the object move exists.
-        "keys_moving": progress is None
-        and tenant.state in (ServiceState.MIGRATING, ServiceState.MIGRATING_BACK),
+        "keys_moving": progress is None and tenant.state in MIGRATING_STATES,
         "object_migrations": migrations_of_tenant(tenant),
         # A failed move's error and the retry button are for key managers only.
         "can_manage_keys": access.can(Perm.MANAGE_KEYS),

@@ -78,6 +78,8 @@ PAUSED_STATES = frozenset(
         ServiceState.MIGRATING_BACK,
     }
 )
+# The tenant's data moves to or from its key: keys first, then its objects.
+MIGRATING_STATES = frozenset({ServiceState.MIGRATING, ServiceState.MIGRATING_BACK})
 
 
 class Membership(models.Model):
