@@ -34,10 +34,10 @@ from django.views.decorators.csrf import csrf_exempt
 
 from api.errors import ApiError, render_error
 from api.tokens import api_token_authenticate
-from archive.services import ServicePaused
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
 from tenants.models import MIGRATING_STATES, PAUSED_STATES, ServiceState, Tenant
+from tenants.states import ServicePaused
 
 View = Callable[..., HttpResponseBase]
 UNAUTHORIZED = "Send a valid API token: Authorization: Bearer kw_<prefix>_<secret>."

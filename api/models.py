@@ -7,10 +7,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
 
-from archive.models import Record
-from keys.models import KekVersion
 from tenants.models import Tenant
 
 
@@ -60,83 +57,6 @@ class ApiToken(models.Model):
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
-
-
-class IndexKeyState(models.TextChoices):
-    BUILDING = "building", "Rebuilding lookups"
-    ACTIVE = "active", "Active"
-    RETIRED = "retired", "Retired"
-
-
-class IndexKey(models.Model):
-    """A tenant's blind-index key, stored only wrapped by the tenant's KEK.
-
-    Wrapped like a DEK, but under the context purpose "blind-index", so a
-    wrapped index key can never be unwrapped as a DEK (nor a DEK as an index
-    key). Lookups use the ACTIVE version; a BUILDING version is written to
-    alongside it until its rebuild finishes.
-    """
-
-    id = models.BigAutoField(primary_key=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="index_keys")
-    version = models.PositiveIntegerField()
-    wrapped = models.BinaryField(editable=False)
-    kek_version = models.ForeignKey(KekVersion, on_delete=models.PROTECT, related_name="+")
-    state = models.CharField(
-        max_length=16, choices=IndexKeyState.choices, default=IndexKeyState.ACTIVE
-    )
-    created = models.DateTimeField(auto_now_add=True)
-    # Rebuild checkpoint: every record with an id up to this one is indexed.
-    rebuilt_through = models.BigIntegerField(default=0)
-    retired_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["tenant", "version"], name="index_key_version_per_tenant"
-            ),
-            models.UniqueConstraint(
-                fields=["tenant"], condition=Q(state="active"), name="one_active_index_key"
-            ),
-            models.UniqueConstraint(
-                fields=["tenant"], condition=Q(state="building"), name="one_building_index_key"
-            ),
-        ]
-        ordering = ["-version"]
-
-    def __str__(self) -> str:
-        return f"index key v{self.version} of {self.tenant_id} ({self.state})"
-
-
-class LookupRow(models.Model):
-    """One blind-index entry: HMAC-SHA-256(index key, field, normalised value) -> record.
-
-    No plaintext, and no digest that compares across tenants, fields or key
-    versions. Indexed on (tenant, field, version, digest): the version is in
-    the index because during a rebuild two versions coexist.
-    """
-
-    id = models.BigAutoField(primary_key=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
-    field = models.CharField(max_length=32)
-    version = models.PositiveIntegerField()
-    digest = models.BinaryField(max_length=32)
-    record = models.ForeignKey(
-        Record, on_delete=models.CASCADE, related_name="lookup_rows", db_index=False
-    )
-
-    class Meta:
-        indexes = [
-            models.Index(fields=["tenant", "field", "version", "digest"], name="lookup_digest"),
-        ]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["record", "field", "version"], name="lookup_once_per_version"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"lookup {self.field} v{self.version} -> {self.record_id}"
 
 
 class IdempotencyKey(models.Model):

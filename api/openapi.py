@@ -2,17 +2,21 @@
 
 Hand-written: the API is small, and a document kept beside the code reads
 better than one derived from it. The error codes come from `api.errors`, so
-a code added there is documented here; tests check that every route is.
+a code added there is documented here; the record vocabulary is passed in;
+tests check that every route is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from api.blindindex import INDEXED_FIELDS
 from api.errors import ERROR_CODES
 from api.models import Scope
-from archive.fields import FIELDS_BY_KIND
+
+# The record kinds with their fields, and the fields lookups may use: the data
+# apps own them and the shell passes them in (console.views.openapi_json).
+FieldsByKind = Mapping[str, Sequence[str]]
 
 
 def _error(*codes: str) -> dict[str, Any]:
@@ -73,7 +77,7 @@ OBJECT_HEADERS = {
 }
 
 
-def _paths() -> dict[str, Any]:
+def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dict[str, Any]:
     record_ref = {"$ref": "#/components/schemas/Record"}
     return {
         "/records": {
@@ -126,7 +130,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "kind",
                         "in": "query",
-                        "schema": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                        "schema": {"type": "string", "enum": sorted(fields_by_kind)},
                     },
                     {
                         "name": "limit",
@@ -142,7 +146,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "field",
                         "in": "query",
-                        "schema": {"type": "string", "enum": sorted(INDEXED_FIELDS)},
+                        "schema": {"type": "string", "enum": sorted(indexed_fields)},
                     },
                     {"name": "value", "in": "query", "schema": {"type": "string"}},
                 ],
@@ -327,8 +331,8 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def _components() -> dict[str, Any]:
-    field_names = sorted({f for fields in FIELDS_BY_KIND.values() for f in fields})
+def _components(fields_by_kind: FieldsByKind) -> dict[str, Any]:
+    field_names = sorted({f for fields in fields_by_kind.values() for f in fields})
     return {
         "securitySchemes": {
             "bearer": {
@@ -385,12 +389,12 @@ def _components() -> dict[str, Any]:
                 "additionalProperties": False,
                 "required": ["kind", "external_id"],
                 "properties": {
-                    "kind": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                    "kind": {"type": "string", "enum": sorted(fields_by_kind)},
                     "external_id": {"type": "string", "minLength": 1, "maxLength": 255},
                     "fields": {
                         "type": "object",
                         "description": "Personal fields; allowed names per kind: "
-                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in FIELDS_BY_KIND.items()),
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in fields_by_kind.items()),
                         "propertyNames": {"enum": field_names},
                         "additionalProperties": {"type": "string"},
                     },
@@ -401,7 +405,7 @@ def _components() -> dict[str, Any]:
                 "required": ["id", "kind", "external_id", "fields", "created"],
                 "properties": {
                     "id": {"type": "string", "format": "uuid"},
-                    "kind": {"type": "string", "enum": sorted(FIELDS_BY_KIND)},
+                    "kind": {"type": "string", "enum": sorted(fields_by_kind)},
                     "external_id": {"type": "string"},
                     "fields": {"type": "object", "additionalProperties": {"type": "string"}},
                     "created": {"type": "string", "format": "date-time"},
@@ -428,7 +432,9 @@ def _components() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(
+    *, fields_by_kind: FieldsByKind, indexed_fields: Collection[str]
+) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -441,6 +447,6 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": _paths(),
-        "components": _components(),
+        "paths": _paths(fields_by_kind, indexed_fields),
+        "components": _components(fields_by_kind),
     }

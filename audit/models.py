@@ -4,8 +4,6 @@ import uuid
 
 from django.db import models
 
-from tenants.models import Tenant
-
 # The vendor's own chain (events with no tenant) uses this fixed key.
 VENDOR_CHAIN = "vendor"
 
@@ -50,7 +48,11 @@ class AuditEvent(models.Model):
     chain = models.CharField(max_length=64)
     seq = models.BigIntegerField()
     tenant = models.ForeignKey(
-        Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events"
+        "tenants.Tenant",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="audit_events",
     )
     time = models.DateTimeField()
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)

@@ -3,12 +3,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import chain_key
-from tenants.models import Tenant
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ def _start_of(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
 
 
-def audit_events_for_tenant(tenant: Tenant, filters: AuditFilters) -> QuerySet[AuditEvent]:
+def audit_events_for_tenant(tenant: Model, filters: AuditFilters) -> QuerySet[AuditEvent]:
     """The tenant's events, newest first; only its own chain is ever read."""
     events = AuditEvent.objects.filter(chain=chain_key(tenant))
     if filters.action:
@@ -68,5 +67,5 @@ def audit_page(events: QuerySet[AuditEvent], *, before: int | None, size: int) -
     return AuditPage(rows, rows[-1].seq if more and rows else None)
 
 
-def recent_audit_events(tenant: Tenant, limit: int = 10) -> list[AuditEvent]:
+def recent_audit_events(tenant: Model, limit: int = 10) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(chain=chain_key(tenant)).order_by("-seq")[:limit])

@@ -9,12 +9,12 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
+from django.db.models import Model
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.chain import GENESIS_HASH, BrokenLink, event_hash
 from audit.models import VENDOR_CHAIN, ActorKind, AuditChain, AuditEvent, Outcome
-from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Actor:
         return cls(kind, str(user.pk), user.get_username())
 
 
-def chain_key(tenant: Tenant | None) -> str:
+def chain_key(tenant: Model | None) -> str:
     return VENDOR_CHAIN if tenant is None else str(tenant.pk)
 
 
@@ -57,7 +57,7 @@ def _request_context(request: HttpRequest | None) -> dict[str, Any]:
 
 def record(
     *,
-    tenant: Tenant | None,
+    tenant: Model | None,
     actor: Actor,
     action: str,
     outcome: str = Outcome.SUCCESS,
@@ -107,7 +107,7 @@ def record(
     return event
 
 
-def record_for_tenants(tenants: Iterable[Tenant | None], **kwargs: Any) -> None:
+def record_for_tenants(tenants: Iterable[Model | None], **kwargs: Any) -> None:
     for tenant in tenants:
         record(tenant=tenant, **kwargs)
 

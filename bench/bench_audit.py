@@ -429,7 +429,7 @@ def signed_in_client(user: User) -> Client:
     from django.contrib.auth.signals import user_logged_in
     from django.test import Client
 
-    from audit.signals import _on_login
+    from tenants.signals import _on_login
 
     client = Client(HTTP_HOST=client_host())
     user_logged_in.disconnect(dispatch_uid="audit_login")

@@ -1,7 +1,7 @@
 """Field encryption through the envelope against raw AES-256-GCM, in one process.
 
-Framework-free: imports keys.envelope (and through it keys/__init__.py,
-keys.ciphertext and keys.dekcache) and nothing of Django. Run from the
+Framework-free: imports crypto.envelope (and through it keys/__init__.py,
+crypto.ciphertext and crypto.dekcache) and nothing of Django. Run from the
 repository root:
 
     .venv/bin/python bench/bench_envelope.py            # the figures
@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from keys.ciphertext import binding, header  # noqa: E402
-from keys.dekcache import DekCache, LoadedKey  # noqa: E402
-from keys.envelope import Envelope, TenantKeyState  # noqa: E402
+from crypto.ciphertext import binding, header  # noqa: E402
+from crypto.dekcache import DekCache, LoadedKey  # noqa: E402
+from crypto.envelope import Envelope, TenantKeyState  # noqa: E402
 
 OPS = 50_000
 REPEATS = 5

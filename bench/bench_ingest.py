@@ -1,8 +1,9 @@
 """Records created per second through the API, against the same endpoint without crypto.
 
 Two gunicorn servers on PostgreSQL (DATABASE_URL) serve the same code: one as
-in production, one with KEYWARD_API_BENCH_PLAINTEXT on (fields stored
-unencrypted, lookup rows under an unkeyed hash; a setting production refuses).
+in production, one with the benchmark's own settings (`bench.plain_settings`:
+the same endpoints storing fields unencrypted, lookup rows under an unkeyed
+hash; refused in production mode).
 8 client threads, each on a keep-alive connection, POST /api/v1/records with
 an Idempotency-Key, a user record with five personal fields (four indexed).
 Rounds alternate between the servers so both see the same machine; each
@@ -56,7 +57,8 @@ def free_port() -> int:
 
 def start_server(plaintext: bool) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**os.environ, "KEYWARD_API_BENCH_PLAINTEXT": "true" if plaintext else "false"}
+    settings = "bench.plain_settings" if plaintext else "console.settings"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings}
     server = subprocess.Popen(
         [
             str(ROOT / ".venv/bin/gunicorn"),

@@ -36,8 +36,6 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from archive.storage import FilesystemStorage  # noqa: E402
-from archive.storage import StoredObject as StoredItem  # noqa: E402
 from audit.services import Actor  # noqa: E402
 from keys.runtime import envelope  # noqa: E402
 from keys.services import dek_rotate  # noqa: E402
@@ -45,6 +43,8 @@ from objects import keyring, locations  # noqa: E402
 from objects.migration import migration_run, migration_start  # noqa: E402
 from objects.models import Direction, Location, MigrationState  # noqa: E402
 from objects.services import objects_load  # noqa: E402
+from objects.storage import FilesystemStorage  # noqa: E402
+from objects.storage import StoredObject as StoredItem  # noqa: E402
 from tenants.models import ServiceState, Tenant  # noqa: E402
 from tenants.services import tenant_create  # noqa: E402
 

@@ -1,6 +1,6 @@
-"""Object encryption (archive.segments) against raw AES-256-GCM, in one process.
+"""Object encryption (crypto.segments) against raw AES-256-GCM, in one process.
 
-Framework-free: imports archive.segments and archive.storage and nothing of
+Framework-free: imports crypto.segments and objects.storage and nothing of
 Django. Run from the repository root:
 
     .venv/bin/python bench/bench_objects.py            # the figures
@@ -41,14 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from archive.segments import (  # noqa: E402
+from crypto.segments import (  # noqa: E402
     DEFAULT_SEGMENT_SIZE,
     Digest,
     ciphertext_size,
     decrypt_stream,
     encrypt_stream,
 )
-from archive.storage import FilesystemStorage  # noqa: E402
+from objects.storage import FilesystemStorage  # noqa: E402
 
 OBJECT_MB = 64
 REPEATS = 5

@@ -1,6 +1,6 @@
 """Re-encryption of 200,000 records on PostgreSQL, against the same job without crypto.
 
-Both runs use the same batches and the same SQL (`archive.reencrypt.reencrypt_batch`);
+Both runs use the same batches and the same SQL (`records.reencrypt.reencrypt_batch`);
 the baseline's transform passes the ciphertexts through unchanged. Five rounds
 (BENCH_REENCRYPT_ROUNDS) of both, each round after a fresh rotation; the best
 round of each is reported, every round is printed as a comment.
@@ -28,13 +28,17 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from archive.models import SealedFields  # noqa: E402
-from archive.services import records_create  # noqa: E402
-from archive.synthetic import synthetic_records  # noqa: E402
 from audit.services import Actor  # noqa: E402
-from keys.models import DataKey, DekState, ReencryptionJob  # noqa: E402
+from keys.models import DataKey, DekState  # noqa: E402
 from keys.runtime import envelope  # noqa: E402
-from keys.services import dek_rotate, reencryption_run  # noqa: E402
+from keys.services import dek_rotate  # noqa: E402
+from records.models import (  # noqa: E402
+    ReencryptionJob,
+    SealedFields,
+)
+from records.reencryption import reencryption_run  # noqa: E402
+from records.services import records_create  # noqa: E402
+from records.synthetic import synthetic_records  # noqa: E402
 from tenants.models import Tenant  # noqa: E402
 from tenants.services import tenant_create  # noqa: E402
 

@@ -78,7 +78,7 @@ INSTALLED_APPS = [
     "tenants",
     "audit",
     "keys",
-    "archive",
+    "records",
     "api",
     "objects",
 ]
@@ -275,6 +275,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-warn-expiring-keys": {"task": "keys.warn_expiring_keys", "schedule": 3600.0},
     "keys-run-due-destructions": {"task": "keys.run_due_destructions", "schedule": 600.0},
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
+    "records-resume-reencryptions": {"task": "records.resume_reencryptions", "schedule": 300.0},
     "keys-retire-unused-deks": {"task": "keys.retire_unused_deks", "schedule": 3600.0},
     "objects-resume-migrations": {"task": "objects.resume_migrations", "schedule": 300.0},
     "objects-sweep-orphans": {"task": "objects.sweep_orphans", "schedule": 3600.0},
@@ -454,8 +455,3 @@ KEYWARD_API_IDEMPOTENCY_HOURS = env.integer(
 KEYWARD_API_INDEX_REBUILD_BATCH = env.integer(
     "KEYWARD_API_INDEX_REBUILD_BATCH", 2_000, minimum=10, maximum=50_000
 )
-# Benchmarks only: the records API stores fields unencrypted (and indexes them
-# unkeyed) so that `bench/bench_ingest.py` can measure what encryption costs.
-KEYWARD_API_BENCH_PLAINTEXT = env.boolean("KEYWARD_API_BENCH_PLAINTEXT", False)
-if PRODUCTION and KEYWARD_API_BENCH_PLAINTEXT:
-    raise ImproperlyConfigured("KEYWARD_API_BENCH_PLAINTEXT is for benchmarks; unset it")

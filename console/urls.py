@@ -5,6 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from console import views
+from objects import api_urls as object_api_urls
+from records import api_urls as record_api_urls
 
 console_patterns = (
     [
@@ -13,6 +15,17 @@ console_patterns = (
         path("t/<slug:slug>/", views.dashboard, name="dashboard"),
     ],
     "console",
+)
+
+# /api/v1/: the records and objects endpoints and the OpenAPI document, under
+# one namespace.
+api_patterns = (
+    [
+        path("objects/", include(object_api_urls)),
+        *record_api_urls.urlpatterns,
+        path("openapi.json", views.openapi_json, name="openapi"),
+    ],
+    "api",
 )
 
 urlpatterns = [
@@ -26,9 +39,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
+    path("t/<slug:slug>/keys/reencrypt/", include("records.urls")),
     path("t/<slug:slug>/keys/", include("keys.urls")),
     path("t/<slug:slug>/data/objects/", include("objects.console_urls")),
-    path("t/<slug:slug>/data/", include("api.console_urls")),
-    path("api/v1/", include("api.urls")),
+    path("t/<slug:slug>/data/", include("console.data_urls")),
+    path("api/v1/", include(api_patterns)),
     path("admin/", admin.site.urls),
 ]

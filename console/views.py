@@ -8,18 +8,28 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from api.openapi import openapi_document
 from audit.selectors import recent_audit_events
 from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
-from console.sudo import safe_next, sudo_grant
+from records.blindindex import INDEXED_FIELDS
+from records.fields import FIELDS_BY_KIND
 from tenants.models import ServiceState, Tenant
 from tenants.permissions import Perm, TenantAccess, is_support_staff, with_tenant
 from tenants.selectors import memberships_for_user, tenants_for_user
+from tenants.sudo import safe_next, sudo_grant
 
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def openapi_json(request: HttpRequest) -> HttpResponse:
+    """/api/v1/openapi.json: the API layer's document, with the records' vocabulary."""
+    document = openapi_document(fields_by_kind=FIELDS_BY_KIND, indexed_fields=INDEXED_FIELDS)
+    return JsonResponse(document, json_dumps_params={"indent": 1})
 
 
 @login_required

@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from keys.models import DataKey, KekVersion, KeySource, ReencryptionJob
+from keys.models import DataKey, KekVersion, KeySource
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -39,8 +39,3 @@ class DataKeyAdmin(ReadOnlyAdmin):
     list_display = ("tenant", "version", "state", "kek_version", "encryption_count", "created")
     list_filter = ("state",)
     exclude = ("wrapped",)
-
-
-@admin.register(ReencryptionJob)
-class ReencryptionJobAdmin(ReadOnlyAdmin):
-    list_display = ("tenant", "state", "done", "total", "created", "finished")

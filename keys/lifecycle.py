@@ -12,20 +12,28 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
+from keys.consumers import (
+    TO_DEDICATED,
+    TO_SHARED,
+    data_move_begin,
+    data_move_next,
+    rewrap_other_keys,
+    shred_other_keys,
+)
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
-from keys.moves import TO_SHARED, objects_move_begin, objects_move_next
 from keys.notify import notify_key_admins
 from keys.providers.base import CheckResult, KeyAccessDenied, KeyUnavailable
 from keys.registry import provider_for
-from keys.runtime import envelope, publish_key_state
-from keys.services import rewrap_one, rewrap_other_keys, shred_other_keys
+from keys.runtime import envelope
+from keys.services import dek_rotate_for_move, rewrap_one
+from keys.sources import byok_enable_finish
 from tenants.models import ServiceState, Tenant
+from tenants.states import tenant_transition
 
 HEALTH = Actor.system("key health check")
 CHECKED_STATES = (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED)
@@ -33,102 +41,72 @@ CHECKED_STATES = (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED)
 WATCHED_STATES = (ServiceState.ROTATION_PENDING, ServiceState.REWRAPPING)
 
 
-def _move(
-    tenant: Tenant,
-    *,
-    to: str,
-    allowed_from: tuple[str, ...],
-    action: str,
-    reason: str,
-    outcome: str = Outcome.SUCCESS,
-    bump_epoch: bool = False,
-    details: dict[str, object] | None = None,
-) -> bool:
-    """Move the tenant if it is still in one of `allowed_from`; record why. True if moved."""
-    with transaction.atomic():
-        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        if locked.state not in allowed_from:
-            return False
-        updates: dict[str, object] = {"state": to, "state_changed_at": timezone.now()}
-        if bump_epoch:
-            updates["key_epoch"] = F("key_epoch") + 1
-        Tenant.objects.filter(pk=locked.pk).update(**updates)
-        record(
-            tenant=locked,
-            actor=HEALTH,
-            action=action,
-            outcome=outcome,
-            reason=reason,
-            details={"from": locked.state, "to": to, **(details or {})},
-        )
-        publish_key_state(str(locked.pk))
-    if bump_epoch:
-        envelope().forget(str(tenant.pk))
-    return True
-
-
 def tenant_mark_degraded(tenant: Tenant, reason: str) -> bool:
-    return _move(
-        tenant,
+    moved = tenant_transition(
+        tenant=tenant,
         to=ServiceState.DEGRADED,
-        allowed_from=(ServiceState.BYOK_ACTIVE,),
+        actor=HEALTH,
         action="key.degraded",
         outcome=Outcome.FAILURE,
         reason=reason,
     )
+    return moved is not None
 
 
 def tenant_mark_recovered(tenant: Tenant) -> bool:
-    return _move(
-        tenant,
+    moved = tenant_transition(
+        tenant=tenant,
         to=ServiceState.BYOK_ACTIVE,
-        allowed_from=(ServiceState.DEGRADED,),
+        actor=HEALTH,
         action="key.recovered",
         reason="the key store answers again",
+        only_from=(ServiceState.DEGRADED,),
     )
+    return moved is not None
 
 
 def tenant_mark_revoked(tenant: Tenant, reason: str) -> bool:
     """The customer cut access: every process drops the tenant's DEKs within a second."""
-    moved = _move(
-        tenant,
+    moved = tenant_transition(
+        tenant=tenant,
         to=ServiceState.REVOKED,
-        allowed_from=(
-            ServiceState.BYOK_ACTIVE,
-            ServiceState.DEGRADED,
-            ServiceState.ROTATION_PENDING,
-            ServiceState.REWRAPPING,
-        ),
+        actor=HEALTH,
         action="key.revoked",
         outcome=Outcome.DENIED,
         reason=reason,
-        bump_epoch=True,
     )
-    if moved:
+    if moved is not None:
         notify_key_admins(
             tenant,
             "your key was revoked",
             f"Keyward lost access to {tenant.name}'s key ({reason}). The tenant's data is "
             "unreadable. When the key is usable again, restore it from the Keys page.\n",
         )
-    return moved
+    return moved is not None
 
 
-def tenant_mark_rotation_pending(tenant: Tenant, source: KeySource, version: str) -> bool:
-    """The key changed in the customer's store: record the new version, pause the tenant."""
+def tenant_mark_rotation_pending(
+    tenant: Tenant,
+    source: KeySource,
+    version: str,
+    *,
+    actor: Actor = HEALTH,
+    reason: str = "the key in your key store changed; confirm the new version",
+) -> bool:
+    """The key changed (in the customer's store, or uploaded by `actor`): pause the tenant."""
     with transaction.atomic():
         pending, _ = KekVersion.objects.get_or_create(
             source=source, provider_version=version, defaults={"state": KekState.PENDING}
         )
-        moved = _move(
-            tenant,
+        moved = tenant_transition(
+            tenant=tenant,
             to=ServiceState.ROTATION_PENDING,
-            allowed_from=(ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
+            actor=actor,
             action="key.rotation_detected",
-            reason="the key in your key store changed; confirm the new version",
+            reason=reason,
             details={"new_version": version, "kek_version": str(pending.pk)},
         )
-        if moved:
+        if moved is not None:
             notify_key_admins(
                 tenant,
                 "your key changed: confirm the new version",
@@ -138,7 +116,7 @@ def tenant_mark_rotation_pending(tenant: Tenant, source: KeySource, version: str
                 "data is held. If you did not rotate the key, choose 'This rotation was "
                 "not ours' and check your key store's audit log.\n",
             )
-        return moved
+        return moved is not None
 
 
 def _in_use_versions(source: KeySource) -> set[str]:
@@ -201,12 +179,6 @@ class LifecycleRefused(Exception):
 
 
 REWRAPPABLE = (ServiceState.BYOK_ACTIVE, ServiceState.REWRAPPING)
-REVOCABLE_STATES = (
-    ServiceState.BYOK_ACTIVE,
-    ServiceState.DEGRADED,
-    ServiceState.ROTATION_PENDING,
-    ServiceState.REWRAPPING,
-)
 
 
 def pending_version(source: KeySource) -> KekVersion | None:
@@ -293,18 +265,15 @@ def kek_confirm_rotation(
         if locked.state != ServiceState.ROTATION_PENDING:  # another administrator was faster
             return f"The tenant is {locked.get_state_display()} now; nothing to do."
         KeySource.objects.filter(pk=source.pk).update(config=config)
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.REWRAPPING, state_changed_at=timezone.now()
-        )
-        record(
+        tenant_transition(
             tenant=locked,
+            to=ServiceState.REWRAPPING,
             actor=actor,
             action="kek.confirm_rotation",
             target=pending.provider_version,
             details={"checks": {r.name: r.passed for r in results}},
             request=request,
         )
-        publish_key_state(str(locked.pk))
         transaction.on_commit(lambda: run_kek_rewrap.delay(str(source.pk)))
     return "Confirmed: your data keys are being rewrapped under the new version."
 
@@ -388,17 +357,14 @@ def kek_rewrap_run(*, source_id: str) -> str:
         KekVersion.objects.filter(pk__in=in_use).update(
             state=KekState.ACTIVE, validated_at=timezone.now(), material_marker=""
         )
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.BYOK_ACTIVE, state_changed_at=timezone.now()
-        )
-        record(
+        tenant_transition(
             tenant=locked,
+            to=ServiceState.BYOK_ACTIVE,
             actor=Actor.system("rewrap"),
             action="kek.rotation_done",
             target=target,
             details={"data_keys": live.count()},
         )
-        publish_key_state(str(locked.pk))
     return "done"
 
 
@@ -409,16 +375,15 @@ def tenant_revoke(
     if confirm.strip() != tenant.slug:
         raise LifecycleRefused(f"Type the tenant's identifier, {tenant.slug}, to confirm.")
     source = active_customer_source(tenant)
-    moved = _move(
-        tenant,
+    moved = tenant_transition(
+        tenant=tenant,
         to=ServiceState.REVOKED,
-        allowed_from=REVOCABLE_STATES,
+        actor=actor,
         action="key.revoke",
-        outcome=Outcome.SUCCESS,
         reason=f"revoked by {actor.display}",
-        bump_epoch=True,
+        request=request,
     )
-    if not moved:
+    if moved is None:
         raise LifecycleRefused("The key cannot be revoked in the tenant's current state.")
     destroyed = _destroy_uploaded_copies(source)
     if destroyed:
@@ -460,13 +425,17 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
     _require_checks(
         current, source, actor, "key.restore", request, refusal="The key is not usable yet"
     )
-    if not _move(
-        current,
-        to=ServiceState.BYOK_ACTIVE,
-        allowed_from=(ServiceState.REVOKED,),
-        action="key.restore",
-        reason=f"restored by {actor.display}; checks passed",
-        bump_epoch=True,
+    if (
+        tenant_transition(
+            tenant=current,
+            to=ServiceState.BYOK_ACTIVE,
+            actor=actor,
+            action="key.restore",
+            reason=f"restored by {actor.display}; checks passed",
+            request=request,
+            only_from=(ServiceState.REVOKED,),
+        )
+        is None
     ):
         raise LifecycleRefused("The tenant changed state meanwhile; look again.")
 
@@ -538,20 +507,14 @@ def tenant_destroy_due(*, tenant_id: str) -> bool:
             sealed_credentials=None, sealed_credentials_root=""
         )
         other_keys = shred_other_keys(locked)
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.DESTROYED,
-            state_changed_at=timezone.now(),
-            key_epoch=F("key_epoch") + 1,
-        )
-        record(
+        tenant_transition(
             tenant=locked,
+            to=ServiceState.DESTROYED,
             actor=Actor.system("crypto-shredding"),
             action="key.destroyed",
             reason="the waiting period ended; every wrapped data key was deleted",
             details={"data_keys": count, "other_keys": other_keys},
         )
-        publish_key_state(str(locked.pk))
-    envelope().forget(str(tenant_id))
     return True
 
 
@@ -560,12 +523,16 @@ def tenant_remove_byok(*, tenant: Tenant, actor: Actor, request: HttpRequest | N
     from keys.tasks import run_byok_remove
 
     active_customer_source(tenant)
-    if not _move(
-        tenant,
-        to=ServiceState.MIGRATING_BACK,
-        allowed_from=(ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
-        action="byok.remove",
-        reason=f"requested by {actor.display}",
+    if (
+        tenant_transition(
+            tenant=tenant,
+            to=ServiceState.MIGRATING_BACK,
+            actor=actor,
+            action="byok.remove",
+            reason=f"requested by {actor.display}",
+            request=request,
+        )
+        is None
     ):
         raise LifecycleRefused("Your key can be removed only while it is in normal use.")
     transaction.on_commit(lambda: run_byok_remove.delay(str(tenant.pk)))
@@ -576,7 +543,7 @@ def byok_remove_run(*, tenant_id: str) -> str:
 
     Idempotent, and the mirror of `byok_enable_run`: a tenant with objects in its
     dedicated location stays `migrating_back` until they are in shared storage
-    under a new vendor-managed DEK (keys/moves.py), then `byok_remove_finish`.
+    under a new vendor-managed DEK (objects/moves.py), then `byok_remove_finish`.
     """
     tenant = Tenant.objects.get(pk=tenant_id)
     if tenant.state != ServiceState.MIGRATING_BACK:
@@ -584,8 +551,11 @@ def byok_remove_run(*, tenant_id: str) -> str:
     local = (
         KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).order_by("-created").first()
     )
-    if local is not None and local.state == SourceState.ACTIVE:  # switched: objects moving
-        return objects_move_next(tenant, TO_SHARED, byok_remove_finish)
+    if local is not None and local.state == SourceState.ACTIVE:  # switched: data moving
+        answer = data_move_next(tenant, TO_SHARED)
+        if answer == "done":
+            byok_remove_finish(tenant)
+        return answer
     if local is None:
         local = KeySource.objects.create(
             tenant=tenant, kind=SourceKind.LOCAL, state=SourceState.RETIRED
@@ -622,7 +592,15 @@ def byok_remove_run(*, tenant_id: str) -> str:
             action="byok.keys_moved_back",
             details={"data_keys": live.count()},
         )
-        if objects_move_begin(tenant=locked, source=local, direction=TO_SHARED):
+        vendor_local = local
+        if data_move_begin(
+            tenant=locked,
+            source=local,
+            direction=TO_SHARED,
+            new_dek=lambda: dek_rotate_for_move(
+                tenant=locked, source=vendor_local, reason="objects move to shared"
+            ),
+        ):
             return "moving"
         byok_remove_finish(locked)
     envelope().forget(str(tenant.pk))
@@ -635,14 +613,12 @@ def byok_remove_finish(tenant: Tenant) -> bool:
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.MIGRATING_BACK:
             return False
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.VENDOR_MANAGED,
-            state_changed_at=timezone.now(),
-            key_epoch=F("key_epoch") + 1,
+        tenant_transition(
+            tenant=locked,
+            to=ServiceState.VENDOR_MANAGED,
+            actor=Actor.system("remove byok"),
+            action="byok.removed",
         )
-        record(tenant=locked, actor=Actor.system("remove byok"), action="byok.removed")
-        publish_key_state(str(locked.pk))
-    envelope().forget(str(tenant.pk))
     return True
 
 
@@ -684,7 +660,13 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
             details={"new_key": str(new_key)},
             request=request,
         )
-        tenant_mark_rotation_pending(current, source, str(new_key))
+        tenant_mark_rotation_pending(
+            current,
+            source,
+            str(new_key),
+            actor=actor,
+            reason="a new key was made in your key store on request; confirm it",
+        )
         return (
             "A new key was made in your key store. Review and confirm it to rewrap your "
             "data keys under it; until then the service is paused."
@@ -727,17 +709,28 @@ def kek_switch_source(
         old_ids = [str(pk) for pk in old.values_list("pk", flat=True)]
         old.update(state=SourceState.RETIRED)
         KeySource.objects.filter(pk=source.pk).update(state=SourceState.ACTIVE)
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.REWRAPPING, state_changed_at=timezone.now()
-        )
-        record(
+        tenant_transition(
             tenant=locked,
+            to=ServiceState.REWRAPPING,
             actor=actor,
             action="kek.switch_source",
             target=str(source.config.get("key_arn", source.kind)),
             details={"from_sources": old_ids, "to_source": str(source.pk)},
             request=request,
         )
-        publish_key_state(str(locked.pk))
         transaction.on_commit(lambda: run_kek_rewrap.delay(str(source.pk)))
     return "Switching to the new key: your data keys are being rewrapped under it."
+
+
+def data_move_finished(*, tenant_id: str, direction: str, succeeded: bool) -> bool:
+    """A data consumer's move ended: the tenant may reach the state its key move
+    was heading for. Idempotent; a failed move keeps the tenant paused (the
+    consumer audited and alerted). True when the tenant moved."""
+    if not succeeded:
+        return False
+    tenant = Tenant.objects.get(pk=tenant_id)
+    if data_move_next(tenant, direction) != "done":
+        return False  # another consumer's data still moves
+    if direction == TO_DEDICATED:
+        return byok_enable_finish(tenant)
+    return byok_remove_finish(tenant)

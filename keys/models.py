@@ -159,52 +159,6 @@ class DataKey(models.Model):
         return f"<DataKey id={self.pk} v{self.version} {self.state}>"
 
 
-class JobState(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    DONE = "done", "Done"
-    FAILED = "failed", "Failed"
-
-
-class ReencryptionJob(models.Model):
-    """Re-encrypting a tenant's records from older DEKs to the current one.
-
-    `last_record_id` is the checkpoint: a job killed at any point resumes after it.
-    """
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="reencryption_jobs")
-    target_dek = models.ForeignKey(DataKey, on_delete=models.PROTECT, related_name="+")
-    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
-    total = models.BigIntegerField(default=0)
-    done = models.BigIntegerField(default=0)
-    last_record_id = models.BigIntegerField(default=0)
-    error = models.TextField(blank=True)
-    created = models.DateTimeField(auto_now_add=True)
-    finished = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["tenant"],
-                condition=Q(state__in=["queued", "running"]),
-                name="one_open_reencryption_per_tenant",
-            )
-        ]
-        ordering = ["-created"]
-
-    def __str__(self) -> str:
-        return f"re-encryption of {self.tenant_id}: {self.done}/{self.total} ({self.state})"
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in (JobState.QUEUED, JobState.RUNNING)
-
-    @property
-    def percent(self) -> int:
-        return 100 if self.total == 0 else min(100, int(self.done * 100 / self.total))
-
-
 class ImportState(models.TextChoices):
     OPEN = "open", "Waiting for the upload"
     USED = "used", "Used"

@@ -31,12 +31,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
-from keys.ciphertext import UnknownDataKey
-from keys.dekcache import DekCache, LoadedKey
-from keys.envelope import ACTIVE, Envelope, TenantKeyState
+from crypto.ciphertext import UnknownDataKey
+from crypto.dekcache import DekCache, LoadedKey
+from crypto.envelope import ACTIVE, Envelope, TenantKeyState
 from keys.models import DataKey, DekState
 from keys.registry import provider_for
 from tenants.models import ServiceState, Tenant
+from tenants.states import Transition
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,14 @@ def publish_key_state(tenant_id: str) -> None:
     source = envelope_state_source()
     if isinstance(source, RedisStateSource):
         transaction.on_commit(lambda: source.publish(tenant_id))
+
+
+def on_tenant_transition(tenant: Tenant, move: Transition) -> None:
+    """Every state change reaches every process; an epoch bump empties this one's cache."""
+    tenant_id = str(tenant.pk)
+    publish_key_state(tenant_id)
+    if move.bump_epoch:
+        transaction.on_commit(lambda: envelope().forget(tenant_id))
 
 
 def _load_dek(tenant_id: str, dek_id: int) -> LoadedKey:

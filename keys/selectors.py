@@ -7,29 +7,27 @@ from typing import Any
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from archive.selectors import record_counts_by_dek
-from keys.models import (
-    DataKey,
-    DekState,
-    JobState,
-    KekVersion,
-    KeySource,
-    ReencryptionJob,
-    SourceKind,
-    SourceState,
-)
+from keys.consumers import counts_by_dek, data_jobs
+from keys.models import DataKey, DekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyDescription
 from keys.registry import provider_for
-from objects.selectors import object_counts_by_dek
 from tenants.models import ServiceState, Tenant
 
 
 @dataclass(frozen=True)
 class DekRow:
     dek: DataKey
-    records: int
+    # Items under this DEK, per data consumer ("records", "objects").
+    counts: dict[str, int]
     age: timedelta
-    objects: int = 0
+
+    @property
+    def records(self) -> int:
+        return self.counts.get("records", 0)
+
+    @property
+    def objects(self) -> int:
+        return self.counts.get("objects", 0)
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,9 @@ class KeysOverview:
     deks: list[DekRow]
     next_rotation: datetime | None
     ttl_seconds: int
-    open_job: ReencryptionJob | None
-    last_job: ReencryptionJob | None
+    # The data consumers' jobs (re-encryption), the open one and the latest.
+    open_job: Any
+    last_job: Any
     records_on_older_deks: int
     objects_on_older_deks: int = 0
 
@@ -49,16 +48,19 @@ class KeysOverview:
 def keys_overview(tenant: Tenant) -> KeysOverview:
     source = KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE).first()
     description = provider_for(source).describe() if source is not None else None
-    counts = record_counts_by_dek(tenant)
-    object_counts = object_counts_by_dek(tenant)
+    counts = counts_by_dek(tenant)
     now = timezone.now()
     deks = [
-        DekRow(dek, counts.get(dek.pk, 0), now - dek.created, object_counts.get(dek.pk, 0))
+        DekRow(
+            dek,
+            {name: per_dek.get(dek.pk, 0) for name, per_dek in counts.items()},
+            now - dek.created,
+        )
         for dek in DataKey.objects.filter(tenant=tenant).select_related("kek_version")
     ]
     active = next((row.dek for row in deks if row.dek.state == DekState.ACTIVE), None)
-    jobs = list(ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek")[:2])
-    open_job = next((j for j in jobs if j.state in (JobState.QUEUED, JobState.RUNNING)), None)
+    jobs = data_jobs(tenant)
+    open_job = next((j for j in jobs if j.is_open), None)
     return KeysOverview(
         source=source,
         description=description,
@@ -85,10 +87,6 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
             row.objects for row in deks if active is not None and row.dek.pk != active.pk
         ),
     )
-
-
-def reencryption_job_for_tenant(tenant: Tenant) -> ReencryptionJob | None:
-    return ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek").first()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -15,25 +14,13 @@ from django.db.models import Count, F
 from django.http import HttpRequest
 from django.utils import timezone
 
-from audit.models import Outcome
 from audit.services import Actor, record
-from keys.ciphertext import CiphertextError
-from keys.envelope import EnvelopeError
-from keys.providers.base import KeyProvider, KeyProviderError
+from keys.providers.base import KeyProvider
 
 if TYPE_CHECKING:
-    from archive.reencrypt import Transform
-from keys.models import (
-    DataKey,
-    DekState,
-    JobState,
-    KekState,
-    KekVersion,
-    KeySource,
-    ReencryptionJob,
-    SourceKind,
-    SourceState,
-)
+    pass
+from keys.consumers import data_depends_on, rewrap_other_keys
+from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.registry import local_provider, provider_for
 from keys.runtime import dek_context, envelope, publish_key_state
 from tenants.models import DEK_TTL_MAX, DEK_TTL_MIN, ServiceState, Tenant
@@ -278,161 +265,6 @@ def _retire_unused_kek_versions() -> None:
 
 
 @transaction.atomic
-def reencryption_start(
-    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
-) -> ReencryptionJob:
-    from keys.tasks import run_reencryption
-
-    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    if locked.state in NOT_ROTATABLE or locked.is_paused:
-        raise KeyActionRefused(
-            f"Re-encryption is on hold while the tenant is {locked.get_state_display()}."
-        )
-    open_job = ReencryptionJob.objects.filter(
-        tenant=locked, state__in=[JobState.QUEUED, JobState.RUNNING]
-    ).first()
-    if open_job is not None:
-        return open_job
-    target = DataKey.objects.get(tenant=locked, state=DekState.ACTIVE)
-    from archive.selectors import records_not_under
-
-    job = ReencryptionJob.objects.create(
-        tenant=locked, target_dek=target, total=records_not_under(locked, target).count()
-    )
-    record(
-        tenant=locked,
-        actor=actor,
-        action="records.reencrypt",
-        target=f"DEK v{target.version}",
-        details={"records": job.total, "job": str(job.pk)},
-        request=request,
-    )
-    transaction.on_commit(lambda: run_reencryption.delay(str(job.pk)))
-    return job
-
-
-def reencryption_run(*, job_id: str, transform: Transform | None = None) -> ReencryptionJob:
-    """Run (or resume) a re-encryption job to the end.
-
-    1. Each batch re-encrypts the next records after the checkpoint and moves
-       the checkpoint in the same transaction: killed anywhere, a rerun
-       neither skips nor repeats a committed batch. On PostgreSQL two
-       batches are re-sealed and written at once (`ReencryptionPass`).
-    2. Rows changed while they were read are skipped by the write; a new pass
-       from the start picks them up (at most three passes).
-    3. The tenant's objects under older DEKs are rewritten under the current
-       one, one object per transaction (`objects_reencrypt_pass`).
-    4. When no record and no object remains under an older DEK, those DEKs are
-       retired and their wrapped bytes destroyed.
-
-    `transform` replaces the re-sealing step; only the benchmark uses it, to
-    time the same job without cryptography.
-    """
-    job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
-    if job.state in (JobState.DONE, JobState.FAILED):
-        return job
-    if job.target_dek.state != DekState.ACTIVE:
-        return _reencryption_failed(
-            job, "The data key was rotated while the job waited; start re-encryption again."
-        )
-    from archive.services import ServicePaused
-    from archive.storage import StorageError
-
-    try:
-        return _reencryption_run(job, transform)
-    except (KeyProviderError, EnvelopeError, CiphertextError, StorageError, ServicePaused) as exc:
-        return _reencryption_failed(job, f"Re-encryption stopped: {exc}")
-
-
-def _reencryption_failed(job: ReencryptionJob, error: str) -> ReencryptionJob:
-    """End a job that cannot go on, so that a new one can start; record why."""
-    with transaction.atomic():
-        locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
-        if locked.state in (JobState.DONE, JobState.FAILED):
-            return locked
-        locked.state = JobState.FAILED
-        locked.error = error
-        locked.finished = timezone.now()
-        locked.save(update_fields=["state", "error", "finished"])
-        record(
-            tenant=locked.tenant,
-            actor=Actor.system("re-encryption"),
-            action="records.reencrypt.failed",
-            outcome=Outcome.FAILURE,
-            reason=error,
-        )
-    return locked
-
-
-def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> ReencryptionJob:
-    from django.db.models import Value
-    from django.db.models.functions import Greatest
-
-    from archive.reencrypt import ReencryptionPass
-    from archive.selectors import records_not_under
-
-    ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
-    tenant, target = job.tenant, job.target_dek
-
-    def save(rewritten: int, checkpoint: int) -> bool:
-        # In the batch's transaction. Batches commit out of order, so the
-        # checkpoint only ever moves forward.
-        return (
-            ReencryptionJob.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-                done=F("done") + rewritten,
-                last_record_id=Greatest(F("last_record_id"), Value(checkpoint)),
-            )
-            == 1
-        )
-
-    for _ in range(3):
-        after = ReencryptionJob.objects.values_list("last_record_id", flat=True).get(pk=job.pk)
-        run = ReencryptionPass(
-            tenant=tenant, target=target, after_id=after, save=save, transform=transform
-        )
-        run.run()
-        if run.halted:
-            return ReencryptionJob.objects.get(pk=job.pk)
-        if not records_not_under(tenant, target).exists():
-            break
-        ReencryptionJob.objects.filter(pk=job.pk).update(last_record_id=0)
-    # Objects are data too: rewritten under the current DEK, or the older DEKs
-    # they use could never be retired.
-    from objects.services import objects_reencrypt_pass
-
-    objects_rewritten, objects_left = objects_reencrypt_pass(tenant)
-    retired = dek_retire_unused(tenant=tenant)
-    with transaction.atomic():
-        job = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
-        job.state = JobState.DONE
-        job.finished = timezone.now()
-        job.save(update_fields=["state", "finished"])
-        record(
-            tenant=tenant,
-            actor=Actor.system("re-encryption"),
-            action="records.reencrypt.done",
-            target=f"DEK v{job.target_dek.version}",
-            details={
-                "records": job.done,
-                "objects": objects_rewritten,
-                "objects_not_reencrypted": objects_left[:20],
-                "retired_versions": retired,
-            },
-        )
-    return job
-
-
-def _objects_depend_on(dek: DataKey) -> bool:
-    """Objects are under it, or a move of objects is writing under it."""
-    from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
-
-    return (
-        StoredObject.objects.filter(dek=dek).exists()
-        or ObjectMigration.objects.filter(target_dek=dek, state__in=OPEN_MIGRATION_STATES).exists()
-    )
-
-
-@transaction.atomic
 def dek_retire_unused(*, tenant: Tenant) -> list[int]:
     """Retire every non-active DEK no record or object depends on, destroying its wrapped bytes.
 
@@ -441,8 +273,6 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
     missed the rotation's publication could still be writing under it. The
     beat (`keys.retire_unused_deks`) retires the ones that were too young.
     """
-    from archive.models import SealedFields
-
     grace = timedelta(seconds=settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS)
     successors = dict(DataKey.objects.filter(tenant=tenant).values_list("version", "created"))
     retired = []
@@ -450,7 +280,7 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
         replaced_at = successors.get(dek.version + 1)
         if replaced_at is None or timezone.now() - replaced_at < grace:
             continue
-        if SealedFields.objects.filter(dek=dek).exists() or _objects_depend_on(dek):
+        if data_depends_on(dek):
             continue
         dek.state = DekState.RETIRED
         dek.wrapped = b""
@@ -470,49 +300,6 @@ def dek_retire_unused(*, tenant: Tenant) -> list[int]:
         publish_key_state(str(tenant.pk))
         envelope().forget(str(tenant.pk))
     return retired
-
-
-# Other keys a tenant keeps wrapped by its KEK (the blind-index keys) move with
-# its data keys: each app registers a mover, called by every key move before
-# it switches. A mover rewraps, one key per transaction and with no lock held
-# across key-store calls, every key not under `target` (or, with `version`, not
-# under that version of it); it returns False when the tenant left `while_state`.
-WrappedKeyMover = Callable[[Tenant, KeySource, KeyProvider, str, str | None], bool]
-_wrapped_key_movers: list[WrappedKeyMover] = []
-
-
-def wrapped_key_mover_register(mover: WrappedKeyMover) -> None:
-    if mover not in _wrapped_key_movers:
-        _wrapped_key_movers.append(mover)
-
-
-# ...and are destroyed with them when a tenant is crypto-shredded.
-WrappedKeyShredder = Callable[[Tenant], int]
-_wrapped_key_shredders: list[WrappedKeyShredder] = []
-
-
-def wrapped_key_shredder_register(shredder: WrappedKeyShredder) -> None:
-    if shredder not in _wrapped_key_shredders:
-        _wrapped_key_shredders.append(shredder)
-
-
-def shred_other_keys(tenant: Tenant) -> int:
-    """Destroy the tenant's other wrapped keys (in the caller's transaction); how many."""
-    return sum(shredder(tenant) for shredder in _wrapped_key_shredders)
-
-
-def rewrap_other_keys(
-    *,
-    tenant: Tenant,
-    target: KeySource,
-    wrapper: KeyProvider,
-    while_state: str,
-    version: str | None = None,
-) -> bool:
-    """Move every registered kind of wrapped key under `target`; False to stop."""
-    return all(
-        mover(tenant, target, wrapper, while_state, version) for mover in _wrapped_key_movers
-    )
 
 
 def rewrap_one(

@@ -12,12 +12,12 @@ import contextlib
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
+from keys.consumers import TO_DEDICATED, data_move_begin, data_move_next, rewrap_other_keys
 from keys.credentials import CredentialsMissing, credentials_seal
 from keys.models import (
     DataKey,
@@ -28,12 +28,12 @@ from keys.models import (
     SourceKind,
     SourceState,
 )
-from keys.moves import TO_DEDICATED, objects_move_begin, objects_move_next
 from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
 from keys.registry import provider_for
-from keys.runtime import dek_context, envelope, publish_key_state
-from keys.services import KeyActionRefused, rewrap_one, rewrap_other_keys
+from keys.runtime import dek_context, envelope
+from keys.services import KeyActionRefused, dek_rotate_for_move, rewrap_one
 from tenants.models import ServiceState, Tenant
+from tenants.states import tenant_transition
 
 LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
 
@@ -221,11 +221,9 @@ def _byok_enable_start(
         source.config = {**source.config, **prepared}
         source.tested_config_digest = source.config_digest()
         source.save(update_fields=["config", "tested_config_digest"])
-    locked.state = ServiceState.MIGRATING
-    locked.state_changed_at = timezone.now()
-    locked.save(update_fields=["state", "state_changed_at"])
-    record(
+    tenant_transition(
         tenant=locked,
+        to=ServiceState.MIGRATING,
         actor=actor,
         action="byok.enable",
         target=source.kind,
@@ -252,15 +250,16 @@ def byok_enable_run(*, source_id: str) -> KeySource:
     2. When none is left, in one transaction: the vendor source and its KEK
        versions are retired and the customer's source is active. A tenant
        with objects in shared storage stays `migrating` while they move to its
-       dedicated location under a new DEK (keys/moves.py); otherwise, and when
+       dedicated location under a new DEK (objects/moves.py); otherwise, and when
        that move is done, `byok_enable_finish`.
     """
     source = KeySource.objects.select_related("tenant").get(pk=source_id)
     tenant = source.tenant
     if tenant.state != ServiceState.MIGRATING:
         return source
-    if source.state == SourceState.ACTIVE:  # switched already: the objects are moving
-        objects_move_next(tenant, TO_DEDICATED, byok_enable_finish)
+    if source.state == SourceState.ACTIVE:  # switched already: the data is moving
+        if data_move_next(tenant, TO_DEDICATED) == "done":
+            byok_enable_finish(tenant)
         return source
     provider = provider_for(source)
     pending = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES).exclude(
@@ -301,7 +300,14 @@ def byok_enable_run(*, source_id: str) -> KeySource:
             target=source.kind,
             details={"data_keys": total, "vendor_copies_destroyed": total},
         )
-        moving = objects_move_begin(tenant=locked, source=source, direction=TO_DEDICATED)
+        moving = data_move_begin(
+            tenant=locked,
+            source=source,
+            direction=TO_DEDICATED,
+            new_dek=lambda: dek_rotate_for_move(
+                tenant=locked, source=source, reason="objects move to dedicated"
+            ),
+        )
         if not moving:
             byok_enable_finish(locked)
     envelope().forget(str(tenant.pk))
@@ -317,17 +323,11 @@ def byok_enable_finish(tenant: Tenant) -> bool:
             return False
         if source is None or source.kind == SourceKind.LOCAL:
             return False
-        Tenant.objects.filter(pk=locked.pk).update(
-            state=ServiceState.BYOK_ACTIVE,
-            state_changed_at=timezone.now(),
-            key_epoch=F("key_epoch") + 1,
-        )
-        record(
+        tenant_transition(
             tenant=locked,
+            to=ServiceState.BYOK_ACTIVE,
             actor=Actor.system("byok enable"),
             action="byok.enabled",
             target=source.kind,
         )
-        publish_key_state(str(locked.pk))
-    envelope().forget(str(tenant.pk))
     return True

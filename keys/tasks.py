@@ -8,7 +8,7 @@ from celery.signals import worker_process_shutdown
 from audit.services import Actor
 from keys.models import DataKey, DekState
 from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid, KeyUnavailable
-from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due, reencryption_run
+from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -61,16 +61,6 @@ def rotate_dek_for_count(tenant_id: str) -> None:
         actor=Actor.system("encryption limit"),
         reason=f"DEK v{current.version} neared its encryption limit",
     )
-
-
-@shared_task(
-    name="keys.run_reencryption",
-    autoretry_for=(ConnectionError, TimeoutError),
-    retry_backoff=True,
-    max_retries=10,
-)
-def run_reencryption(job_id: str) -> None:
-    reencryption_run(job_id=job_id)
 
 
 @worker_process_shutdown.connect
@@ -167,11 +157,8 @@ def resume_key_jobs() -> int:
     Every job below is idempotent and resumes where it stopped, so enqueuing one
     that is still running costs a little work and changes nothing.
     """
-    from datetime import timedelta
 
-    from django.utils import timezone
-
-    from keys.models import JobState, KeySource, ReencryptionJob, SourceState
+    from keys.models import KeySource, SourceState
     from tenants.models import ServiceState
 
     resumed = 0
@@ -196,12 +183,6 @@ def resume_key_jobs() -> int:
             )
             if source is not None:
                 run_byok_enable.delay(str(source.pk))
-        resumed += 1
-    stale = timezone.now() - timedelta(minutes=10)
-    for job_id in ReencryptionJob.objects.filter(
-        state__in=[JobState.QUEUED, JobState.RUNNING], created__lt=stale
-    ).values_list("pk", flat=True):
-        run_reencryption.delay(str(job_id))
         resumed += 1
     return resumed
 

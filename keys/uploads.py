@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from keys import aws_vendor, importkit
+from crypto import importkit
+from keys import aws_vendor
 from keys.models import (
     ImportState,
     KekState,
@@ -43,6 +44,7 @@ from tenants.models import ServiceState, Tenant
 MAX_UPLOAD_BYTES = 64 * 1024
 IMPORT_PRIVATE = "import-private-key"
 UPLOADED_KEY = "uploaded-key"
+UPLOADED_REASON = "a new key was uploaded; confirm the new version"
 
 
 class UploadRefused(Exception):
@@ -278,7 +280,7 @@ def _accept(
     if rotation:
         from keys.lifecycle import tenant_mark_rotation_pending
 
-        tenant_mark_rotation_pending(tenant, source, label)
+        tenant_mark_rotation_pending(tenant, source, label, actor=actor, reason=UPLOADED_REASON)
     return version
 
 
@@ -345,7 +347,9 @@ def _accept_into_kms(
         from keys.lifecycle import tenant_mark_rotation_pending
 
         transaction.on_commit(
-            lambda: tenant_mark_rotation_pending(tenant, source, key_import.aws_key_arn)
+            lambda: tenant_mark_rotation_pending(
+                tenant, source, key_import.aws_key_arn, actor=actor, reason=UPLOADED_REASON
+            )
         )
     return version
 

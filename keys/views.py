@@ -13,7 +13,6 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from console.sudo import sudo_required
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
 from keys.forms import (
     AwsKmsSourceForm,
@@ -24,7 +23,6 @@ from keys.forms import (
     RotateDekForm,
 )
 from keys.lifecycle import (
-    REVOCABLE_STATES,
     LifecycleRefused,
     kek_confirm_rotation,
     kek_reject_rotation,
@@ -50,10 +48,9 @@ from keys.registry import provider_for
 from keys.selectors import (
     enabling_progress,
     keys_overview,
-    reencryption_job_for_tenant,
     rotation_history,
 )
-from keys.services import KeyActionRefused, dek_rotate, reencryption_start, tenant_set_dek_cache_ttl
+from keys.services import KeyActionRefused, dek_rotate, tenant_set_dek_cache_ttl
 from keys.sources import (
     byok_enable,
     current_source,
@@ -64,6 +61,8 @@ from keys.sources import (
 from keys.uploads import MAX_UPLOAD_BYTES, UploadRefused, key_import_create, key_upload
 from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
+from tenants.states import REVOCABLE_STATES
+from tenants.sudo import sudo_required
 
 
 def _page(
@@ -154,36 +153,6 @@ def set_cache_ttl(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         return _page(request, access, ttl_form=form, status=400)
     messages.success(request, "Key cache lifetime saved.")
     return redirect("keys:overview", slug=access.tenant.slug)
-
-
-@login_required
-@require_POST
-@with_tenant(Perm.MANAGE_KEYS)
-@sudo_required
-def start_reencryption(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    try:
-        job = reencryption_start(
-            tenant=access.tenant, actor=Actor.for_user(request.user), request=request
-        )
-    except KeyActionRefused as exc:
-        _refused(request, access, "records.reencrypt", str(exc))
-    else:
-        messages.success(
-            request,
-            f"Re-encrypting {job.total} record(s) under data key v{job.target_dek.version}.",
-        )
-    return redirect("keys:overview", slug=access.tenant.slug)
-
-
-@login_required
-@require_GET
-@with_tenant(Perm.VIEW_STATUS)
-def reencryption_progress(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    return render(
-        request,
-        "keys/keys.html#progress",
-        {"tenant": access.tenant, "job": reencryption_job_for_tenant(access.tenant)},
-    )
 
 
 # -- AWS KMS (bring your own KMS key) -----------------------------------------------

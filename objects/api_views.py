@@ -15,7 +15,6 @@ from django.http.response import HttpResponseBase
 
 from api.auth import api_endpoint, no_content
 from api.errors import ApiError
-from archive.storage import InvalidKey, ObjectMissing, StorageError
 from objects.models import StoredObject
 from objects.services import (
     DEFAULT_CONTENT_TYPE,
@@ -27,6 +26,7 @@ from objects.services import (
     object_open,
     object_put,
 )
+from objects.storage import InvalidKey, ObjectMissing, StorageError
 
 READ_SIZE = 1024 * 1024
 

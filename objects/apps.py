@@ -9,7 +9,9 @@ class ObjectsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from keys.services import wrapped_key_shredder_register
-        from objects.services import object_checksums_shred
+        # Imported here, not at the top: the consumer uses models, which exist
+        # only once every app is loaded.
+        from keys.consumers import consumer_register
+        from objects.consumer import OBJECTS
 
-        wrapped_key_shredder_register(object_checksums_shred)
+        consumer_register(OBJECTS)

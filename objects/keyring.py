@@ -1,4 +1,4 @@
-"""Data keys for objects: the plaintext DEK bytes that archive.segments derives subkeys from.
+"""Data keys for objects: the plaintext DEK bytes that crypto.segments derives subkeys from.
 
 The envelope's cache holds AES-GCM objects, not key bytes, and the object
 format needs the bytes (HKDF per object). This module asks the envelope for
@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from keys.envelope import ACTIVE, KeyRevoked, NoDataKey
+from crypto.envelope import ACTIVE, KeyRevoked, NoDataKey
 from keys.runtime import _load_dek, envelope
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from django.conf import settings
 
-from archive.storage import FilesystemStorage, Storage
 from keys.models import KeySource, SourceKind, SourceState
 from keys.registry import provider_for
 from objects.models import Location
+from objects.storage import FilesystemStorage, Storage
 from tenants.models import Tenant
 
 _lock = threading.Lock()
@@ -110,7 +110,7 @@ def _build(tenant: Tenant, location: str, config: tuple[Any, ...], sse: str | No
         if location == Location.SHARED:
             return FilesystemStorage(root / "shared" / tenant_prefix(tenant_id))
         return FilesystemStorage(root / "dedicated" / tenant_id)
-    from archive.storage import S3Storage
+    from objects.storage import S3Storage
 
     region = settings.KEYWARD_OBJECT_S3_REGION
     if location == Location.SHARED:

@@ -4,7 +4,7 @@ When BYOK is enabled the objects go to the dedicated location, re-encrypted
 under a DEK wrapped by the customer's key; when it is removed they come back.
 The BYOK flows put the tenant in `migrating` / `migrating_back` (writes are
 refused, reads keep serving each object from where its row says), call
-`migration_start` and listen to `objects.signals.migration_finished`.
+`migration_start`; the engine tells keys when a move ends (`data_move_finished`).
 
 Guarantees: every object of the manifest ends up exactly once in the target
 location (a storage key is one object; puts are atomic overwrites), with its
@@ -63,7 +63,10 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Case, CharField, F, Value, When
 from django.utils import timezone
 
-from archive.segments import (
+from audit.models import Outcome
+from audit.services import Actor, record
+from crypto.envelope import KeyRevoked
+from crypto.segments import (
     ObjectFormatError,
     ObjectUnauthentic,
     authenticate_stream,
@@ -72,10 +75,7 @@ from archive.segments import (
     encrypt_stream,
     peek_header,
 )
-from archive.storage import ObjectMissing, Storage, StorageDenied
-from audit.models import Outcome
-from audit.services import Actor, record
-from keys.envelope import KeyRevoked
+from keys.lifecycle import data_move_finished
 from keys.models import DataKey, DekState
 from keys.notify import notify_key_admins
 from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid
@@ -94,7 +94,7 @@ from objects.models import (
     key_of_blob,
 )
 from objects.services import object_binding
-from objects.signals import migration_finished
+from objects.storage import ObjectMissing, Storage, StorageDenied
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def migration_run(migration_id: str) -> str:
     3. switching: one transaction points every manifest object's row to the
        target location and DEK.
     4. deleting: only now the source copies are deleted (idempotent, marked
-       per item); then done, and `migration_finished` is sent.
+       per item); then done, and keys are told (`data_move_finished`).
     Any check that fails in 1 or 2 ends the migration in `failed`: source
     copies and rows untouched, audited, key administrators alerted. Before
     the switch the run stops (`stopped`, resumable) when the tenant leaves
@@ -873,6 +873,13 @@ def _named(keys: list[str]) -> str:
 
 
 def _send_finished(migration: ObjectMigration) -> None:
+    """Tell keys, after commit, that the move ended: the tenant may reach its final state.
+
+    Idempotent on the keys side; should a worker die before this runs, the
+    resumed key move asks again (`objects_move_next`).
+    """
+    tenant_id, direction = str(migration.tenant_id), migration.direction
+    succeeded = migration.state == MigrationState.DONE
     transaction.on_commit(
-        lambda: migration_finished.send(sender=ObjectMigration, migration=migration)
+        lambda: data_move_finished(tenant_id=tenant_id, direction=direction, succeeded=succeeded)
     )

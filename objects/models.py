@@ -8,8 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from archive.storage import InvalidKey, validate_key
 from keys.models import DataKey
+from objects.storage import InvalidKey, validate_key
 from tenants.models import Tenant
 
 
@@ -53,7 +53,7 @@ def key_of_blob(name: str) -> str:
 class StoredObject(models.Model):
     """One blob of a tenant: where its ciphertext lives and what it decrypts to.
 
-    The ciphertext itself (archive/segments.py format) is in the storage
+    The ciphertext itself (crypto/segments.py format) is in the storage
     location named here, under `blob` (the key and the version); it names its
     DEK in its header too.
     """

@@ -1,6 +1,6 @@
 """Storing, reading and deleting a tenant's encrypted objects.
 
-An object is streamed through archive.segments under the tenant's current
+An object is streamed through crypto.segments under the tenant's current
 DEK into its current location, and its row (where it is, which DEK, the
 plaintext SHA-256) is written once the storage holds the whole ciphertext.
 
@@ -24,16 +24,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from archive.segments import (
+from crypto.envelope import KeyRevoked
+from crypto.segments import (
     Digest,
     ObjectFormatError,
     ObjectUnauthentic,
     decrypt_stream,
     encrypt_stream,
 )
-from archive.services import ServicePaused
-from archive.storage import InvalidKey, ObjectMissing, Storage, StorageError, validate_key
-from keys.envelope import KeyRevoked
 from objects.keyring import current_object_key, dek_material
 from objects.locations import current_location, ensured, storage_for
 from objects.models import (
@@ -47,7 +45,9 @@ from objects.models import (
     blob_name,
     split_blob,
 )
+from objects.storage import InvalidKey, ObjectMissing, Storage, StorageError, validate_key
 from tenants.models import MIGRATING_STATES, PAUSED_STATES, ServiceState, Tenant
+from tenants.states import ServicePaused
 
 logger = logging.getLogger(__name__)
 

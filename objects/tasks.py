@@ -4,11 +4,11 @@ import logging
 
 from celery import shared_task
 
-from archive.storage import StorageError
 from keys.providers.base import KeyUnavailable
 from objects.migration import migration_run
 from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
 from objects.services import objects_sweep_orphans
+from objects.storage import StorageError
 from tenants.models import MIGRATING_STATES, Tenant
 
 logger = logging.getLogger(__name__)

@@ -12,12 +12,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from console.sudo import sudo_required
-from keys.moves import objects_move_retry
 from keys.services import KeyActionRefused
+from objects.moves import objects_move_retry
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
 from tenants.models import MIGRATING_STATES
 from tenants.permissions import Perm, TenantAccess, with_tenant
+from tenants.sudo import sudo_required
 
 
 def data_section_context(access: TenantAccess) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -7,6 +9,17 @@ from django.http import HttpRequest
 
 from audit.services import Actor, record
 from tenants.models import Membership, Role, Tenant
+
+# What a new tenant needs besides its row (keys make its key source and first
+# data key): registered at startup by the apps above, run in the create's
+# transaction, so a tenant never exists without them.
+TenantCreatedHook = Callable[[Tenant, Actor], object]
+_created_hooks: list[TenantCreatedHook] = []
+
+
+def tenant_created_register(hook: TenantCreatedHook) -> None:
+    if hook not in _created_hooks:
+        _created_hooks.append(hook)
 
 
 @transaction.atomic
@@ -17,9 +30,8 @@ def tenant_create(*, name: str, slug: str, actor: Actor) -> Tenant:
     tenant.full_clean()
     tenant.save()
     record(tenant=tenant, actor=actor, action="tenant.create", target=slug)
-    from keys.services import keys_bootstrap_tenant
-
-    keys_bootstrap_tenant(tenant=tenant, actor=actor)
+    for hook in _created_hooks:
+        hook(tenant, actor)
     return tenant
 
 

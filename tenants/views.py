@@ -8,12 +8,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.services import Actor
-from console.sudo import sudo_required
 from tenants.forms import RoleForm
 from tenants.models import Membership, Role
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.selectors import memberships_of_tenant
 from tenants.services import membership_change_role, membership_remove
+from tenants.sudo import sudo_required
 
 
 def get_membership_for_user(access: TenantAccess, membership_id: str) -> Membership:

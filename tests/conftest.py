@@ -8,9 +8,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from audit.services import Actor
-from console.sudo import SESSION_KEY as SUDO_SESSION_KEY
 from tenants.models import Role, Tenant
 from tenants.services import membership_add, tenant_create
+from tenants.sudo import SESSION_KEY as SUDO_SESSION_KEY
 
 PASSWORD = "correct horse battery staple"
 

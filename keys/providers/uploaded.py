@@ -1,6 +1,6 @@
 """Customer-uploaded KEK: a 256-bit key the customer generated and uploaded wrapped.
 
-The key arrives through `keys.importkit` (RSA-OAEP upload). The caller keeps
+The key arrives through `crypto.importkit` (RSA-OAEP upload). The caller keeps
 each uploaded version in its database, wrapped under the vendor root key, and
 gives this provider a `material(version)` callable that returns the 32 raw
 bytes of a version. The provider holds no key material between calls, so a
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keys.importkit import KEY_BYTES, InvalidKeyMaterial, check_key_material, key_check_value
+from crypto.importkit import KEY_BYTES, InvalidKeyMaterial, check_key_material, key_check_value
 from keys.providers.base import (
     CheckResult,
     Context,

@@ -117,7 +117,7 @@ def test_an_expiry_day_ends_the_token_at_its_end(acme) -> None:
 
 
 def test_an_owner_rotates_the_lookup_key(acme, settings) -> None:
-    from api.models import IndexKey
+    from records.models import IndexKey
 
     client = Api(issue(acme.tenant).text)
     client.post("records", {"kind": "user", "external_id": "u", "fields": {"email": "a@b.c"}})

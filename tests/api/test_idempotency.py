@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from api.models import IdempotencyKey
-from archive.models import Record
+from records.models import Record
 from tests.api.conftest import Api, issue, user_record
 
 

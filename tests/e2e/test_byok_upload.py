@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from archive.services import records_create
-from archive.synthetic import synthetic_records
 from console.celery import app as celery_app
 from keys.runtime import reset_for_tests
+from records.services import records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import PASSWORD, make_tenant
 from tests.keys.test_upload import customer_wraps

@@ -6,11 +6,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from archive.services import records_create
-from archive.synthetic import synthetic_records
 from console.celery import app as celery_app
 from keys.lifecycle import key_health_check
 from keys.runtime import reset_for_tests
+from records.services import records_create
+from records.synthetic import synthetic_records
 from tests.conftest import PASSWORD, make_tenant
 from tests.keys.test_health import enable_aws
 from tests.support.aws import aws_endpoint, boto_client, create_kms_key

@@ -11,8 +11,8 @@ from tests.keys.test_aws_kms_provider import fake_aws  # noqa: F401
 @pytest.fixture
 def byok(acme, aws_env) -> Any:
     """A tenant protected by a customer's AWS KMS key, through an alias (LocalStack)."""
-    from archive.services import records_create
-    from archive.synthetic import synthetic_records
+    from records.services import records_create
+    from records.synthetic import synthetic_records
     from tenants.models import ServiceState
     from tests.keys.test_health import enable_aws
     from tests.support.aws import boto_client, create_kms_key

@@ -9,14 +9,14 @@ import pytest
 from django.urls import reverse
 
 import keys.registry
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from keys.models import DataKey, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.models import Record
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
 from tests.support.aws import aws_endpoint, boto_client, create_kms_key

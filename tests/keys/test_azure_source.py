@@ -13,15 +13,15 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from keys.lifecycle import kek_rewrap_run, key_health_check
 from keys.models import DataKey, KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.models import Record
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
 from tests.servers.keyvault import make_client_certificate

@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from archive.services import records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from audit.services import Actor
 from keys.models import DataKey, DekState
 from keys.runtime import envelope, flush_counts, reset_for_tests
+from records.services import records_create
+from records.synthetic import synthetic_records
 from tenants.services import tenant_create
 
 FIELDS_PER_RECORD = 1  # all personal fields of a record are sealed as one value

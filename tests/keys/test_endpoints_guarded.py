@@ -18,7 +18,7 @@ from tests.conftest import login
 ENDPOINTS = [
     ("keys:rotate_dek", False, False, True),
     ("keys:set_cache_ttl", False, False, True),
-    ("keys:reencrypt", False, False, True),
+    ("records:reencrypt", False, False, True),
     ("keys:aws_save_and_test", False, False, True),
     ("keys:azure_save_and_test", False, False, True),
     ("keys:kmip_save_and_test", False, False, True),

@@ -8,10 +8,10 @@ import time
 import pytest
 from django.db.models import F
 
-from archive.services import records_create
-from archive.synthetic import synthetic_records
 from audit.services import Actor
 from keys.runtime import RedisStateSource, reset_for_tests, state_from_db
+from records.services import records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
 from tests.support.worker import ROOT, worker_database_url
@@ -85,7 +85,7 @@ def test_state_reflects_the_database(db) -> None:
 
 
 def test_a_stale_reader_never_moves_the_published_state_backwards(db, settings) -> None:
-    from keys.envelope import TenantKeyState
+    from crypto.envelope import TenantKeyState
     from keys.runtime import RedisStateSource
 
     source = RedisStateSource(settings.REDIS_URL)

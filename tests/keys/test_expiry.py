@@ -10,16 +10,16 @@ from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
 from keys.expiry import warn_expiring_keys
 from keys.lifecycle import key_health_check
 from keys.models import KekVersion, KeySource, SourceKind
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
 from tests.keys.test_upload import customer_wraps, download, upload

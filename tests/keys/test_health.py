@@ -6,20 +6,21 @@ import socket
 
 import pytest
 
-from archive.services import record_fields
 from audit.models import AuditEvent
 from audit.services import Actor
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
 from keys.lifecycle import key_health_check
 from keys.models import KekState, KekVersion, KeySource, SourceKind
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable, byok_enable_run, key_source_register, key_source_test
 from keys.tasks import check_key_health
+from records.services import record_fields
 from tenants.models import ServiceState, Tenant
 from tests.keys.test_aws_source import CUSTOMER_ACCOUNT, _aws  # noqa: F401  (autouse)
 from tests.support.aws import create_kms_key
 
 SYSTEM = Actor.system("tests")
+ADMIN = Actor("user", "0", "key admin (tests)")
 
 
 def enable_aws(tenant: Tenant, key_arn: str) -> KeySource:
@@ -31,7 +32,7 @@ def enable_aws(tenant: Tenant, key_arn: str) -> KeySource:
     )
     source = key_source_test(source=source, actor=SYSTEM)
     assert source.test_passed, source.test_results
-    byok_enable(tenant=tenant, source=source, actor=SYSTEM)
+    byok_enable(tenant=tenant, source=source, actor=ADMIN)
     return byok_enable_run(source_id=str(source.pk))
 
 

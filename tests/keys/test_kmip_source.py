@@ -12,21 +12,23 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from django.urls import reverse
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
+from audit.services import Actor
 from keys.lifecycle import kek_rewrap_run, key_health_check
 from keys.models import DataKey, KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.models import Record
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
 from tests.support import kmip
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLS is deprecated:DeprecationWarning")
 PASSPHRASE = "correct horse battery staple"
+ADMIN = Actor("user", "0", "key admin (tests)")
 
 
 @pytest.fixture(autouse=True)
@@ -307,7 +309,6 @@ def test_forced_rotation_makes_a_new_key_that_is_confirmed_then_rewrapped(acme) 
 
 def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) -> None:
     import keys.sources
-    from audit.services import Actor
     from keys.providers.kmip import KmipProvider
     from keys.services import KeyActionRefused
     from keys.sources import byok_enable
@@ -333,7 +334,7 @@ def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) 
     monkeypatch.setattr(KmipProvider, "prepare_enable", prepare)
     monkeypatch.setattr(keys.sources, "_byok_enable_start", racing)
     with pytest.raises(KeyActionRefused):
-        byok_enable(tenant=acme.tenant, source=source, actor=Actor.system("tests"))
+        byok_enable(tenant=acme.tenant, source=source, actor=ADMIN)
     [uid] = made
     with kmip.kmip_client() as server:
         try:

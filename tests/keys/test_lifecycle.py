@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from archive.services import ServicePaused, record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
 from keys.lifecycle import LifecycleRefused, kek_rewrap_run, key_health_check, tenant_revoke
 from keys.models import DataKey, KekState, KekVersion, KeySource, SourceKind
 from keys.runtime import reset_for_tests
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
+from tenants.states import ServicePaused
 from tests.conftest import login
 from tests.keys.test_aws_source import CUSTOMER_ACCOUNT, _aws  # noqa: F401  (autouse)
 from tests.support.aws import create_kms_key

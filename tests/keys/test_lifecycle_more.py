@@ -10,25 +10,18 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from audit.services import Actor
 from keys.lifecycle import byok_remove_run, tenant_destroy_due
-from keys.models import (
-    DataKey,
-    DekState,
-    JobState,
-    KeySource,
-    ReencryptionJob,
-    SourceKind,
-    SourceState,
-)
+from keys.models import DataKey, DekState, KeySource, SourceKind, SourceState
 from keys.runtime import envelope, reset_for_tests
-from keys.services import KeyActionRefused, dek_rotate, reencryption_run
+from keys.services import KeyActionRefused, dek_rotate
 from keys.sources import byok_enable_run
 from keys.tasks import rotate_due_deks
+from records.models import JobState, Record, ReencryptionJob
+from records.reencryption import reencryption_run
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
 from tests.conftest import login
 from tests.keys.test_upload import customer_wraps, download, upload
@@ -150,7 +143,7 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     )
     assert AuditEvent.objects.filter(tenant=acme.tenant, action="key.destroyed").exists()
     # The lookup key and its keyed hashes go too.
-    from api.models import IndexKey, LookupRow
+    from records.models import IndexKey, LookupRow
 
     assert IndexKey.objects.filter(tenant=acme.tenant).exists()
     assert all(bytes(k.wrapped) == b"" for k in IndexKey.objects.filter(tenant=acme.tenant))

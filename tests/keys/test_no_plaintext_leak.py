@@ -16,16 +16,17 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.services import Actor
-from keys.ciphertext import CiphertextError
+from crypto.ciphertext import CiphertextError
 from keys.models import DataKey
 from keys.registry import local_provider, root_key_file
 from keys.runtime import dek_context, envelope, flush_counts, reset_for_tests
-from keys.services import dek_rotate, reencryption_start
-from keys.tasks import run_reencryption
+from keys.services import dek_rotate
+from records.models import Record
+from records.reencryption import reencryption_start
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
+from records.tasks import run_reencryption
 from tenants.services import tenant_create
 from tests.support.worker import worker_database_url
 
@@ -117,7 +118,7 @@ def test_no_plaintext_key_escapes(caplog, settings) -> None:
                 m if isinstance(m, bytes) else m.encode() for m in client.lrange(key, 0, -1)
             ]
     broker = b"".join(messages)
-    assert b"run_reencryption" in broker or b"keys.run_reencryption" in broker
+    assert b"run_reencryption" in broker or b"records.run_reencryption" in broker
 
     haystacks = {"database dump": dump, "celery messages": broker}
     haystacks.update({f"text {i}": t.encode() for i, t in enumerate(texts)})

@@ -9,12 +9,9 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.utils import timezone
 
-from archive.models import Record, SealedFields
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from audit.services import Actor
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource
 from keys.registry import root_key_file
 from keys.runtime import RedisStateSource, envelope, envelope_state_source, reset_for_tests
@@ -25,6 +22,9 @@ from keys.services import (
     tenant_set_dek_cache_ttl,
 )
 from keys.tasks import rotate_due_deks
+from records.models import Record, SealedFields
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
 
@@ -145,7 +145,7 @@ def test_root_key_rotation_then_rewrap_moves_every_vendor_dek(tenant: Tenant) ->
     for dek in DataKey.objects.select_related("kek_version"):
         assert dek.kek_version.provider_version == newest
         assert bytes(dek.wrapped) != before[dek.pk]
-    from api.models import IndexKey  # lookup keys follow the root key too
+    from records.models import IndexKey  # lookup keys follow the root key too
 
     assert IndexKey.objects.filter(tenant=tenant).exists()
     assert {k.kek_version.provider_version for k in IndexKey.objects.all()} == {newest}
@@ -158,7 +158,7 @@ def test_root_key_rotation_then_rewrap_moves_every_vendor_dek(tenant: Tenant) ->
 
 
 def test_a_ciphertext_moved_to_another_tenant_does_not_decrypt(tenant: Tenant) -> None:
-    from keys.ciphertext import CiphertextError
+    from crypto.ciphertext import CiphertextError
 
     other = tenant_create(name="Other", slug="other", actor=SYSTEM)
     row = load(tenant, 1)[0]

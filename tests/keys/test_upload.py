@@ -14,16 +14,16 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
 from keys.models import DataKey, ImportState, KekVersion, KeyImport, KeySource, SourceKind
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.models import Record
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
-from tests.keys.test_importkit import step_commands
+from tests.crypto.test_importkit import step_commands
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_a_reused_token_is_refused(acme, prepared) -> None:
 
 
 def test_an_expired_token_is_refused(acme, prepared) -> None:
-    from keys import importkit
+    from crypto import importkit
     from keys.uploads import _token_secret
 
     key_import = KeyImport.objects.get()

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from archive.models import Record
-from archive.services import record_fields, records_create
-from archive.synthetic import synthetic_records
 from keys.aws_vendor import delete_imported_material, vendor_kms
 from keys.models import DataKey, KekVersion, KeyImport, KeySource, SourceKind
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
 from keys.sources import byok_enable_run
+from records.models import Record
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
 from tests.keys.test_aws_source import _aws  # noqa: F401  (autouse: LocalStack, vendor account)

@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from keys.importkit import check_key_material, key_check_value
+from crypto.importkit import check_key_material, key_check_value
 from keys.providers.base import (
     KeyAccessDenied,
     KeyMaterialInvalid,

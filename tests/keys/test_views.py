@@ -6,8 +6,9 @@ import pytest
 from django.urls import reverse
 
 from audit.models import AuditEvent
-from keys.models import DataKey, ReencryptionJob
+from keys.models import DataKey
 from keys.runtime import reset_for_tests
+from records.models import ReencryptionJob
 from tenants.models import ServiceState, Tenant
 from tests.conftest import login
 
@@ -22,7 +23,7 @@ def _fresh_envelope():
 ACTIONS = [
     ("keys:rotate_dek", {}),
     ("keys:set_cache_ttl", {"ttl": "120"}),
-    ("keys:reencrypt", {}),
+    ("records:reencrypt", {}),
 ]
 
 
@@ -109,11 +110,11 @@ def test_ttl_saved_and_the_sentence_follows(acme) -> None:
 
 def test_reencrypt_starts_a_job_with_progress(acme, django_capture_on_commit_callbacks) -> None:
     client = login(acme.key_admin, sudo=True)
-    response = client.post(reverse("keys:reencrypt", args=["acme"]), follow=True)
+    response = client.post(reverse("records:reencrypt", args=["acme"]), follow=True)
     assert "Re-encrypting 0 record(s)" in response.content.decode()
     job = ReencryptionJob.objects.get(tenant=acme.tenant)
     partial = client.get(
-        reverse("keys:reencrypt_progress", args=["acme"]), HTTP_HX_REQUEST="true"
+        reverse("records:reencrypt_progress", args=["acme"]), HTTP_HX_REQUEST="true"
     ).content.decode()
     assert partial.lstrip().startswith('<div id="reencrypt-progress"')
     assert 'hx-trigger="every 1s"' in partial  # queued: keeps polling

@@ -5,12 +5,12 @@ from typing import Any
 
 import pytest
 
-from archive.storage import FilesystemStorage
 from objects import locations
 from objects.locations import current_location, dedicated_name, storage_for
 from objects.migration import migration_run, migration_start
 from objects.models import Direction, Location, MigrationState, StoredObject
 from objects.services import object_open, object_put
+from objects.storage import FilesystemStorage
 from tenants.models import ServiceState
 from tests.keys.conftest import VENDOR_ACCOUNT, aws_env, byok  # noqa: F401
 from tests.objects.conftest import new_target_dek, set_state

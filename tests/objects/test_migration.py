@@ -12,9 +12,9 @@ from django.core import mail
 from django.db import connection
 
 import objects.migration
-from archive.segments import encrypt_stream
-from archive.services import ServicePaused
+import objects.migration as engine
 from audit.models import AuditEvent
+from crypto.segments import encrypt_stream
 from objects.keyring import dek_material
 from objects.locations import ensured, storage_for
 from objects.migration import (
@@ -35,8 +35,8 @@ from objects.models import (
 )
 from objects.selectors import migration_progress, objects_usage
 from objects.services import object_binding, object_open, object_put
-from objects.signals import migration_finished
 from tenants.models import ServiceState
+from tenants.states import ServicePaused
 from tests.objects.conftest import (
     MIGRATING,
     MIGRATING_BACK,
@@ -69,15 +69,17 @@ def blob_of(tenant: Any, key: str) -> str:
 
 
 @pytest.fixture
-def finished() -> Any:
-    seen: list[Any] = []
+def finished(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What the engine tells keys when a move ends: (tenant id, direction, succeeded)."""
+    seen: list[tuple[str, str, bool]] = []
+    told = engine.data_move_finished
 
-    def receiver(sender: Any, migration: Any, **_: Any) -> None:
-        seen.append(migration)
+    def receiver(*, tenant_id: str, direction: str, succeeded: bool) -> None:
+        seen.append((tenant_id, direction, succeeded))
+        told(tenant_id=tenant_id, direction=direction, succeeded=succeeded)
 
-    migration_finished.connect(receiver)
-    yield seen
-    migration_finished.disconnect(receiver)
+    monkeypatch.setattr(engine, "data_move_finished", receiver)
+    return seen
 
 
 @pytest.mark.django_db(transaction=True)
@@ -98,7 +100,7 @@ def test_a_move_to_dedicated_and_back_keeps_every_object(acme, finished) -> None
     migration.refresh_from_db()
     assert (migration.copied, migration.verified, migration.deleted) == (30, 30, 30)
     assert migration.percent == 100 and migration.finished is not None
-    assert [m.pk for m in finished] == [migration.pk]
+    assert finished == [(str(tenant.pk), migration.direction, True)]
     assert keys_at(tenant, Location.SHARED) == []
     assert keys_at(tenant, Location.DEDICATED) == sorted(blobs)
     rows = StoredObject.objects.filter(tenant=tenant)
@@ -187,7 +189,7 @@ def test_a_corrupt_copy_fails_the_move_and_keeps_everything(acme, monkeypatch, f
         assert read_all(tenant, key) == data
     event = AuditEvent.objects.get(tenant=tenant, action="objects.migration_failed")
     assert event.outcome == "failure" and victim in event.reason
-    assert [m.pk for m in finished] == [migration.pk]
+    assert finished == [(str(tenant.pk), migration.direction, False)]
     assert any("moving your objects stopped" in m.subject for m in mail.outbox)
     monkeypatch.setattr(objects.migration._Run, "verify", real_verify)
     assert migration_run(str(migration.pk)) == MigrationState.FAILED  # stays failed

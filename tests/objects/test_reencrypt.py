@@ -7,11 +7,8 @@ from typing import Any
 
 import pytest
 
-from archive.services import records_create
-from archive.synthetic import synthetic_records
 from audit.models import AuditEvent
-from keys.models import DataKey, DekState, JobState, ReencryptionJob
-from keys.services import reencryption_run
+from keys.models import DataKey, DekState
 from objects.locations import storage_for
 from objects.models import Location, StoredObject
 from objects.services import (
@@ -21,6 +18,10 @@ from objects.services import (
     object_reencrypt,
     objects_load,
 )
+from records.models import JobState, ReencryptionJob
+from records.reencryption import reencryption_run
+from records.services import records_create
+from records.synthetic import synthetic_records
 from tests.objects.conftest import active_dek, new_target_dek, random_blobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,7 +100,7 @@ def test_a_corrupt_object_is_left_as_it_is_and_keeps_its_dek(acme: Any) -> None:
 def test_a_crash_in_the_middle_loses_nothing_and_a_rerun_finishes(
     acme: Any, monkeypatch: Any
 ) -> None:
-    from archive.storage.filesystem import FilesystemStorage
+    from objects.storage.filesystem import FilesystemStorage
 
     tenant = acme.tenant
     blobs, old = with_old_objects(tenant, n=10)

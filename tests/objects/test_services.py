@@ -6,10 +6,8 @@ import re
 
 import pytest
 
-from archive.segments import ObjectUnauthentic
-from archive.services import ServicePaused
-from archive.storage import InvalidKey
-from keys.envelope import KeyRevoked
+from crypto.envelope import KeyRevoked
+from crypto.segments import ObjectUnauthentic
 from objects.locations import storage_for
 from objects.models import Location, StoredObject
 from objects.services import (
@@ -21,7 +19,9 @@ from objects.services import (
     object_open,
     object_put,
 )
+from objects.storage import InvalidKey
 from tenants.models import ServiceState
+from tenants.states import ServicePaused
 from tests.objects.conftest import active_dek, chunks, set_state
 
 

@@ -9,7 +9,6 @@ import pytest
 from django.utils import timezone
 
 import objects.services
-from archive.storage import StorageError
 from objects.locations import storage_for
 from objects.migration import migration_run, migration_start
 from objects.models import (
@@ -22,6 +21,7 @@ from objects.models import (
     split_blob,
 )
 from objects.services import object_open, object_put, objects_sweep_orphans
+from objects.storage import StorageError
 from objects.tasks import sweep_orphans
 from tenants.models import ServiceState
 from tests.objects.conftest import MIGRATING, new_target_dek, set_state

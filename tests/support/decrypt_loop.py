@@ -19,8 +19,8 @@ import django
 
 django.setup()
 
-from archive.models import Record  # noqa: E402
-from archive.services import record_fields  # noqa: E402
+from records.models import Record  # noqa: E402
+from records.services import record_fields  # noqa: E402
 from tenants.models import Tenant  # noqa: E402
 
 

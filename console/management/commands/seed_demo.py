@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from audit.services import Actor
+from objects.models import StoredObject
+from objects.services import object_put
+from records.models import Record
+from records.services import records_create
+from records.synthetic import synthetic_records
+from tenants.models import Membership, Role, Tenant
+from tenants.services import membership_add, tenant_create
+
+DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
+DEMO_RECORDS = 400
+DEMO_OBJECTS = 60  # exported reports, so that enabling a key has objects to move
+ROLES = (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER)
+
+
+def demo_password() -> str:
+    """KEYWARD_DEMO_PASSWORD, else one generated on the first run and kept beside the data."""
+    chosen = os.environ.get("KEYWARD_DEMO_PASSWORD")
+    if chosen:
+        return chosen
+    path = Path(settings.DATA_DIR) / "demo-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(12))
+    return path.read_text().strip()
+
+
+def _demo_objects(tenant: Tenant) -> None:
+    """Small CSV exports of the tenant's devices, stored encrypted like any object."""
+    rng = random.Random(tenant.slug)
+    for n in range(DEMO_OBJECTS):
+        rows = [
+            f"device-{rng.randrange(10**6):06},{rng.choice(['ok', 'warn', 'crit'])}"
+            for _ in range(200)
+        ]
+        body = ("device,status\n" + "\n".join(rows) + "\n").encode()
+        object_put(
+            tenant=tenant,
+            key=f"exports/2026-11/report-{n:03}.csv",
+            chunks=[body],
+            content_type="text/csv",
+        )
+
+
+class Command(BaseCommand):
+    help = "Create (or bring up to date) the demo tenants and logins. Safe to run again."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        password = demo_password()
+        logins = self.seed(password)
+        self.stdout.write(f"Demo logins (password for all: {password})")
+        for login in logins:
+            self.stdout.write(f"  {login}")
+
+    @transaction.atomic
+    def seed(self, password: str) -> list[str]:
+        user_model = get_user_model()
+        system = Actor.system("demo setup")
+        logins: list[str] = []
+
+        def user(email: str, **flags: bool) -> Any:
+            account, _ = user_model._default_manager.get_or_create(
+                username=email, defaults={"email": email}
+            )
+            account.set_password(password)
+            for name, value in flags.items():
+                setattr(account, name, value)
+            account.save()
+            logins.append(email)
+            return account
+
+        for name, slug in DEMO_TENANTS:
+            tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
+                name=name, slug=slug, actor=system
+            )
+            for role in ROLES:
+                account = user(f"{role}@{slug}.example")
+                if not Membership.objects.filter(tenant=tenant, user=account).exists():
+                    membership_add(tenant=tenant, user=account, role=role, actor=system)
+        for _, slug in DEMO_TENANTS:
+            tenant = Tenant.objects.get(slug=slug)
+            if not Record.objects.filter(tenant=tenant).exists():
+                records_create(
+                    tenant=tenant, items=list(synthetic_records(DEMO_RECORDS, prefix=f"{slug}-"))
+                )
+            if not StoredObject.objects.filter(tenant=tenant).exists():
+                _demo_objects(tenant)
+        user("support@vendor.example", is_staff=True, is_superuser=False)
+        user("admin@vendor.example", is_staff=True, is_superuser=True)
+        return logins

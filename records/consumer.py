@@ -1,0 +1,26 @@
+"""What the records app tells keys about the data it keeps (keys.consumers)."""
+
+from __future__ import annotations
+
+from keys.consumers import DataConsumer
+from keys.models import DataKey
+from records.indexkeys import index_keys_move, index_keys_shred
+from records.reencryption import CONSUMER
+from records.selectors import record_counts_by_dek, reencryption_jobs, sealed_under
+
+
+def _depends_on(dek: DataKey) -> bool:
+    return sealed_under(dek.pk)
+
+
+RECORDS = DataConsumer(
+    name=CONSUMER,
+    counts_by_dek=record_counts_by_dek,
+    depends_on=_depends_on,
+    # Records are re-encrypted by the job itself (records.reencryption), which
+    # then asks the other consumers for theirs.
+    reencrypt=None,
+    move_wrapped_keys=index_keys_move,
+    shred=index_keys_shred,
+    jobs=reencryption_jobs,
+)

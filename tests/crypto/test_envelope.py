@@ -1,0 +1,404 @@
+"""The envelope (crypto.envelope) over a fake state source and a DekCache of random DEKs."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crypto.ciphertext import (
+    CiphertextMalformed,
+    CiphertextUnauthentic,
+    UnknownDataKey,
+    binding,
+    dek_id_of,
+    header,
+    seal,
+)
+from crypto.dekcache import DekCache, LoadedKey
+from crypto.envelope import (
+    DataKeyExhausted,
+    Envelope,
+    KeyRevoked,
+    NoDataKey,
+    TenantKeyState,
+)
+
+TENANT = "6f1c1c2e-8d7b-4b0e-9a47-3f0e5c1d2a90"
+OTHER = "0c2d9d4e-1111-4b0e-9a47-3f0e5c1d2a90"
+RECORD = "0b5e3a57-2f0a-4c6e-8e57-9d1f3b7c4e21"
+VALUE = b"alice.liddell@wonderland.example"
+INTERVAL = 0.5
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeStates:
+    """The StateSource: a dict of tenant states, with a fetch counter."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, TenantKeyState] = {}
+        self.fetches = 0
+
+    def set(self, tenant_id: str, epoch: int = 1, dek: int | None = 1, status: str = "active"):
+        self.states[tenant_id] = TenantKeyState(epoch, dek, status)
+
+    def fetch(self, tenant_id: str) -> TenantKeyState:
+        self.fetches += 1
+        return self.states[tenant_id]
+
+
+class DekStore:
+    """The DEK loader: random DEKs per (tenant, DEK id); unknown ids raise UnknownDataKey."""
+
+    def __init__(self) -> None:
+        self.material: dict[tuple[str, int], bytes] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def add(self, tenant_id: str, dek_id: int) -> None:
+        self.material[(tenant_id, dek_id)] = AESGCM.generate_key(256)
+
+    def __call__(self, tenant_id: str, dek_id: int) -> LoadedKey:
+        self.calls.append((tenant_id, dek_id))
+        try:
+            return LoadedKey(self.material[(tenant_id, dek_id)], 300.0)
+        except KeyError:
+            raise UnknownDataKey(f"data key {dek_id} is unknown for this tenant") from None
+
+
+@dataclass
+class Counter:
+    """reserve / on_exhausted: grants `limit` encryptions per DEK in total."""
+
+    limit: int = 10**9
+    reserved: dict[int, int] = field(default_factory=dict)
+    calls: list[tuple[str, int, int]] = field(default_factory=list)
+    exhausted: list[tuple[str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, tenant_id: str, dek_id: int, wanted: int) -> int:
+        with self.lock:
+            self.calls.append((tenant_id, dek_id, wanted))
+            already = self.reserved.get(dek_id, 0)
+            if already + wanted > self.limit:
+                return 0
+            self.reserved[dek_id] = already + wanted
+            return wanted
+
+    def on_exhausted(self, tenant_id: str, dek_id: int) -> None:
+        self.exhausted.append((tenant_id, dek_id))
+
+
+@dataclass
+class World:
+    env: Envelope
+    states: FakeStates
+    deks: DekStore
+    counter: Counter
+    clock: FakeClock
+
+
+def make(block: int = 65_536, limit: int = 10**9) -> World:
+    states, deks, counter, clock = FakeStates(), DekStore(), Counter(limit=limit), FakeClock()
+    for tenant in (TENANT, OTHER):
+        states.set(tenant)
+    deks.add(TENANT, 1)
+    deks.add(TENANT, 2)
+    deks.add(OTHER, 11)
+    states.set(OTHER, dek=11)
+    env = Envelope(
+        cache=DekCache(deks, clock=clock),
+        states=states,
+        reserve=counter.reserve,
+        on_exhausted=counter.on_exhausted,
+        state_interval=INTERVAL,
+        block=block,
+        clock=clock,
+    )
+    return World(env, states, deks, counter, clock)
+
+
+def items(n: int, prefix: str = "r") -> list[tuple[str, str, str, bytes]]:
+    return [("user", "email", f"{prefix}-{i}", f"value {i}".encode()) for i in range(n)]
+
+
+# -- round trips ----------------------------------------------------------------
+
+
+def test_encrypt_decrypt_round_trip():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert dek_id_of(blob) == 1
+    assert VALUE not in blob
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    assert w.deks.calls == [(TENANT, 1)]  # one unwrap for both
+
+
+def test_ciphertext_is_bound_to_its_field_and_record():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt(TENANT, "user", "phone", RECORD, blob)
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt(TENANT, "user", "email", "another-record", blob)
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt(TENANT, "invoice", "email", RECORD, blob)
+
+
+def test_ciphertext_copied_to_another_tenant_does_not_decrypt():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    with pytest.raises(UnknownDataKey):  # the other tenant has no DEK 1
+        w.env.decrypt(OTHER, "user", "email", RECORD, blob)
+    w.deks.material[(OTHER, 1)] = w.deks.material[(TENANT, 1)]  # even with the same DEK
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt(OTHER, "user", "email", RECORD, blob)
+
+
+def test_encrypt_many_decrypt_many_round_trip():
+    w = make()
+    batch = items(50)
+    blobs = w.env.encrypt_many(TENANT, batch)
+    assert len(blobs) == 50
+    assert len(set(blobs)) == 50
+    assert {dek_id_of(b) for b in blobs} == {1}
+    back = w.env.decrypt_many(
+        TENANT, [(k, f, r, b) for (k, f, r, _), b in zip(batch, blobs, strict=True)]
+    )
+    assert back == [value for *_, value in batch]
+    # Each item is bound to its own record.
+    blob = w.env.encrypt_many(TENANT, batch[:1])[0]
+    assert w.env.decrypt(TENANT, "user", "email", "r-0", blob) == b"value 0"
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt(TENANT, "user", "email", "r-1", blob)
+
+
+def test_decrypt_many_with_mixed_deks_after_rotation():
+    w = make()
+    old_items = items(5, "old")
+    old = w.env.encrypt_many(TENANT, old_items)
+    w.states.set(TENANT, dek=2)  # rotation: the current DEK changes, not the epoch
+    w.clock.advance(INTERVAL)
+    new_items = items(5, "new")
+    new = w.env.encrypt_many(TENANT, new_items)
+    assert {dek_id_of(b) for b in old} == {1}
+    assert {dek_id_of(b) for b in new} == {2}
+
+    mixed = []
+    for o, ob, n, nb in zip(old_items, old, new_items, new, strict=True):
+        mixed += [(*o[:3], ob), (*n[:3], nb)]
+    plain = w.env.decrypt_many(TENANT, mixed)
+    assert plain == [v for o, n in zip(old_items, new_items, strict=True) for v in (o[3], n[3])]
+    assert w.deks.calls == [(TENANT, 1), (TENANT, 2)]  # no reload for a rotation
+    w.env.decrypt(TENANT, "user", "email", "old-0", old[0])
+    assert w.env.take_counts() == {1: 5, 2: 5}
+
+
+def test_decrypt_of_malformed_blob():
+    w = make()
+    with pytest.raises(CiphertextMalformed):
+        w.env.decrypt(TENANT, "user", "email", RECORD, b"\x01short")
+
+
+def test_decrypt_of_unknown_dek_propagates_the_loaders_error():
+    w = make()
+    blob = seal(AESGCM(AESGCM.generate_key(256)), header(999), VALUE, b"")
+    with pytest.raises(UnknownDataKey, match="999"):
+        w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+    with pytest.raises(UnknownDataKey):
+        w.env.decrypt_many(TENANT, [("user", "email", RECORD, blob)])
+    assert w.deks.calls == [(TENANT, 999), (TENANT, 999)]  # errors are not cached
+
+
+# -- tenant state ---------------------------------------------------------------
+
+
+def test_state_is_read_at_most_once_per_interval():
+    w = make()
+    for _ in range(10):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 1
+    w.clock.advance(INTERVAL - 0.01)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 1
+    w.clock.advance(0.01)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 2
+
+
+def test_epoch_change_drops_cached_deks():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    other = w.env.encrypt(OTHER, "user", "email", RECORD, VALUE)
+    w.states.set(TENANT, epoch=2)
+    w.env.decrypt(TENANT, "user", "email", RECORD, blob)  # within the interval: cached
+    assert w.deks.calls == [(TENANT, 1), (OTHER, 11)]
+    w.clock.advance(INTERVAL)
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    assert w.env.decrypt(OTHER, "user", "email", RECORD, other) == VALUE
+    assert w.deks.calls == [(TENANT, 1), (OTHER, 11), (TENANT, 1)]  # only TENANT reloads
+    w.clock.advance(INTERVAL)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert len(w.deks.calls) == 3  # same epoch again: kept
+
+
+def test_revoked_tenant_raises_even_while_deks_are_cached():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    other = w.env.encrypt(OTHER, "user", "email", RECORD, VALUE)
+    w.states.set(TENANT, status="revoked")  # same epoch: only the status says it
+    w.clock.advance(INTERVAL)
+    calls = [
+        lambda: w.env.encrypt(TENANT, "user", "email", RECORD, VALUE),
+        lambda: w.env.decrypt(TENANT, "user", "email", RECORD, blob),
+        lambda: w.env.encrypt_many(TENANT, items(2)),
+        lambda: w.env.decrypt_many(TENANT, [("user", "email", RECORD, blob)]),
+        lambda: w.env.current_key(TENANT),
+        lambda: w.env.key_for(TENANT, 1),
+    ]
+    for call in calls:
+        with pytest.raises(KeyRevoked, match="revoked"):
+            call()
+    assert w.env.decrypt(OTHER, "user", "email", RECORD, other) == VALUE
+    assert w.env.take_counts() == {1: 1, 11: 1}  # nothing counted while revoked
+
+    w.states.set(TENANT, epoch=2)  # restored
+    w.clock.advance(INTERVAL)
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    assert w.deks.calls.count((TENANT, 1)) == 2  # the revoke dropped the cached DEK
+
+
+def test_destroyed_status_is_reported():
+    w = make()
+    w.states.set(TENANT, status="destroyed")
+    with pytest.raises(KeyRevoked, match="destroyed"):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+
+
+def test_no_current_dek_raises_no_data_key_but_old_data_decrypts():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    w.states.set(TENANT, dek=None)
+    w.clock.advance(INTERVAL)
+    with pytest.raises(NoDataKey):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    with pytest.raises(NoDataKey):
+        w.env.encrypt_many(TENANT, items(3))
+    with pytest.raises(NoDataKey):
+        w.env.current_key(TENANT)
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+
+
+def test_forget_drops_state_and_deks_at_once():
+    w = make()
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    w.env.forget(TENANT)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 2
+    assert w.deks.calls == [(TENANT, 1), (TENANT, 1)]
+
+
+def test_current_key_is_usable_with_seal():
+    w = make()
+    dek_id, aead = w.env.current_key(TENANT)
+    assert dek_id == 1
+    blob = seal(aead, header(dek_id), VALUE, binding(TENANT, "user", "email", RECORD))
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    assert w.env.key_for(TENANT, 1) is aead
+
+
+# -- counting -------------------------------------------------------------------
+
+
+def test_spend_reserves_in_blocks_and_take_counts_resets():
+    w = make(block=4)
+    for _ in range(10):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.counter.calls == [(TENANT, 1, 4)] * 3  # ceil(10 / 4)
+    assert w.env.take_counts() == {1: 10}
+    assert w.env.take_counts() == {}
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.env.take_counts() == {1: 1}
+    assert len(w.counter.calls) == 3  # 12 reserved, 11 used
+
+
+def test_batch_larger_than_a_block_reserves_the_batch():
+    w = make(block=4)
+    w.env.encrypt_many(TENANT, items(9))
+    assert w.counter.calls == [(TENANT, 1, 9)]
+    w.env.encrypt_many(TENANT, items(4))
+    assert w.counter.calls == [(TENANT, 1, 9), (TENANT, 1, 4)]
+    w.env.encrypt_many(OTHER, items(2))
+    assert w.counter.calls[-1] == (OTHER, 11, 4)
+    assert w.env.take_counts() == {1: 13, 11: 2}
+
+
+def test_exhaustion_calls_on_exhausted_and_raises():
+    w = make(block=4, limit=6)
+    for _ in range(4):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    for _ in range(2):  # the second block is refused
+        with pytest.raises(DataKeyExhausted):
+            w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.counter.exhausted == [(TENANT, 1), (TENANT, 1)]
+    assert w.env.take_counts() == {1: 4}  # failures are not counted as used
+    with pytest.raises(DataKeyExhausted):
+        w.env.encrypt_many(TENANT, items(3))
+    assert w.env.take_counts() == {}
+
+    w.states.set(TENANT, dek=2)  # the rotation it asked for
+    w.clock.advance(INTERVAL)
+    assert dek_id_of(w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)) == 2
+    assert w.env.take_counts() == {2: 1}
+
+
+def test_refused_batch_keeps_the_remaining_budget():
+    w = make(block=4, limit=4)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)  # reserves 4, 3 left
+    with pytest.raises(DataKeyExhausted):
+        w.env.encrypt_many(TENANT, items(5))
+    for _ in range(3):  # the 3 already reserved are still spendable
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    with pytest.raises(DataKeyExhausted):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.env.take_counts() == {1: 4}
+    assert w.counter.reserved == {1: 4}
+
+
+def test_counting_is_exact_across_threads():
+    w = make(block=100)
+    threads, per_thread = 8, 500
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert w.env.take_counts() == {1: threads * per_thread}
+    assert w.counter.reserved[1] == threads * per_thread  # blocks of 100, all spent
+
+
+def test_repr_has_no_key_material():
+    w = make()
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    text = repr(w.env)
+    for material in w.deks.material.values():
+        assert material.hex() not in text
+        assert repr(material) not in text

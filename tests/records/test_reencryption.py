@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+import records.reencrypt
+from audit.models import AuditEvent
+from audit.services import Actor
+from keys.models import DataKey, DekState
+from keys.runtime import envelope, reset_for_tests
+from keys.services import dek_rotate
+from records.models import JobState, Record, ReencryptionJob, SealedFields
+from records.reencryption import reencryption_run, reencryption_start
+from records.services import record_fields, records_create
+from records.synthetic import synthetic_records
+from records.tasks import run_reencryption
+from tenants.models import Tenant
+from tenants.services import tenant_create
+from tests.conftest import login
+from tests.support.worker import celery_worker
+
+SYSTEM = Actor.system("tests")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_envelope():
+    reset_for_tests()
+    yield
+    reset_for_tests()
+
+
+def tenant_with_old_data(slug: str, n: int, rotations: int = 1) -> Tenant:
+    tenant = tenant_create(name=slug.title(), slug=slug, actor=SYSTEM)
+    for r in range(rotations):
+        records_create(tenant=tenant, items=list(synthetic_records(n, seed=r, prefix=f"{r}-")))
+        dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+        envelope().forget(str(tenant.pk))
+    return tenant
+
+
+def snapshot(tenant: Tenant) -> dict[str, dict[str, str]]:
+    return {
+        str(r.uid): record_fields(tenant, r)
+        for r in Record.objects.filter(tenant=tenant).select_related("sealed")
+    }
+
+
+def assert_all_under_current(tenant: Tenant) -> DataKey:
+    current = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    sealed = SealedFields.objects.filter(record__tenant=tenant)
+    assert set(sealed.values_list("dek_id", flat=True)) == {current.pk}
+    assert sealed.count() == Record.objects.filter(tenant=tenant).count()
+    return current
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reencryption_moves_everything_and_retires_old_deks(settings) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    tenant = tenant_with_old_data("initech", 150, rotations=2)
+    before = snapshot(tenant)
+    job = reencryption_start(tenant=tenant, actor=SYSTEM)  # enqueues; run it here
+    assert job.total == 300
+    job = reencryption_run(job_id=str(job.pk))
+    assert job.state == JobState.DONE and job.done == 300 and job.percent == 100
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+    retired = DataKey.objects.filter(tenant=tenant, state=DekState.RETIRED)
+    assert sorted(retired.values_list("version", flat=True)) == [1, 2]
+    assert all(bytes(d.wrapped) == b"" for d in retired)  # wrapped copies destroyed
+    assert AuditEvent.objects.filter(tenant=tenant, action="dek.retire").count() == 2
+    assert reencryption_run(job_id=str(job.pk)).done == 300  # rerunning a done job is a no-op
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_with_old_data("initech", 400)
+    before = snapshot(tenant)
+    target = DataKey.objects.get(tenant=tenant, state="active")
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=400)
+    real = records.reencrypt.write_batch
+    lock = threading.Lock()
+    calls: list[int] = []  # first record id of each batch written
+
+    def crashing(batch, target):
+        with lock:  # two batches are written at once
+            calls.append(batch.ids[0])
+            crash = len(calls) == 3
+        done = real(batch, target)
+        if crash:
+            raise RuntimeError("worker lost")  # after the batch's UPDATE, before commit
+        return done
+
+    monkeypatch.setattr(records.reencrypt, "write_batch", crashing)
+    with pytest.raises(RuntimeError):
+        reencryption_run(job_id=str(job.pk))
+    job.refresh_from_db()
+    assert job.state == JobState.RUNNING
+    # The two batches before the crash committed, and perhaps the one being
+    # written beside it; the crashed one did not.
+    assert job.done in (100, 150)
+    moved = SealedFields.objects.filter(record__tenant=tenant, dek=target)
+    assert moved.count() == job.done  # progress and data committed together
+    assert 0 < job.last_record_id < calls[2]  # the checkpoint is before the lost batch
+    assert not moved.filter(record_id__gte=calls[2], record_id__lt=calls[2] + 50).exists()
+    monkeypatch.setattr(records.reencrypt, "write_batch", real)
+    job = reencryption_run(job_id=str(job.pk))
+    assert job.done == 400  # nothing redone, nothing skipped
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+
+
+def test_the_checkpoint_covers_only_batches_committed_in_order() -> None:
+    run = records.reencrypt.ReencryptionPass.__new__(records.reencrypt.ReencryptionPass)
+    run._lock, run._start, run._run_end, run._committed = threading.Lock(), 7, -1, set()
+    run._ends = [100, 200, 300, 400]
+    assert run._checkpoint_with(1) == 7  # batch 0 still being written
+    run._committed_batch(1)
+    assert run._checkpoint_with(2) == 7
+    assert run._checkpoint_with(0) == 200  # 0 commits: 0 and 1 are done
+    run._committed_batch(0)
+    assert run._checkpoint_with(3) == 200  # 2 is not committed
+    run._committed_batch(2)
+    assert run._checkpoint_with(3) == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None:
+    tenant = tenant_with_old_data("initech", 3000)
+    before = snapshot(tenant)
+    job = ReencryptionJob.objects.create(
+        tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=3000
+    )
+    env = {"KEYWARD_REENCRYPT_BATCH": "100"}
+    with celery_worker(tmp_path / "w1.log", env) as worker:
+        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.done >= 300:
+                break
+            time.sleep(0.02)
+        worker.kill()
+    job.refresh_from_db()
+    assert 0 < job.done < 3000, "the job must be killed mid-way; use more records"
+    assert job.state == JobState.RUNNING
+    # The broker would redeliver the unacknowledged task after its visibility
+    # timeout; the test does not wait that long and enqueues it again instead.
+    with celery_worker(tmp_path / "w2.log", env) as worker:
+        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.state == JobState.DONE:
+                break
+            time.sleep(0.2)
+    assert job.state == JobState.DONE, (tmp_path / "w2.log").read_text()[-3000:]
+    assert job.done == 3000
+    assert_all_under_current(tenant)
+    assert snapshot(tenant) == before
+
+
+def test_keys_page_shows_real_figures(db) -> None:
+    from tests.conftest import make_tenant
+
+    acme = make_tenant("Acme", "acme")
+    records_create(tenant=acme.tenant, items=list(synthetic_records(12)))
+    body = login(acme.viewer).get(reverse("keys:overview", args=["acme"])).content.decode()
+    assert "Vendor-managed key" in body
+    assert "can read your data for at most <strong>5 minutes</strong>" in body
+    assert "<td>12</td>" in body  # records under DEK v1
+    assert "Rotate data key now" not in body  # a viewer only reads
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_changed_while_being_read_is_not_overwritten(settings) -> None:
+    from django.db import connections
+
+    from crypto.ciphertext import dek_id_of
+    from records.fields import PII_FIELD
+    from records.pii import encode_fields
+
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_with_old_data("initech", 120)
+    before = snapshot(tenant)
+    victim = Record.objects.filter(tenant=tenant, kind="user").order_by("id")[10]
+    target = DataKey.objects.get(tenant=tenant, state="active")
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=120)
+    real = records.reencrypt.reencrypt_rows
+    fired: list[bool] = []
+    new_fields = {"name": "renamed", "email": "renamed@example.com"}
+
+    def concurrent_write(tenant_id, rows, target_id):
+        if not fired and any(row[0] == victim.pk for row in rows):
+            fired.append(True)
+
+            def write() -> None:  # the application saves new fields, committed at once
+                blob = envelope().encrypt(
+                    tenant_id, victim.kind, PII_FIELD, str(victim.uid), encode_fields(new_fields)
+                )
+                SealedFields.objects.filter(pk=victim.pk).update(dek_id=dek_id_of(blob), pii=blob)
+                connections.close_all()
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join()
+        return real(tenant_id, rows, target_id)
+
+    records.reencrypt.reencrypt_rows = concurrent_write
+    try:
+        job = reencryption_run(job_id=str(job.pk))
+    finally:
+        records.reencrypt.reencrypt_rows = real
+    assert fired and job.state == JobState.DONE
+    assert job.done == 119  # the victim was read, but its stale re-sealed copy was dropped
+    assert_all_under_current(tenant)
+    after = snapshot(tenant)
+    assert after.pop(str(victim.uid)) == new_fields  # the newer write survived
+    assert after == {uid: f for uid, f in before.items() if uid != str(victim.uid)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_young_dek_is_retired_only_after_the_grace_period(settings) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from keys.tasks import retire_unused_deks
+
+    settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 3600
+    tenant = tenant_with_old_data("initech", 20)
+    job = reencryption_start(tenant=tenant, actor=SYSTEM)
+    assert reencryption_run(job_id=str(job.pk)).done == 20
+    assert_all_under_current(tenant)
+    old = DataKey.objects.get(tenant=tenant, version=1)
+    assert old.state == DekState.RETIRING  # nothing depends on it, but it is too young
+    assert retire_unused_deks() == 0
+    DataKey.objects.filter(tenant=tenant, version=2).update(
+        created=timezone.now() - timedelta(hours=2)
+    )
+    assert retire_unused_deks() == 1
+    old.refresh_from_db()
+    assert old.state == DekState.RETIRED and bytes(old.wrapped) == b""
