@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	KEYWARD_MODE=embedded $(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 bench:
 	scripts/bench.sh

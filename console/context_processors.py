@@ -7,6 +7,7 @@ from django.http import HttpRequest
 
 from console.banners import Banner, banner_for
 from keys.expiry import expiring_version
+from objects.selectors import migration_progress
 from tenants.models import MIGRATING_STATES, Tenant
 from tenants.permissions import is_support_staff
 from tenants.selectors import memberships_for_user
@@ -33,8 +34,6 @@ def _with_progress(banner: Banner | None, tenant: Tenant) -> Banner | None:
     """While the tenant's objects move, the banner says how far the move is."""
     if banner is None or tenant.state not in MIGRATING_STATES:
         return banner
-    from objects.selectors import migration_progress
-
     progress = migration_progress(tenant)
     if progress is None:
         return banner

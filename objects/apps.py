@@ -11,7 +11,7 @@ class ObjectsConfig(AppConfig):
     def ready(self) -> None:
         # Imported here, not at the top: the consumer uses models, which exist
         # only once every app is loaded.
-        from keys.consumers import consumer_register
-        from objects.consumer import OBJECTS
+        from keys.consumers import consumer_register  # noqa: PLC0415
+        from objects.consumer import OBJECTS  # noqa: PLC0415
 
         consumer_register(OBJECTS)

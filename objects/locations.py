@@ -77,8 +77,10 @@ def _client(config: tuple[Any, ...]) -> Any:
     global _s3_client
     if _s3_client is not None and _s3_client[0] == config:
         return _s3_client[1]
-    import boto3.session
-    from botocore.config import Config
+    # boto3 loads only where objects live in S3: the embedded default never needs it.
+    # boto3 loads only where objects live in S3: the embedded default never needs it.
+    import boto3.session  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
 
     make_client: Any = boto3.session.Session().client
     client = make_client(
@@ -110,7 +112,7 @@ def _build(tenant: Tenant, location: str, config: tuple[Any, ...], sse: str | No
         if location == Location.SHARED:
             return FilesystemStorage(root / "shared" / tenant_prefix(tenant_id))
         return FilesystemStorage(root / "dedicated" / tenant_id)
-    from objects.storage import S3Storage
+    from objects.storage.s3 import S3Storage  # noqa: PLC0415  (boto3: S3 only)
 
     region = settings.KEYWARD_OBJECT_S3_REGION
     if location == Location.SHARED:

@@ -57,6 +57,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -121,6 +122,9 @@ AHEAD = 2
 PASSES = 3
 RUNNING_ELSEWHERE = "running elsewhere"
 _LOCK_NAMESPACE = 0x4B574F4D  # "KWOM": object migrations, in pg_advisory_lock(int, int)
+
+
+RUN_MIGRATION = "objects.run_migration"
 
 
 class MigrationRefused(Exception):
@@ -316,11 +320,12 @@ def migration_start(
 
 
 def enqueue_run(migration: ObjectMigration) -> None:
-    """Run the migration in a worker once the surrounding transaction commits."""
-    from objects.tasks import run_migration
+    """Run the migration in a worker once the surrounding transaction commits.
 
+    Enqueued by name: the task module imports this one, not the reverse.
+    """
     migration_id = str(migration.pk)
-    transaction.on_commit(lambda: run_migration.delay(migration_id))
+    transaction.on_commit(lambda: current_app.send_task(RUN_MIGRATION, args=[migration_id]))
 
 
 def migration_run(migration_id: str) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, QuerySet, Sum
 
-from objects.models import ObjectMigration, StoredObject
+from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
 from tenants.models import Tenant
 
 
@@ -67,8 +67,6 @@ def migration_for_tenant(tenant: Tenant, migration_id: str) -> ObjectMigration |
 
 def current_migration(tenant: Tenant) -> ObjectMigration | None:
     """The tenant's open migration, if one is under way."""
-    from objects.models import OPEN_MIGRATION_STATES
-
     return (
         ObjectMigration.objects.filter(tenant=tenant, state__in=OPEN_MIGRATION_STATES)
         .order_by("-started")

@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 
 from keys.providers.base import KeyUnavailable
-from objects.migration import migration_run
+from objects.migration import RUN_MIGRATION, migration_run
 from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
 from objects.services import objects_sweep_orphans
 from objects.storage import StorageError
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(
-    name="objects.run_migration",
+    name=RUN_MIGRATION,
     autoretry_for=(KeyUnavailable, StorageError, ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,

@@ -15,7 +15,7 @@ class RecordsConfig(AppConfig):
     def ready(self) -> None:
         # Imported here, not at the top: the consumer uses models, which exist
         # only once every app is loaded.
-        from keys.consumers import consumer_register
-        from records.consumer import RECORDS
+        from keys.consumers import consumer_register  # noqa: PLC0415
+        from records.consumer import RECORDS  # noqa: PLC0415
 
         consumer_register(RECORDS)

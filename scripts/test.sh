@@ -13,5 +13,7 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy .
+echo "== lint-imports"
+.venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/pytest "$@"

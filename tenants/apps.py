@@ -11,4 +11,4 @@ class TenantsConfig(AppConfig):
         # The receivers connect on import: signing in starts sudo mode, and
         # sign-ins are audited in every tenant of the person. Imported here,
         # not at the top: they use models, which exist once every app is loaded.
-        from tenants import signals, sudo  # noqa: F401
+        from tenants import signals, sudo  # noqa: F401, PLC0415

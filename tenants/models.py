@@ -8,7 +8,7 @@ from django.db import models
 
 
 class ServiceState(models.TextChoices):
-    """The tenant's service state, as in DESIGN.md's state machine."""
+    """The tenant's service state; tenants/states.py says how it may change."""
 
     VENDOR_MANAGED = "vendor_managed", "Vendor-managed key"
     MIGRATING = "migrating", "Moving to your key"

@@ -39,7 +39,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "S3Storage":
-        from objects.storage.s3 import S3Storage
+        # Loaded on first use: it imports boto3, which only S3 storage needs.
+        from objects.storage.s3 import S3Storage  # noqa: PLC0415
 
         return S3Storage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
