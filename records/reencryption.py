@@ -23,7 +23,7 @@ from keys.models import DataKey, DekState
 from keys.providers.base import KeyProviderError
 from keys.services import NOT_ROTATABLE, KeyActionRefused, dek_retire_unused
 from records.models import JobState, ReencryptionJob
-from records.reencrypt import ReencryptionPass, Transform
+from records.reencrypt import ReencryptionPass
 from records.selectors import records_not_under
 from tenants.models import Tenant
 from tenants.states import ServicePaused
@@ -63,7 +63,7 @@ def reencryption_start(
     return job
 
 
-def reencryption_run(*, job_id: str, transform: Transform | None = None) -> ReencryptionJob:
+def reencryption_run(*, job_id: str) -> ReencryptionJob:
     """Run (or resume) a re-encryption job to the end.
 
     1. Each batch re-encrypts the next records after the checkpoint and moves
@@ -76,9 +76,6 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
        one, one object per transaction (`objects_reencrypt_pass`).
     4. When no record and no object remains under an older DEK, those DEKs are
        retired and their wrapped bytes destroyed.
-
-    `transform` replaces the re-sealing step; only the benchmark uses it, to
-    time the same job without cryptography.
     """
     job = ReencryptionJob.objects.select_related("tenant", "target_dek").get(pk=job_id)
     if job.state in (JobState.DONE, JobState.FAILED):
@@ -89,7 +86,7 @@ def reencryption_run(*, job_id: str, transform: Transform | None = None) -> Reen
         )
 
     try:
-        return _reencryption_run(job, transform)
+        return _reencryption_run(job)
     except (
         KeyProviderError,
         EnvelopeError,
@@ -120,7 +117,7 @@ def _reencryption_failed(job: ReencryptionJob, error: str) -> ReencryptionJob:
     return locked
 
 
-def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> ReencryptionJob:
+def _reencryption_run(job: ReencryptionJob) -> ReencryptionJob:
 
     ReencryptionJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
     tenant, target = job.tenant, job.target_dek
@@ -138,9 +135,7 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
 
     for _ in range(3):
         after = ReencryptionJob.objects.values_list("last_record_id", flat=True).get(pk=job.pk)
-        run = ReencryptionPass(
-            tenant=tenant, target=target, after_id=after, save=save, transform=transform
-        )
+        run = ReencryptionPass(tenant=tenant, target=target, after_id=after, save=save)
         run.run()
         if run.halted:
             return ReencryptionJob.objects.get(pk=job.pk)
@@ -164,7 +159,7 @@ def _reencryption_run(job: ReencryptionJob, transform: Transform | None) -> Reen
             details={
                 "records": job.done,
                 **{name: result.rewritten for name, result in others.items()},
-                **{f"{name}_not_reencrypted": r.left[:20] for name, r in others.items() if r.left},
+                **{f"{name}_not_reencrypted": r.left[:20] for name, r in others.items()},
                 "retired_versions": retired,
             },
         )
