@@ -33,6 +33,7 @@ from keys.providers.kmip import (
     validate_client_material,
     validate_host,
 )
+from keys.providers.kmip.wrapping import CBC, encoded_context, hmac_tag
 from tests.support.kmip import (
     CLIENT_CN,
     ca_cert,
@@ -479,7 +480,8 @@ def test_create_key_and_round_trip(provider: KmipProvider) -> None:
     dek = secrets.token_bytes(32)
     wrapped = keyed.wrap(dek, CONTEXT)
     assert wrapped.version == uid
-    assert len(wrapped.blob) == 1 + 16 + 48 + 32 and wrapped.blob[0] == 1
+    assert len(wrapped.blob) == 1 + 16 + 32 + 32 and wrapped.blob[0] == 3
+    assert not keyed.needs_rewrap(wrapped.blob)
     assert keyed.unwrap(wrapped.blob, CONTEXT, uid) == dek
     assert keyed.wrap(dek, CONTEXT).blob != wrapped.blob  # a fresh IV each time
     # Another provider (a restarted process) unwraps with the recorded uid alone.
@@ -492,7 +494,7 @@ def test_tampered_blob_or_other_context_is_invalid(keyed: KmipProvider) -> None:
     dek = secrets.token_bytes(32)
     blob = keyed.wrap(dek, CONTEXT).blob
     uid = keyed.current_version()
-    for position in (1, 17, 17 + 47, 17 + 48, len(blob) - 1):  # iv, ciphertext, padding, tag
+    for position in (1, 17, 17 + 31, 17 + 32, len(blob) - 1):  # counter, ciphertext, tag
         tampered = bytearray(blob)
         tampered[position] ^= 0x01
         with pytest.raises(KeyMaterialInvalid, match="tampered") as bad:
@@ -512,6 +514,59 @@ def test_tampered_blob_or_other_context_is_invalid(keyed: KmipProvider) -> None:
     with pytest.raises(KeyMaterialInvalid):
         keyed.unwrap(blob, CONTEXT, other)
     assert keyed.unwrap(blob, CONTEXT, uid) == dek
+
+
+class _Counted:
+    """Counts the KMIP operations a provider sends to the real server."""
+
+    def __init__(self, provider: KmipProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.operations: list[str] = []
+        real = provider._call
+
+        def counted(operation: str, uid: Any, fn: Any, **kwargs: Any) -> Any:
+            self.operations.append(operation)
+            return real(operation, uid, fn, **kwargs)
+
+        monkeypatch.setattr(provider, "_call", counted)
+
+
+def _legacy_cbc_blob(keyed: KmipProvider, dek: bytes, context: dict[str, str]) -> bytes:
+    """A blob as written before version 3: AES-CBC with PKCS5 padding on the server."""
+    uid = keyed.current_version()
+    iv = secrets.token_bytes(16)
+    ciphertext, _ = keyed._call(
+        "Encrypt",
+        uid,
+        lambda c: c.encrypt(dek, uid=uid, cryptographic_parameters=CBC, iv_counter_nonce=iv),
+    )
+    ciphertext = bytes(ciphertext)
+    return b"\x01" + iv + ciphertext + hmac_tag(dek, encoded_context(context), iv, ciphertext)
+
+
+def test_every_bad_blob_takes_one_server_operation_and_one_answer(
+    keyed: KmipProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dek = secrets.token_bytes(32)
+    uid = keyed.current_version()
+    legacy = _legacy_cbc_blob(keyed, dek, CONTEXT)
+    assert keyed.unwrap(legacy, CONTEXT, uid) == dek  # version 1 still reads
+    assert keyed.needs_rewrap(legacy)
+    bad_padding = bytearray(legacy)
+    bad_padding[1 + 16 + 15] ^= 0x01  # the last plaintext byte, the padding, becomes 0x11
+    bad_tag = bytearray(legacy)
+    bad_tag[-1] ^= 0x01
+    current = keyed.wrap(dek, CONTEXT).blob
+    bad_current = bytearray(current)
+    bad_current[1 + 16] ^= 0x01
+    answers = []
+    counted = _Counted(keyed, monkeypatch)
+    for blob in (bad_padding, bad_tag, bad_current):
+        counted.operations.clear()
+        with pytest.raises(KeyMaterialInvalid) as bad:
+            keyed.unwrap(bytes(blob), CONTEXT, uid)
+        answers.append((list(counted.operations), str(bad.value)))
+    assert answers == [(["Decrypt"], answers[0][1])] * 3
+    assert "tampered" in answers[0][1]
 
 
 def test_only_32_byte_deks_and_a_configured_key(
