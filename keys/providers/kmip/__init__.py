@@ -30,15 +30,27 @@ Connection
 - The protocol version is the highest of KMIP 1.0 to 1.4 that the server lists
   in DiscoverVersions (KMIP 1.0 when it cannot answer).
 
-Wrapping (blob version 1, the server encrypts)
-    blob = 0x01 | iv (16) | ciphertext (48) | tag (32)
-    ciphertext = KMIP Encrypt(DEK) with AES-CBC, PKCS5 padding, the random iv
-    tag = HMAC-SHA256(key=DEK, b"keyward kmip wrap v1" | encode_context | iv | ciphertext)
-  CBC has neither integrity nor associated data (and PyKMIP's client cannot
-  carry a GCM tag), so the context is bound and tampering detected here: only
-  the holder of the DEK can make a valid tag, and the DEK is what the server
-  decrypts. A tag that does not verify, a wrong length and a padding failure
-  all give the same `KeyMaterialInvalid`, so the answer is no padding oracle.
+Wrapping (blob version 3, the server encrypts)
+    blob = 0x03 | counter (16) | ciphertext (32) | tag (32)
+    ciphertext = KMIP Encrypt(DEK) with AES-CTR from the random initial counter
+    tag = HMAC-SHA256(key=HKDF-SHA256(DEK, info=b"keyward kmip wrap tag v3"),
+                      b"keyward kmip wrap v1" | encode_context | counter | ciphertext)
+  A DEK is exactly two AES blocks, so no padding is needed, and CTR decrypts
+  any 32 bytes: the server cannot refuse a blob for what it holds, so its
+  answer tells nothing about a tampered blob (no padding oracle). CTR has
+  neither integrity nor associated data (and PyKMIP's client cannot carry a
+  GCM tag), so the context is bound and tampering detected here: only the
+  holder of the DEK can make a valid tag. The tag key is derived from the DEK
+  for this purpose alone; the DEK itself only keys AES-GCM. A random 128-bit
+  initial counter per wrap makes a repeated counter block negligible.
+  Every bad blob costs exactly one Decrypt and ends in the same
+  `KeyMaterialInvalid`, whatever is wrong with it.
+
+Wrapping (blob version 1, read only)
+    blob = 0x01 | iv (16) | AES-CBC-PKCS5 ciphertext (48) | HMAC-SHA256(key=DEK, ...)
+  Written before version 3. A server refusing its padding is treated exactly
+  like a bad tag (one operation, one answer, a tag still computed); such blobs
+  are rewrapped to version 3 (`needs_rewrap`).
 
 Wrapping (blob version 2, servers without Encrypt/Decrypt)
     blob = 0x02 | nonce (12) | AES-256-GCM(key, nonce, DEK, aad) (48)
@@ -57,9 +69,9 @@ Errors, onto base.py's contract
   not being Active (revoked, destroyed, deactivated, compromised, pre-active).
 - `KeyMaterialInvalid`: a blob that is malformed, tampered or wrapped under
   another context, a DEK that is not 32 bytes, a key that is not AES-256.
-  When Decrypt itself fails for another reason, a fresh Encrypt/Decrypt round
-  trip with the same key tells a bad blob (round trip works) from a server
-  problem (it fails, and that failure is raised).
+  A failing Decrypt of a version 3 blob is the server's or the key's fault
+  (CTR cannot fail on content) and raised as such; no extra operation ever
+  runs to tell the two apart.
 No message contains key material, and nothing is logged at a level that
 could: PyKMIP's wire logger (hex dumps of messages) is replaced by a silent one.
 
