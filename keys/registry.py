@@ -120,6 +120,7 @@ def _azure(source: KeySource) -> KeyProvider:
         AzureKeyVaultConfig,
         AzureKeyVaultProvider,
     )
+    from keys.providers.azure_keyvault.wrapping import ORIGIN_PURPOSE as AZURE_ORIGIN_PURPOSE
 
     config = source.config
     secrets = credentials_of(source)
@@ -141,6 +142,11 @@ def _azure(source: KeySource) -> KeyProvider:
         authority_host=settings.KEYWARD_AZURE_AUTHORITY_HOST or None,
         connection_verify=settings.KEYWARD_AZURE_CA_BUNDLE or True,
         timeout=float(settings.KEYWARD_AZURE_TIMEOUT_SECONDS),
+        # Key Vault wraps with a public key: Keyward signs what it wraps with a
+        # key derived from its root key, and refuses blobs it did not sign once
+        # the source's older, unsigned blobs are rewrapped.
+        origin=root_key_file().origin_keys(AZURE_ORIGIN_PURPOSE),
+        accept_unsigned=config.get("wraps_signed") != "true",
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class KeyProviderError(Exception):
@@ -86,6 +87,23 @@ class KeyHealth:
     material: str = ""
 
 
+class OriginKeys(Protocol):
+    """Versioned vendor keys that prove a wrapped key was made by Keyward.
+
+    Where a key store wraps with a public key (Key Vault's RSA-OAEP), anyone
+    with that key could make a wrapped DEK; a MAC under one of these keys,
+    which only Keyward holds (derived from its root key), says it was us.
+    """
+
+    def current(self) -> tuple[int, bytes]:
+        """(version, 32-byte key) for new blobs."""
+        ...
+
+    def get(self, version: int) -> bytes:
+        """The key of `version`; raises KeyMaterialInvalid for an unknown one."""
+        ...
+
+
 class KeyProvider(abc.ABC):
     """A key encryption key (KEK) that wraps and unwraps data keys.
 
@@ -126,6 +144,11 @@ class KeyProvider(abc.ABC):
     def discard_prepared(self, prepared: dict[str, str]) -> None:
         """Enable was refused after `prepare_enable`: undo what it made, if anything."""
         return None
+
+    def needs_rewrap(self, wrapped: bytes) -> bool:
+        """A blob in a format (or under a vendor key version) that is read but no
+        longer written: a task rewraps it under the same key."""
+        return False
 
     def pin_version(self, version: str) -> dict[str, str]:
         """Configuration that makes `version` the one new wraps use (a confirmed rotation)."""

@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keys.providers.base import (
     CheckResult,
@@ -62,6 +64,7 @@ class RootKeyFile:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._keys: dict[int, AESGCM] = {}
+        self._raw: dict[int, bytes] = {}
         self._current = 0
         self._stamp: tuple[int, int] | None = None
 
@@ -130,6 +133,7 @@ class RootKeyFile:
             )
         with self._lock:
             self._keys = {v: AESGCM(k) for v, k in keys.items()}
+            self._raw = keys
             self._current = current
             self._stamp = stamp
 
@@ -144,6 +148,17 @@ class RootKeyFile:
             return self._keys[version]
         except KeyError:
             raise KeyMaterialInvalid(f"unknown root key version root-{version}") from None
+
+    def subkey(self, version: int, purpose: bytes) -> bytes:
+        """A 32-byte key for one purpose, derived from root key `version` (HKDF-SHA256):
+        the root key itself only ever wraps."""
+        self.get(version)  # loads, and refuses an unknown version
+        return HKDF(
+            hashes.SHA256(), length=32, salt=None, info=b"keyward root subkey\x00" + purpose
+        ).derive(self._raw[version])
+
+    def origin_keys(self, purpose: bytes) -> RootOriginKeys:
+        return RootOriginKeys(self, purpose)
 
     def versions(self) -> list[int]:
         self._load()
@@ -172,6 +187,21 @@ class RootKeyFile:
             Path(tmp).replace(self.path)
             self._load(force=True)
         return new
+
+
+class RootOriginKeys:
+    """`OriginKeys` derived from the root key file, one per purpose; they follow
+    its rotation (new blobs use the current version, older ones keep verifying)."""
+
+    def __init__(self, root: RootKeyFile, purpose: bytes) -> None:
+        self._root, self._purpose = root, purpose
+
+    def current(self) -> tuple[int, bytes]:
+        version, _ = self._root.current()
+        return version, self._root.subkey(version, self._purpose)
+
+    def get(self, version: int) -> bytes:
+        return self._root.subkey(version, self._purpose)
 
 
 class LocalProvider(KeyProvider):

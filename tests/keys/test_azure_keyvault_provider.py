@@ -34,6 +34,7 @@ from keys.providers.azure_keyvault import (
     validate_tenant_id,
     validate_vault_url,
 )
+from keys.providers.azure_keyvault import wrapping as azure_wrapping
 from keys.providers.base import (
     KeyAccessDenied,
     KeyMaterialInvalid,
@@ -46,6 +47,25 @@ from tests.servers.keyvault import KeyVaultServer, certificate_thumbprint, make_
 PEM_KEY_BEGIN = b"-----BEGIN " + b"PRIVATE KEY-----"
 
 SECRET = "Qx8~test.secret_value-0123456789abcdefghij"
+
+
+class VendorOriginKeys:
+    """Vendor origin keys as the root key file would derive them (two versions)."""
+
+    def __init__(self) -> None:
+        self.keys = {1: os.urandom(32), 2: os.urandom(32)}
+        self.version = 1
+
+    def current(self) -> tuple[int, bytes]:
+        return self.version, self.keys[self.version]
+
+    def get(self, version: int) -> bytes:
+        if version not in self.keys:
+            raise KeyMaterialInvalid(f"unknown root key version root-{version}")
+        return self.keys[version]
+
+
+ORIGIN = VendorOriginKeys()
 CONTEXT = {"tenant": "acme", "kek": "v1"}
 
 
@@ -89,6 +109,8 @@ def make_provider(
     key_version: str | None = None,
     timeout: float = 1.0,
     credential: Any = None,
+    origin: Any = ORIGIN,
+    accept_unsigned: bool = False,
 ) -> AzureKeyVaultProvider:
     config = AzureKeyVaultConfig(
         vault_url=kv.url,
@@ -110,6 +132,8 @@ def make_provider(
         connection_verify=kv.ca_path,
         timeout=timeout,
         credential=credential,
+        origin=origin,
+        accept_unsigned=accept_unsigned,
     )
 
 
@@ -305,8 +329,8 @@ def test_round_trip_and_blob_binding(kv: KeyVaultServer, provider: AzureKeyVault
     dek = os.urandom(32)
     wrapped = provider.wrap(dek, CONTEXT)
     assert wrapped.version == kv.get_version("kek").version
-    assert len(wrapped.blob) == 1 + 256 + 32
-    assert kv.unwrap_locally("kek", wrapped.version, wrapped.blob[1:-32]) == dek
+    assert len(wrapped.blob) == 1 + 4 + 256 + 32 + 32 and wrapped.blob[:1] == b"\x02"
+    assert kv.unwrap_locally("kek", wrapped.version, wrapped.blob[5:-64]) == dek
     assert provider.unwrap(wrapped.blob, CONTEXT, wrapped.version) == dek
     with pytest.raises(KeyMaterialInvalid, match="context"):
         provider.unwrap(wrapped.blob, {**CONTEXT, "tenant": "other"}, wrapped.version)
@@ -314,9 +338,9 @@ def test_round_trip_and_blob_binding(kv: KeyVaultServer, provider: AzureKeyVault
     with pytest.raises(KeyMaterialInvalid):
         provider.unwrap(tag_flipped, CONTEXT, wrapped.version)
     rsa_flipped = wrapped.blob[:10] + bytes([wrapped.blob[10] ^ 1]) + wrapped.blob[11:]
-    with pytest.raises(KeyMaterialInvalid):  # Key Vault answers 400 BadParameter
+    with pytest.raises(KeyMaterialInvalid):  # the origin MAC refuses it first
         provider.unwrap(rsa_flipped, CONTEXT, wrapped.version)
-    for blob in (b"", b"\x02" + wrapped.blob[1:], wrapped.blob[:-1]):
+    for blob in (b"", b"\x03" + wrapped.blob[1:], b"\x01" + wrapped.blob[1:], wrapped.blob[:-1]):
         with pytest.raises(KeyMaterialInvalid):
             provider.unwrap(blob, CONTEXT, wrapped.version)
     with pytest.raises(KeyMaterialInvalid):
@@ -324,6 +348,62 @@ def test_round_trip_and_blob_binding(kv: KeyVaultServer, provider: AzureKeyVault
     for bad_dek in (b"", os.urandom(16), os.urandom(33)):
         with pytest.raises(KeyMaterialInvalid, match="32 bytes"):
             provider.wrap(bad_dek, CONTEXT)
+
+
+def _forged(provider: AzureKeyVaultProvider, dek: bytes, version: str) -> bytes:
+    """An RSA-OAEP-256 wrap of `dek` made with the key's public half alone, as anyone
+    who can read the public key (and write the database) could make it."""
+    from azure.keyvault.keys.crypto import CryptographyClient
+
+    public = CryptographyClient.from_jwk(provider._get_key(version).key)
+    return bytes(public.wrap_key(azure_wrapping.ALG, dek).encrypted_key)
+
+
+def test_a_blob_made_from_the_public_key_alone_is_refused_before_key_vault(
+    kv: KeyVaultServer, app_id: str, provider: AzureKeyVaultProvider
+) -> None:
+    dek = os.urandom(32)
+    version = provider.current_version()
+    ciphertext = _forged(provider, dek, version)
+    context = azure_wrapping.encoded_context(CONTEXT)
+    unsigned = b"\x01" + ciphertext + azure_wrapping.tag_for(dek, context, ciphertext)
+    signed_body = (
+        b"\x02"
+        + (1).to_bytes(4, "big")
+        + ciphertext
+        + azure_wrapping.tag_v2(dek, context, ciphertext)
+    )
+    guessed_origin = signed_body + os.urandom(32)
+    other_vendor = signed_body + azure_wrapping.origin_mac(os.urandom(32), context, signed_body)
+    before = len(kv.requests_for("unwrapkey"))
+    for forged in (unsigned, guessed_origin, other_vendor):
+        with pytest.raises(KeyMaterialInvalid, match="not a DEK wrapped by Keyward"):
+            provider.unwrap(forged, CONTEXT, version)
+    assert len(kv.requests_for("unwrapkey")) == before  # refused without asking Key Vault
+    # While a source still has blobs from before signing, version 1 reads (and is
+    # marked for rewrapping); once they are rewrapped, it never does again.
+    legacy = make_provider(kv, app_id, accept_unsigned=True)
+    assert legacy.unwrap(unsigned, CONTEXT, version) == dek
+    assert legacy.needs_rewrap(unsigned)
+
+
+def test_blobs_follow_the_vendor_key_version(provider: AzureKeyVaultProvider) -> None:
+    dek = os.urandom(32)
+    first = provider.wrap(dek, CONTEXT)
+    assert not provider.needs_rewrap(first.blob)
+    ORIGIN.version = 2
+    try:
+        assert provider.needs_rewrap(first.blob)  # signed under a version no longer current
+        assert provider.unwrap(first.blob, CONTEXT, first.version) == dek  # still verifies
+        second = provider.wrap(dek, CONTEXT)
+        assert second.blob[1:5] == (2).to_bytes(4, "big")
+        assert not provider.needs_rewrap(second.blob)
+        retired = ORIGIN.keys.pop(1)
+        with pytest.raises(KeyMaterialInvalid, match="unknown root key version"):
+            provider.unwrap(first.blob, CONTEXT, first.version)
+        ORIGIN.keys[1] = retired
+    finally:
+        ORIGIN.version = 1
 
 
 def test_new_version_keeps_old_blobs_and_health_reports_it(
@@ -380,8 +460,12 @@ def test_wrong_client_secret(kv: KeyVaultServer, app_id: str) -> None:
     assert "Certificates & secrets" in failed.message and "expired" in failed.message
     assert results[CHECK_FOUND].message.startswith("not run: ")
     assert not any(r.op == "unwrapkey" for r in kv.requests)
+    body = b"\x02" + (1).to_bytes(4, "big") + b"x" * 288  # signed by us: reaches Key Vault
+    signed = body + azure_wrapping.origin_mac(
+        ORIGIN.get(1), azure_wrapping.encoded_context(CONTEXT), body
+    )
     with pytest.raises(KeyAccessDenied, match="AADSTS7000215"):
-        provider.unwrap(b"\x01" + b"x" * 288, CONTEXT, "0" * 32)
+        provider.unwrap(signed, CONTEXT, "0" * 32)
     tokens = [r for r in kv.requests if r.op == "token"]
     assert tokens and all(r.status == 401 for r in tokens)
 
@@ -568,6 +652,7 @@ def test_unreachable_vault(kv: KeyVaultServer, app_id: str) -> None:
         authority_host=kv.authority,
         connection_verify=kv.ca_path,
         timeout=1,
+        origin=ORIGIN,
     )
     started = time.monotonic()
     with pytest.raises(KeyUnavailable):

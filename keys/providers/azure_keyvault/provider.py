@@ -25,12 +25,16 @@ from keys.providers.azure_keyvault.errors import RBAC_ADVICE, error_info, mapped
 from keys.providers.azure_keyvault.transport import CLOUDS, client_kwargs, make_credential
 from keys.providers.azure_keyvault.wrapping import (
     ALG,
+    BLOB_SIGNED,
     BLOB_VERSION,
     DEK_SIZE,
+    ORIGIN_VERSION_SIZE,
     RSA_SIZES,
     TAG_SIZE,
     encoded_context,
+    origin_mac,
     tag_for,
+    tag_v2,
 )
 from keys.providers.base import (
     CheckResult,
@@ -42,6 +46,7 @@ from keys.providers.base import (
     KeyProvider,
     KeyProviderError,
     KeyUnavailable,
+    OriginKeys,
     Wrapped,
 )
 
@@ -111,6 +116,11 @@ def _is_rsa(key: KeyVaultKey) -> bool:
     return _text(key.key_type) in ("RSA", "RSA-HSM")
 
 
+NOT_OURS = (
+    "not a DEK wrapped by Keyward under an Azure Key Vault key for this context, or it was altered"
+)
+
+
 class AzureKeyVaultProvider(KeyProvider):
     """An RSA key in the customer's Azure Key Vault that wraps and unwraps DEKs."""
 
@@ -125,7 +135,12 @@ class AzureKeyVaultProvider(KeyProvider):
         connection_verify: str | bool = True,
         timeout: float = 10.0,
         credential: Any | None = None,
+        origin: OriginKeys,
+        accept_unsigned: bool = False,
     ) -> None:
+        """`origin`: the vendor keys that sign every blob this provider makes;
+        `accept_unsigned`: blobs of version 1 (made before signing) still unwrap,
+        while the source has any left to rewrap."""
         if not isinstance(config, AzureKeyVaultConfig):
             raise TypeError("config must be an AzureKeyVaultConfig")
         if not isinstance(credentials, AzureCredentials):
@@ -134,6 +149,8 @@ class AzureKeyVaultProvider(KeyProvider):
             raise ValueError("timeout must be positive")
         self.config = config
         self.credentials = credentials
+        self._origin = origin
+        self._accept_unsigned = accept_unsigned
         self.timeout = float(timeout)
         self.connection_verify = connection_verify
         suffix = next((s for s in CLOUDS if config.host.endswith(s)), None)
@@ -246,21 +263,31 @@ class AzureKeyVaultProvider(KeyProvider):
             ) from None
         if len(ciphertext) not in RSA_SIZES:
             raise KeyMaterialInvalid("RSA-OAEP-256 gave an unexpected ciphertext size")
-        tag = tag_for(bytes(dek), context_bytes, ciphertext)
-        return Wrapped(BLOB_VERSION + ciphertext + tag, version)
+        origin_version, origin_key = self._origin.current()
+        signed = (
+            BLOB_SIGNED
+            + origin_version.to_bytes(ORIGIN_VERSION_SIZE, "big")
+            + ciphertext
+            + tag_v2(bytes(dek), context_bytes, ciphertext)
+        )
+        return Wrapped(signed + origin_mac(origin_key, context_bytes, signed), version)
 
     def unwrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
         if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
             raise KeyMaterialInvalid("not a Key Vault key version (32 hexadecimal characters)")
-        if (
-            not isinstance(wrapped, bytes | bytearray)
-            or len(wrapped) - 1 - TAG_SIZE not in RSA_SIZES
-            or bytes(wrapped[:1]) != BLOB_VERSION
-        ):
-            raise KeyMaterialInvalid("not a DEK wrapped by an Azure Key Vault key")
+        if not isinstance(wrapped, bytes | bytearray) or not wrapped:
+            raise KeyMaterialInvalid(NOT_OURS)
         context_bytes = encoded_context(context)
         blob = bytes(wrapped)
-        ciphertext, tag = blob[1:-TAG_SIZE], blob[-TAG_SIZE:]
+        if blob[:1] == BLOB_SIGNED:
+            ciphertext = self._verified_origin(blob, context_bytes)
+            tag, tag_of = blob[-2 * TAG_SIZE : -TAG_SIZE], tag_v2
+        elif blob[:1] == BLOB_VERSION and self._accept_unsigned:
+            if len(blob) - 1 - TAG_SIZE not in RSA_SIZES:
+                raise KeyMaterialInvalid(NOT_OURS)
+            ciphertext, tag, tag_of = blob[1:-TAG_SIZE], blob[-TAG_SIZE:], tag_for
+        else:
+            raise KeyMaterialInvalid(NOT_OURS)
         version = version.lower()
         client = self._crypto_for(version)
         result = self._call(
@@ -270,12 +297,31 @@ class AzureKeyVaultProvider(KeyProvider):
         )
         dek = bytes(result.key)
         if len(dek) != DEK_SIZE or not hmac.compare_digest(
-            tag_for(dek, context_bytes, ciphertext), tag
+            tag_of(dek, context_bytes, ciphertext), tag
         ):
             raise KeyMaterialInvalid(
                 "the wrapped DEK does not belong to this context, or it was altered"
             )
         return dek
+
+    def _verified_origin(self, blob: bytes, context_bytes: bytes) -> bytes:
+        """The RSA ciphertext of a version 2 blob whose origin MAC verifies, before
+        any call to Key Vault: a blob Keyward did not make goes no further."""
+        head = 1 + ORIGIN_VERSION_SIZE
+        if len(blob) - head - 2 * TAG_SIZE not in RSA_SIZES:
+            raise KeyMaterialInvalid(NOT_OURS)
+        origin_key = self._origin.get(int.from_bytes(blob[1:head], "big"))
+        signed, mac = blob[:-TAG_SIZE], blob[-TAG_SIZE:]
+        if not hmac.compare_digest(origin_mac(origin_key, context_bytes, signed), mac):
+            raise KeyMaterialInvalid(NOT_OURS)
+        return blob[head : -2 * TAG_SIZE]
+
+    def needs_rewrap(self, wrapped: bytes) -> bool:
+        """Version 1 (unsigned), or signed under a vendor key version no longer current."""
+        blob = bytes(wrapped)
+        if blob[:1] != BLOB_SIGNED:
+            return True
+        return int.from_bytes(blob[1 : 1 + ORIGIN_VERSION_SIZE], "big") != self._origin.current()[0]
 
     def current_version(self) -> str:
         if self.config.key_version:
