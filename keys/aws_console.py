@@ -11,27 +11,50 @@ from django.conf import settings
 
 from tenants.models import Tenant
 
+# Operations that carry an encryption context: only these can be limited to the
+# tenant by a kms:EncryptionContext condition. Any other operation under such a
+# condition is denied outright (DescribeKey carries no context).
+WITH_CONTEXT = ("kms:Encrypt", "kms:Decrypt")
+# What Save and Test and the health check read about the key itself.
+WITHOUT_CONTEXT = ("kms:DescribeKey", "kms:ListKeyRotations")
 
-def key_policy_statement(tenant: Tenant, role_arn: str) -> str:
-    """The statement to add to the customer's key policy, filled in and ready to copy.
+
+def key_policy_statements(tenant: Tenant, role_arn: str) -> list[dict[str, Any]]:
+    """The statements to add to the customer's key policy.
 
     The principal is the customer's own role when Keyward assumes one, else
-    Keyward's principal directly.
+    Keyward's principal directly. Wrapping and unwrapping are limited to this
+    tenant's encryption context; reading the key's state cannot be (those
+    operations carry no context), so it is a statement of its own.
     """
     principal = role_arn or settings.KEYWARD_AWS_VENDOR_PRINCIPAL
-    statement: dict[str, Any] = {
-        "Sid": f"AllowKeywardEnvelopeFor{tenant.slug.replace('-', '')[:40]}",
-        "Effect": "Allow",
-        "Principal": {"AWS": principal},
-        "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"],
-        "Resource": "*",
-        "Condition": {
-            # Keyward binds every wrapped data key to the tenant in the
-            # encryption context; the key can be used for this tenant only.
-            "StringEquals": {"kms:EncryptionContext:keyward:tenant": str(tenant.pk)}
+    sid = tenant.slug.replace("-", "")[:40]
+    return [
+        {
+            "Sid": f"AllowKeywardEnvelopeFor{sid}",
+            "Effect": "Allow",
+            "Principal": {"AWS": principal},
+            "Action": list(WITH_CONTEXT),
+            "Resource": "*",
+            "Condition": {
+                # Keyward binds every wrapped data key to the tenant in the
+                # encryption context; the key can be used for this tenant only.
+                "StringEquals": {"kms:EncryptionContext:keyward:tenant": str(tenant.pk)}
+            },
         },
-    }
-    return json.dumps(statement, indent=2)
+        {
+            "Sid": f"AllowKeywardKeyStatusFor{sid}",
+            "Effect": "Allow",
+            "Principal": {"AWS": principal},
+            "Action": list(WITHOUT_CONTEXT),
+            "Resource": "*",
+        },
+    ]
+
+
+def key_policy_statement(tenant: Tenant, role_arn: str) -> str:
+    """`key_policy_statements` as the page shows them, ready to copy."""
+    return json.dumps(key_policy_statements(tenant, role_arn), indent=2)
 
 
 def role_trust_policy(external_id: str) -> str:
