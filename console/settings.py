@@ -316,9 +316,12 @@ KEYWARD_DEK_CACHE_MAX_ENTRIES = env.integer(
 KEYWARD_KEY_STATE_INTERVAL = (
     env.integer("KEYWARD_KEY_STATE_INTERVAL_MS", 500, minimum=50, maximum=1000) / 1000
 )
-# AES-GCM with random nonces: stay well below 2^32 messages per key (SP 800-38D).
+# AES-GCM with random 96-bit nonces: SP 800-38D allows at most 2^32 messages
+# per key. The limit is capped at half of that: the counts are reserved in
+# blocks, and a block a rolled-back transaction released is spent before the
+# next flush makes it good (keys/runtime.py), so the margin must stay large.
 KEYWARD_DEK_MAX_ENCRYPTIONS = env.integer(
-    "KEYWARD_DEK_MAX_ENCRYPTIONS", 2**31, minimum=1_000, maximum=2**32
+    "KEYWARD_DEK_MAX_ENCRYPTIONS", 2**31, minimum=1_000, maximum=2**31
 )
 KEYWARD_DEK_ROTATE_AT_FRACTION = 0.9
 KEYWARD_DEK_RESERVATION_BLOCK = env.integer(

@@ -124,3 +124,10 @@ def test_an_owner_rotates_the_lookup_key(acme, settings) -> None:
     response = login(acme.owner, sudo=True).post(url("acme", "lookup-key/rotate/"))
     assert response.status_code == 302
     assert IndexKey.objects.filter(tenant=acme.tenant, version=2, state="building").exists()
+
+
+def test_the_page_says_what_lookup_entries_reveal(acme) -> None:
+    body = login(acme.viewer).get("/t/acme/data/").content.decode()
+    assert 'data-testid="lookup-leakage"' in body
+    assert "equal values have equal entries" in body
+    assert "stay until the keys are destroyed" in body

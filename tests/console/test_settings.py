@@ -80,6 +80,16 @@ def test_malformed_value_names_the_variable(production_env: dict[str, str]) -> N
     assert "KEYWARD_SSL_REDIRECT='maybe' is not a boolean" in result.stderr
 
 
+def test_the_encryption_limit_is_capped_well_below_the_nonce_bound(
+    production_env: dict[str, str],
+) -> None:
+    too_many = run_manage({**production_env, "KEYWARD_DEK_MAX_ENCRYPTIONS": str(2**32)}, "check")
+    assert too_many.returncode != 0
+    assert f"KEYWARD_DEK_MAX_ENCRYPTIONS={2**32} is above the maximum {2**31}" in too_many.stderr
+    allowed = run_manage({**production_env, "KEYWARD_DEK_MAX_ENCRYPTIONS": str(2**31)}, "check")
+    assert allowed.returncode == 0, allowed.stderr
+
+
 def test_secret_can_come_from_a_file(production_env: dict[str, str], tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(production_env.pop("SECRET_KEY") + "\n")
