@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.cmac import CMAC
 
 WRAPPING_KEY_BITS = 4096
 WRAPPED_KEY_BYTES = WRAPPING_KEY_BITS // 8  # an RSA-4096 ciphertext is exactly 512 bytes
@@ -411,16 +412,25 @@ def check_key_material(key: bytes) -> None:
         )
 
 
+KCV_BYTES = 5
+
+
 def key_check_value(key: bytes) -> str:
-    """The AES key check value: AES-256-ECB of a zero block, first 3 bytes, uppercase hex."""
+    """The AES key check value as ANSI X9.24-1-2017 defines it: the leftmost 5 bytes
+    of AES-CMAC(key, 16 zero bytes), in uppercase hex.
+
+    Not the older AES-ECB(key, 0^128): that block is the GHASH subkey AES-GCM
+    derives from the same key (SP 800-38D 6.4), and 3 bytes of it collide by
+    chance one key in 16 million. The KCV lets a person compare two keys; it is
+    never a key's identity (two keys can share one).
+    """
     if len(key) != KEY_BYTES:
         raise InvalidKeyMaterial(
             f"the key is {_plural(len(key), 'byte')}; an AES-256 key is {KEY_BYTES} bytes"
         )
-    # ECB over one fixed zero block is the definition of the KCV, not data encryption.
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
-    block = encryptor.update(bytes(16)) + encryptor.finalize()
-    return block[:3].hex().upper()
+    mac = CMAC(algorithms.AES(key))
+    mac.update(bytes(16))
+    return mac.finalize()[:KCV_BYTES].hex().upper()
 
 
 # -- README.txt ----------------------------------------------------------------------
@@ -441,9 +451,10 @@ _STEP_COMMANDS: dict[int, list[str]] = {
     ],
     3: [
         "head -c 16 /dev/zero \\",
-        "  | openssl enc -aes-256-ecb -nopad \\",
-        "      -K \"$(od -An -tx1 -v CustomerKey.bin | tr -d ' \\n')\" \\",
-        "  | od -An -tx1 -N3 | tr -d ' \\n' | tr a-f A-F; echo",
+        "  | openssl mac -cipher AES-256-CBC \\",
+        "      -macopt \"hexkey:$(od -An -tx1 -v CustomerKey.bin | tr -d ' \\n')\" \\",
+        "      CMAC \\",
+        "  | head -c 10; echo",
     ],
     5: [
         "rm CustomerKey.bin",
@@ -525,8 +536,9 @@ def import_readme(*, tenant_name: str, expires_at: datetime, max_upload_bytes: i
         _commands(2),
         "Step 3. Compute the key check value (KCV)",
         _paragraph(
-            "This prints six hexadecimal digits computed from your key (the first 3 bytes "
-            "of AES-256-ECB of 16 zero bytes). Write them down: after the upload, Keyward "
+            "This prints ten hexadecimal digits computed from your key (the first 5 bytes "
+            "of AES-CMAC of 16 zero bytes, as ANSI X9.24-1 defines the key check value). "
+            "Write them down: after the upload, Keyward "
             "shows the KCV of the key it received, and the two must be equal. If they "
             "differ, Keyward did not receive the key in CustomerKey.bin: revoke the "
             "uploaded key and start again. The KCV does not reveal your key."

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from crypto.importkit import (
     MAX_TOKEN_BYTES,
@@ -163,7 +164,7 @@ def test_readme_commands_wrap_a_key_keyward_can_unwrap(wrapping, tmp_path, shell
     assert unwrap_uploaded_key(wrapping.private_pem, blob) == key
     check_key_material(key)
     printed = done.stdout.strip()
-    assert re.fullmatch(r"[0-9A-F]{6}", printed), done.stdout
+    assert re.fullmatch(r"[0-9A-F]{10}", printed), done.stdout
     assert printed == key_check_value(key)
 
 
@@ -226,19 +227,30 @@ def test_readme_refuses_naive_expiry():
 
 
 def test_kcv_known_answer():
-    # AES-256 of the zero block under the zero key is dc95c078a2408989ad48a21492842087.
-    assert key_check_value(bytes(32)) == "DC95C0"
+    # AES-256-CMAC of the zero block under the zero key (OpenSSL: openssl mac -cipher
+    # AES-256-CBC -macopt hexkey:00...00 CMAC) begins 9211053C55.
+    assert key_check_value(bytes(32)) == "9211053C55"
+
+
+def test_kcv_is_not_the_gcm_hash_subkey():
+    # The old check value, AES-ECB of the zero block, is the start of the GHASH
+    # subkey AES-GCM derives from the same key; the CMAC one is not.
+    key = secrets.token_bytes(32)
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
+    ghash_subkey = encryptor.update(bytes(16)) + encryptor.finalize()
+    assert not ghash_subkey.hex().upper().startswith(key_check_value(key)[:6])
+    assert len(key_check_value(key)) == 10
 
 
 def test_kcv_matches_openssl():
     key = secrets.token_bytes(32)
     out = subprocess.run(
-        [OPENSSL, "enc", "-aes-256-ecb", "-nopad", "-K", key.hex()],
+        [OPENSSL, "mac", "-cipher", "AES-256-CBC", "-macopt", f"hexkey:{key.hex()}", "CMAC"],
         input=bytes(16),
         capture_output=True,
         check=True,
     )
-    assert key_check_value(key) == out.stdout[:3].hex().upper()
+    assert key_check_value(key) == out.stdout.decode().strip()[:10].upper()
 
 
 def test_kcv_refuses_other_sizes():
