@@ -38,7 +38,7 @@ from django.core.management import call_command  # noqa: E402
 
 from audit.services import Actor  # noqa: E402
 from keys.runtime import envelope  # noqa: E402
-from keys.services import dek_rotate  # noqa: E402
+from keys.services.deks import dek_rotate  # noqa: E402
 from objects import keyring, locations  # noqa: E402
 from objects.migration import migration_run, migration_start  # noqa: E402
 from objects.models import Direction, Location, MigrationState  # noqa: E402

@@ -32,7 +32,7 @@ from django.db import connection  # noqa: E402
 from audit.services import Actor  # noqa: E402
 from keys.models import DataKey, DekState  # noqa: E402
 from keys.runtime import envelope  # noqa: E402
-from keys.services import dek_rotate  # noqa: E402
+from keys.services.deks import dek_rotate  # noqa: E402
 from records import reencrypt  # noqa: E402
 from records.models import (  # noqa: E402
     ReencryptionJob,

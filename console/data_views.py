@@ -23,8 +23,8 @@ from api.forms import ApiTokenForm
 from api.selectors import api_token_for_tenant, api_tokens_for_tenant
 from api.tokens import IssuedToken, api_token_create, api_token_revoke
 from audit.services import Actor
+from keys.errors import KeyActionRefused
 from keys.providers.base import KeyProviderError
-from keys.services import KeyActionRefused
 from objects.views import data_section_context
 from records.indexkeys import index_key_rotate
 from records.selectors import records_overview

@@ -11,14 +11,13 @@ class KeysConfig(AppConfig):
     def ready(self) -> None:
         # Imported here, not at the top: these modules use models, which exist
         # only once every app is loaded.
-        from keys.providers.local import RootKeyFileError
-        from keys.registry import root_key_file
-        from keys.runtime import on_tenant_transition
-        from keys.services import keys_bootstrap_tenant
-        from tenants.services import tenant_created_register
-        from tenants.states import on_transition
+        from keys.providers.local import RootKeyFileError  # noqa: PLC0415
+        from keys.rootkey import root_key_file  # noqa: PLC0415
+        from keys.runtime import on_tenant_transition  # noqa: PLC0415
+        from keys.services.deks import keys_bootstrap_tenant  # noqa: PLC0415
+        from tenants.services import tenant_created_register  # noqa: PLC0415
+        from tenants.states import on_transition  # noqa: PLC0415
 
-        # Every change of a tenant's state reaches every process's key cache.
         on_transition(on_tenant_transition)
         # A new tenant gets its key source and first data key with its row.
         tenant_created_register(

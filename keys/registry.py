@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from django.conf import settings
+from django.db import DatabaseError
 
-from keys.models import KeySource, SourceKind
+from keys.credentials import credentials_of
+from keys.models import KekVersion, KeySource, SourceKind
+from keys.providers.aws_kms import AwsKmsConfig, AwsKmsProvider
 from keys.providers.base import KeyProvider
-from keys.providers.local import LocalProvider, RootKeyFile
-
-_root_lock = threading.Lock()
-_root: RootKeyFile | None = None
-
-
-def root_key_file() -> RootKeyFile:
-    """The vendor root key file of this process, created on first use."""
-    global _root
-    path = Path(settings.KEYWARD_ROOT_KEY_FILE)
-    with _root_lock:
-        if _root is None or _root.path != path:
-            root = RootKeyFile(path)
-            root.ensure()
-            _root = root
-        return _root
-
-
-def local_provider() -> LocalProvider:
-    return LocalProvider(root_key_file())
-
+from keys.providers.uploaded import MaterialUnavailable, UploadedKeyProvider
+from keys.rootkey import local_provider, root_key_file
+from keys.selectors.sources import kmip_allowed_networks, uploaded_material
 
 _providers_lock = threading.Lock()
 _providers: dict[tuple[str, str, str], KeyProvider] = {}
@@ -70,12 +54,6 @@ def _settings_in_use() -> str:
 
 
 def _uploaded(source: KeySource, version: str | None = None) -> KeyProvider:
-    from django.db import DatabaseError
-
-    from keys.models import KekVersion
-    from keys.providers.uploaded import MaterialUnavailable, UploadedKeyProvider
-    from keys.uploads import uploaded_material
-
     def material(version: str) -> bytes:
         try:
             row = KekVersion.objects.get(source=source, provider_version=version)
@@ -91,8 +69,6 @@ def _uploaded(source: KeySource, version: str | None = None) -> KeyProvider:
 
 def _build(source: KeySource) -> KeyProvider:
     if source.kind == SourceKind.AWS_KMS or source.config.get("store") == "aws_kms":
-        from keys.providers.aws_kms import AwsKmsConfig, AwsKmsProvider
-
         config = AwsKmsConfig(
             key_arn=source.config["key_arn"],
             role_arn=source.config.get("role_arn") or None,
@@ -114,13 +90,16 @@ def _build(source: KeySource) -> KeyProvider:
 
 
 def _azure(source: KeySource) -> KeyProvider:
-    from keys.credentials import credentials_of
-    from keys.providers.azure_keyvault import (
+    # The Azure SDK takes most of a second to import: only processes serving a
+    # tenant with an Azure key load it.
+    from keys.providers.azure_keyvault import (  # noqa: PLC0415
         AzureCredentials,
         AzureKeyVaultConfig,
         AzureKeyVaultProvider,
     )
-    from keys.providers.azure_keyvault.wrapping import ORIGIN_PURPOSE as AZURE_ORIGIN_PURPOSE
+    from keys.providers.azure_keyvault.wrapping import (  # noqa: PLC0415
+        ORIGIN_PURPOSE as AZURE_ORIGIN_PURPOSE,
+    )
 
     config = source.config
     secrets = credentials_of(source)
@@ -151,9 +130,9 @@ def _azure(source: KeySource) -> KeyProvider:
 
 
 def _kmip(source: KeySource) -> KeyProvider:
-    from keys.credentials import credentials_of
-    from keys.providers.kmip import KmipConfig, KmipCredentials, KmipProvider
-    from keys.registration import kmip_allowed_networks
+    # PyKMIP takes over a second to import: only processes serving a tenant with
+    # a KMIP key load it.
+    from keys.providers.kmip import KmipConfig, KmipCredentials, KmipProvider  # noqa: PLC0415
 
     config = source.config
     secrets = credentials_of(source)

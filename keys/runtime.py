@@ -27,6 +27,7 @@ import threading
 from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -38,6 +39,10 @@ from keys.models import DataKey, DekState
 from keys.registry import provider_for
 from tenants.models import ServiceState, Tenant
 from tenants.states import Transition
+
+# The Celery task name (tasks.py registers it under this): enqueued by name, so
+# the write path need not import the tasks, which import the services.
+ROTATE_DEK_FOR_COUNT_TASK = "keys.rotate_dek_for_count"
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +202,9 @@ def _reserve(tenant_id: str, dek_id: int, wanted: int) -> int:
 
 
 def _request_rotation(tenant_id: str) -> None:
-    from keys.tasks import rotate_dek_for_count
-
-    transaction.on_commit(lambda: rotate_dek_for_count.delay(tenant_id))
+    transaction.on_commit(
+        lambda: current_app.send_task(ROTATE_DEK_FOR_COUNT_TASK, args=[tenant_id])
+    )
 
 
 def _exhausted(tenant_id: str, dek_id: int) -> None:

@@ -1,24 +1,36 @@
+"""Celery tasks of keys: each takes ids, loads the rows and calls a service.
+
+The services enqueue these by name (`current_app.send_task`), with the names
+defined beside them, so this module imports the services and not the reverse.
+"""
+
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown
+from django.conf import settings
+from django.utils import timezone
 
-from audit.services import Actor
-from keys.models import DataKey, DekState
+from audit.models import Outcome
+from audit.services import Actor, record
+from keys.errors import KeyActionRefused
+from keys.expiry import warn_expiring_keys as warn
+from keys.models import DataKey, DekState, KeySource, SourceState
 from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid, KeyUnavailable
-from keys.services import KeyActionRefused, dek_rotate, dek_rotate_if_due
-from tenants.models import Tenant
+from keys.runtime import ROTATE_DEK_FOR_COUNT_TASK, flush_counts
+from keys.services.deks import dek_retire_unused, dek_rotate, dek_rotate_if_due
+from keys.services.health import CHECKED_STATES, WATCHED_STATES, key_health_check
+from keys.services.lifecycle import RUN_BYOK_REMOVE_TASK, byok_remove_run, tenant_destroy_due
+from keys.services.rotation import RUN_KEK_REWRAP_TASK, kek_rewrap_run
+from keys.services.sources import RUN_BYOK_ENABLE_TASK, byok_enable_run
+from tenants.models import ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
 
 
 def _record_stall(source_id: str, action: str, reason: str) -> None:
-    from audit.models import Outcome
-    from audit.services import record
-    from keys.models import KeySource
-
     source = KeySource.objects.select_related("tenant").get(pk=source_id)
     record(
         tenant=source.tenant,
@@ -44,11 +56,9 @@ def rotate_due_deks() -> int:
     return rotated
 
 
-@shared_task(name="keys.rotate_dek_for_count")
+@shared_task(name=ROTATE_DEK_FOR_COUNT_TASK)
 def rotate_dek_for_count(tenant_id: str) -> None:
     """Rotate a DEK nearing its encryption limit; a no-op if it was rotated meanwhile."""
-    from django.conf import settings
-
     tenant = Tenant.objects.get(pk=tenant_id)
     if tenant.is_paused:
         return  # the write path rotates synchronously at the hard limit if it must
@@ -65,21 +75,17 @@ def rotate_dek_for_count(tenant_id: str) -> None:
 
 @worker_process_shutdown.connect
 def _flush_counts_on_shutdown(**_: object) -> None:
-    from keys.runtime import flush_counts
-
     flush_counts()
 
 
 @shared_task(
-    name="keys.run_byok_enable",
+    name=RUN_BYOK_ENABLE_TASK,
     autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,
     max_retries=10,
 )
 def run_byok_enable(source_id: str) -> None:
-    from keys.sources import byok_enable_run
-
     try:
         byok_enable_run(source_id=source_id)
     except (KeyAccessDenied, KeyMaterialInvalid, KeyActionRefused) as exc:
@@ -91,8 +97,6 @@ def run_byok_enable(source_id: str) -> None:
 @shared_task(name="keys.check_key_health")
 def check_key_health() -> dict[str, str]:
     """Beat: check the key of every BYOK tenant (one failing tenant never stops the rest)."""
-    from keys.lifecycle import CHECKED_STATES, WATCHED_STATES, key_health_check
-
     found: dict[str, str] = {}
     for tenant in Tenant.objects.filter(state__in=CHECKED_STATES + WATCHED_STATES).iterator():
         try:
@@ -105,21 +109,17 @@ def check_key_health() -> dict[str, str]:
 
 @shared_task(name="keys.warn_expiring_keys")
 def warn_expiring_keys() -> int:
-    from keys.expiry import warn_expiring_keys as warn
-
     return warn()
 
 
 @shared_task(
-    name="keys.run_kek_rewrap",
+    name=RUN_KEK_REWRAP_TASK,
     autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,
     max_retries=10,
 )
 def run_kek_rewrap(source_id: str) -> str:
-    from keys.lifecycle import kek_rewrap_run
-
     try:
         return kek_rewrap_run(source_id=source_id)
     except (KeyAccessDenied, KeyMaterialInvalid) as exc:
@@ -129,24 +129,18 @@ def run_kek_rewrap(source_id: str) -> str:
 
 @shared_task(name="keys.run_due_destructions")
 def run_due_destructions() -> int:
-    from django.utils import timezone
-
-    from keys.lifecycle import tenant_destroy_due
-
     due = Tenant.objects.filter(destroy_after__lte=timezone.now()).values_list("pk", flat=True)
     return sum(1 for tenant_id in list(due) if tenant_destroy_due(tenant_id=str(tenant_id)))
 
 
 @shared_task(
-    name="keys.run_byok_remove",
+    name=RUN_BYOK_REMOVE_TASK,
     autoretry_for=(KeyUnavailable, ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,
     max_retries=10,
 )
 def run_byok_remove(tenant_id: str) -> str:
-    from keys.lifecycle import byok_remove_run
-
     return byok_remove_run(tenant_id=tenant_id)
 
 
@@ -157,9 +151,6 @@ def resume_key_jobs() -> int:
     Every job below is idempotent and resumes where it stopped, so enqueuing one
     that is still running costs a little work and changes nothing.
     """
-
-    from keys.models import KeySource, SourceState
-    from tenants.models import ServiceState
 
     resumed = 0
     for tenant in Tenant.objects.filter(
@@ -190,8 +181,6 @@ def resume_key_jobs() -> int:
 @shared_task(name="keys.retire_unused_deks")
 def retire_unused_deks() -> int:
     """Beat: retire decrypt-only DEKs that nothing depends on any more (after the grace)."""
-    from keys.services import dek_retire_unused
-
     retired = 0
     for tenant in Tenant.objects.filter(data_keys__state=DekState.RETIRING).distinct():
         retired += len(dek_retire_unused(tenant=tenant))

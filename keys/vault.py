@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keys.registry import local_provider
+from keys.rootkey import local_provider
 
 
 @dataclass(frozen=True)

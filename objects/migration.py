@@ -76,10 +76,10 @@ from crypto.segments import (
     encrypt_stream,
     peek_header,
 )
-from keys.lifecycle import data_move_finished
 from keys.models import DataKey, DekState
 from keys.notify import notify_key_admins
 from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid
+from keys.services.lifecycle import data_move_finished
 from objects.keyring import dek_material
 from objects.locations import ensured, storage_for
 from objects.models import (

@@ -29,8 +29,8 @@ from django.db import transaction
 
 from audit.services import Actor, record
 from keys.consumers import TO_DEDICATED, TO_SHARED
+from keys.errors import KeyActionRefused
 from keys.models import DataKey, KeySource
-from keys.services import KeyActionRefused
 from objects.migration import enqueue_run, migration_start
 from objects.models import Location, MigrationState, ObjectMigration, StoredObject
 from tenants.models import ServiceState, Tenant

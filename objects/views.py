@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from keys.services import KeyActionRefused
+from keys.errors import KeyActionRefused
 from objects.moves import objects_move_retry
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
 from tenants.models import MIGRATING_STATES

@@ -36,11 +36,13 @@ from django.utils import timezone
 
 from audit.services import Actor, record
 from crypto.envelope import ACTIVE, KeyRevoked
+from keys.errors import KeyActionRefused
 from keys.models import KeySource
 from keys.providers.base import KeyProvider
 from keys.registry import provider_for
 from keys.runtime import envelope
-from keys.services import KeyActionRefused, active_source, kek_version_get_or_create
+from keys.selectors.sources import active_source
+from keys.services.deks import kek_version_get_or_create
 from records.blindindex import INDEXED_FIELDS, digest, digests
 from records.bulk import copy_rows, is_postgres
 from records.fields import PII_FIELD, NewRecord

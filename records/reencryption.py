@@ -19,9 +19,10 @@ from audit.services import Actor, record
 from crypto.ciphertext import CiphertextError
 from crypto.envelope import EnvelopeError
 from keys.consumers import DataUnavailable, reencrypt_pass
+from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState
 from keys.providers.base import KeyProviderError
-from keys.services import NOT_ROTATABLE, KeyActionRefused, dek_retire_unused
+from keys.services.deks import NOT_ROTATABLE, dek_retire_unused
 from records.models import JobState, ReencryptionJob
 from records.reencrypt import ReencryptionPass
 from records.selectors import records_not_under

@@ -14,7 +14,7 @@ from audit.services import record as audit
 from crypto.ciphertext import dek_id_of
 from crypto.envelope import DataKeyExhausted
 from keys.runtime import envelope, state_from_db
-from keys.services import dek_rotate
+from keys.services.deks import dek_rotate
 from records.bulk import insert_records
 from records.fields import FIELDS_BY_KIND, PII_FIELD, NewRecord
 from records.indexkeys import index_new_records

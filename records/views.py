@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
 from audit.services import Actor, record
-from keys.services import KeyActionRefused
+from keys.errors import KeyActionRefused
 from records.reencryption import reencryption_start
 from records.selectors import reencryption_job_for_tenant
 from tenants.permissions import Perm, TenantAccess, with_tenant

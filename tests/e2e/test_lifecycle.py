@@ -7,8 +7,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from console.celery import app as celery_app
-from keys.lifecycle import key_health_check
 from keys.runtime import reset_for_tests
+from keys.services.health import key_health_check
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tests.conftest import PASSWORD, make_tenant

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-import keys.registry
+import keys.rootkey
 from audit.models import AuditEvent
 from keys.models import DataKey, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.sources import byok_enable_run
 from records.models import Record
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
@@ -189,7 +189,7 @@ def test_enable_moves_every_dek_under_the_customer_key(acme, key_arn, settings) 
     root = Path(settings.KEYWARD_ROOT_KEY_FILE)
     hidden = root.with_name(root.name + ".hidden")
     root.rename(hidden)
-    keys.registry._root = None
+    keys.rootkey._root = None
     try:
         reset_for_tests()
         row = Record.objects.select_related("sealed").get(pk=records[0].pk)
@@ -202,7 +202,7 @@ def test_enable_moves_every_dek_under_the_customer_key(acme, key_arn, settings) 
             record_fields(acme.tenant, row)
     finally:
         hidden.rename(root)
-        keys.registry._root = None
+        keys.rootkey._root = None
 
 
 @pytest.mark.parametrize("case", ["missing_alias", "rsa_key", "hmac_key"])

@@ -14,11 +14,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from audit.models import AuditEvent
-from keys.lifecycle import kek_rewrap_run, key_health_check
 from keys.models import DataKey, KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.health import key_health_check
+from keys.services.rotation import kek_rewrap_run
+from keys.services.sources import byok_enable_run
 from records.models import Record
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records

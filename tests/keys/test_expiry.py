@@ -13,11 +13,11 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from crypto.envelope import KeyRevoked
 from keys.expiry import warn_expiring_keys
-from keys.lifecycle import key_health_check
 from keys.models import KekVersion, KeySource, SourceKind
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.health import key_health_check
+from keys.services.sources import byok_enable_run
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
 from tenants.models import ServiceState

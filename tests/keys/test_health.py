@@ -9,10 +9,10 @@ import pytest
 from audit.models import AuditEvent
 from audit.services import Actor
 from crypto.envelope import KeyRevoked
-from keys.lifecycle import key_health_check
 from keys.models import KekState, KekVersion, KeySource, SourceKind
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable, byok_enable_run, key_source_register, key_source_test
+from keys.services.health import key_health_check
+from keys.services.sources import byok_enable, byok_enable_run, key_source_register, key_source_test
 from keys.tasks import check_key_health
 from records.services import record_fields
 from tenants.models import ServiceState, Tenant

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from keys.lifecycle import key_health_check
 from keys.models import DataKey, KekState, KekVersion, KeySource, SourceKind, SourceState
+from keys.services.health import key_health_check
 from tenants.models import ServiceState, Tenant
 from tests.keys.test_aws_kms_provider import _DESCRIBED, FakeAws
 

@@ -14,11 +14,12 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from audit.services import Actor
-from keys.lifecycle import kek_rewrap_run, key_health_check
 from keys.models import DataKey, KekState, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.health import key_health_check
+from keys.services.rotation import kek_rewrap_run
+from keys.services.sources import byok_enable_run
 from records.models import Record
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
@@ -308,10 +309,10 @@ def test_forced_rotation_makes_a_new_key_that_is_confirmed_then_rewrapped(acme) 
 
 
 def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) -> None:
-    import keys.sources
+    import keys.services.sources
+    from keys.errors import KeyActionRefused
     from keys.providers.kmip import KmipProvider
-    from keys.services import KeyActionRefused
-    from keys.sources import byok_enable
+    from keys.services.sources import byok_enable
     from tenants.models import Tenant
 
     save(login(acme.owner, sudo=True), **good_files())
@@ -324,7 +325,7 @@ def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) 
         made.append(prepared["key_uid"])
         return prepared
 
-    real_start = keys.sources._byok_enable_start
+    real_start = keys.services.sources._byok_enable_start
 
     def racing(tenant: Any, *args: Any) -> Any:
         # Another administrator's Enable wins between our checks and our lock.
@@ -332,7 +333,7 @@ def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) 
         return real_start(tenant, *args)
 
     monkeypatch.setattr(KmipProvider, "prepare_enable", prepare)
-    monkeypatch.setattr(keys.sources, "_byok_enable_start", racing)
+    monkeypatch.setattr(keys.services.sources, "_byok_enable_start", racing)
     with pytest.raises(KeyActionRefused):
         byok_enable(tenant=acme.tenant, source=source, actor=ADMIN)
     [uid] = made

@@ -12,11 +12,12 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import Actor
-from keys.lifecycle import byok_remove_run, tenant_destroy_due
+from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState, KeySource, SourceKind, SourceState
 from keys.runtime import envelope, reset_for_tests
-from keys.services import KeyActionRefused, dek_rotate
-from keys.sources import byok_enable_run
+from keys.services.deks import dek_rotate
+from keys.services.lifecycle import byok_remove_run, tenant_destroy_due
+from keys.services.sources import byok_enable_run
 from keys.tasks import rotate_due_deks
 from records.models import JobState, Record, ReencryptionJob
 from records.reencryption import reencryption_run
@@ -227,7 +228,7 @@ def test_a_new_upload_is_confirmed_and_rewrapped(
 ) -> None:
     from django.core import mail
 
-    from keys.lifecycle import kek_rewrap_run
+    from keys.services.rotation import kek_rewrap_run
 
     acme, client, folder = uploaded["acme"], uploaded["client"], uploaded["folder"]
     files = download(client, "acme", folder / "two")

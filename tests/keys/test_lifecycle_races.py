@@ -9,9 +9,10 @@ import pytest
 from django.db import connections
 
 from audit.services import Actor
-from keys.lifecycle import kek_confirm_rotation, kek_rewrap_run, key_health_check
 from keys.models import DataKey, KeySource, SourceKind
 from keys.registry import provider_for
+from keys.services.health import key_health_check
+from keys.services.rotation import kek_confirm_rotation, kek_rewrap_run
 from tenants.models import ServiceState, Tenant
 from tests.keys.conftest import CUSTOMER_ACCOUNT
 from tests.support.aws import create_kms_key
@@ -55,7 +56,7 @@ def test_two_administrators_confirm_at_once_one_wins(byok) -> None:
 def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
     byok, monkeypatch
 ) -> None:
-    from keys.services import dek_rotate
+    from keys.services.deks import dek_rotate
 
     tenant = byok["acme"].tenant
     for _ in range(5):  # more DEKs to move
@@ -97,7 +98,7 @@ def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
 def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_path) -> None:
     import time
 
-    from keys.services import dek_rotate
+    from keys.services.deks import dek_rotate
     from keys.tasks import run_kek_rewrap
     from tests.support.worker import celery_worker
 

@@ -19,9 +19,9 @@ from django.core.management import call_command
 from audit.services import Actor
 from crypto.ciphertext import CiphertextError
 from keys.models import DataKey
-from keys.registry import local_provider, root_key_file
+from keys.rootkey import local_provider, root_key_file
 from keys.runtime import dek_context, envelope, flush_counts, reset_for_tests
-from keys.services import dek_rotate
+from keys.services.deks import dek_rotate
 from records.models import Record
 from records.reencryption import reencryption_start
 from records.services import record_fields, records_create

@@ -12,15 +12,11 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import Actor
 from crypto.envelope import KeyRevoked
+from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource
-from keys.registry import root_key_file
+from keys.rootkey import root_key_file
 from keys.runtime import RedisStateSource, envelope, envelope_state_source, reset_for_tests
-from keys.services import (
-    KeyActionRefused,
-    dek_rotate,
-    kek_rewrap_vendor_deks,
-    tenant_set_dek_cache_ttl,
-)
+from keys.services.deks import dek_rotate, kek_rewrap_vendor_deks, tenant_set_dek_cache_ttl
 from keys.tasks import rotate_due_deks
 from records.models import Record, SealedFields
 from records.services import record_fields, records_create

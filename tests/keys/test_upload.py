@@ -17,7 +17,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from keys.models import DataKey, ImportState, KekVersion, KeyImport, KeySource, SourceKind
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.sources import byok_enable_run
 from records.models import Record
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
@@ -147,7 +147,7 @@ def test_a_reused_token_is_refused(acme, prepared) -> None:
 
 def test_an_expired_token_is_refused(acme, prepared) -> None:
     from crypto import importkit
-    from keys.uploads import _token_secret
+    from keys.services.uploads import _token_secret
 
     key_import = KeyImport.objects.get()
     expired = importkit.issue_token(  # what Keyward issued 25 hours ago for this import

@@ -12,7 +12,7 @@ from keys.aws_vendor import delete_imported_material, vendor_kms
 from keys.models import DataKey, KekVersion, KeyImport, KeySource, SourceKind
 from keys.providers.base import KeyAccessDenied
 from keys.runtime import reset_for_tests
-from keys.sources import byok_enable_run
+from keys.services.sources import byok_enable_run
 from records.models import Record
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records

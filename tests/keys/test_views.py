@@ -133,7 +133,7 @@ def test_keys_page_counts_data_keys_per_kek_version(
     acme, django_capture_on_commit_callbacks
 ) -> None:
     from audit.services import Actor
-    from keys.services import dek_rotate
+    from keys.services.deks import dek_rotate
 
     dek_rotate(tenant=acme.tenant, actor=Actor.system("tests"), reason="two keys")
     body = login(acme.viewer).get(reverse("keys:overview", args=["acme"])).content.decode()

@@ -10,7 +10,7 @@ import pytest
 from audit.services import Actor
 from keys.models import DataKey, DekState
 from keys.runtime import RedisStateSource, envelope, envelope_state_source
-from keys.services import dek_rotate
+from keys.services.deks import dek_rotate
 from objects import keyring, locations
 from tenants.models import ServiceState, Tenant
 

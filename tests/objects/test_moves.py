@@ -11,12 +11,12 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import Actor
-from keys.lifecycle import byok_remove_run, tenant_remove_byok
+from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState, KeySource, SourceKind
-from keys.registration import KmipEntry, kmip_register
 from keys.runtime import reset_for_tests
-from keys.services import KeyActionRefused
-from keys.sources import byok_enable, byok_enable_run, key_source_test
+from keys.services.lifecycle import byok_remove_run, tenant_remove_byok
+from keys.services.registration import KmipEntry, kmip_register
+from keys.services.sources import byok_enable, byok_enable_run, key_source_test
 from objects import keyring, locations
 from objects.migration import migration_run
 from objects.models import Location, MigrationState, ObjectMigration, StoredObject
@@ -212,7 +212,7 @@ def test_a_failed_move_keeps_the_tenant_paused_until_retried(
 
 
 def test_a_dek_that_objects_depend_on_is_never_retired(acme) -> None:
-    from keys.services import dek_retire_unused, dek_rotate
+    from keys.services.deks import dek_retire_unused, dek_rotate
 
     tenant = acme.tenant
     put_objects(tenant, 2)

@@ -12,7 +12,7 @@ from audit.models import AuditEvent
 from audit.services import Actor
 from keys.models import DataKey, DekState
 from keys.runtime import envelope, reset_for_tests
-from keys.services import dek_rotate
+from keys.services.deks import dek_rotate
 from records.models import JobState, Record, ReencryptionJob, SealedFields
 from records.reencryption import reencryption_run, reencryption_start
 from records.services import record_fields, records_create

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from audit.services import Actor
-from keys.services import kek_rewrap_vendor_deks
+from keys.services.deks import kek_rewrap_vendor_deks
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from audit.services import Actor, record
-from keys.registry import root_key_file
+from keys.rootkey import root_key_file
 
 
 class Command(BaseCommand):

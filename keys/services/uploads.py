@@ -28,6 +28,7 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from crypto import importkit
 from keys import aws_vendor
+from keys.errors import KeyActionRefused
 from keys.models import (
     ImportState,
     KekState,
@@ -37,18 +38,21 @@ from keys.models import (
     SourceKind,
     SourceState,
 )
-from keys.sources import current_source
+from keys.selectors.sources import (
+    UPLOADED_KEY,
+    current_source,
+)
+from keys.services.health import tenant_mark_rotation_pending
 from keys.vault import Sealed, seal, unseal
 from tenants.models import ServiceState, Tenant
 
 MAX_UPLOAD_BYTES = 64 * 1024
+
+
 IMPORT_PRIVATE = "import-private-key"
-UPLOADED_KEY = "uploaded-key"
+
+
 UPLOADED_REASON = "a new key was uploaded; confirm the new version"
-
-
-class UploadRefused(Exception):
-    """An upload that cannot be accepted; the message says what to do."""
 
 
 def _token_secret() -> bytes:
@@ -73,7 +77,7 @@ def key_import_create(
                 tenant_id=str(tenant.pk), tenant_slug=tenant.slug
             )
         except aws_vendor.VendorKmsError as exc:
-            raise UploadRefused(str(exc)) from None
+            raise KeyActionRefused(str(exc)) from None
         key_import.aws_key_arn = arn
         key_import.aws_import_token = aws_token
         key_import.private_wrapped = b""
@@ -140,12 +144,12 @@ def _find_import(tenant: Tenant, token: bytes) -> tuple[KeyImport, importkit.Tok
             )
         except importkit.InvalidImportToken as exc:
             if not isinstance(exc, importkit.TokenWrongKey):
-                raise UploadRefused(str(exc)) from None
+                raise KeyActionRefused(str(exc)) from None
             errors.append(exc)
             continue
         assert candidate is not None
         return candidate, claims
-    raise UploadRefused(
+    raise KeyActionRefused(
         "This import token was not issued for any import of this tenant: download new "
         "import parameters here and wrap your key with their public key."
     )
@@ -167,7 +171,7 @@ def key_upload(
     """Accept an uploaded key, or refuse with a message (recorded as a failure)."""
     try:
         version = _accept(tenant, wrapped_key, token, material_expires_at, actor, request)
-    except (UploadRefused, importkit.KeyImportError) as exc:
+    except (KeyActionRefused, importkit.KeyImportError) as exc:
         record(
             tenant=tenant,
             actor=actor,
@@ -176,7 +180,7 @@ def key_upload(
             reason=str(exc),
             request=request,
         )
-        raise UploadRefused(str(exc)) from None
+        raise KeyActionRefused(str(exc)) from None
     return version
 
 
@@ -189,23 +193,23 @@ def _accept(
     request: HttpRequest | None,
 ) -> KekVersion:
     if material_expires_at is not None and material_expires_at <= timezone.now():
-        raise UploadRefused("The key's expiry date must be in the future.")
+        raise KeyActionRefused("The key's expiry date must be in the future.")
     if Tenant.objects.get(pk=tenant.pk).state in (
         ServiceState.MIGRATING,
         ServiceState.MIGRATING_BACK,
         ServiceState.REWRAPPING,
     ):
-        raise UploadRefused("A key move is in progress; upload when it has finished.")
+        raise KeyActionRefused("A key move is in progress; upload when it has finished.")
     key_import, _claims = _find_import(tenant, token)
     with transaction.atomic():
         locked = KeyImport.objects.select_for_update().get(pk=key_import.pk)
         if locked.state == ImportState.USED:
-            raise UploadRefused(
+            raise KeyActionRefused(
                 "This import token was used already: each token works once. Download new "
                 "import parameters and wrap your key again."
             )
         if locked.state != ImportState.OPEN or locked.expires_at <= timezone.now():
-            raise UploadRefused("These import parameters expired: download new ones.")
+            raise KeyActionRefused("These import parameters expired: download new ones.")
         if locked.aws_key_arn:
             return _accept_into_kms(
                 tenant, locked, wrapped_key, material_expires_at, actor, request
@@ -278,8 +282,6 @@ def _accept(
             request=request,
         )
     if rotation:
-        from keys.lifecycle import tenant_mark_rotation_pending
-
         tenant_mark_rotation_pending(tenant, source, label, actor=actor, reason=UPLOADED_REASON)
     return version
 
@@ -305,7 +307,7 @@ def _accept_into_kms(
     weak-key checks are AWS's; Save and Test's round trip proves the key works.
     """
     if len(wrapped_key) != importkit.WRAPPED_KEY_BYTES:
-        raise UploadRefused(
+        raise KeyActionRefused(
             f"expected a {importkit.WRAPPED_KEY_BYTES}-byte RSA-4096 ciphertext, got "
             f"{len(wrapped_key)} bytes: upload the CustomerEncryptionKey.bin of README.txt"
         )
@@ -317,7 +319,7 @@ def _accept_into_kms(
             valid_to=material_expires_at,
         )
     except aws_vendor.VendorKmsError as exc:
-        raise UploadRefused(str(exc)) from None
+        raise KeyActionRefused(str(exc)) from None
     source = current_source(tenant, SourceKind.UPLOADED)
     source = source or KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
     version = KekVersion.objects.create(
@@ -344,26 +346,9 @@ def _accept_into_kms(
         request=request,
     )
     if rotation:
-        from keys.lifecycle import tenant_mark_rotation_pending
-
         transaction.on_commit(
             lambda: tenant_mark_rotation_pending(
                 tenant, source, key_import.aws_key_arn, actor=actor, reason=UPLOADED_REASON
             )
         )
     return version
-
-
-def uploaded_material(version: KekVersion) -> bytes:
-    """The plaintext of an uploaded key version, for the provider only."""
-    from keys.providers.uploaded import MaterialDestroyed
-
-    stored = bytes(version.material or b"")
-    if not stored:
-        raise MaterialDestroyed(version.provider_version)
-    if version.material_expires_at is not None and version.material_expires_at <= timezone.now():
-        raise MaterialDestroyed(version.provider_version)
-    root_version, _, blob = stored.partition(b"\0")
-    return unseal(
-        purpose=UPLOADED_KEY, owner=str(version.pk), sealed=Sealed(blob, root_version.decode())
-    )

@@ -9,59 +9,23 @@ with what is kept, then sealed again as one value.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.http import HttpRequest
 
 from audit.services import Actor
-from keys.credentials import CredentialsMissing, credentials_of
-from keys.models import KeySource, SourceKind
-from keys.sources import draft_source, key_source_register
+from keys.errors import KeyActionRefused
+from keys.models import (
+    KeySource,
+    SourceKind,
+)
+from keys.selectors.sources import (
+    draft_source,
+    kmip_allowed_networks,
+    saved_credentials,
+)
+from keys.services.sources import key_source_register
 from tenants.models import Tenant
-
-
-class RegistrationInvalid(Exception):
-    """A registration field is wrong; `field` names it, the message says what to change."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _saved_credentials(tenant: Tenant, kind: str) -> dict[str, str]:
-    source = draft_source(tenant, kind)
-    if source is None or not source.sealed_credentials:
-        return {}
-    try:
-        return credentials_of(source)
-    except CredentialsMissing:
-        return {}
-
-
-def kmip_allowed_networks(tenant: Tenant) -> tuple[str, ...]:
-    """The private networks this tenant's KMIP server may be in: the operator's bare
-    CIDRs, and those given to this tenant ("<slug>:<CIDR>")."""
-    allowed = []
-    for entry in settings.KEYWARD_KMIP_ALLOWED_NETWORKS:
-        try:
-            ipaddress.ip_network(entry)
-        except ValueError:
-            slug, _, network = entry.partition(":")
-            if slug == tenant.slug:
-                allowed.append(network)
-        else:
-            allowed.append(entry)
-    return tuple(allowed)
-
-
-def saved_azure_method(tenant: Tenant) -> str | None:
-    """How the saved Azure registration signs in ("secret" or "certificate"), if saved."""
-    source = draft_source(tenant, SourceKind.AZURE_KEYVAULT)
-    if source is None or not source.sealed_credentials:
-        return None
-    return str(source.config.get("auth_method") or "") or None
 
 
 def azure_register(
@@ -121,17 +85,18 @@ def kmip_register(
 ) -> KeySource:
     """Validate the server's address and the TLS material together, then save.
 
-    Raises RegistrationInvalid naming the field. The host check resolves the
+    Raises KeyActionRefused naming the field. The host check resolves the
     name but connects nowhere.
     """
-    from keys.providers.kmip import (
+    # PyKMIP takes over a second to import: loaded when a KMIP server is registered.
+    from keys.providers.kmip import (  # noqa: PLC0415
         InvalidKmipConfig,
         InvalidKmipMaterial,
         validate_client_material,
         validate_host,
     )
 
-    saved = _saved_credentials(tenant, SourceKind.KMIP)
+    saved = saved_credentials(tenant, SourceKind.KMIP)
     try:
         validate_host(
             entry.host,
@@ -139,7 +104,7 @@ def kmip_register(
             allowed_networks=kmip_allowed_networks(tenant),
         )
     except InvalidKmipConfig as exc:
-        raise RegistrationInvalid("host", str(exc)) from None
+        raise KeyActionRefused(str(exc), field="host") from None
 
     ca = entry.ca_pem or saved.get("ca_pem", "").encode()
     cert = entry.cert_pem or saved.get("cert_pem", "").encode()
@@ -150,7 +115,7 @@ def kmip_register(
         ("client_key", key, "the client certificate's private key"),
     ):
         if not value:
-            raise RegistrationInvalid(field, f"Upload {what} (PEM).")
+            raise KeyActionRefused(f"Upload {what} (PEM).", field=field)
     # A passphrase belongs to a key: a new key needs its own (or none).
     if entry.passphrase is not None:
         passphrase = entry.passphrase
@@ -164,11 +129,11 @@ def kmip_register(
             passphrase=passphrase.encode() if passphrase else None,
         )
     except InvalidKmipMaterial as exc:
-        raise RegistrationInvalid(exc.field, str(exc)) from None
+        raise KeyActionRefused(str(exc), field=exc.field) from None
 
     password = entry.password if entry.password is not None else saved.get("password", "")
     if password and not entry.username:
-        raise RegistrationInvalid("username", "A KMIP password needs a username.")
+        raise KeyActionRefused("A KMIP password needs a username.", field="username")
     entered = any(
         value is not None
         for value in (entry.ca_pem, entry.cert_pem, entry.key_pem, entry.passphrase, entry.password)

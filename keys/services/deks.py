@@ -1,11 +1,10 @@
-"""Writes to keys: each an explicit, audited transition."""
+"""Data keys: made, rotated, retired and rewrapped, each an audited transition."""
 
 from __future__ import annotations
 
 import secrets
 from collections import defaultdict
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,26 +14,30 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.services import Actor, record
-from keys.providers.base import KeyProvider
-
-if TYPE_CHECKING:
-    pass
 from keys.consumers import data_depends_on, rewrap_other_keys
-from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
-from keys.registry import local_provider, provider_for
+from keys.errors import KeyActionRefused
+from keys.models import (
+    DataKey,
+    DekState,
+    KekState,
+    KekVersion,
+    KeySource,
+    SourceKind,
+    SourceState,
+)
+from keys.providers.base import (
+    KeyProvider,
+)
+from keys.registry import provider_for
+from keys.rootkey import local_provider
 from keys.runtime import dek_context, envelope, publish_key_state
+from keys.selectors.sources import (
+    active_or_local_source,
+    active_source,
+)
 from tenants.models import DEK_TTL_MAX, DEK_TTL_MIN, ServiceState, Tenant
 
-
-class KeyActionRefused(Exception):
-    """A key action that the tenant's state does not allow; the message says why."""
-
-
 NOT_ROTATABLE = {ServiceState.REVOKED, ServiceState.DESTROYED}
-
-
-def active_source(tenant: Tenant) -> KeySource:
-    return KeySource.objects.get(tenant=tenant, state=SourceState.ACTIVE)
 
 
 def kek_version_get_or_create(source: KeySource, provider_version: str) -> KekVersion:
@@ -244,14 +247,6 @@ def kek_rewrap_vendor_deks(*, actor: Actor) -> dict[str, int]:
     return dict(moved)
 
 
-def active_or_local_source(tenant: Tenant) -> KeySource:
-    source = KeySource.objects.filter(tenant=tenant, kind=SourceKind.LOCAL).order_by("-created")
-    found = source.first()
-    if found is None:
-        raise KeyActionRefused(f"{tenant} has no vendor-managed key source")
-    return found
-
-
 def _retire_unused_kek_versions() -> None:
     unused = KekVersion.objects.filter(state=KekState.ACTIVE).annotate(live=Count("data_keys"))
     for version in unused:
@@ -259,9 +254,6 @@ def _retire_unused_kek_versions() -> None:
         if version.live == 0 and newest is not None and newest.pk != version.pk:
             version.state = KekState.RETIRED
             version.save(update_fields=["state"])
-
-
-# -- re-encryption --------------------------------------------------------------
 
 
 @transaction.atomic

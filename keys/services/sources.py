@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -19,40 +20,33 @@ from audit.models import Outcome
 from audit.services import Actor, record
 from keys.consumers import TO_DEDICATED, data_move_begin, data_move_next, rewrap_other_keys
 from keys.credentials import CredentialsMissing, credentials_seal
+from keys.errors import KeyActionRefused
 from keys.models import (
     DataKey,
-    DekState,
     KekState,
     KekVersion,
     KeySource,
     SourceKind,
     SourceState,
 )
-from keys.providers.base import KeyProviderError, KeyUnavailable, all_required_passed
+from keys.providers.base import (
+    KeyProviderError,
+    KeyUnavailable,
+    all_required_passed,
+)
 from keys.registry import provider_for
 from keys.runtime import dek_context, envelope
-from keys.services import KeyActionRefused, dek_rotate_for_move, rewrap_one
+from keys.selectors.sources import (
+    LIVE_DEK_STATES,
+    byok_enable_progress,
+    draft_source,
+)
+from keys.services.deks import dek_rotate_for_move, rewrap_one
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
 
-LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
-
-
-def draft_source(tenant: Tenant, kind: str) -> KeySource | None:
-    """The tenant's not-yet-active registration of this kind, if any."""
-    return (
-        KeySource.objects.filter(tenant=tenant, kind=kind)
-        .exclude(state__in=[SourceState.ACTIVE, SourceState.RETIRED, SourceState.REVOKED])
-        .first()
-    )
-
-
-def current_source(tenant: Tenant, kind: str) -> KeySource | None:
-    """The registration a page of this kind shows: the one being set up, else the active one."""
-    return (
-        draft_source(tenant, kind)
-        or KeySource.objects.filter(tenant=tenant, kind=kind, state=SourceState.ACTIVE).first()
-    )
+# The Celery task name (tasks.py registers it under this): enqueued by name.
+RUN_BYOK_ENABLE_TASK = "keys.run_byok_enable"
 
 
 @transaction.atomic
@@ -209,8 +203,6 @@ def _byok_enable_start(
     actor: Actor,
     request: HttpRequest | None,
 ) -> KeySource:
-    from keys.tasks import run_byok_enable
-
     locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
     tested_digest = source.config_digest()
     source = KeySource.objects.select_for_update().get(pk=source.pk, tenant=locked)
@@ -230,14 +222,10 @@ def _byok_enable_start(
         details={"source": str(source.pk), "config": source.config},
         request=request,
     )
-    transaction.on_commit(lambda: run_byok_enable.delay(str(source.pk)))
+    transaction.on_commit(
+        lambda: current_app.send_task(RUN_BYOK_ENABLE_TASK, args=[str(source.pk)])
+    )
     return source
-
-
-def byok_enable_progress(tenant: Tenant, source: KeySource) -> tuple[int, int]:
-    """(DEKs under the customer's key, DEKs in all) for the progress bar."""
-    live = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES)
-    return live.filter(kek_version__source=source).count(), live.count()
 
 
 def byok_enable_run(*, source_id: str) -> KeySource:

@@ -1,3 +1,5 @@
+"""Reads for the Keys pages: the overview, move progress, rotation history."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +9,13 @@ from typing import Any
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from audit.models import AuditEvent
+from audit.services import chain_key
 from keys.consumers import counts_by_dek, data_jobs
 from keys.models import DataKey, DekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyDescription
 from keys.registry import provider_for
+from keys.selectors.sources import LIVE_DEK_STATES
 from tenants.models import ServiceState, Tenant
 
 
@@ -107,8 +112,6 @@ def enabling_progress(tenant: Tenant) -> EnablingProgress | None:
     Covers enabling a customer key (migrating), rewrapping after a confirmed
     rotation, and going back to the vendor-managed key (migrating_back).
     """
-    from keys.sources import LIVE_DEK_STATES
-
     live = DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES)
     if tenant.state == ServiceState.MIGRATING:
         source = (
@@ -158,9 +161,6 @@ ROTATION_ACTIONS = (
 
 def rotation_history(tenant: Tenant, limit: int = 50) -> list[Any]:
     """KEK and DEK rotations of the tenant, newest first: who, when, why (from the trail)."""
-    from audit.models import AuditEvent
-    from audit.services import chain_key
-
     return list(
         AuditEvent.objects.filter(chain=chain_key(tenant), action__in=ROTATION_ACTIONS).order_by(
             "-seq"
