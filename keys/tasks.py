@@ -25,6 +25,7 @@ from keys.services.health import CHECKED_STATES, WATCHED_STATES, key_health_chec
 from keys.services.lifecycle import RUN_BYOK_REMOVE_TASK, byok_remove_run, tenant_destroy_due
 from keys.services.rotation import RUN_KEK_REWRAP_TASK, kek_rewrap_run
 from keys.services.sources import RUN_BYOK_ENABLE_TASK, byok_enable_run
+from keys.services.uploads import key_imports_expire
 from tenants.models import ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ def check_key_health() -> dict[str, str]:
 @shared_task(name="keys.warn_expiring_keys")
 def warn_expiring_keys() -> int:
     return warn()
+
+
+@shared_task(name="keys.expire_key_imports")
+def expire_key_imports() -> int:
+    """Beat: destroy the private keys of imports whose validity ended."""
+    return key_imports_expire()
 
 
 @shared_task(

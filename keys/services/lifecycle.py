@@ -39,6 +39,7 @@ from keys.selectors.sources import (
 from keys.services.deks import dek_rotate_for_move, rewrap_one
 from keys.services.rotation import require_checks
 from keys.services.sources import byok_enable_finish
+from keys.services.uploads import key_imports_expire
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
 
@@ -180,6 +181,7 @@ def tenant_destroy_due(*, tenant_id: str) -> bool:
             sealed_credentials=None, sealed_credentials_root=""
         )
         other_keys = shred_other_keys(locked)
+        key_imports_expire(tenant=locked)
         tenant_transition(
             tenant=locked,
             to=ServiceState.DESTROYED,

@@ -352,3 +352,41 @@ def _accept_into_kms(
             )
         )
     return version
+
+
+def key_imports_expire(*, tenant: Tenant | None = None) -> int:
+    """Destroy the wrapping private key of every import past its validity, or of
+    every import of `tenant` (crypto-shredding); how many were destroyed.
+
+    An import's private key is needed only until its single upload; one that
+    expired unused, or whose upload rolled back, would otherwise keep it sealed
+    in the database for ever. Each destruction is audited.
+    """
+    pending = KeyImport.objects.exclude(private_wrapped=b"")
+    if tenant is None:
+        pending = pending.filter(expires_at__lte=timezone.now())
+    else:
+        pending = pending.filter(tenant=tenant)
+    destroyed = 0
+    for import_id in list(pending.values_list("pk", flat=True)):
+        with transaction.atomic():
+            key_import = (
+                KeyImport.objects.select_for_update().select_related("tenant").get(pk=import_id)
+            )
+            if not bytes(key_import.private_wrapped):
+                continue  # used meanwhile
+            if key_import.state == ImportState.OPEN:
+                key_import.state = ImportState.EXPIRED
+            key_import.private_wrapped = b""
+            key_import.aws_import_token = None
+            key_import.save(update_fields=["state", "private_wrapped", "aws_import_token"])
+            record(
+                tenant=key_import.tenant,
+                actor=Actor.system("import expiry"),
+                action="key.import_expired",
+                target=str(key_import.pk),
+                reason="the import's wrapping private key was destroyed"
+                + (" with the tenant's keys" if tenant is not None else ": its validity ended"),
+            )
+            destroyed += 1
+    return destroyed
