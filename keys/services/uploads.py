@@ -30,6 +30,7 @@ from crypto import importkit
 from keys import aws_vendor
 from keys.errors import KeyActionRefused
 from keys.models import (
+    DataKey,
     ImportState,
     KekState,
     KekVersion,
@@ -38,6 +39,9 @@ from keys.models import (
     SourceKind,
     SourceState,
 )
+from keys.providers.base import KeyProviderError
+from keys.providers.uploaded import UploadedKeyProvider
+from keys.runtime import dek_context
 from keys.selectors.sources import (
     UPLOADED_KEY,
     current_source,
@@ -225,7 +229,14 @@ def _accept(
         kcv = importkit.key_check_value(material)
         source = current_source(tenant, SourceKind.UPLOADED)
         source = source or KeySource.objects.create(tenant=tenant, kind=SourceKind.UPLOADED)
-        destroyed = source.versions.filter(check_value=kcv, material__isnull=True).first()
+        destroyed = next(
+            (
+                revoked
+                for revoked in source.versions.filter(material__isnull=True)
+                if _unwraps_under(revoked, material)
+            ),
+            None,
+        )
         if destroyed is not None:
             # The same key again after a revoke: Keyward's copy comes back under
             # its old version, so the data keys wrapped by it unwrap again.
@@ -284,6 +295,31 @@ def _accept(
     if rotation:
         tenant_mark_rotation_pending(tenant, source, label, actor=actor, reason=UPLOADED_REASON)
     return version
+
+
+def _unwraps_under(version: KekVersion, material: bytes) -> bool:
+    """Is `material` the key of `version`? Proved by unwrapping one of the data keys
+    it wrapped (AES-GCM authenticates), never by the check value: 5 bytes can be
+    matched by a search, and a wrong key attached to the version would stop the
+    right one from ever restoring it."""
+    dek = (
+        DataKey.objects.filter(kek_version=version)
+        .exclude(wrapped=b"")
+        .order_by("-version")
+        .first()
+    )
+    if dek is None:
+        return False  # nothing depends on it: a new version is as good
+    trial = UploadedKeyProvider(lambda _: material, version.provider_version)
+    try:
+        trial.unwrap(
+            bytes(dek.wrapped),
+            dek_context(str(dek.tenant_id), dek.version),
+            version.provider_version,
+        )
+    except KeyProviderError:
+        return False
+    return True
 
 
 def _use_up(key_import: KeyImport) -> None:

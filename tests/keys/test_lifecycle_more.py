@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import Actor
+from crypto.importkit import key_check_value
 from keys.errors import KeyActionRefused
-from keys.models import DataKey, DekState, KeySource, SourceKind, SourceState
+from keys.models import DataKey, DekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.runtime import envelope, reset_for_tests
 from keys.services.deks import dek_rotate
 from keys.services.lifecycle import byok_remove_run, tenant_destroy_due
@@ -258,3 +259,43 @@ def test_a_new_upload_is_confirmed_and_rewrapped(
     reset_for_tests()
     row = Record.objects.select_related("sealed").get(pk=uploaded["records"][0].pk)
     assert record_fields(acme.tenant, row)["sid"]
+
+
+def test_a_different_key_with_the_same_check_value_does_not_take_the_revoked_version(
+    uploaded, django_capture_on_commit_callbacks
+) -> None:
+    """The check value is for people; a revoked version is given back only to a key
+    that unwraps its data keys (two keys sharing a check value are told apart)."""
+    client, folder = uploaded["client"], uploaded["folder"]
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
+    version = uploaded["source"].versions.get()
+    # Another key whose check value collides with the revoked one's (as a search for
+    # 5 bytes could find): simulated by giving the version that other key's value.
+    other = folder / "other"
+    files = download(client, "acme", other)
+    customer_wraps(other, {1, 2})
+    KekVersion.objects.filter(pk=version.pk).update(
+        check_value=key_check_value((other / "CustomerKey.bin").read_bytes())
+    )
+    upload(
+        client, "acme", (other / "CustomerEncryptionKey.bin").read_bytes(), files["ImportToken.bin"]
+    )
+    version.refresh_from_db()
+    assert version.material is None  # not attached to the revoked version
+    assert not AuditEvent.objects.filter(action="key.reupload").exists()
+    # The right key still restores it.
+    files = download(client, "acme", folder / "again")
+    (folder / "again/CustomerKey.bin").write_bytes((folder / "one/CustomerKey.bin").read_bytes())
+    customer_wraps(folder / "again", {2})
+    upload(
+        client,
+        "acme",
+        (folder / "again/CustomerEncryptionKey.bin").read_bytes(),
+        files["ImportToken.bin"],
+    )
+    version.refresh_from_db()
+    assert version.material
+    assert AuditEvent.objects.filter(
+        action="key.reupload", target=version.provider_version
+    ).exists()
