@@ -48,6 +48,9 @@ def azure_register(
         "tenant_id": tenant_id,
         "client_id": client_id,
         "auth_method": auth_method,
+        # Every blob a source registered now makes is signed by Keyward: an
+        # unsigned one (possible only before signing existed) is never accepted.
+        "wraps_signed": "true",
     }
     if auth_method == "certificate":
         if credentials is None:

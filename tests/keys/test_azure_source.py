@@ -6,6 +6,7 @@ azure-identity and azure-keyvault-keys clients.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,7 +16,8 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from keys.models import DataKey, KekState, KeySource, SourceKind, SourceState
-from keys.providers.base import KeyAccessDenied
+from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid
+from keys.registry import provider_for
 from keys.runtime import reset_for_tests
 from keys.services.health import key_health_check
 from keys.services.rotation import kek_rewrap_run
@@ -66,6 +68,21 @@ def test_a_good_key_passes_every_check_and_the_secret_is_never_shown(acme, azure
     assert "Every check passed." in body
     assert "A client secret is saved." in body
     assert azure.secret not in body
+
+
+def test_a_new_registration_accepts_only_blobs_keyward_signed(acme, azure) -> None:
+    save(login(acme.key_admin, sudo=True), azure)
+    source = source_of(acme.tenant)
+    assert source.config["wraps_signed"] == "true"
+    provider = provider_for(source)
+    version = provider.current_version()
+    dek = os.urandom(32)
+    signed = provider.wrap(dek, {"tenant": str(acme.tenant.pk)})
+    assert provider.unwrap(signed.blob, {"tenant": str(acme.tenant.pk)}, version) == dek
+    # Version 1 (unsigned) is what anyone with the public key could make.
+    unsigned = b"\x01" + signed.blob[5:-64] + os.urandom(32)
+    with pytest.raises(KeyMaterialInvalid, match="not a DEK wrapped by Keyward"):
+        provider.unwrap(unsigned, {"tenant": str(acme.tenant.pk)}, version)
 
 
 def test_a_certificate_credential_works(acme, azure) -> None:
