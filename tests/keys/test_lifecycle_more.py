@@ -69,6 +69,19 @@ def uploaded(acme, tmp_path) -> dict[str, Any]:
     }
 
 
+def upload_the_same_key_again(client: Any, folder: Any) -> None:
+    """The customer wraps the key kept in their key store with new parameters, and uploads it."""
+    files = download(client, "acme", folder / "again")
+    (folder / "again/CustomerKey.bin").write_bytes((folder / "one/CustomerKey.bin").read_bytes())
+    customer_wraps(folder / "again", {2})
+    upload(
+        client,
+        "acme",
+        (folder / "again/CustomerEncryptionKey.bin").read_bytes(),
+        files["ImportToken.bin"],
+    )
+
+
 def state(tenant: Tenant) -> str:
     tenant.refresh_from_db()
     return tenant.state
@@ -86,15 +99,7 @@ def test_revoke_destroys_the_uploaded_copy_and_the_same_key_restores(
     refused = text(client.post(reverse("keys:restore", args=["acme"]), follow=True))
     assert "upload the same key again" in refused
     # The customer uploads the same key (kept in their key store) with new parameters.
-    files = download(client, "acme", folder / "again")
-    (folder / "again/CustomerKey.bin").write_bytes((folder / "one/CustomerKey.bin").read_bytes())
-    customer_wraps(folder / "again", {2})
-    upload(
-        client,
-        "acme",
-        (folder / "again/CustomerEncryptionKey.bin").read_bytes(),
-        files["ImportToken.bin"],
-    )
+    upload_the_same_key_again(client, folder)
     version.refresh_from_db()
     assert version.material  # restored under its old version
     assert AuditEvent.objects.filter(action="key.reupload").exists()
@@ -285,15 +290,7 @@ def test_a_different_key_with_the_same_check_value_does_not_take_the_revoked_ver
     assert version.material is None  # not attached to the revoked version
     assert not AuditEvent.objects.filter(action="key.reupload").exists()
     # The right key still restores it.
-    files = download(client, "acme", folder / "again")
-    (folder / "again/CustomerKey.bin").write_bytes((folder / "one/CustomerKey.bin").read_bytes())
-    customer_wraps(folder / "again", {2})
-    upload(
-        client,
-        "acme",
-        (folder / "again/CustomerEncryptionKey.bin").read_bytes(),
-        files["ImportToken.bin"],
-    )
+    upload_the_same_key_again(client, folder)
     version.refresh_from_db()
     assert version.material
     assert AuditEvent.objects.filter(
