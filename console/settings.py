@@ -274,6 +274,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},
     "keys-warn-expiring-keys": {"task": "keys.warn_expiring_keys", "schedule": 3600.0},
     "keys-expire-key-imports": {"task": "keys.expire_key_imports", "schedule": 600.0},
+    "keys-rewrap-old-formats": {"task": "keys.rewrap_old_formats", "schedule": 3600.0},
     "keys-run-due-destructions": {"task": "keys.run_due_destructions", "schedule": 600.0},
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
     "records-resume-reencryptions": {"task": "records.resume_reencryptions", "schedule": 300.0},

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from keys.models import DataKey, KeySource
+from keys.models import DataKey, KekVersion, KeySource
 from keys.providers.base import KeyProvider
 from tenants.models import Tenant
 
@@ -65,6 +65,31 @@ class DataMove:
 
 
 @dataclass(frozen=True)
+class WrappedKey:
+    """One of a consumer's own wrapped keys (not a DEK), as stored."""
+
+    id: int
+    tenant_id: str
+    kek_version: KekVersion  # its source loaded
+    blob: bytes
+    context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class OwnWrappedKeys:
+    """A consumer's own wrapped keys, for work that rewrites blobs in place under
+    the same KEK version (format upgrades, a new vendor root key version).
+
+    `of(tenant)` lists every key it keeps wrapped (empty blobs are destroyed
+    keys and left out); `replace(id, before, after)` stores `after` if the key
+    still holds `before`, in the caller's transaction, and says whether it did.
+    """
+
+    of: Callable[[Tenant], Sequence[WrappedKey]]
+    replace: Callable[[int, bytes, bytes], bool]
+
+
+@dataclass(frozen=True)
 class DataConsumer:
     name: str
     # How much of the tenant's data each DEK protects: {dek id: items}.
@@ -74,6 +99,7 @@ class DataConsumer:
     # Rewrite what is under older DEKs under `target` (DEK rotation).
     reencrypt: Callable[[Tenant, DataKey], ReencryptionResult] | None = None
     move_wrapped_keys: WrappedKeyMover | None = None
+    wrapped_keys: OwnWrappedKeys | None = None
     data_move: DataMove | None = None
     # Destroy what a crypto-shred must take with the keys (in the caller's
     # transaction); how many items.
@@ -137,6 +163,16 @@ def rewrap_other_keys(
         for c in consumers()
         if c.move_wrapped_keys is not None
     )
+
+
+def own_wrapped_keys(tenant: Tenant) -> list[tuple[OwnWrappedKeys, WrappedKey]]:
+    """Every consumer's wrapped keys of `tenant`, each with its consumer's hooks."""
+    return [
+        (c.wrapped_keys, key)
+        for c in consumers()
+        if c.wrapped_keys is not None
+        for key in c.wrapped_keys.of(tenant)
+    ]
 
 
 def data_move_begin(

@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from keys.models import KeySource
-from keys.vault import Sealed, seal, unseal
+from keys.vault import Sealed, reseal, seal, unseal
 
 _PURPOSE = "key_source.credentials"
 
@@ -47,3 +47,18 @@ def credentials_of(source: KeySource) -> dict[str, str]:
     if not isinstance(values, dict):
         raise CredentialsMissing("The saved credentials are unreadable: enter them again.")
     return {str(k): str(v) for k, v in values.items()}
+
+
+def credentials_reseal(source: KeySource) -> bool:
+    """Move the source's sealed credentials to the current root key version (saved);
+    `credentials_ref` stays, since the credentials themselves did not change."""
+    if not source.sealed_credentials:
+        return False
+    sealed = Sealed(bytes(source.sealed_credentials), source.sealed_credentials_root)
+    moved = reseal(purpose=_PURPOSE, owner=str(source.pk), sealed=sealed)
+    if moved is None:
+        return False
+    source.sealed_credentials = moved.blob
+    source.sealed_credentials_root = moved.root_version
+    source.save(update_fields=["sealed_credentials", "sealed_credentials_root"])
+    return True

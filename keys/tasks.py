@@ -21,6 +21,7 @@ from keys.models import DataKey, DekState, KeySource, SourceState
 from keys.providers.base import KeyAccessDenied, KeyMaterialInvalid, KeyUnavailable
 from keys.runtime import ROTATE_DEK_FOR_COUNT_TASK, flush_counts
 from keys.services.deks import dek_retire_unused, dek_rotate, dek_rotate_if_due
+from keys.services.formats import REWRAP_OLD_FORMATS_TASK, wrapped_formats_upgrade
 from keys.services.health import CHECKED_STATES, WATCHED_STATES, key_health_check
 from keys.services.lifecycle import RUN_BYOK_REMOVE_TASK, byok_remove_run, tenant_destroy_due
 from keys.services.rotation import RUN_KEK_REWRAP_TASK, kek_rewrap_run
@@ -117,6 +118,13 @@ def warn_expiring_keys() -> int:
 def expire_key_imports() -> int:
     """Beat: destroy the private keys of imports whose validity ended."""
     return key_imports_expire()
+
+
+@shared_task(name=REWRAP_OLD_FORMATS_TASK)
+def rewrap_old_formats() -> int:
+    """Beat: rewrap the blobs in a format read but no longer written; how many."""
+    report = wrapped_formats_upgrade(actor=Actor.system("wrapped key format upgrade"))
+    return sum(report.rewrapped.values())
 
 
 @shared_task(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from keys.consumers import DataConsumer
+from keys.consumers import DataConsumer, OwnWrappedKeys
 from keys.models import DataKey
-from records.indexkeys import index_keys_move, index_keys_shred
+from records.indexkeys import (
+    index_key_replace,
+    index_keys_move,
+    index_keys_shred,
+    index_keys_wrapped,
+)
 from records.reencryption import CONSUMER
 from records.selectors import record_counts_by_dek, reencryption_jobs, sealed_under
 
@@ -21,6 +26,7 @@ RECORDS = DataConsumer(
     # then asks the other consumers for theirs.
     reencrypt=None,
     move_wrapped_keys=index_keys_move,
+    wrapped_keys=OwnWrappedKeys(of=index_keys_wrapped, replace=index_key_replace),
     shred=index_keys_shred,
     jobs=reencryption_jobs,
 )

@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from audit.services import Actor, record
 from crypto.envelope import ACTIVE, KeyRevoked
+from keys.consumers import WrappedKey
 from keys.errors import KeyActionRefused
 from keys.models import KeySource
 from keys.providers.base import KeyProvider
@@ -286,7 +287,9 @@ def _switch_to(key: IndexKey) -> None:
     now = timezone.now()
     previous = IndexKey.objects.filter(tenant_id=key.tenant_id, state=IndexKeyState.ACTIVE)
     old = [k.version for k in previous]
-    previous.update(state=IndexKeyState.RETIRED, retired_at=now)
+    # A retired lookup key has nothing left to do: its wrapped bytes go, as a
+    # retired DEK's do, so nothing old stays under a KEK or root key version.
+    previous.update(state=IndexKeyState.RETIRED, retired_at=now, wrapped=b"")
     key.state = IndexKeyState.ACTIVE
     key.save(update_fields=["state"])
     record(
@@ -368,6 +371,38 @@ def index_keys_move(
                 row.wrapped = wrapped.blob
                 row.kek_version = kek_version_get_or_create(target, wrapped.version)
                 row.save(update_fields=["wrapped", "kek_version"])
+    return True
+
+
+def index_keys_wrapped(tenant: Tenant) -> list[WrappedKey]:
+    """The tenant's index keys that still hold a wrapped key, for keys' in-place rewraps."""
+    keys = (
+        IndexKey.objects.filter(tenant=tenant)
+        .exclude(wrapped=b"")
+        .select_related("kek_version__source")
+        .order_by("version")
+    )
+    return [
+        WrappedKey(
+            id=key.pk,
+            tenant_id=str(tenant.pk),
+            kek_version=key.kek_version,
+            blob=bytes(key.wrapped),
+            context=index_context(str(tenant.pk), key.version),
+        )
+        for key in keys
+    ]
+
+
+def index_key_replace(key_id: int, before: bytes, after: bytes) -> bool:
+    """Store `after` for the index key if it still holds `before` (caller's transaction)."""
+    row = IndexKey.objects.select_for_update().get(pk=key_id)
+    if bytes(row.wrapped) != before:
+        return False
+    row.wrapped = after
+    row.save(update_fields=["wrapped"])
+    with _cache_lock:
+        _cache.pop(key_id, None)
     return True
 
 

@@ -146,9 +146,24 @@ class KeyProvider(abc.ABC):
         return None
 
     def needs_rewrap(self, wrapped: bytes) -> bool:
-        """A blob in a format (or under a vendor key version) that is read but no
-        longer written: a task rewraps it under the same key."""
+        """A blob in a format that is read but no longer written: a task rewraps
+        it under the same key version (`rewrap`)."""
         return False
+
+    def rewrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
+        """`wrapped` made again in today's format under the same key `version`
+        (for a blob that `needs_rewrap`); the KEK version does not change."""
+        raise KeyMaterialInvalid(f"{self.kind} wrapped keys have one format: nothing to rewrap")
+
+    def resign(self, wrapped: bytes, context: Context) -> bytes:
+        """`wrapped` with its vendor signature made again under the current root key
+        version, without the key store (see `vendor_root_version`)."""
+        raise KeyMaterialInvalid(f"{self.kind} wrapped keys carry no vendor signature")
+
+    def vendor_root_version(self, wrapped: bytes) -> int | None:
+        """The vendor root key version this blob depends on besides its KEK (a vendor
+        wrap or signature), if any: that version may not be retired while it does."""
+        return None
 
     def pin_version(self, version: str) -> dict[str, str]:
         """Configuration that makes `version` the one new wraps use (a confirmed rotation)."""

@@ -188,6 +188,25 @@ class RootKeyFile:
             self._load(force=True)
         return new
 
+    def retire(self, version: int) -> None:
+        """Remove root key `version` from the file for good. The caller makes sure
+        nothing depends on it any more; the current version is never retired."""
+        with self._exclusive():
+            self._load(force=True)
+            document = json.loads(self.path.read_text())
+            if int(document["current"]) == version:
+                raise RootKeyFileError(
+                    f"{_version_label(version)} is the current root key version: rotate first"
+                )
+            if str(version) not in document["keys"]:
+                raise RootKeyFileError(
+                    f"{_version_label(version)} is not in root key file {self.path}"
+                )
+            del document["keys"][str(version)]
+            tmp = self._write_temp(document)
+            Path(tmp).replace(self.path)
+            self._load(force=True)
+
 
 class RootOriginKeys:
     """`OriginKeys` derived from the root key file, one per purpose; they follow
@@ -243,6 +262,9 @@ class LocalProvider(KeyProvider):
             raise KeyMaterialInvalid(
                 "wrapped key does not authenticate under this context"
             ) from None
+
+    def vendor_root_version(self, wrapped: bytes) -> int | None:
+        return int.from_bytes(wrapped[:4], "big") if len(wrapped) >= 4 else None
 
     def run_checks(self, context: Context) -> list[CheckResult]:
         try:

@@ -11,7 +11,7 @@ from keys.credentials import CredentialsMissing, credentials_of
 from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.providers.uploaded import MaterialDestroyed
-from keys.vault import Sealed, unseal
+from keys.vault import unpacked, unseal
 from tenants.models import Tenant
 
 LIVE_DEK_STATES = [DekState.ACTIVE, DekState.RETIRING]
@@ -110,7 +110,4 @@ def uploaded_material(version: KekVersion) -> bytes:
         raise MaterialDestroyed(version.provider_version)
     if version.material_expires_at is not None and version.material_expires_at <= timezone.now():
         raise MaterialDestroyed(version.provider_version)
-    root_version, _, blob = stored.partition(b"\0")
-    return unseal(
-        purpose=UPLOADED_KEY, owner=str(version.pk), sealed=Sealed(blob, root_version.decode())
-    )
+    return unseal(purpose=UPLOADED_KEY, owner=str(version.pk), sealed=unpacked(stored))

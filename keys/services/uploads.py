@@ -47,7 +47,7 @@ from keys.selectors.sources import (
     current_source,
 )
 from keys.services.health import tenant_mark_rotation_pending
-from keys.vault import Sealed, seal, unseal
+from keys.vault import Sealed, packed, seal, unseal
 from tenants.models import ServiceState, Tenant
 
 MAX_UPLOAD_BYTES = 64 * 1024
@@ -242,7 +242,7 @@ def _accept(
             # its old version, so the data keys wrapped by it unwrap again.
             sealed = seal(purpose=UPLOADED_KEY, owner=str(destroyed.pk), value=material)
             del material
-            destroyed.material = sealed.root_version.encode() + b"\0" + sealed.blob
+            destroyed.material = packed(sealed)
             destroyed.material_expires_at = material_expires_at
             destroyed.save(update_fields=["material", "material_expires_at"])
             _use_up(locked)
@@ -266,7 +266,7 @@ def _accept(
         )
         sealed = seal(purpose=UPLOADED_KEY, owner=str(version.pk), value=material)
         del material
-        version.material = sealed.root_version.encode() + b"\0" + sealed.blob
+        version.material = packed(sealed)
         version.save()
         if source.state == SourceState.ACTIVE:
             # A new upload for a key in use is a rotation: it waits, paused, until an

@@ -385,19 +385,37 @@ def test_a_blob_made_from_the_public_key_alone_is_refused_before_key_vault(
     legacy = make_provider(kv, app_id, accept_unsigned=True)
     assert legacy.unwrap(unsigned, CONTEXT, version) == dek
     assert legacy.needs_rewrap(unsigned)
+    rewrapped = legacy.rewrap(unsigned, CONTEXT, version)
+    assert rewrapped[:1] == b"\x02" and not legacy.needs_rewrap(rewrapped)
+    assert provider.unwrap(rewrapped, CONTEXT, version) == dek  # the strict reader takes it
+    with pytest.raises(KeyMaterialInvalid, match="not a DEK wrapped by Keyward"):
+        legacy.rewrap(guessed_origin, CONTEXT, version)  # a forgery is not laundered
 
 
-def test_blobs_follow_the_vendor_key_version(provider: AzureKeyVaultProvider) -> None:
+def test_blobs_follow_the_vendor_key_version(
+    kv: KeyVaultServer, provider: AzureKeyVaultProvider
+) -> None:
     dek = os.urandom(32)
     first = provider.wrap(dek, CONTEXT)
     assert not provider.needs_rewrap(first.blob)
+    assert provider.vendor_root_version(first.blob) == 1
     ORIGIN.version = 2
     try:
-        assert provider.needs_rewrap(first.blob)  # signed under a version no longer current
+        assert provider.vendor_root_version(first.blob) == 1  # no longer current
         assert provider.unwrap(first.blob, CONTEXT, first.version) == dek  # still verifies
         second = provider.wrap(dek, CONTEXT)
         assert second.blob[1:5] == (2).to_bytes(4, "big")
-        assert not provider.needs_rewrap(second.blob)
+        assert provider.vendor_root_version(second.blob) == 2
+        # Signing again under the new version needs no Key Vault call, and keeps
+        # the wrapped DEK (ciphertext and tag) as it was.
+        before = len(kv.requests_for("unwrapkey"))
+        resigned = provider.resign(first.blob, CONTEXT)
+        assert len(kv.requests_for("unwrapkey")) == before
+        assert provider.vendor_root_version(resigned) == 2
+        assert resigned[5:-32] == first.blob[5:-32]
+        assert provider.unwrap(resigned, CONTEXT, first.version) == dek
+        with pytest.raises(KeyMaterialInvalid, match="not a DEK wrapped by Keyward"):
+            provider.resign(first.blob[:-1] + bytes([first.blob[-1] ^ 1]), CONTEXT)
         retired = ORIGIN.keys.pop(1)
         with pytest.raises(KeyMaterialInvalid, match="unknown root key version"):
             provider.unwrap(first.blob, CONTEXT, first.version)

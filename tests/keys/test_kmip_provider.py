@@ -33,7 +33,6 @@ from keys.providers.kmip import (
     validate_client_material,
     validate_host,
 )
-from keys.providers.kmip.wrapping import CBC, encoded_context, hmac_tag
 from tests.support.kmip import (
     CLIENT_CN,
     ca_cert,
@@ -44,6 +43,7 @@ from tests.support.kmip import (
     expired_client_key,
     kmip_client,
     kmip_settings,
+    legacy_cbc_blob,
     no_client_auth_cert,
     no_client_auth_key,
     other_ca_cert,
@@ -530,27 +530,17 @@ class _Counted:
         monkeypatch.setattr(provider, "_call", counted)
 
 
-def _legacy_cbc_blob(keyed: KmipProvider, dek: bytes, context: dict[str, str]) -> bytes:
-    """A blob as written before version 3: AES-CBC with PKCS5 padding on the server."""
-    uid = keyed.current_version()
-    iv = secrets.token_bytes(16)
-    ciphertext, _ = keyed._call(
-        "Encrypt",
-        uid,
-        lambda c: c.encrypt(dek, uid=uid, cryptographic_parameters=CBC, iv_counter_nonce=iv),
-    )
-    ciphertext = bytes(ciphertext)
-    return b"\x01" + iv + ciphertext + hmac_tag(dek, encoded_context(context), iv, ciphertext)
-
-
 def test_every_bad_blob_takes_one_server_operation_and_one_answer(
     keyed: KmipProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dek = secrets.token_bytes(32)
     uid = keyed.current_version()
-    legacy = _legacy_cbc_blob(keyed, dek, CONTEXT)
+    legacy = legacy_cbc_blob(keyed, dek, CONTEXT)
     assert keyed.unwrap(legacy, CONTEXT, uid) == dek  # version 1 still reads
     assert keyed.needs_rewrap(legacy)
+    rewrapped = keyed.rewrap(legacy, CONTEXT, uid)
+    assert rewrapped[0] == 3 and not keyed.needs_rewrap(rewrapped)
+    assert keyed.unwrap(rewrapped, CONTEXT, uid) == dek
     bad_padding = bytearray(legacy)
     bad_padding[1 + 16 + 15] ^= 0x01  # the last plaintext byte, the padding, becomes 0x11
     bad_tag = bytearray(legacy)

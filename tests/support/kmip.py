@@ -129,3 +129,21 @@ def kmip_client(**overrides: Any) -> Any:
     }
     arguments.update(overrides)
     return ProxyKmipClient(**arguments)
+
+
+def legacy_cbc_blob(provider: Any, dek: bytes, context: dict[str, str]) -> bytes:
+    """A blob as Keyward wrote it before version 3 (read only today): AES-CBC with
+    PKCS5 padding on the server, then an HMAC tag keyed by the DEK itself."""
+    import secrets
+
+    from keys.providers.kmip.wrapping import CBC, encoded_context, hmac_tag
+
+    uid = provider.current_version()
+    iv = secrets.token_bytes(16)
+    ciphertext, _ = provider._call(
+        "Encrypt",
+        uid,
+        lambda c: c.encrypt(dek, uid=uid, cryptographic_parameters=CBC, iv_counter_nonce=iv),
+    )
+    ciphertext = bytes(ciphertext)
+    return b"\x01" + iv + ciphertext + hmac_tag(dek, encoded_context(context), iv, ciphertext)

@@ -5,14 +5,24 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from audit.services import Actor
-from keys.services.deks import kek_rewrap_vendor_deks
+from keys.services.rootkeys import root_key_rewrap
 
 
 class Command(BaseCommand):
-    help = "Rewrap every vendor-managed data key under the newest root key version."
+    help = (
+        "Move everything under an older vendor root key version to the current one: "
+        "vendor-managed data and lookup keys, sealed secrets (key-store credentials, "
+        "uploaded keys, import private keys) and Key Vault blob signatures. Safe to rerun."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        moved = kek_rewrap_vendor_deks(actor=Actor.system("manage.py rewrap_data_keys"))
-        for slug, count in sorted(moved.items()):
+        report = root_key_rewrap(actor=Actor.system("manage.py rewrap_data_keys"))
+        for slug, count in sorted(report.data_keys.items()):
             self.stdout.write(f"{slug}: {count} data key(s) rewrapped")
-        self.stdout.write(f"Done: {sum(moved.values())} data key(s) in {len(moved)} tenant(s).")
+        for what, count in sorted(report.sealed.items()):
+            self.stdout.write(f"{what}: {count} sealed again")
+        self.stdout.write(f"Key Vault blobs signed again: {report.signatures}")
+        self.stdout.write(
+            f"Done: {sum(report.data_keys.values())} data key(s) in "
+            f"{len(report.data_keys)} tenant(s)."
+        )

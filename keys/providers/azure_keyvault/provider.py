@@ -242,10 +242,13 @@ class AzureKeyVaultProvider(KeyProvider):
 
     # -- KeyProvider -------------------------------------------------------------
     def wrap(self, dek: bytes, context: Context) -> Wrapped:
+        return self._wrap_under(self.config.key_version, dek, context)
+
+    def _wrap_under(self, key_version: str | None, dek: bytes, context: Context) -> Wrapped:
         if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
             raise KeyMaterialInvalid(f"a DEK to wrap is {DEK_SIZE} bytes")
         context_bytes = encoded_context(context)
-        key = self._get_key(self.config.key_version)
+        key = self._get_key(key_version)
         version = str(key.properties.version)
         if not _is_rsa(key) or _rsa_bits(key) < MIN_RSA_BITS:
             raise KeyMaterialInvalid(
@@ -263,14 +266,17 @@ class AzureKeyVaultProvider(KeyProvider):
             ) from None
         if len(ciphertext) not in RSA_SIZES:
             raise KeyMaterialInvalid("RSA-OAEP-256 gave an unexpected ciphertext size")
-        origin_version, origin_key = self._origin.current()
-        signed = (
-            BLOB_SIGNED
-            + origin_version.to_bytes(ORIGIN_VERSION_SIZE, "big")
-            + ciphertext
-            + tag_v2(bytes(dek), context_bytes, ciphertext)
+        return Wrapped(
+            self._signed(ciphertext + tag_v2(bytes(dek), context_bytes, ciphertext), context_bytes),
+            version,
         )
-        return Wrapped(signed + origin_mac(origin_key, context_bytes, signed), version)
+
+    def _signed(self, body: bytes, context_bytes: bytes) -> bytes:
+        """A version 2 blob: `body` (RSA ciphertext and tag) signed under the current
+        vendor origin key."""
+        origin_version, origin_key = self._origin.current()
+        signed = BLOB_SIGNED + origin_version.to_bytes(ORIGIN_VERSION_SIZE, "big") + body
+        return signed + origin_mac(origin_key, context_bytes, signed)
 
     def unwrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
         if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
@@ -316,12 +322,33 @@ class AzureKeyVaultProvider(KeyProvider):
             raise KeyMaterialInvalid(NOT_OURS)
         return blob[head : -2 * TAG_SIZE]
 
-    def needs_rewrap(self, wrapped: bytes) -> bool:
-        """Version 1 (unsigned), or signed under a vendor key version no longer current."""
+    def rewrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
+        """An unsigned (version 1) blob: Key Vault unwraps it, then it is wrapped
+        and signed under the same key version."""
+        dek = self.unwrap(wrapped, context, version)
+        rewrapped = self._wrap_under(version.lower(), dek, context)
+        del dek
+        return rewrapped.blob
+
+    def resign(self, wrapped: bytes, context: Context) -> bytes:
+        """A signed blob signed again under the current origin key, with no call to
+        Key Vault: its ciphertext and tag stay as they are."""
+        context_bytes = encoded_context(context)
         blob = bytes(wrapped)
         if blob[:1] != BLOB_SIGNED:
-            return True
-        return int.from_bytes(blob[1 : 1 + ORIGIN_VERSION_SIZE], "big") != self._origin.current()[0]
+            raise KeyMaterialInvalid(NOT_OURS)
+        self._verified_origin(blob, context_bytes)
+        return self._signed(blob[1 + ORIGIN_VERSION_SIZE : -TAG_SIZE], context_bytes)
+
+    def vendor_root_version(self, wrapped: bytes) -> int | None:
+        blob = bytes(wrapped)
+        if blob[:1] != BLOB_SIGNED or len(blob) < 1 + ORIGIN_VERSION_SIZE:
+            return None
+        return int.from_bytes(blob[1 : 1 + ORIGIN_VERSION_SIZE], "big")
+
+    def needs_rewrap(self, wrapped: bytes) -> bool:
+        """Version 1: unsigned, read only while the source still accepts it."""
+        return bytes(wrapped)[:1] != BLOB_SIGNED
 
     def current_version(self) -> str:
         if self.config.key_version:

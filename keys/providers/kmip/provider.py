@@ -519,6 +519,13 @@ class KmipProvider(KeyProvider):
         """A blob in a format that is read but no longer written (version 1)."""
         return bool(wrapped) and wrapped[0] == BLOB_SERVER_CBC
 
+    def rewrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
+        """The DEK of a version 1 blob wrapped again, today's way, by the same key."""
+        dek = self.unwrap(wrapped, context, version)
+        blob = self._wrap_with(version, dek, context)
+        del dek
+        return blob
+
     # -- keys fetched with Get (servers without Encrypt/Decrypt) --------------------
     def _key_bytes(self, uid: str) -> bytes:
         now = time.monotonic()
