@@ -16,13 +16,14 @@ the database included.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from audit.services import Actor, record
-from keys.credentials import credentials_reseal
+from keys.credentials import CredentialsMissing, credentials_reseal
 from keys.errors import KeyActionRefused
 from keys.models import KekState, KekVersion, KeyImport, KeySource, SourceKind
 from keys.providers.base import KeyProviderError
@@ -35,6 +36,8 @@ from keys.services.formats import blob_store, stored_blobs
 from keys.services.uploads import IMPORT_PRIVATE
 from keys.vault import Sealed, packed, reseal, unpacked
 from tenants.models import ServiceState, Tenant
+
+logger = logging.getLogger(__name__)
 
 # A signature is made again without the key store, so it may be in any state
 # but destroyed (whose keys are gone).
@@ -134,10 +137,15 @@ def _resign_blobs() -> int:
         for item in stored_blobs(tenant):
             if item.source.kind == SourceKind.LOCAL:
                 continue  # moved by kek_rewrap_vendor_deks, under a new KEK version
-            provider = provider_for(item.source)
-            if provider.vendor_root_version(item.blob) in (None, current):
+            try:
+                provider = provider_for(item.source)
+                if provider.vendor_root_version(item.blob) in (None, current):
+                    continue
+                after = provider.resign(item.blob, item.context)
+            except (KeyProviderError, CredentialsMissing) as exc:
+                # Left under the old version: retiring it stays refused and says so.
+                logger.warning("%s of %s not signed again: %s", item.what, tenant.slug, exc)
                 continue
-            after = provider.resign(item.blob, item.context)
             if blob_store(tenant, item, after, states=_RESIGN_STATES):
                 resigned += 1
     return resigned
@@ -172,7 +180,7 @@ def root_key_dependents(number: int) -> Counter[str]:
             else:
                 try:
                     depends = provider_for(item.source).vendor_root_version(item.blob) == number
-                except KeyProviderError:
+                except (KeyProviderError, CredentialsMissing):
                     depends = True  # cannot tell: keep the version
             if depends:
                 found[f"{item.what}s"] += 1
