@@ -6,7 +6,7 @@ from datetime import date, datetime, time, timedelta
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from audit.models import AuditEvent
+from audit.models import AuditChain, AuditEvent
 from audit.services import chain_key
 
 
@@ -69,3 +69,9 @@ def audit_page(events: QuerySet[AuditEvent], *, before: int | None, size: int) -
 
 def recent_audit_events(tenant: Model, limit: int = 10) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(chain=chain_key(tenant)).order_by("-seq")[:limit])
+
+
+def chain_position(tenant: Model) -> int:
+    """How many events the tenant's chain holds: it grows with every recorded action."""
+    seq = AuditChain.objects.filter(key=chain_key(tenant)).values_list("last_seq", flat=True)
+    return int(seq.first() or 0)

@@ -5,36 +5,61 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from console.banners import Banner, banner_for
+from console.live import live_fingerprint, live_pace
 from keys.expiry import expiring_version
+from keys.selectors.overview import rotation_cause
 from objects.selectors import migration_progress
-from tenants.models import MIGRATING_STATES, Tenant
+from tenants.display import Banner, allowed_acts, display_of
+from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 from tenants.permissions import is_support_staff
 from tenants.selectors import memberships_for_user
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:
-    """The tenant switcher and the state banner, for every page of the shell."""
+    """The tenant switcher, the state banner and the live poller, for every page."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
     access = getattr(request, "tenant_access", None)
-    expiring = expiring_version(access.tenant) if access else None
-    return {
-        "expiring_key": expiring,
+    context: dict[str, Any] = {
         "switcher": memberships_for_user(user),
         "is_support": is_support_staff(user),
         "access": access,
         "current_tenant": access.tenant if access else None,
-        "banner": _with_progress(banner_for(access.tenant), access.tenant) if access else None,
+    }
+    if access is None:
+        return context
+    tenant = access.tenant
+    display = display_of(tenant)
+    return {
+        **context,
+        "expiring_key": expiring_version(tenant),
+        "state_display": display,
+        # The state-dependent actions the tenant's state allows (tenants/display.py);
+        # a page shows one only if the person's role allows it too.
+        "allowed": allowed_acts(tenant),
+        "banner": _banner(display.banner, tenant),
+        "live_tenant": tenant,
+        "live_fingerprint": live_fingerprint(tenant),
+        "live_pace": live_pace(tenant),
+        # Only a page fetched with GET can be fetched again when the tenant changes.
+        "live_url": request.get_full_path() if request.method == "GET" else "",
     }
 
 
-def _with_progress(banner: Banner | None, tenant: Tenant) -> Banner | None:
-    """While the tenant's objects move, the banner says how far the move is."""
-    if banner is None or tenant.state not in MIGRATING_STATES:
-        return banner
-    progress = migration_progress(tenant)
-    if progress is None:
-        return banner
-    return replace(banner, text=f"{banner.text} Objects: {progress.label} ({progress.percent}%).")
+def _banner(banner: Banner | None, tenant: Tenant) -> Banner | None:
+    """The state's banner, with what only the moment knows: where a pending rotation
+    came from, how far a move of objects is."""
+    if banner is None:
+        return None
+    if tenant.state == ServiceState.ROTATION_PENDING:
+        cause = rotation_cause(tenant)
+        if cause:
+            banner = replace(banner, text=f"{cause} {banner.text}")
+    if tenant.state in MIGRATING_STATES:
+        progress = migration_progress(tenant)
+        if progress is not None:
+            banner = replace(
+                banner, text=f"{banner.text} Objects: {progress.label} ({progress.percent}%)."
+            )
+    return banner

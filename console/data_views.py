@@ -28,6 +28,7 @@ from keys.providers.base import KeyProviderError
 from objects.views import data_section_context
 from records.indexkeys import index_key_rotate
 from records.selectors import records_overview
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -105,6 +106,7 @@ def token_revoke(request: HttpRequest, access: TenantAccess, token_id: str) -> H
 @require_POST
 @with_tenant(Perm.MANAGE_API_TOKENS)
 @sudo_required
+@state_permits(Act.ROTATE_LOOKUP_KEY, audit="blind_index.rotate", back="data:overview")
 def lookup_key_rotate(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         key = index_key_rotate(

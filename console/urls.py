@@ -13,6 +13,7 @@ console_patterns = (
         path("", views.home, name="home"),
         path("sudo/", views.sudo, name="sudo"),
         path("t/<slug:slug>/", views.dashboard, name="dashboard"),
+        path("t/<slug:slug>/live/", views.live, name="live"),
     ],
     "console",
 )

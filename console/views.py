@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -12,9 +11,11 @@ from api.openapi import openapi_document
 from audit.selectors import recent_audit_events
 from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
+from console.live import live_fingerprint, live_pace
+from keys.selectors.overview import revocation_bound
 from records.blindindex import INDEXED_FIELDS
 from records.fields import FIELDS_BY_KIND
-from tenants.models import ServiceState, Tenant
+from tenants.models import Tenant
 from tenants.permissions import Perm, TenantAccess, is_support_staff, with_tenant
 from tenants.selectors import memberships_for_user, tenants_for_user
 from tenants.sudo import safe_next, sudo_grant
@@ -47,6 +48,25 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 @with_tenant(Perm.VIEW_STATUS)
+def live(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    """The live poller's question: 204 while nothing changed, else a new poller and
+    the `kw-changed` event (console/live.py)."""
+    tenant = access.tenant
+    fingerprint = live_fingerprint(tenant)
+    if request.GET.get("seen") == fingerprint:
+        return HttpResponse(status=204)
+    response = render(
+        request,
+        "console/_live.html",
+        {"live_tenant": tenant, "live_fingerprint": fingerprint, "live_pace": live_pace(tenant)},
+    )
+    response["HX-Trigger"] = "kw-changed"
+    return response
+
+
+@login_required
+@require_GET
+@with_tenant(Perm.VIEW_STATUS)
 def dashboard(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     # Support staff see metadata only: the trail names people and addresses.
     events = recent_audit_events(access.tenant) if access.can(Perm.VIEW_AUDIT) else []
@@ -54,10 +74,7 @@ def dashboard(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     context = {
         "tenant": tenant,
         "events": events,
-        "byok": tenant.state not in (ServiceState.VENDOR_MANAGED, ServiceState.MIGRATING),
-        "ttl_seconds": tenant.dek_cache_ttl,
-        "interval_seconds": settings.KEYWARD_HEALTH_CHECK_SECONDS,
-        "bound_seconds": tenant.dek_cache_ttl + settings.KEYWARD_HEALTH_CHECK_SECONDS,
+        "bound": revocation_bound(tenant),
     }
     return render(request, "console/dashboard.html", context)
 

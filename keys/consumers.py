@@ -62,6 +62,9 @@ class DataMove:
     begin: Callable[[Tenant, KeySource, str, Callable[[], DataKey]], bool]
     next: Callable[[Tenant, str], str]
     retry: Callable[[Tenant, Actor], str]
+    # The latest finished move in a sentence ("60 objects moved, 60 verified,
+    # 215.7 KB"), None when there was none: a finished move stays visible.
+    summary: Callable[[Tenant], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,16 @@ def data_move_retry(*, tenant: Tenant, actor: Actor) -> str:
         if c.data_move is not None:
             return c.data_move.retry(tenant, actor)
     return "Nothing to move."
+
+
+def data_move_summaries(tenant: Tenant) -> list[str]:
+    """Every consumer's sentence on its latest finished move."""
+    found = (
+        c.data_move.summary(tenant)
+        for c in consumers()
+        if c.data_move is not None and c.data_move.summary is not None
+    )
+    return [text for text in found if text]
 
 
 def data_jobs(tenant: Tenant) -> list[Any]:

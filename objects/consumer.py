@@ -6,7 +6,7 @@ from keys.consumers import DataConsumer, DataMove, DataUnavailable, Reencryption
 from keys.models import DataKey
 from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
 from objects.moves import objects_move_begin, objects_move_next, objects_move_retry
-from objects.selectors import object_counts_by_dek
+from objects.selectors import last_move_summary, object_counts_by_dek
 from objects.services import object_checksums_shred, objects_reencrypt_pass
 from objects.storage import StorageError
 from tenants.models import Tenant
@@ -33,6 +33,11 @@ OBJECTS = DataConsumer(
     counts_by_dek=object_counts_by_dek,
     depends_on=_depends_on,
     reencrypt=_reencrypt,
-    data_move=DataMove(begin=objects_move_begin, next=objects_move_next, retry=objects_move_retry),
+    data_move=DataMove(
+        begin=objects_move_begin,
+        next=objects_move_next,
+        retry=objects_move_retry,
+        summary=last_move_summary,
+    ),
     shred=object_checksums_shred,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db.models import Count, QuerySet, Sum
+from django.template.defaultfilters import filesizeformat, pluralize
 
 from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
 from tenants.models import Tenant
@@ -92,3 +93,19 @@ def migration_progress(tenant: Tenant) -> MigrationProgress | None:
         f"{m.verified} verified, {m.deleted} old copies deleted"
     )
     return MigrationProgress(migration=m, percent=m.percent, label=label)
+
+
+def last_move_summary(tenant: Tenant) -> str | None:
+    """The latest finished move of the tenant's objects, in a sentence."""
+    migration = (
+        ObjectMigration.objects.filter(tenant=tenant, finished__isnull=False)
+        .order_by("-finished")
+        .first()
+    )
+    if migration is None:
+        return None
+    return (
+        f"{migration.copied} object{pluralize(migration.copied)} moved, "
+        f"{migration.verified} verified, "
+        f"{filesizeformat(migration.bytes_copied).replace(chr(0xA0), ' ')}"
+    )

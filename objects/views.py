@@ -15,6 +15,7 @@ from audit.services import Actor, record
 from keys.errors import KeyActionRefused
 from objects.moves import objects_move_retry
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
+from tenants.display import Act, state_permits
 from tenants.models import MIGRATING_STATES
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
@@ -50,6 +51,7 @@ def data_section(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.RETRY_MOVE, audit="objects.migration_retry", back="data:overview")
 def migration_retry(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     """Start a failed move again, once its cause is fixed (the tenant stays paused till then)."""
     actor = Actor.for_user(request.user)

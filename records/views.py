@@ -13,6 +13,7 @@ from audit.services import Actor, record
 from keys.errors import KeyActionRefused
 from records.reencryption import reencryption_start
 from records.selectors import reencryption_job_for_tenant
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -21,6 +22,7 @@ from tenants.sudo import sudo_required
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.REENCRYPT, audit="records.reencrypt", back="keys:overview")
 def start_reencryption(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     actor = Actor.for_user(request.user)
     try:

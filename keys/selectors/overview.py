@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import chain_key
-from keys.consumers import counts_by_dek, data_jobs
+from keys.consumers import counts_by_dek, data_jobs, data_move_summaries
 from keys.models import DataKey, DekState, KekVersion, KeySource, SourceKind, SourceState
 from keys.providers.base import KeyDescription
 from keys.registry import provider_for
@@ -166,3 +167,90 @@ def rotation_history(tenant: Tenant, limit: int = 50) -> list[Any]:
             "-seq"
         )[:limit]
     )
+
+
+@dataclass(frozen=True)
+class RevocationBound:
+    """How long Keyward may still read a tenant's data after the customer cuts off
+    their key in their key store: one number, shown the same on every page."""
+
+    customer_key: bool  # False: vendor-managed, the customer has nothing to cut off
+    cache_seconds: int  # how long an unwrapped data key may stay in memory
+    check_seconds: int  # how often the key health check asks the key store
+
+    @property
+    def seconds(self) -> int:
+        # A cached data key serves until its lifetime ends; the health check
+        # that sees the key gone makes every process drop it, at the latest one
+        # interval after the cut. The bound is the sum: it holds even for a key
+        # unwrapped the instant before the cut and a check that just ran.
+        return self.cache_seconds + self.check_seconds
+
+
+def revocation_bound(tenant: Tenant) -> RevocationBound:
+    return RevocationBound(
+        customer_key=KeySource.objects.filter(tenant=tenant, state=SourceState.ACTIVE)
+        .exclude(kind=SourceKind.LOCAL)
+        .exists(),
+        cache_seconds=tenant.dek_cache_ttl,
+        check_seconds=int(settings.KEYWARD_HEALTH_CHECK_SECONDS),
+    )
+
+
+# The audit actions that end a move of the data keys.
+_MOVE_ENDS = {
+    "byok.enabled": "Moved under your key",
+    "byok.removed": "Moved back to the vendor-managed key",
+    "kek.rotation_done": "Rewrapped under the new key version",
+}
+
+
+@dataclass(frozen=True)
+class KeyMoveSummary:
+    label: str
+    finished: datetime
+    data_keys: int
+    # The data consumers' sentences ("60 objects moved, 60 verified, 215.7 KB").
+    data: list[str]
+
+
+def last_key_move(tenant: Tenant) -> KeyMoveSummary | None:
+    """The latest finished move of the tenant's data keys, to show once its bar is gone."""
+    event = (
+        AuditEvent.objects.filter(chain=chain_key(tenant), action__in=list(_MOVE_ENDS))
+        .order_by("-seq")
+        .first()
+    )
+    if event is None:
+        return None
+    return KeyMoveSummary(
+        label=_MOVE_ENDS[event.action],
+        finished=event.time,
+        data_keys=DataKey.objects.filter(tenant=tenant, state__in=LIVE_DEK_STATES).count(),
+        data=data_move_summaries(tenant),
+    )
+
+
+# Where a pending rotation came from, in the words the console uses.
+ROTATION_CAUSES = {
+    "upload": "An administrator uploaded a new key in Keyward.",
+    "store_version": "A new version of your key appeared in your key store.",
+    "alias": "Your key alias now points to another key.",
+    "material": "Your key's material was rotated in your key store.",
+    "on_request": "A new key was made in your key store at an administrator's request.",
+}
+
+
+def rotation_cause(tenant: Tenant) -> str | None:
+    """Where the pending rotation came from, in a sentence (banner, review page)."""
+    if tenant.state != ServiceState.ROTATION_PENDING:
+        return None
+    event = (
+        AuditEvent.objects.filter(chain=chain_key(tenant), action="key.rotation_detected")
+        .order_by("-seq")
+        .first()
+    )
+    if event is None:
+        return None
+    cause = str((event.details or {}).get("cause", ""))
+    return ROTATION_CAUSES.get(cause) or f"{event.reason[:1].upper()}{event.reason[1:]}."

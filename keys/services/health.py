@@ -91,8 +91,12 @@ def tenant_mark_rotation_pending(
     *,
     actor: Actor = HEALTH,
     reason: str = "the key in your key store changed; confirm the new version",
+    cause: str = "store_version",
 ) -> bool:
-    """The key changed (in the customer's store, or uploaded by `actor`): pause the tenant."""
+    """The key changed (in the customer's store, or uploaded by `actor`): pause the tenant.
+
+    `cause` says where the change came from, for the banner and the review page:
+    a key of keys.selectors.overview.ROTATION_CAUSES."""
     with transaction.atomic():
         pending, _ = KekVersion.objects.get_or_create(
             source=source, provider_version=version, defaults={"state": KekState.PENDING}
@@ -103,7 +107,7 @@ def tenant_mark_rotation_pending(
             actor=actor,
             action="key.rotation_detected",
             reason=reason,
-            details={"new_version": version, "kek_version": str(pending.pk)},
+            details={"new_version": version, "kek_version": str(pending.pk), "cause": cause},
         )
         if moved is not None:
             notify_key_admins(
@@ -151,10 +155,13 @@ def key_health_check(*, tenant: Tenant) -> str:
         return "ok"  # paused for a rotation: only a cut-off changes anything now
     tenant_mark_recovered(tenant)
     if health.version not in _in_use_versions(source):
-        tenant_mark_rotation_pending(tenant, source, health.version)
+        alias = ":alias/" in str(source.config.get("key_arn", ""))
+        tenant_mark_rotation_pending(
+            tenant, source, health.version, cause="alias" if alias else "store_version"
+        )
         return "rotation_pending"
     if health.material and _material_rotated(source, health.version, health.material):
-        tenant_mark_rotation_pending(tenant, source, health.version)
+        tenant_mark_rotation_pending(tenant, source, health.version, cause="material")
         return "rotation_pending"
     return "ok"
 

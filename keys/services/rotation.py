@@ -259,6 +259,7 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
             str(new_key),
             actor=actor,
             reason="a new key was made in your key store on request; confirm it",
+            cause="on_request",
         )
         return (
             "A new key was made in your key store. Review and confirm it to rewrap your "

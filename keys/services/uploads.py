@@ -293,7 +293,9 @@ def _accept(
             request=request,
         )
     if rotation:
-        tenant_mark_rotation_pending(tenant, source, label, actor=actor, reason=UPLOADED_REASON)
+        tenant_mark_rotation_pending(
+            tenant, source, label, actor=actor, reason=UPLOADED_REASON, cause="upload"
+        )
     return version
 
 
@@ -384,7 +386,12 @@ def _accept_into_kms(
     if rotation:
         transaction.on_commit(
             lambda: tenant_mark_rotation_pending(
-                tenant, source, key_import.aws_key_arn, actor=actor, reason=UPLOADED_REASON
+                tenant,
+                source,
+                key_import.aws_key_arn,
+                actor=actor,
+                reason=UPLOADED_REASON,
+                cause="upload",
             )
         )
     return version

@@ -9,7 +9,7 @@ person, its refusal audited and shown, then back to the Keys page. One row of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import messages
@@ -36,6 +36,7 @@ from keys.services.rotation import (
     kek_switch_source,
 )
 from keys.views.common import refused
+from tenants.display import Act, state_refusal
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -55,6 +56,9 @@ class LifecycleAction:
     confirm: str | None = None
     # The URL names a key source of the tenant (`source_id`), passed as `source`.
     with_source: bool = False
+    # What the tenant-state table calls it (tenants/display.py): refused in a
+    # state that does not allow it, with the table's message.
+    act: Act = field(kw_only=True)
 
     def success(self, result: Any) -> str:
         if self.message is None:
@@ -71,6 +75,7 @@ ACTIONS = (
         Perm.MANAGE_KEYS,
         "kek.confirm_rotation",
         kek_confirm_rotation,
+        act=Act.CONFIRM_ROTATION,
     ),
     LifecycleAction(
         "rotation_reject",
@@ -78,6 +83,7 @@ ACTIONS = (
         Perm.MANAGE_KEYS,
         "kek.reject_rotation",
         kek_reject_rotation,
+        act=Act.CONFIRM_ROTATION,
     ),
     LifecycleAction(
         "revoke",
@@ -87,6 +93,7 @@ ACTIONS = (
         tenant_revoke,
         "Revoked: Keyward can no longer decrypt this tenant's data.",
         confirm="confirm",
+        act=Act.REVOKE,
     ),
     LifecycleAction(
         "restore",
@@ -95,6 +102,7 @@ ACTIONS = (
         "key.restore",
         tenant_restore,
         "Restored: the key passed its checks and the service runs again.",
+        act=Act.RESTORE,
     ),
     LifecycleAction(
         "destroy",
@@ -104,6 +112,7 @@ ACTIONS = (
         tenant_schedule_destroy,
         lambda when: f"The keys will be destroyed on {when:%Y-%m-%d %H:%M} UTC unless you cancel.",
         confirm="typed_name",
+        act=Act.DESTROY,
     ),
     LifecycleAction(
         "cancel_destroy",
@@ -112,6 +121,7 @@ ACTIONS = (
         "key.destroy_cancelled",
         tenant_cancel_destroy,
         "The destruction was cancelled.",
+        act=Act.DESTROY,
     ),
     LifecycleAction(
         "remove_byok",
@@ -120,9 +130,15 @@ ACTIONS = (
         "byok.remove",
         tenant_remove_byok,
         "Moving your data keys back to the vendor-managed key.",
+        act=Act.REMOVE_BYOK,
     ),
     LifecycleAction(
-        "rotate_kek", "rotate-key/", Perm.MANAGE_KEYS, "kek.rotate_now", kek_rotate_now
+        "rotate_kek",
+        "rotate-key/",
+        Perm.MANAGE_KEYS,
+        "kek.rotate_now",
+        kek_rotate_now,
+        act=Act.ROTATE_KEK,
     ),
     LifecycleAction(
         "switch_source",
@@ -131,6 +147,7 @@ ACTIONS = (
         "kek.switch_source",
         kek_switch_source,
         with_source=True,
+        act=Act.SWITCH_SOURCE,
     ),
 )
 
@@ -150,6 +167,11 @@ def lifecycle_view(action: LifecycleAction) -> Callable[..., HttpResponseBase]:
             )
         if action.confirm is not None:
             arguments[action.confirm] = request.POST.get("confirm", "")
+        # After the source lookup: another tenant's source is a 404 in any state.
+        not_now = state_refusal(access.tenant, action.act)
+        if not_now is not None:
+            refused(request, access, action.audit, not_now)
+            return redirect("keys:overview", slug=access.tenant.slug)
         try:
             result = action.service(**arguments)
         except KeyActionRefused as exc:

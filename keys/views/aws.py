@@ -22,6 +22,7 @@ from keys.views.common import (
     refused,
     test_and_enable,
 )
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -66,6 +67,7 @@ def aws_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:aws")
 def aws_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = AwsKmsSourceForm(request.POST)
     if not form.is_valid():

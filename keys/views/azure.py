@@ -23,6 +23,7 @@ from keys.views.common import (
     saved_then_tested,
     source_page,
 )
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -55,6 +56,7 @@ def azure_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:azure")
 def azure_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = _azure_form(access, request.POST, request.FILES)
     if not form.is_valid():

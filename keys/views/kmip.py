@@ -23,6 +23,7 @@ from keys.views.common import (
     saved_then_tested,
     source_page,
 )
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -52,6 +53,7 @@ def kmip_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:kmip")
 def kmip_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = _kmip_form(access, request.POST, request.FILES)
     if not form.is_valid():

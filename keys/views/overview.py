@@ -15,17 +15,25 @@ from keys.forms import (
     CacheTtlForm,
     RotateDekForm,
 )
+from keys.models import SourceKind
 from keys.providers.base import KeyProviderError
 from keys.registry import provider_for
-from keys.selectors.overview import enabling_progress, keys_overview
+from keys.selectors.overview import (
+    enabling_progress,
+    keys_overview,
+    last_key_move,
+    revocation_bound,
+)
 from keys.services.deks import dek_rotate, tenant_set_dek_cache_ttl
 from keys.views.common import (
     refused,
 )
-from tenants.models import ServiceState
+from tenants.display import Act, state_allows, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
-from tenants.states import REVOCABLE_STATES
 from tenants.sudo import sudo_required
+
+# The permission each state-dependent action needs beyond the state (else MANAGE_KEYS).
+_PERM_OF = {Act.DESTROY: Perm.DESTROY_KEYS, Act.REMOVE_BYOK: Perm.REMOVE_BYOK}
 
 
 def _page(
@@ -34,24 +42,32 @@ def _page(
     ttl_form: CacheTtlForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    overview = keys_overview(access.tenant)
+    tenant = access.tenant
+    overview = keys_overview(tenant)
+    manage = access.can(Perm.MANAGE_KEYS)
+    source = overview.source
     context = {
-        "tenant": access.tenant,
+        "tenant": tenant,
         "overview": overview,
-        "ttl_form": ttl_form or CacheTtlForm(initial={"ttl": access.tenant.dek_cache_ttl}),
+        "ttl_form": ttl_form or CacheTtlForm(initial={"ttl": tenant.dek_cache_ttl}),
         "rotate_form": RotateDekForm(),
         "job": overview.open_job or overview.last_job,
-        "can_manage": access.can(Perm.MANAGE_KEYS),
-        "can_revoke": access.tenant.state in REVOCABLE_STATES,
+        "can_manage": manage,
+        # What the person may do now: their role, and the tenant-state table.
+        "can": {
+            str(act): access.can(_PERM_OF.get(act, Perm.MANAGE_KEYS)) and state_allows(tenant, act)
+            for act in Act
+        },
         "can_rotate_kek": bool(
-            overview.source
-            and access.tenant.state == ServiceState.BYOK_ACTIVE
-            and provider_for(overview.source).can_rotate_now
+            manage
+            and source
+            and state_allows(tenant, Act.ROTATE_KEK)
+            and provider_for(source).can_rotate_now
         ),
-        "can_destroy": access.can(Perm.DESTROY_KEYS),
-        "can_remove": access.can(Perm.REMOVE_BYOK)
-        and access.tenant.state in (ServiceState.BYOK_ACTIVE, ServiceState.DEGRADED),
-        "enabling": enabling_progress(access.tenant),
+        "uploads_are_source": bool(source and source.kind == SourceKind.UPLOADED),
+        "enabling": enabling_progress(tenant),
+        "last_move": last_key_move(tenant),
+        "bound": revocation_bound(tenant),
     }
     return render(request, "keys/keys.html", context, status=status)
 
@@ -67,6 +83,7 @@ def keys_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.ROTATE_DEK, audit="dek.rotate", back="keys:overview")
 def rotate_dek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = RotateDekForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
@@ -88,6 +105,7 @@ def rotate_dek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.SET_CACHE_TTL, audit="tenant.set_dek_cache_ttl", back="keys:overview")
 def set_cache_ttl(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = CacheTtlForm(request.POST)
     if not form.is_valid():
@@ -113,5 +131,9 @@ def enable_progress(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     return render(
         request,
         "keys/keys.html#enable-progress",
-        {"tenant": access.tenant, "enabling": enabling_progress(access.tenant)},
+        {
+            "tenant": access.tenant,
+            "enabling": enabling_progress(access.tenant),
+            "last_move": last_key_move(access.tenant),
+        },
     )

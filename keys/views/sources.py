@@ -17,6 +17,7 @@ from keys.views.common import (
     refused,
     saved_then_tested,
 )
+from tenants.display import Act, state_permits
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
 
@@ -25,6 +26,7 @@ from tenants.sudo import sudo_required
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.BRING_KEY, audit="key_source.test", back="keys:overview")
 def test_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
     """Test the saved settings again (the key store may have been fixed meanwhile)."""
     source = get_object_or_404(
@@ -40,6 +42,7 @@ def test_source(request: HttpRequest, access: TenantAccess, source_id: str) -> H
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.ENABLE, audit="byok.enable", back="keys:overview")
 def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
     source = get_object_or_404(KeySource, pk=source_id, tenant=access.tenant)
     try:

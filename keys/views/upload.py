@@ -13,13 +13,14 @@ from keys.errors import KeyActionRefused
 from keys.forms import (
     KeyUploadForm,
 )
-from keys.models import SourceKind
+from keys.models import KekState, SourceKind, SourceState
 from keys.selectors.sources import current_source
 from keys.services.sources import key_source_test
 from keys.services.uploads import MAX_UPLOAD_BYTES, key_import_create, key_upload
 from keys.views.common import (
     refused,
 )
+from tenants.display import Act, state_permits
 from tenants.models import ServiceState
 from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.sudo import sudo_required
@@ -31,10 +32,29 @@ def _upload_page(
     tenant = access.tenant
     source = current_source(tenant, SourceKind.UPLOADED)
     versions = list(source.versions.order_by("-created")) if source else []
+    newest = versions[0] if versions else None
+    revoked = tenant.state in (ServiceState.REVOKED, ServiceState.DESTROYED)
     context = {
         "tenant": tenant,
         "source": source,
         "versions": versions,
+        "revoked": revoked,
+        # A key is in use: a new upload is a rotation, which pauses writes until confirmed.
+        "upload_is_rotation": bool(source and source.state == SourceState.ACTIVE and not revoked),
+        # The checks shown are those of the newest upload, never an older one's; a
+        # revoked tenant's key copy is destroyed, so no check of it stands.
+        "checks": (
+            source.test_results
+            if source
+            and newest is not None
+            and newest.material
+            and not revoked
+            and source.config.get("version") == newest.provider_version
+            else []
+        ),
+        "newest_pending": newest
+        if newest is not None and newest.state == KekState.PENDING and not revoked
+        else None,
         "form": form or KeyUploadForm(),
         "max_upload_bytes": MAX_UPLOAD_BYTES,
         "can_enable": bool(
@@ -54,6 +74,7 @@ def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @login_required
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
+@state_permits(Act.UPLOAD_VERSION, audit="key_import.create", back="keys:upload")
 def download_import_parameters(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         key_import, bundle = key_import_create(
@@ -75,6 +96,7 @@ def download_import_parameters(request: HttpRequest, access: TenantAccess) -> Ht
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
+@state_permits(Act.UPLOAD_VERSION, audit="key.upload", back="keys:upload")
 def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = KeyUploadForm(request.POST, request.FILES)
     actor = Actor.for_user(request.user)

@@ -171,7 +171,7 @@ def test_keys_page_shows_real_figures(db) -> None:
     records_create(tenant=acme.tenant, items=list(synthetic_records(12)))
     body = login(acme.viewer).get(reverse("keys:overview", args=["acme"])).content.decode()
     assert "Vendor-managed key" in body
-    assert "can read your data for at most <strong>5 minutes</strong>" in body
+    assert "the key cache lifetime (5 minutes)" in body
     assert "<td>12</td>" in body  # records under DEK v1
     assert "Rotate data key now" not in body  # a viewer only reads
 
