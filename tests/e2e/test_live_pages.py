@@ -1,0 +1,153 @@
+"""Pages follow the tenant live: the walkthrough of an administrator who brings a
+key, watches the move, rotates, revokes and restores, in Chromium, with no reload
+and no typed URL between an action and what the page must show after it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from console.celery import app as celery_app
+from keys.runtime import reset_for_tests
+from objects.services import object_put
+from records.services import records_create
+from records.synthetic import synthetic_records
+from tenants.models import ServiceState, Tenant
+from tests.conftest import PASSWORD, make_tenant
+from tests.keys.test_upload import customer_wraps
+from tests.support.worker import celery_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def _upload_in_browser(page: Page, folder: Path, *, same_key_from: Path | None = None) -> None:
+    """On the upload page: download parameters, wrap (a new key, or the same one
+    again), upload."""
+    with page.expect_download() as info:
+        page.get_by_test_id("download-parameters").click()
+    with zipfile.ZipFile(info.value.path()) as bundle:
+        bundle.extractall(folder)
+    if same_key_from is None:
+        customer_wraps(folder)
+    else:
+        shutil.copy(same_key_from / "CustomerKey.bin", folder / "CustomerKey.bin")
+        customer_wraps(folder, {2})
+    page.get_by_label("CustomerEncryptionKey.bin (your wrapped key)").set_input_files(
+        str(folder / "CustomerEncryptionKey.bin")
+    )
+    page.get_by_label("ImportToken.bin (from the import parameters)").set_input_files(
+        str(folder / "ImportToken.bin")
+    )
+    page.get_by_test_id("upload").click()
+
+
+def _state(tenant: Tenant) -> str:
+    tenant.refresh_from_db()
+    return tenant.state
+
+
+def _wait_for_state(tenant: Tenant, state: str, timeout: float = 90) -> float:
+    deadline = time.monotonic() + timeout
+    while _state(tenant) != state:
+        assert time.monotonic() < deadline, f"still {tenant.state}, not {state}"
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def test_the_walkthrough_needs_no_reload_and_no_typed_url(
+    page: Page, sign_in: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reset_for_tests()
+    acme = make_tenant("Acme", "acme")
+    records_create(tenant=acme.tenant, items=list(synthetic_records(30)))
+    for n in range(12):
+        object_put(tenant=acme.tenant, key=f"reports/{n:02}.txt", chunks=[bytes(1000 + n)])
+    with celery_worker(tmp_path / "worker.log") as worker:
+        monkeypatch.setitem(celery_app.conf, "task_default_queue", worker.queue)
+        sign_in(acme.owner.username, PASSWORD)
+        page.get_by_role("link", name="Keys", exact=True).click()
+        expect(page.get_by_test_id("revocation-bound")).to_contain_text("vendor-managed key")
+        page.get_by_test_id("bring-upload").click()
+        _upload_in_browser(page, tmp_path / "one")
+        expect(page.get_by_test_id("checks")).not_to_contain_text("Failed")
+
+        # Enable: the page follows the move to its end without a reload.
+        page.get_by_test_id("enable").click()
+        expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data")
+        expect(page.get_by_test_id("state-badge")).to_have_text(
+            "Protected by your key", timeout=90_000
+        )
+        expect(page.get_by_test_id("state-banner")).to_have_count(0)
+        expect(page.get_by_test_id("move-finished")).to_contain_text("Moved under your key")
+        expect(page.get_by_test_id("move-finished")).to_contain_text(
+            "12 objects moved, 12 verified"
+        )
+        expect(page.get_by_test_id("dek-table")).to_contain_text("upload-1")
+        expect(page.get_by_test_id("revocation-bound")).to_contain_text("in your key store")
+
+        # A new version of the uploaded key: one click from the Keys page, warned first.
+        expect(page.get_by_test_id("upload-pause-warning")).to_be_visible()
+        page.get_by_test_id("upload-new-version").click()
+        expect(page.get_by_test_id("upload-rotation-warning")).to_contain_text("new writes pause")
+        _upload_in_browser(page, tmp_path / "two")
+        expect(page.get_by_test_id("pending-version")).to_contain_text("upload-2")
+        expect(page.get_by_test_id("state-banner")).to_contain_text(
+            "An administrator uploaded a new key in Keyward"
+        )
+        page.get_by_test_id("banner-link").click()
+        page.get_by_role("button", name="Confirm").first.click()
+        done = _wait_for_state(acme.tenant, ServiceState.BYOK_ACTIVE)
+        expect(page.get_by_test_id("state-banner")).to_have_count(0, timeout=5_000)
+        assert time.monotonic() - done <= 3.0, "the banner outlived the rewrap"
+
+        # Revoke: the actions go, the key's versions read revoked, Restore is offered.
+        page.get_by_role("link", name="Keys", exact=True).click()
+        page.get_by_label("Type").fill("acme")
+        page.get_by_test_id("revoke").click()
+        expect(page.get_by_test_id("state-badge")).to_have_text("Revoked")
+        for gone in ("revoke", "rotate-dek", "reencrypt", "remove-byok", "upload-pause-warning"):
+            expect(page.get_by_test_id(gone)).to_have_count(0)
+        expect(page.get_by_test_id("kek-state").first).to_have_text("Revoked")
+        expect(page.get_by_test_id("restore")).to_be_visible()
+
+        # Restore: the same key again, reached from the Keys page, then Restore.
+        page.get_by_test_id("upload-new-version").click()
+        expect(page.get_by_test_id("upload-restore-path")).to_be_visible()
+        expect(page.get_by_test_id("checks")).to_have_count(0)  # no check of a destroyed copy
+        _upload_in_browser(page, tmp_path / "again", same_key_from=tmp_path / "two")
+        page.get_by_role("link", name="Keys page").click()
+        page.get_by_test_id("restore").click()
+        expect(page.get_by_test_id("state-badge")).to_have_text("Protected by your key")
+        expect(page.get_by_test_id("state-banner")).to_have_count(0)
+    assert _state(acme.tenant) == ServiceState.BYOK_ACTIVE
+
+
+def test_a_change_made_elsewhere_reaches_an_open_page(
+    page: Page, sign_in: Any, tmp_path: Path
+) -> None:
+    """Another administrator (here: the database) changes the state; the open
+    page follows within the slow pace, with no action in this browser."""
+    acme = make_tenant("Acme", "acme")
+    sign_in(acme.owner.username, PASSWORD)
+    page.get_by_role("link", name="Keys", exact=True).click()
+    expect(page.get_by_test_id("state-badge")).to_have_text("Vendor-managed key")
+    from tenants.states import tenant_transition
+    from audit.services import Actor
+
+    tenant_transition(
+        tenant=acme.tenant,
+        to=ServiceState.MIGRATING,
+        actor=Actor.system("tests"),
+        action="byok.enable",
+    )
+    changed = time.monotonic()
+    expect(page.get_by_test_id("state-badge")).to_have_text("Moving to your key", timeout=8_000)
+    assert time.monotonic() - changed <= 7
+    expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data")
+    expect(page.get_by_test_id("rotate-dek")).to_have_count(0)
