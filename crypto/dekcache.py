@@ -1,6 +1,9 @@
 """The per-process cache of unwrapped data keys. Framework-free.
 
-Unwrapped DEKs live only here, in memory, as AESGCM objects:
+Unwrapped DEKs live only here, in memory, as the AES-GCM keys of the field
+ciphertext formats (`FieldKeys`: the field key HKDF derives from the DEK,
+and the DEK itself for reading format 1). They are derived once per unwrap,
+never per record.
 
 - TTL per tenant (the loader says how long): the bound on how long data stays
   readable after the customer cuts access to their key.
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from crypto.ciphertext import FieldKeys
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,10 @@ Loader = Callable[[str, int], LoadedKey]
 
 
 class _Entry:
-    __slots__ = ("aead", "expires", "refresh_at", "refreshing")
+    __slots__ = ("expires", "keys", "refresh_at", "refreshing")
 
-    def __init__(self, aead: AESGCM, now: float, ttl: float, refresh_fraction: float) -> None:
-        self.aead = aead
+    def __init__(self, keys: FieldKeys, now: float, ttl: float, refresh_fraction: float) -> None:
+        self.keys = keys
         self.expires = now + ttl
         self.refresh_at = now + ttl * refresh_fraction
         self.refreshing = False
@@ -85,14 +88,14 @@ class DekCache:
     def __repr__(self) -> str:
         return f"<DekCache {len(self._entries)} entries>"
 
-    def hit(self, key: Key, now: float) -> AESGCM | None:
-        """The cached key if it is fresh and needs no refresh yet: the hot path."""
+    def hit(self, key: Key, now: float) -> FieldKeys | None:
+        """The cached keys if they are fresh and need no refresh yet: the hot path."""
         entry = self._entries.get(key)
         if entry is not None and now < entry.refresh_at:
-            return entry.aead
+            return entry.keys
         return None
 
-    def get(self, tenant_id: str, dek_id: int) -> AESGCM:
+    def get(self, tenant_id: str, dek_id: int) -> FieldKeys:
         key = (tenant_id, dek_id)
         entry = self._entries.get(key)
         if entry is not None:
@@ -100,8 +103,8 @@ class DekCache:
             if now < entry.expires:
                 if now >= entry.refresh_at and not entry.refreshing:
                     self._refresh(key, entry)
-                return entry.aead
-        return self._load(key).aead
+                return entry.keys
+        return self._load(key).keys
 
     def _load(self, key: Key) -> _Entry:
         with self._lock:
@@ -135,7 +138,9 @@ class DekCache:
     def _unwrap(self, key: Key) -> _Entry:
         loaded = self._loader(*key)
         self.loads += 1
-        return _Entry(AESGCM(loaded.material), self._clock(), loaded.ttl, self._refresh_fraction)
+        # The one place a DEK becomes keys: HKDF runs here, once per unwrap.
+        keys = FieldKeys(loaded.material)
+        return _Entry(keys, self._clock(), loaded.ttl, self._refresh_fraction)
 
     def _store(self, key: Key, entry: _Entry) -> None:
         self._entries.pop(key, None)

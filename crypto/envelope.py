@@ -12,6 +12,8 @@ Encryptions are counted per DEK without a database write per encryption: each
 process reserves blocks of `block` encryptions (`reserve`), spends them in
 memory and reports what it really used (`take_counts`). The limit is enforced
 on reservations, so a crash can only over-count, never let a DEK exceed it.
+Only a DEK's format 2 field key encrypts, so the count of a DEK is the count
+of one AES-GCM key: the one the random-nonce limit is about.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crypto.ciphertext import (
+    FORMAT_CURRENT,
     FORMAT_V1,
+    FORMAT_V2,
     HEADER,
     HEADER_SIZE,
     NONCE_SIZE,
@@ -34,6 +37,7 @@ from crypto.ciphertext import (
     UNAUTHENTIC,
     CiphertextMalformed,
     CiphertextUnauthentic,
+    FieldKeys,
     binding,
     binding_prefix,
     dek_id_of,
@@ -112,7 +116,7 @@ class Envelope:
         self._budget: dict[int, int] = {}
         self._used: dict[int, int] = {}
         self._count_lock = threading.Lock()
-        self._prefixes: dict[tuple[int, str, str, str], tuple[bytes, bytes]] = {}
+        self._prefixes: dict[tuple[int, int, str, str, str], tuple[bytes, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<Envelope {len(self._tenants)} tenants, {self.cache!r}>"
@@ -147,14 +151,14 @@ class Envelope:
             raise KeyRevoked(f"the tenant's key is {state.status}: its data cannot be decrypted")
         return state
 
-    def current_key(self, tenant_id: str) -> tuple[int, AESGCM]:
+    def current_key(self, tenant_id: str) -> tuple[int, FieldKeys]:
         """The DEK new data is written under, for bulk jobs that call `seal` themselves."""
         state = self._usable(tenant_id)
         if state.current_dek_id is None:
             raise NoDataKey("the tenant has no active data key")
         return state.current_dek_id, self.cache.get(tenant_id, state.current_dek_id)
 
-    def key_for(self, tenant_id: str, dek_id: int) -> AESGCM:
+    def key_for(self, tenant_id: str, dek_id: int) -> FieldKeys:
         self._usable(tenant_id)
         return self.cache.get(tenant_id, dek_id)
 
@@ -182,32 +186,35 @@ class Envelope:
 
     # -- the API -----------------------------------------------------------
     def _aad_prefix(
-        self, dek_id: int, tenant_id: str, kind: str, field: str
+        self, version: int, dek_id: int, tenant_id: str, kind: str, field: str
     ) -> tuple[bytes, bytes]:
-        """(header, header + binding prefix) for a DEK and a (tenant, kind, field), memoised."""
-        key = (dek_id, tenant_id, kind, field)
+        """(header, header + binding prefix) of a format, a DEK and a (tenant, kind, field).
+
+        Memoised. Encryption asks for FORMAT_CURRENT only; other formats are read.
+        """
+        key = (version, dek_id, tenant_id, kind, field)
         found = self._prefixes.get(key)
         if found is None:
             if len(self._prefixes) > 50_000:
                 self._prefixes.clear()
-            head = header(dek_id)
+            head = HEADER.pack(version, dek_id)
             found = self._prefixes[key] = (head, head + binding_prefix(tenant_id, kind, field))
         return found
 
-    def _hot_key(self, tenant_id: str) -> tuple[int, AESGCM]:
+    def _hot_key(self, tenant_id: str) -> tuple[int, FieldKeys]:
         """The current DEK without any call that can block, when everything is fresh."""
         cached = self._tenants.get(tenant_id)
         now = self._clock()
         if cached is not None and now - cached.checked < self._interval:
             state = cached.state
             if state.status == ACTIVE and state.current_dek_id is not None:
-                aead = self.cache.hit((tenant_id, state.current_dek_id), now)
-                if aead is not None:
-                    return state.current_dek_id, aead
+                keys = self.cache.hit((tenant_id, state.current_dek_id), now)
+                if keys is not None:
+                    return state.current_dek_id, keys
         return self.current_key(tenant_id)
 
     def encrypt(self, tenant_id: str, kind: str, field: str, record_id: str, value: bytes) -> bytes:
-        dek_id, aead = self._hot_key(tenant_id)
+        dek_id, keys = self._hot_key(tenant_id)
         with self._count_lock:
             left = self._budget.get(dek_id, 0) - 1
             if left >= 0:
@@ -215,34 +222,38 @@ class Envelope:
                 self._used[dek_id] = self._used.get(dek_id, 0) + 1
         if left < 0:
             self.spend(tenant_id, dek_id, 1)
-        found = self._prefixes.get((dek_id, tenant_id, kind, field))
-        head, prefix = found or self._aad_prefix(dek_id, tenant_id, kind, field)
+        found = self._prefixes.get((FORMAT_CURRENT, dek_id, tenant_id, kind, field))
+        head, prefix = found or self._aad_prefix(FORMAT_CURRENT, dek_id, tenant_id, kind, field)
         rid = record_id.encode()
         nonce = next_nonce()
-        return head + nonce + aead.encrypt(nonce, value, prefix + len(rid).to_bytes(2, "big") + rid)
+        aad = prefix + len(rid).to_bytes(2, "big") + rid
+        return head + nonce + keys.sealing.encrypt(nonce, value, aad)
 
     def decrypt(self, tenant_id: str, kind: str, field: str, record_id: str, blob: bytes) -> bytes:
         if len(blob) < OVERHEAD:
             raise CiphertextMalformed(f"ciphertext is truncated ({len(blob)} bytes)")
         version, dek_id = _unpack_header(blob)
-        if version != FORMAT_V1:
+        if version != FORMAT_V2 and version != FORMAT_V1:
             raise CiphertextMalformed(f"unknown ciphertext format {version}")
         cached = self._tenants.get(tenant_id)
         now = self._clock()
-        aead = None
+        keys = None
         if (
             cached is not None
             and now - cached.checked < self._interval
             and cached.state.status == ACTIVE
         ):
-            aead = self.cache.hit((tenant_id, dek_id), now)
-        if aead is None:
-            aead = self.key_for(tenant_id, dek_id)
-        found = self._prefixes.get((dek_id, tenant_id, kind, field))
-        prefix = (found or self._aad_prefix(dek_id, tenant_id, kind, field))[1]
+            keys = self.cache.hit((tenant_id, dek_id), now)
+        if keys is None:
+            keys = self.key_for(tenant_id, dek_id)
+        # The blob's own format picks the key, and its header (format byte
+        # included) is in the associated data: relabelling a blob with the
+        # other format changes both, so it fails to authenticate.
+        found = self._prefixes.get((version, dek_id, tenant_id, kind, field))
+        prefix = (found or self._aad_prefix(version, dek_id, tenant_id, kind, field))[1]
         rid = record_id.encode()
         try:
-            return aead.decrypt(
+            return keys.opening[version].decrypt(
                 blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
                 blob[HEADER_SIZE + NONCE_SIZE :],
                 prefix + len(rid).to_bytes(2, "big") + rid,
@@ -251,22 +262,22 @@ class Envelope:
             raise CiphertextUnauthentic(UNAUTHENTIC) from None
 
     def encrypt_many(self, tenant_id: str, items: Sequence[Item]) -> list[bytes]:
-        dek_id, aead = self.current_key(tenant_id)
+        dek_id, keys = self.current_key(tenant_id)
         self.spend(tenant_id, dek_id, len(items))
         head = header(dek_id)
         return [
-            seal(aead, head, value, binding(tenant_id, kind, field, record_id))
+            seal(keys, head, value, binding(tenant_id, kind, field, record_id))
             for kind, field, record_id, value in items
         ]
 
     def decrypt_many(self, tenant_id: str, items: Sequence[Item]) -> list[bytes]:
         self._usable(tenant_id)
-        keys: dict[int, AESGCM] = {}
+        by_dek: dict[int, FieldKeys] = {}
         out = []
         for kind, field, record_id, blob in items:
             dek_id = dek_id_of(blob)
-            aead = keys.get(dek_id)
-            if aead is None:
-                aead = keys[dek_id] = self.cache.get(tenant_id, dek_id)
-            out.append(open_(aead, blob, binding(tenant_id, kind, field, record_id)))
+            keys = by_dek.get(dek_id)
+            if keys is None:
+                keys = by_dek[dek_id] = self.cache.get(tenant_id, dek_id)
+            out.append(open_(keys, blob, binding(tenant_id, kind, field, record_id)))
         return out

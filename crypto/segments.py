@@ -70,6 +70,8 @@ TAG_SIZE = 16
 MAX_SEGMENTS = 2**32
 _HEADER = struct.Struct(">4sBIQ32s")
 HEADER_SIZE = _HEADER.size  # 49
+# Never the label of another key derived from a DEK (the field key's is
+# crypto.ciphertext.FIELD_KEY_INFO, which says why).
 _SUBKEY_INFO = b"keyward object v1 segment key"
 _SEGMENT_AD = struct.Struct(">QB")
 _NONCE_PAD = bytes(3)  # the index is 11 bytes: 3 zero bytes + 8-byte counter

@@ -2,7 +2,8 @@
 
 On PostgreSQL a batch is: read the next sealed rows after the checkpoint that
 are under any other DEK of the tenant (binary results: bytea arrives as bytes),
-decrypt and re-seal each record's personal fields in memory, COPY the new
+decrypt and re-seal each record's personal fields in memory (reading either
+ciphertext format, writing the current one), COPY the new
 values (binary) into a temporary table and write them back with ONE
 `UPDATE ... FROM` it; two batches are in flight at once (`ReencryptionPass`).
 On SQLite (the embedded default) the same batch is written with executemany,
@@ -107,26 +108,34 @@ def reencrypt_rows(
 
     The loop is `open_` and `seal` unrolled, with the associated data built
     from a per-kind prefix: this is the hot loop of every re-encryption.
+    It opens format 1 and format 2 ciphertexts, each with its format's key,
+    and seals format 2 only: re-encrypting moves format 1 data to format 2.
     """
     env = envelope()
-    target = env.key_for(tenant_id, target_id)
+    target = env.key_for(tenant_id, target_id).sealing
     head = header(target_id)
-    keys: dict[int, AESGCM] = {}
+    # Per source DEK, the key for each header its rows can carry: one lookup
+    # of a blob's header checks its format and DEK id and picks its key.
+    openers: dict[int, dict[bytes, AESGCM]] = {}
     prefixes: dict[str, bytes] = {}
     ids: list[int] = []
     values: list[bytes] = []
     for pk, uid, kind, dek_id, pii, *_ in rows:
-        aead = keys.get(dek_id)
-        if aead is None:
-            aead = keys[dek_id] = env.key_for(tenant_id, dek_id)
+        by_header = openers.get(dek_id)
+        if by_header is None:
+            by_header = openers[dek_id] = env.key_for(tenant_id, dek_id).by_header(dek_id)
         prefix = prefixes.get(kind)
         if prefix is None:
             prefix = prefixes[kind] = binding_prefix(tenant_id, kind, PII_FIELD)
         uid_bytes = str(uid).encode()
         bound = prefix + len(uid_bytes).to_bytes(2, "big") + uid_bytes
         blob = bytes(pii)
-        if len(blob) < OVERHEAD or blob[:HEADER_SIZE] != header(dek_id):
-            raise CiphertextMalformed(f"record {pk}: sealed fields do not name DEK {dek_id}")
+        aead = by_header.get(blob[:HEADER_SIZE]) if len(blob) >= OVERHEAD else None
+        if aead is None:
+            raise CiphertextMalformed(
+                f"record {pk}: sealed fields are not a ciphertext of a known format under "
+                f"DEK {dek_id}"
+            )
         try:
             plain = aead.decrypt(
                 blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],

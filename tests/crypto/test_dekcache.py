@@ -13,6 +13,8 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from crypto import ciphertext
+from crypto.ciphertext import FORMAT_V1, FieldKeys, field_key
 from crypto.dekcache import DekCache, LoadedKey
 
 TENANT = "tenant-a"
@@ -67,13 +69,20 @@ class Loader:
             return len(self.calls)
 
 
-def same_key(aead: AESGCM, material: bytes) -> bool:
+def same_aes_key(aead: AESGCM, key: bytes) -> bool:
     nonce = os.urandom(12)
     try:
-        AESGCM(material).decrypt(nonce, aead.encrypt(nonce, b"probe", None), None)
+        AESGCM(key).decrypt(nonce, aead.encrypt(nonce, b"probe", None), None)
     except InvalidTag:
         return False
     return True
+
+
+def same_key(keys: FieldKeys, material: bytes) -> bool:
+    """`keys` are the field keys of DEK `material`: its derived key seals, itself opens format 1."""
+    return same_aes_key(keys.sealing, field_key(material)) and same_aes_key(
+        keys.opening[FORMAT_V1], material
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -218,9 +227,9 @@ def test_single_flight_error_reaches_every_waiter_and_the_next_get_retries():
     assert len(cache) == 0
 
     loader.fail, loader.delay = None, 0.0
-    aead = cache.get(TENANT, 1)
+    keys = cache.get(TENANT, 1)
     assert loader.count == 2
-    assert same_key(aead, loader.issued[0])
+    assert same_key(keys, loader.issued[0])
 
 
 # -- refresh ahead --------------------------------------------------------------
@@ -310,7 +319,7 @@ def start_blocked_load(cache: DekCache, loader: Loader) -> tuple[threading.Event
 
     loader.before = block
     out: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: out.setdefault("aead", cache.get(TENANT, 1)))
+    thread = threading.Thread(target=lambda: out.setdefault("keys", cache.get(TENANT, 1)))
     thread.start()
     assert entered.wait(2.0)
     return release, out, lambda: thread.join(5.0)
@@ -322,7 +331,7 @@ def test_load_started_before_drop_tenant_is_not_stored():
     cache.drop_tenant(TENANT)
     release.set()
     join()
-    assert same_key(out["aead"], loader.issued[0])  # the caller still gets its answer
+    assert same_key(out["keys"], loader.issued[0])  # the caller still gets its answer
     assert len(cache) == 0
     again = cache.get(TENANT, 1)
     assert loader.count == 2
@@ -335,16 +344,16 @@ def test_get_after_drop_tenant_does_not_join_a_load_started_before() -> None:
     cache, loader, _ = make()
     release, before, join = start_blocked_load(cache, loader)
     cache.drop_tenant(TENANT)
-    later: dict[str, AESGCM] = {}
-    thread = threading.Thread(target=lambda: later.setdefault("aead", cache.get(TENANT, 1)))
+    later: dict[str, FieldKeys] = {}
+    thread = threading.Thread(target=lambda: later.setdefault("keys", cache.get(TENANT, 1)))
     thread.start()
     time.sleep(0.05)
     release.set()
     join()
     thread.join(5.0)
     assert loader.count == 2  # the get after the drop unwrapped anew
-    assert later["aead"] is not before["aead"]
-    assert cache.get(TENANT, 1) is later["aead"]  # and only that load was stored
+    assert later["keys"] is not before["keys"]
+    assert cache.get(TENANT, 1) is later["keys"]  # and only that load was stored
 
 
 def test_clear_forgets_everything_and_in_flight_loads():
@@ -380,6 +389,28 @@ def test_refresh_result_is_not_stored_after_drop_tenant():
     assert len(cache) == 0
 
 
+# -- the field keys -------------------------------------------------------------
+
+
+def test_field_key_is_derived_once_per_unwrap_not_per_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    derivations: list[int] = []
+    real = ciphertext.field_key
+
+    def counted(dek: bytes) -> bytes:
+        derivations.append(1)
+        return real(dek)
+
+    monkeypatch.setattr(ciphertext, "field_key", counted)
+    cache, loader, clock = make(Loader(ttl=100.0))
+    for _ in range(1000):
+        keys = cache.get(TENANT, 1)
+        assert cache.hit((TENANT, 1), clock()) is keys
+    assert len(derivations) == loader.count == 1
+    clock.advance(100.0)  # expired: the next get unwraps, and derives, once more
+    cache.get(TENANT, 1)
+    assert len(derivations) == loader.count == 2
+
+
 # -- no key bytes in reprs ------------------------------------------------------
 
 
@@ -389,7 +420,12 @@ def test_repr_never_contains_key_bytes():
     cache = DekCache(lambda tenant, dek: loaded)
     cache.get(TENANT, 1)
     texts = [repr(cache), str(cache), repr(loaded), str(loaded), repr([loaded]), f"{loaded}"]
-    forms = [repr(material), material.hex(), base64.b64encode(material).decode(), str(material)]
+    forms = [
+        form
+        for key in (material, field_key(material))
+        for form in (repr(key), key.hex(), base64.b64encode(key).decode(), str(key))
+    ]
+    texts += [repr(cache.get(TENANT, 1)), str(cache.get(TENANT, 1))]
     for text in texts:
         for form in forms:
             assert form not in text

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import threading
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.ciphertext import (
     CiphertextMalformed,
     CiphertextUnauthentic,
+    FieldKeys,
     UnknownDataKey,
     binding,
     dek_id_of,
@@ -213,12 +219,88 @@ def test_decrypt_of_malformed_blob():
 
 def test_decrypt_of_unknown_dek_propagates_the_loaders_error():
     w = make()
-    blob = seal(AESGCM(AESGCM.generate_key(256)), header(999), VALUE, b"")
+    blob = seal(FieldKeys(AESGCM.generate_key(256)), header(999), VALUE, b"")
     with pytest.raises(UnknownDataKey, match="999"):
         w.env.decrypt(TENANT, "user", "email", RECORD, blob)
     with pytest.raises(UnknownDataKey):
         w.env.decrypt_many(TENANT, [("user", "email", RECORD, blob)])
     assert w.deks.calls == [(TENANT, 999), (TENANT, 999)]  # errors are not cached
+
+
+# -- formats: the field key, and format 1 read-only ---------------------------------
+
+
+def field_key(dek: bytes) -> bytes:
+    """Format 2's key, computed here rather than by the code under test."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyward field key/2")
+    return hkdf.derive(dek)
+
+
+def parts(blob: bytes, record_id: str = RECORD) -> tuple[bytes, bytes, bytes]:
+    """(nonce, ciphertext and tag, associated data) of a blob of user.email of RECORD."""
+    return blob[9:21], blob[21:], blob[:9] + binding(TENANT, "user", "email", record_id)
+
+
+def v1_blob(dek: bytes, dek_id: int, value: bytes, record_id: str = RECORD) -> bytes:
+    """A format 1 blob as it was written before format 2: sealed with the DEK itself."""
+    head = struct.pack(">BQ", 1, dek_id)
+    nonce = os.urandom(12)
+    aad = head + binding(TENANT, "user", "email", record_id)
+    return head + nonce + AESGCM(dek).encrypt(nonce, value, aad)
+
+
+def test_new_ciphertexts_are_format_2_under_the_derived_field_key():
+    w = make()
+    dek = w.deks.material[(TENANT, 1)]
+    blobs = [
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE),
+        w.env.encrypt_many(TENANT, [("user", "email", RECORD, VALUE)])[0],
+    ]
+    for blob in blobs:
+        assert blob[0] == 2
+        with pytest.raises(InvalidTag):  # the DEK itself is not the field key
+            AESGCM(dek).decrypt(*parts(blob))
+        assert AESGCM(field_key(dek)).decrypt(*parts(blob)) == VALUE
+
+
+def test_format_1_blobs_still_decrypt_with_one_unwrap():
+    w = make()
+    old = [
+        v1_blob(w.deks.material[(TENANT, 1)], 1, f"old {i}".encode(), f"r-{i}") for i in range(3)
+    ]
+    assert w.env.decrypt(TENANT, "user", "email", "r-0", old[0]) == b"old 0"
+    new = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    mixed = [("user", "email", f"r-{i}", blob) for i, blob in enumerate(old)]
+    mixed.append(("user", "email", RECORD, new))
+    assert w.env.decrypt_many(TENANT, mixed) == [b"old 0", b"old 1", b"old 2", VALUE]
+    assert w.deks.calls == [(TENANT, 1)]  # both formats' keys come from one unwrap
+    assert w.env.take_counts() == {1: 1}  # reading format 1 counts nothing
+    with pytest.raises(CiphertextUnauthentic):  # still bound to its record
+        w.env.decrypt(TENANT, "user", "email", "r-1", old[0])
+
+
+def test_relabelling_the_format_byte_is_refused():
+    w = make()
+    v2 = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    v1 = v1_blob(w.deks.material[(TENANT, 1)], 1, VALUE)
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, v1) == VALUE
+    for relabelled in (bytes([1]) + v2[1:], bytes([2]) + v1[1:]):
+        with pytest.raises(CiphertextUnauthentic):
+            w.env.decrypt(TENANT, "user", "email", RECORD, relabelled)
+        with pytest.raises(CiphertextUnauthentic):
+            w.env.decrypt_many(TENANT, [("user", "email", RECORD, relabelled)])
+
+
+@pytest.mark.parametrize("version", [0, 3, 0xFF])
+def test_unknown_format_is_malformed_before_any_unwrap(version):
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    w.env.forget(TENANT)
+    with pytest.raises(CiphertextMalformed, match=f"format {version}"):
+        w.env.decrypt(TENANT, "user", "email", RECORD, bytes([version]) + blob[1:])
+    with pytest.raises(CiphertextMalformed):
+        w.env.decrypt_many(TENANT, [("user", "email", RECORD, bytes([version]) + blob[1:])])
+    assert w.deks.calls == [(TENANT, 1)]
 
 
 # -- tenant state ---------------------------------------------------------------
@@ -311,11 +393,12 @@ def test_forget_drops_state_and_deks_at_once():
 
 def test_current_key_is_usable_with_seal():
     w = make()
-    dek_id, aead = w.env.current_key(TENANT)
+    dek_id, keys = w.env.current_key(TENANT)
     assert dek_id == 1
-    blob = seal(aead, header(dek_id), VALUE, binding(TENANT, "user", "email", RECORD))
+    blob = seal(keys, header(dek_id), VALUE, binding(TENANT, "user", "email", RECORD))
+    assert blob[0] == 2
     assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
-    assert w.env.key_for(TENANT, 1) is aead
+    assert w.env.key_for(TENANT, 1) is keys
 
 
 # -- counting -------------------------------------------------------------------
@@ -400,5 +483,6 @@ def test_repr_has_no_key_material():
     w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
     text = repr(w.env)
     for material in w.deks.material.values():
-        assert material.hex() not in text
-        assert repr(material) not in text
+        for key in (material, field_key(material)):
+            assert key.hex() not in text
+            assert repr(key) not in text

@@ -1,19 +1,29 @@
 from __future__ import annotations
 
+import os
+import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.urls import reverse
 
 import records.reencrypt
 from audit.models import AuditEvent
 from audit.services import Actor
+from crypto.ciphertext import CiphertextMalformed, CiphertextUnauthentic, binding
 from keys.models import DataKey, DekState
 from keys.runtime import envelope, reset_for_tests
 from keys.services.deks import dek_rotate
+from objects.keyring import dek_material
+from records.fields import PII_FIELD
 from records.models import JobState, Record, ReencryptionJob, SealedFields
+from records.pii import decode_fields
 from records.reencryption import reencryption_run, reencryption_start
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
@@ -245,3 +255,93 @@ def test_a_young_dek_is_retired_only_after_the_grace_period(settings) -> None:
     assert retire_unused_deks() == 1
     old.refresh_from_db()
     assert old.state == DekState.RETIRED and bytes(old.wrapped) == b""
+
+
+# -- ciphertext formats: format 1 is read, format 2 is written ----------------------
+
+
+def field_key(dek: bytes) -> bytes:
+    """Format 2's key, computed here rather than by the code under test."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyward field key/2")
+    return hkdf.derive(dek)
+
+
+def parts(tenant: Tenant, record: Record, blob: bytes) -> tuple[bytes, bytes, bytes]:
+    """(nonce, ciphertext and tag, associated data) of a record's sealed fields."""
+    bound = binding(str(tenant.pk), record.kind, PII_FIELD, str(record.uid))
+    return blob[9:21], blob[21:], blob[:9] + bound
+
+
+def as_format_1(tenant: Tenant, record: Record, blob: bytes, dek: bytes) -> bytes:
+    """The same fields sealed as format 1 was written: with the DEK itself as the key."""
+    plain = AESGCM(field_key(dek)).decrypt(*parts(tenant, record, blob))
+    head = struct.pack(">BQ", 1, int.from_bytes(blob[1:9], "big"))
+    nonce = os.urandom(12)
+    bound = binding(str(tenant.pk), record.kind, PII_FIELD, str(record.uid))
+    return head + nonce + AESGCM(dek).encrypt(nonce, plain, head + bound)
+
+
+def sealed_rows(tenant: Tenant) -> list[SealedFields]:
+    rows = SealedFields.objects.filter(record__tenant=tenant).select_related("record")
+    return list(rows.order_by("record_id"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_format_1_records_are_read_and_reencrypted_as_format_2(settings) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
+    records_create(tenant=tenant, items=list(synthetic_records(120, prefix="0-")))
+    before = snapshot(tenant)
+    old = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    old_dek = dek_material(str(tenant.pk), old.pk)
+    rows = sealed_rows(tenant)
+    assert {bytes(s.pii)[0] for s in rows} == {2}  # new records are written as format 2
+    legacy = rows[::2]  # every other row: each batch mixes both formats
+    for s in legacy:
+        s.pii = as_format_1(tenant, s.record, bytes(s.pii), old_dek)
+    SealedFields.objects.bulk_update(legacy, ["pii"])
+    envelope().forget(str(tenant.pk))
+    assert snapshot(tenant) == before  # format 1 still reads through the envelope
+
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+    envelope().forget(str(tenant.pk))
+    job = reencryption_run(job_id=str(reencryption_start(tenant=tenant, actor=SYSTEM).pk))
+    assert job.state == JobState.DONE and job.done == 120
+    current = assert_all_under_current(tenant)
+    new_dek = dek_material(str(tenant.pk), current.pk)
+    for s in sealed_rows(tenant):
+        blob = bytes(s.pii)
+        assert blob[0] == 2
+        with pytest.raises(InvalidTag):  # the DEK itself is not the field key
+            AESGCM(new_dek).decrypt(*parts(tenant, s.record, blob))
+        AESGCM(field_key(new_dek)).decrypt(*parts(tenant, s.record, blob))
+    assert snapshot(tenant) == before
+
+
+@pytest.mark.django_db
+def test_the_reencryption_loop_refuses_a_relabelled_format_byte() -> None:
+    tenant = tenant_with_old_data("initech", 1)
+    old = DataKey.objects.get(tenant=tenant, version=1)
+    target = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    (row,) = sealed_rows(tenant)
+    record, v2 = row.record, bytes(row.pii)
+    v1 = as_format_1(tenant, record, v2, dek_material(str(tenant.pk), old.pk))
+    tenant_id = str(tenant.pk)
+
+    def reencrypt(blob: bytes, dek_id: int = old.pk) -> bytes:
+        rows = [(row.pk, str(record.uid), record.kind, dek_id, blob)]
+        return records.reencrypt.reencrypt_rows(tenant_id, rows, target.pk)[1][0]
+
+    fields = record_fields(tenant, record)
+    for blob in (v1, v2):  # both formats open, and come out as format 2 under the target
+        moved = reencrypt(blob)
+        assert moved[0] == 2 and int.from_bytes(moved[1:9], "big") == target.pk
+        plain = envelope().decrypt(tenant_id, record.kind, PII_FIELD, str(record.uid), moved)
+        assert decode_fields(plain) == fields
+    for relabelled in (bytes([1]) + v2[1:], bytes([2]) + v1[1:]):
+        with pytest.raises(CiphertextUnauthentic):
+            reencrypt(relabelled)
+    with pytest.raises(CiphertextMalformed):  # a format no reader knows
+        reencrypt(bytes([3]) + v2[1:])
+    with pytest.raises(CiphertextMalformed):  # a blob that names another DEK than its row
+        reencrypt(v2, dek_id=target.pk)
