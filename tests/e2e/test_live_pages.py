@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from audit.services import Actor
 from console.celery import app as celery_app
 from keys.runtime import reset_for_tests
 from objects.services import object_put
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
+from tenants.states import tenant_transition
 from tests.conftest import PASSWORD, make_tenant
 from tests.keys.test_upload import customer_wraps
 from tests.support.worker import celery_worker
@@ -137,13 +139,10 @@ def test_a_change_made_elsewhere_reaches_an_open_page(
     sign_in(acme.owner.username, PASSWORD)
     page.get_by_role("link", name="Keys", exact=True).click()
     expect(page.get_by_test_id("state-badge")).to_have_text("Vendor-managed key")
-    from tenants.states import tenant_transition
-    from audit.services import Actor
-
     tenant_transition(
         tenant=acme.tenant,
         to=ServiceState.MIGRATING,
-        actor=Actor.system("tests"),
+        actor=Actor.for_user(acme.key_admin),
         action="byok.enable",
     )
     changed = time.monotonic()

@@ -54,6 +54,6 @@ def hmac_tag(dek: bytes, aad: bytes, iv: bytes, ciphertext: bytes) -> bytes:
 
 def tag_v3(dek: bytes, aad: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     """Blob version 3's tag, under a key derived from the DEK for this one purpose
-    (HKDF-SHA256, its own label): the DEK itself only ever keys AES-GCM."""
+    (HKDF-SHA256, its own label): the DEK itself is only ever HKDF input."""
     key = HKDF(hashes.SHA256(), length=32, salt=None, info=_TAG_KEY_INFO).derive(dek)
     return hmac.new(key, _WRAP_LABEL + aad + iv + ciphertext, hashlib.sha256).digest()
