@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from keys.models import KekState, KeySource, SourceKind, SourceState
-from keys.selectors.overview import rotation_history
+from keys.selectors.overview import rotation_cause, rotation_history
 from keys.selectors.sources import pending_version
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
@@ -31,5 +31,6 @@ def rotation_review(request: HttpRequest, access: TenantAccess) -> HttpResponse:
             source.versions.filter(state=KekState.ACTIVE).order_by("-created") if source else []
         ),
         "history": rotation_history(tenant),
+        "cause": rotation_cause(tenant),
     }
     return render(request, "keys/rotation.html", context)

@@ -133,3 +133,18 @@ def test_every_action_the_table_forbids_is_refused_with_its_message(acme, state)
             assert failures.count() == before + 1, (act, url_name)  # one refusal, one event
             latest = failures.first()
             assert latest is not None and latest.outcome == "failure"
+
+
+@pytest.mark.parametrize("cause", ["upload", "store_version", "alias", "material", "on_request"])
+def test_banner_and_review_page_say_where_a_rotation_came_from(acme, cause) -> None:
+    from keys.selectors.overview import ROTATION_CAUSES
+    from keys.services.health import tenant_mark_rotation_pending
+
+    _in_state(acme.tenant, ServiceState.BYOK_ACTIVE)
+    source = KeySource.objects.get(tenant=acme.tenant)
+    assert tenant_mark_rotation_pending(acme.tenant, source, "root-9", cause=cause)
+    client = login(acme.key_admin)
+    sentence = escape(ROTATION_CAUSES[cause])
+    for name in ("console:dashboard", "keys:rotation"):
+        body = client.get(reverse(name, args=["acme"])).content.decode()
+        assert sentence in body, name
