@@ -99,6 +99,7 @@ def test_every_page_shows_what_the_table_says_for_every_role(acme, state) -> Non
         for name, page in pages.items():
             assert page.status_code == 200, (name, role)
             body = page.content.decode()
+            assert 'action=""' not in body, (name, role)  # no form that posts to itself
             if row.banner is None:
                 assert 'data-testid="state-banner"' not in body, (name, role)
             else:
