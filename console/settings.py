@@ -295,10 +295,21 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A refused request (403, 400) is one line, without the refusing view's traceback.
+    "filters": {"client_errors": {"()": "console.logs.ClientErrorWithoutTraceback"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            # Also here for django.security.<ExceptionName>, whose loggers are made
+            # on the fly: a filter on a parent logger does not see their records.
+            "filters": ["client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.string("KEYWARD_LOG_LEVEL") or "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["client_errors"]},
         "axes": {"level": "WARNING"},
     },
 }
