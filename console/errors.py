@@ -1,11 +1,13 @@
 """Error pages: the console's layout for people, the API's error model for machines.
 
-The URLconf names these as `handler403/404/500`. Django calls them with
+The URLconf names these as `handler400/403/404/500`. Django calls them with
 DEBUG off (in tests and in production) for any request, including paths that
 match no URL at all, so they work from the path alone:
 
-- a 403 or 404 is a page of the console, with a link back to the tenant's
-  overview when the path names a tenant the user may see (else home);
+- under `/api/v1/` the answer is the API's JSON error body (`api.errors`),
+  whatever the method, so a client never has to parse an HTML page;
+- elsewhere a 403 or 404 is a page of the console, with a link back to the
+  tenant's overview when the path names a tenant the user may see (else home);
 - a 500 page extends nothing and uses no context: whatever failed (the
   database, a template) must not fail the error page too.
 """
@@ -19,11 +21,26 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template import loader
 from django.urls import reverse
+from django.views import defaults
 
+from api.errors import ApiError, render_error
 from tenants.models import Tenant
 from tenants.permissions import tenant_for_request
 
+# Where console/urls.py mounts the API.
+API_ROOT = "/api/v1/"
 _TENANT_PATH = re.compile(r"^/t/(?P<slug>[-\w]+)(?:/|$)")
+
+_API_ERRORS: dict[int, ApiError] = {
+    400: ApiError(400, "bad_request", "The request could not be understood."),
+    403: ApiError(403, "forbidden", "This request is not allowed."),
+    404: ApiError(404, "not_found", "No such endpoint or resource."),
+    500: ApiError(500, "server_error", "Keyward failed to answer; retry later."),
+}
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_ROOT) or path == API_ROOT.rstrip("/")
 
 
 def visible_tenant(request: HttpRequest) -> Tenant | None:
@@ -45,6 +62,8 @@ def visible_tenant(request: HttpRequest) -> Tenant | None:
 
 
 def _page(request: HttpRequest, template: str, status: int) -> HttpResponse:
+    if is_api_path(request.path_info):
+        return render_error(_API_ERRORS[status])
     tenant = visible_tenant(request)
     if tenant is not None:
         back_url, back_label = (
@@ -57,6 +76,13 @@ def _page(request: HttpRequest, template: str, status: int) -> HttpResponse:
     return render(request, template, context, status=status)
 
 
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api_path(request.path_info):
+        return render_error(_API_ERRORS[400])
+    # Django's own 400 page: the request may be too broken for the console's shell.
+    return defaults.bad_request(request, exception)
+
+
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     return _page(request, "console/403.html", 403)
 
@@ -66,4 +92,6 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request.path_info):
+        return render_error(_API_ERRORS[500])
     return HttpResponse(loader.render_to_string("console/500.html"), status=500)

@@ -25,9 +25,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
 def openapi_json(request: HttpRequest) -> HttpResponse:
-    """/api/v1/openapi.json: the API layer's document, with the records' vocabulary."""
+    """/api/v1/openapi.json (GET): the API layer's document, with the records' vocabulary."""
     document = openapi_document(fields_by_kind=FIELDS_BY_KIND, indexed_fields=INDEXED_FIELDS)
     return JsonResponse(document, json_dumps_params={"indent": 1})
 

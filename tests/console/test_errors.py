@@ -137,3 +137,11 @@ def test_a_500_is_a_plain_page_that_needs_nothing(db) -> None:
     assert "<h1>Something went wrong</h1>" in body
     assert 'href="/"' in body
     assert "the database went away" not in body
+
+
+@override_settings(ROOT_URLCONF="tests.console.urls")
+def test_a_500_under_the_api_is_the_json_error_model(db) -> None:
+    response = Client(raise_request_exception=False).post("/api/v1/boom")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "server_error"
