@@ -33,6 +33,7 @@ api_patterns = (
 urlpatterns = [
     path("", include(console_patterns)),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path(
         "login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),
