@@ -18,6 +18,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from console import datadir
 from console.env import Env
 
 env = Env()
@@ -28,13 +29,16 @@ PRODUCTION = MODE == "production"
 DATA_DIR = Path(env.string("KEYWARD_DATA_DIR") or BASE_DIR / "data").resolve()
 if not DATA_DIR.is_absolute():  # pragma: no cover - resolve() always makes it absolute
     raise ImproperlyConfigured("KEYWARD_DATA_DIR must be an absolute path")
+if not PRODUCTION:
+    # Owner only (0700): it holds the secret key, the root key file and the database.
+    datadir.create_private_folder(DATA_DIR)
 
 
 def _embedded_secret_key() -> str:
     """A per-installation key kept in the data folder, created on first run."""
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        datadir.create_private_folder(DATA_DIR)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(64))
     return path.read_text().strip()
@@ -130,7 +134,11 @@ if PRODUCTION and _db["ENGINE"] != "django.db.backends.postgresql":
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
     _db["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-    Path(str(_db["NAME"])).parent.mkdir(parents=True, exist_ok=True)
+    _sqlite_file = datadir.sqlite_file(_db)
+    if _sqlite_file is not None:
+        # Made here, 0600, before SQLite would make it with the process's umask.
+        datadir.create_private_folder(_sqlite_file.parent)
+        datadir.create_private_file(_sqlite_file)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -295,10 +303,21 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A refused request (403, 400) is one line, without the refusing view's traceback.
+    "filters": {"client_errors": {"()": "console.logs.ClientErrorWithoutTraceback"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            # Also here for django.security.<ExceptionName>, whose loggers are made
+            # on the fly: a filter on a parent logger does not see their records.
+            "filters": ["client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.string("KEYWARD_LOG_LEVEL") or "INFO"},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["client_errors"]},
         "axes": {"level": "WARNING"},
     },
 }

@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console import views
+from api.auth import by_method
+from console import errors, views
 from objects import api_urls as object_api_urls
 from records import api_urls as record_api_urls
 
@@ -24,7 +25,8 @@ api_patterns = (
     [
         path("objects/", include(object_api_urls)),
         *record_api_urls.urlpatterns,
-        path("openapi.json", views.openapi_json, name="openapi"),
+        # by_method: a wrong method is a JSON 405, like every endpoint of the API.
+        path("openapi.json", by_method(GET=views.openapi_json), name="openapi"),
     ],
     "api",
 )
@@ -32,6 +34,7 @@ api_patterns = (
 urlpatterns = [
     path("", include(console_patterns)),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path(
         "login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),
@@ -44,6 +47,12 @@ urlpatterns = [
     path("t/<slug:slug>/keys/", include("keys.urls")),
     path("t/<slug:slug>/data/objects/", include("objects.console_urls")),
     path("t/<slug:slug>/data/", include("console.data_urls")),
-    path("api/v1/", include(api_patterns)),
+    path(errors.API_ROOT.removeprefix("/"), include(api_patterns)),
     path("admin/", admin.site.urls),
 ]
+
+# The console's pages for people, the API's error model under /api/v1/.
+handler400 = errors.bad_request
+handler403 = errors.permission_denied
+handler404 = errors.page_not_found
+handler500 = errors.server_error

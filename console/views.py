@@ -4,8 +4,9 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_safe
 
 from api.openapi import openapi_document
 from audit.selectors import recent_audit_events
@@ -26,11 +27,18 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
 def openapi_json(request: HttpRequest) -> HttpResponse:
-    """/api/v1/openapi.json: the API layer's document, with the records' vocabulary."""
+    """/api/v1/openapi.json (GET): the API layer's document, with the records' vocabulary."""
     document = openapi_document(fields_by_kind=FIELDS_BY_KIND, indexed_fields=INDEXED_FIELDS)
     return JsonResponse(document, json_dumps_params={"indent": 1})
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for whatever the page links: the SVG icon."""
+    response = redirect(static("img/favicon.svg"))
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 @login_required

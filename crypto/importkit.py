@@ -5,7 +5,8 @@ The flow follows the usual cloud KMS import (AWS KMS "import key material"):
 1. Keyward creates an import: a fresh RSA-4096 wrapping key pair
    (`new_wrapping_key`), an import token bound to it (`issue_token`) and a
    README (`import_readme`). The customer downloads `WrappingPublicKey.bin`
-   (DER), `ImportToken.bin` and `README.txt`.
+   (DER), `WrappingPublicKey.pem`, `ImportToken.bin` and `README.txt`
+   (`KIT_FILES`).
 2. The customer generates a 256-bit key and wraps it with RSAES-OAEP-SHA-256
    using plain `openssl` (the README gives the exact commands), producing
    `CustomerEncryptionKey.bin`, and computes the key check value (KCV).
@@ -438,6 +439,15 @@ def key_check_value(key: bytes) -> str:
 README_WIDTH = 80
 _TENANT_NAME_MAX = 60
 
+# The files of an import download, as README.txt lists them (the zip must hold
+# exactly these).
+KIT_FILES: tuple[tuple[str, str], ...] = (
+    ("WrappingPublicKey.bin", "the RSA-4096 public key (DER) to wrap your key with"),
+    ("WrappingPublicKey.pem", "the same public key (PEM), for tools that want PEM"),
+    ("ImportToken.bin", "the import token to upload with the wrapped key"),
+    ("README.txt", "this file"),
+)
+
 _STEP_COMMANDS: dict[int, list[str]] = {
     1: [
         "umask 077",
@@ -503,9 +513,7 @@ def import_readme(*, tenant_name: str, expires_at: datetime, max_upload_bytes: i
             "upload only the wrapped key. Your key never travels in the clear."
         ),
         "This download contains:\n\n"
-        "  WrappingPublicKey.bin  the RSA-4096 public key (DER) to wrap your key with\n"
-        "  ImportToken.bin        the import token to upload with the wrapped key\n"
-        "  README.txt             this file",
+        + "\n".join(f"  {name:<22} {what}" for name, what in KIT_FILES),
         _paragraph(
             f"The import token is valid until {until} and can be used for a single "
             "upload. After that, download new import parameters from the Keyward "
@@ -565,8 +573,8 @@ def import_readme(*, tenant_name: str, expires_at: datetime, max_upload_bytes: i
         ),
         _commands(5),
         _paragraph(
-            "CustomerEncryptionKey.bin, ImportToken.bin and WrappingPublicKey.bin are not "
-            "secret and can be deleted after the upload."
+            "CustomerEncryptionKey.bin, ImportToken.bin, WrappingPublicKey.bin and "
+            "WrappingPublicKey.pem are not secret and can be deleted after the upload."
         ),
     ]
     return "\n\n".join(sections) + "\n"

@@ -32,9 +32,13 @@ class Perm(StrEnum):
     MANAGE_API_TOKENS = "manage_api_tokens"
 
 
+# Whoever may read the audit trail may export it: an export holds the same
+# events the viewer pages through, so refusing it protects nothing.
 ROLE_PERMS: dict[str, frozenset[Perm]] = {
     Role.OWNER: frozenset(Perm),
-    Role.KEY_ADMIN: frozenset({Perm.VIEW_STATUS, Perm.VIEW_AUDIT, Perm.MANAGE_KEYS}),
+    Role.KEY_ADMIN: frozenset(
+        {Perm.VIEW_STATUS, Perm.VIEW_AUDIT, Perm.EXPORT_AUDIT, Perm.MANAGE_KEYS}
+    ),
     Role.AUDITOR: frozenset({Perm.VIEW_STATUS, Perm.VIEW_AUDIT, Perm.EXPORT_AUDIT}),
     Role.VIEWER: frozenset({Perm.VIEW_STATUS}),
 }

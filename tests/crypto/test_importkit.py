@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from crypto.importkit import (
+    KIT_FILES,
     MAX_TOKEN_BYTES,
     InvalidImportToken,
     InvalidKeyBlob,
@@ -94,6 +95,14 @@ def step_commands(text: str, steps: set[int]) -> str:
         elif step in steps and line.startswith("    "):
             lines.append(line[4:])
     return "\n".join(lines) + "\n"
+
+
+def listed_files(text: str) -> list[str]:
+    """The file names README.txt lists under "This download contains:" (2-space indented)."""
+    section = text.split("This download contains:\n\n", 1)[1].split("\n\n", 1)[0]
+    names = [line.split()[0] for line in section.splitlines()]
+    assert all(line.startswith("  ") for line in section.splitlines()), section
+    return names
 
 
 # -- the wrapping key ----------------------------------------------------------------
@@ -203,6 +212,17 @@ def test_readme_is_plain_text_80_columns_with_everything_the_customer_needs():
     assert "remove it from this machine" in flat
     assert "rm CustomerKey.bin" in step_commands(text, {5})
     assert "OpenSSL 3" in flat
+
+
+def test_readme_lists_the_files_of_the_download_once_each():
+    names = listed_files(readme())
+    assert names == [name for name, _ in KIT_FILES]
+    assert len(set(names)) == len(names)
+    assert set(names) >= {"WrappingPublicKey.bin", "WrappingPublicKey.pem", "ImportToken.bin"}
+    assert "README.txt" in names
+    # What may be deleted after the upload names every public file of the download.
+    after = " ".join(readme().split("\n\n")[-1].split())
+    assert all(name in after for name in names if name != "README.txt")
 
 
 def test_readme_tenant_name_cannot_inject_lines_or_break_columns():

@@ -23,7 +23,7 @@ from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
 from tenants.models import ServiceState
 from tests.conftest import login
-from tests.crypto.test_importkit import step_commands
+from tests.crypto.test_importkit import listed_files, step_commands
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +113,12 @@ def test_download_wrap_with_openssl_upload_kcv_enable(acme, tmp_path) -> None:
     assert AuditEvent.objects.filter(
         tenant=acme.tenant, action="key.upload", outcome="success"
     ).exists()
+
+
+def test_the_readme_lists_every_file_of_the_download(acme, tmp_path) -> None:
+    files = download(login(acme.owner, sudo=True), "acme", tmp_path)
+    listed = listed_files(files["README.txt"].decode())
+    assert sorted(listed) == sorted(files)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from console import datadir
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
@@ -29,6 +31,10 @@ class Command(BaseCommand):
         port = port or int(os.environ.get("KEYWARD_PORT", "8000"))
         if not 1 <= port <= 65535:
             raise CommandError(f"KEYWARD_PORT={port} is not a TCP port")
+        # Owner-only data folder and database, also when an older version made them.
+        datadir.secure_embedded_storage(
+            settings.DATA_DIR, datadir.sqlite_file(settings.DATABASES["default"])
+        )
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
         data = settings.DATA_DIR
