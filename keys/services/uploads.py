@@ -122,11 +122,16 @@ def key_import_create(
         tenant_name=tenant.name, expires_at=key_import.expires_at, max_upload_bytes=MAX_UPLOAD_BYTES
     )
     archive = io.BytesIO()
+    contents = {
+        "WrappingPublicKey.bin": public_der,
+        "WrappingPublicKey.pem": public_pem,
+        "ImportToken.bin": token,
+        "README.txt": readme.encode(),
+    }
+    # The zip holds the files README.txt lists, from the same list: no drift.
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        bundle.writestr("WrappingPublicKey.bin", public_der)
-        bundle.writestr("WrappingPublicKey.pem", public_pem)
-        bundle.writestr("ImportToken.bin", token)
-        bundle.writestr("README.txt", readme)
+        for name, _ in importkit.KIT_FILES:
+            bundle.writestr(name, contents[name])
     return key_import, archive.getvalue()
 
 
