@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from keys.errors import KeyActionRefused
 from records.reencryption import reencryption_start
 from records.selectors import reencryption_job_for_tenant
@@ -22,7 +22,7 @@ from tenants.sudo import sudo_required
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 def start_reencryption(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    actor = Actor.for_user(request.user)
+    actor = access.actor(request.user)
     try:
         job = reencryption_start(tenant=access.tenant, actor=actor, request=request)
     except KeyActionRefused as exc:

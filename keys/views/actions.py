@@ -19,7 +19,6 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.models import KeySource
 from keys.services.lifecycle import (
@@ -141,7 +140,7 @@ def lifecycle_view(action: LifecycleAction) -> Callable[..., HttpResponseBase]:
     def view(request: HttpRequest, access: TenantAccess, **url: Any) -> HttpResponse:
         arguments: dict[str, Any] = {
             "tenant": access.tenant,
-            "actor": Actor.for_user(request.user),
+            "actor": access.actor(request.user),
             "request": request,
         }
         if action.with_source:

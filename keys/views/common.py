@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from keys.models import KeySource, SourceKind, SourceState
 from keys.selectors.sources import current_source
 from keys.services.sources import key_source_test
@@ -21,7 +21,7 @@ from tenants.permissions import TenantAccess
 def refused(request: HttpRequest, access: TenantAccess, action: str, message: str) -> None:
     record(
         tenant=access.tenant,
-        actor=Actor.for_user(request.user),
+        actor=access.actor(request.user),
         action=action,
         outcome=Outcome.FAILURE,
         reason=message,
@@ -107,7 +107,7 @@ def form_refused(
 
 
 def saved_then_tested(request: HttpRequest, access: TenantAccess, source: KeySource) -> None:
-    source = key_source_test(source=source, actor=Actor.for_user(request.user), request=request)
+    source = key_source_test(source=source, actor=access.actor(request.user), request=request)
     if source.test_passed:
         messages.success(request, "Every check passed. You can enable your key.")
     else:
