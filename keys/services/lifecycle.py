@@ -40,6 +40,7 @@ from keys.services.deks import dek_rotate_for_move, rewrap_one
 from keys.services.rotation import require_checks
 from keys.services.sources import byok_enable_finish
 from keys.services.uploads import key_imports_expire
+from tenants.confirmation import confirmation_matches, confirmation_prompt
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
 
@@ -47,12 +48,17 @@ from tenants.states import tenant_transition
 RUN_BYOK_REMOVE_TASK = "keys.run_byok_remove"
 
 
+def require_confirmation(tenant: Tenant, confirm: str) -> None:
+    """Refuse unless the tenant's identifier was typed (every typed confirmation)."""
+    if not confirmation_matches(tenant, confirm):
+        raise KeyActionRefused(confirmation_prompt(tenant))
+
+
 def tenant_revoke(
     *, tenant: Tenant, actor: Actor, confirm: str, request: HttpRequest | None = None
 ) -> None:
     """Cut Keyward off the tenant's data now, and destroy Keyward's copies of uploaded keys."""
-    if confirm.strip() != tenant.slug:
-        raise KeyActionRefused(f"Type the tenant's identifier, {tenant.slug}, to confirm.")
+    require_confirmation(tenant, confirm)
     source = active_customer_source(tenant)
     moved = tenant_transition(
         tenant=tenant,
@@ -118,11 +124,10 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
 
 
 def tenant_schedule_destroy(
-    *, tenant: Tenant, actor: Actor, typed_name: str, request: HttpRequest | None = None
+    *, tenant: Tenant, actor: Actor, confirm: str, request: HttpRequest | None = None
 ) -> datetime:
-    """Owner, from revoked, with the tenant's name typed: destroy after the waiting period."""
-    if typed_name.strip() != tenant.name:
-        raise KeyActionRefused(f"Type the tenant's name, {tenant.name}, to confirm.")
+    """Owner, from revoked, with the tenant's identifier typed: destroy after the waiting period."""
+    require_confirmation(tenant, confirm)
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.REVOKED:

@@ -102,7 +102,7 @@ ACTIONS = (
         "key.destroy_scheduled",
         tenant_schedule_destroy,
         lambda when: f"The keys will be destroyed on {when:%Y-%m-%d %H:%M} UTC unless you cancel.",
-        confirm="typed_name",
+        confirm="confirm",
     ),
     LifecycleAction(
         "cancel_destroy",

@@ -122,11 +122,11 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     )  # fmt: skip
     client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
     wrong = text(
-        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}, follow=True)
-    )
-    assert "Type the tenant's name, Acme, to confirm." in wrong
-    scheduled = text(
         client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"}, follow=True)
+    )
+    assert "Type the tenant's identifier, acme, to confirm." in wrong
+    scheduled = text(
+        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}, follow=True)
     )
     assert "The keys will be destroyed on" in scheduled
     acme.tenant.refresh_from_db()
@@ -138,7 +138,7 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     assert acme.tenant.destroy_after is None
     assert AuditEvent.objects.filter(action="key.destroy_cancelled").exists()
 
-    client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"})
+    client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"})
     Tenant.objects.filter(pk=acme.tenant.pk).update(
         destroy_after=timezone.now() - timedelta(seconds=1)
     )
@@ -169,7 +169,7 @@ def test_only_owners_destroy_or_remove(uploaded, role) -> None:
     acme = uploaded["acme"]
     client = login(getattr(acme, role), sudo=True)
     assert (
-        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"}).status_code == 403
+        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}).status_code == 403
     )
     assert client.post(reverse("keys:remove_byok", args=["acme"])).status_code == 403
 
