@@ -153,6 +153,7 @@ ROTATION_ACTIONS = (
     "key.rotation_detected",
     "kek.confirm_rotation",
     "kek.reject_rotation",
+    "kek.rotate_now",
     "kek.rotation_done",
     "byok.enabled",
     "key.upload",

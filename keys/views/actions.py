@@ -2,8 +2,10 @@
 
 Every action here has the same shape: a POST behind the tenant permission and
 recent re-authentication, one service called with the tenant and the acting
-person, its refusal audited and shown, then back to the Keys page. One row of
-`ACTIONS` is one action; `urlpatterns` and the views are built from the rows.
+person (with their role), its refusal audited and shown, then back to the Keys
+page. One click is one audit event: the service records what it did, and a
+refusal is recorded here, once. One row of `ACTIONS` is one action;
+`urlpatterns` and the views are built from the rows.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def lifecycle_view(action: LifecycleAction) -> Callable[..., HttpResponseBase]:
         try:
             result = action.service(**arguments)
         except KeyActionRefused as exc:
-            refused(request, access, action.audit, str(exc))
+            # The services record what they did, never a refusal: this is its one event.
+            refused(request, access, action.audit, str(exc), exc.details)
         else:
             messages.success(request, action.success(result))
         return redirect("keys:overview", slug=access.tenant.slug)

@@ -18,13 +18,21 @@ from tenants.models import ServiceState
 from tenants.permissions import TenantAccess
 
 
-def refused(request: HttpRequest, access: TenantAccess, action: str, message: str) -> None:
+def refused(
+    request: HttpRequest,
+    access: TenantAccess,
+    action: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record the refusal (the one event of this click) and tell the person why."""
     record(
         tenant=access.tenant,
         actor=access.actor(request.user),
         action=action,
         outcome=Outcome.FAILURE,
         reason=message,
+        details=details,
         request=request,
     )
     messages.error(request, message)

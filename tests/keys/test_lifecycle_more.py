@@ -111,6 +111,18 @@ def test_revoke_destroys_the_uploaded_copy_and_the_same_key_restores(
     assert record_fields(acme.tenant, row)["sid"]
 
 
+def test_revoking_an_uploaded_key_is_one_event_naming_the_copies_destroyed(uploaded) -> None:
+    acme = uploaded["acme"]
+    client = login(acme.key_admin, sudo=True)
+    before = AuditEvent.objects.filter(tenant=acme.tenant).count()
+    client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
+    assert state(acme.tenant) == ServiceState.REVOKED
+    (event,) = AuditEvent.objects.filter(tenant=acme.tenant).order_by("seq")[before:]
+    assert (event.action, event.actor_id) == ("key.revoke", str(acme.key_admin.pk))
+    assert event.details["copies_destroyed"] == ["upload-1"]
+    assert uploaded["source"].versions.get().material is None
+
+
 def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None:
     from objects.models import Location, StoredObject
 
