@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
 from audit.models import AuditChain, AuditEvent
@@ -29,7 +29,11 @@ def audit_events_for_tenant(tenant: Model, filters: AuditFilters) -> QuerySet[Au
     if filters.action:
         events = events.filter(action=filters.action)
     if filters.actor:
-        events = events.filter(actor_display=filters.actor)
+        # A person acting in a tenant is shown with their role ("ann@acme.test
+        # (Key administrator)"); their email finds them with or without it.
+        events = events.filter(
+            Q(actor_display=filters.actor) | Q(actor_display__startswith=f"{filters.actor} (")
+        )
     if filters.outcome:
         events = events.filter(outcome=filters.outcome)
     # Times never decrease along a chain (see `record`), so a date range is a

@@ -34,11 +34,16 @@ class Actor:
         return cls(ActorKind.ANONYMOUS, "", display[:254])
 
     @classmethod
-    def for_user(cls, user: AbstractBaseUser | AnonymousUser, *, support: bool = False) -> Actor:
+    def for_user(
+        cls, user: AbstractBaseUser | AnonymousUser, *, support: bool = False, role: str = ""
+    ) -> Actor:
+        """A signed-in person. `role` names their role in the tenant they act in: the
+        trail shows it with them ("ann@acme.test (Key administrator)"), as it was then."""
         if not user.is_authenticated:
             return cls.anonymous()
         kind = ActorKind.SUPPORT if support else ActorKind.USER
-        return cls(kind, str(user.pk), user.get_username())
+        display = f"{user.get_username()} ({role})" if role else user.get_username()
+        return cls(kind, str(user.pk), display[:254])
 
 
 def chain_key(tenant: Model | None) -> str:

@@ -11,7 +11,7 @@ from audit.export import csv_stream, jsonl_stream
 from audit.forms import KNOWN_ACTIONS, AuditFilterForm
 from audit.models import AuditEvent
 from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
-from audit.services import Actor, record
+from audit.services import record
 from tenants.permissions import Perm, TenantAccess, with_tenant
 
 
@@ -61,7 +61,7 @@ def _export(request: HttpRequest, access: TenantAccess, fmt: str) -> HttpRespons
     filters = form.filters()
     record(
         tenant=access.tenant,
-        actor=Actor.for_user(request.user, support=access.is_support),
+        actor=access.actor(request.user),
         action="audit.export",
         target=fmt,
         details={k: str(v) for k, v in filters.__dict__.items() if v},

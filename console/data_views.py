@@ -22,7 +22,6 @@ from django.views.decorators.http import require_GET, require_POST
 from api.forms import ApiTokenForm
 from api.selectors import api_token_for_tenant, api_tokens_for_tenant
 from api.tokens import IssuedToken, api_token_create, api_token_revoke
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.providers.base import KeyProviderError
 from objects.views import data_section_context
@@ -74,7 +73,7 @@ def token_create(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         issued = api_token_create(
             tenant=access.tenant,
-            actor=Actor.for_user(request.user),
+            actor=access.actor(request.user),
             name=form.cleaned_data["name"],
             scopes=list(form.cleaned_data["scopes"]),
             expires_at=form.expires_at(),
@@ -96,7 +95,7 @@ def token_revoke(request: HttpRequest, access: TenantAccess, token_id: str) -> H
     if token is None:
         raise Http404
     api_token_revoke(
-        tenant=access.tenant, token=token, actor=Actor.for_user(request.user), request=request
+        tenant=access.tenant, token=token, actor=access.actor(request.user), request=request
     )
     messages.success(request, f"Token {token.name} (kw_{token.prefix}) is revoked.")
     return redirect("data:overview", slug=access.tenant.slug)
@@ -110,7 +109,7 @@ def token_revoke(request: HttpRequest, access: TenantAccess, token_id: str) -> H
 def lookup_key_rotate(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         key = index_key_rotate(
-            tenant=access.tenant, actor=Actor.for_user(request.user), request=request
+            tenant=access.tenant, actor=access.actor(request.user), request=request
         )
     except (KeyActionRefused, KeyProviderError) as exc:
         messages.error(request, str(exc))

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from keys.errors import KeyActionRefused
 from objects.moves import objects_move_retry
 from objects.selectors import migration_progress, migrations_of_tenant, objects_usage
@@ -54,7 +54,7 @@ def data_section(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @state_permits(Act.RETRY_MOVE, audit="objects.migration_retry", back="data:overview")
 def migration_retry(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     """Start a failed move again, once its cause is fixed (the tenant stays paused till then)."""
-    actor = Actor.for_user(request.user)
+    actor = access.actor(request.user)
     try:
         message = objects_move_retry(tenant=access.tenant, actor=actor)
     except KeyActionRefused as exc:

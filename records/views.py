@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from keys.errors import KeyActionRefused
 from records.reencryption import reencryption_start
 from records.selectors import reencryption_job_for_tenant
@@ -24,7 +24,7 @@ from tenants.sudo import sudo_required
 @sudo_required
 @state_permits(Act.REENCRYPT, audit="records.reencrypt", back="keys:overview")
 def start_reencryption(request: HttpRequest, access: TenantAccess) -> HttpResponse:
-    actor = Actor.for_user(request.user)
+    actor = access.actor(request.user)
     try:
         job = reencryption_start(tenant=access.tenant, actor=actor, request=request)
     except KeyActionRefused as exc:

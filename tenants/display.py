@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.shortcuts import redirect
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from tenants.models import ServiceState, Tenant
 
 S = ServiceState
@@ -253,7 +253,7 @@ def state_permits(act: Act, *, audit: str, back: str = "keys:overview") -> Calla
                 return view(request, access, *args, **kwargs)
             record(
                 tenant=access.tenant,
-                actor=Actor.for_user(request.user),
+                actor=access.actor(request.user),
                 action=audit,
                 outcome=Outcome.FAILURE,
                 reason=message,

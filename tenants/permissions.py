@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from django.http.response import HttpResponseBase
 
+from audit.services import Actor
 from tenants.models import Membership, Role, Tenant
 
 
@@ -58,6 +59,13 @@ class TenantAccess:
 
     def can(self, perm: Perm | str) -> bool:
         return Perm(perm) in self.perms
+
+    def actor(self, user: AbstractBaseUser | AnonymousUser) -> Actor:
+        """`user` acting in this tenant, as its audit trail names them: with their
+        role here, or as the vendor's support staff."""
+        if self.role is None:
+            return Actor.for_user(user, support=True)
+        return Actor.for_user(user, role=Role(self.role).label)
 
 
 def is_support_staff(user: AbstractBaseUser | AnonymousUser) -> bool:

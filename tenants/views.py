@@ -7,7 +7,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from tenants.forms import RoleForm
 from tenants.models import Membership, Role
 from tenants.permissions import Perm, TenantAccess, with_tenant
@@ -55,7 +54,7 @@ def member_change_role(
         membership_change_role(
             membership=membership,
             role=form.cleaned_data["role"],
-            actor=Actor.for_user(request.user),
+            actor=access.actor(request.user),
             request=request,
         )
     except ValidationError as exc:
@@ -74,9 +73,7 @@ def member_change_role(
 def member_remove(request: HttpRequest, access: TenantAccess, membership_id: str) -> HttpResponse:
     membership = get_membership_for_user(access, membership_id)
     try:
-        membership_remove(
-            membership=membership, actor=Actor.for_user(request.user), request=request
-        )
+        membership_remove(membership=membership, actor=access.actor(request.user), request=request)
     except ValidationError as exc:
         messages.error(request, _error_text(exc))
     else:

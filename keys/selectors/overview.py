@@ -154,6 +154,7 @@ ROTATION_ACTIONS = (
     "key.rotation_detected",
     "kek.confirm_rotation",
     "kek.reject_rotation",
+    "kek.rotate_now",
     "kek.rotation_done",
     "byok.enabled",
     "key.upload",
@@ -246,7 +247,9 @@ def rotation_cause(tenant: Tenant) -> str | None:
     if tenant.state != ServiceState.ROTATION_PENDING:
         return None
     event = (
-        AuditEvent.objects.filter(chain=chain_key(tenant), action="key.rotation_detected")
+        AuditEvent.objects.filter(
+            chain=chain_key(tenant), action__in=["key.rotation_detected", "kek.rotate_now"]
+        )
         .order_by("-seq")
         .first()
     )

@@ -9,6 +9,7 @@ deletion, access denied) makes it `revoked`.
 from __future__ import annotations
 
 from django.db import transaction
+from django.http import HttpRequest
 
 from audit.models import Outcome
 from audit.services import Actor
@@ -90,13 +91,18 @@ def tenant_mark_rotation_pending(
     version: str,
     *,
     actor: Actor = HEALTH,
+    action: str = "key.rotation_detected",
     reason: str = "the key in your key store changed; confirm the new version",
+    request: HttpRequest | None = None,
     cause: str = "store_version",
 ) -> bool:
     """The key changed (in the customer's store, or uploaded by `actor`): pause the tenant.
 
-    `cause` says where the change came from, for the banner and the review page:
-    a key of keys.selectors.overview.ROTATION_CAUSES."""
+    The pause is recorded under `action`: the health check's detection, or the
+    person's own action that made the new version (rotate now). `cause` says
+    where the change came from, for the banner and the review page: a key of
+    keys.selectors.overview.ROTATION_CAUSES.
+    """
     with transaction.atomic():
         pending, _ = KekVersion.objects.get_or_create(
             source=source, provider_version=version, defaults={"state": KekState.PENDING}
@@ -105,9 +111,11 @@ def tenant_mark_rotation_pending(
             tenant=tenant,
             to=ServiceState.ROTATION_PENDING,
             actor=actor,
-            action="key.rotation_detected",
+            action=action,
+            target=version,
             reason=reason,
             details={"new_version": version, "kek_version": str(pending.pk), "cause": cause},
+            request=request,
         )
         if moved is not None:
             notify_key_admins(

@@ -37,9 +37,10 @@ from keys.selectors.sources import (
     active_customer_source,
 )
 from keys.services.deks import dek_rotate_for_move, rewrap_one
-from keys.services.rotation import require_checks
+from keys.services.rotation import checks_summary, require_checks
 from keys.services.sources import byok_enable_finish
 from keys.services.uploads import key_imports_expire
+from tenants.confirmation import confirmation_matches, confirmation_prompt
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
 
@@ -47,61 +48,69 @@ from tenants.states import tenant_transition
 RUN_BYOK_REMOVE_TASK = "keys.run_byok_remove"
 
 
+def require_confirmation(tenant: Tenant, confirm: str) -> None:
+    """Refuse unless the tenant's identifier was typed (every typed confirmation)."""
+    if not confirmation_matches(tenant, confirm):
+        raise KeyActionRefused(confirmation_prompt(tenant))
+
+
 def tenant_revoke(
     *, tenant: Tenant, actor: Actor, confirm: str, request: HttpRequest | None = None
 ) -> None:
-    """Cut Keyward off the tenant's data now, and destroy Keyward's copies of uploaded keys."""
-    if confirm.strip() != tenant.slug:
-        raise KeyActionRefused(f"Type the tenant's identifier, {tenant.slug}, to confirm.")
+    """Cut Keyward off the tenant's data now, and destroy Keyward's copies of uploaded keys.
+
+    One event: the revoke, naming the copies destroyed with it.
+    """
+    require_confirmation(tenant, confirm)
     source = active_customer_source(tenant)
+    copies = _uploaded_copies(source)
     moved = tenant_transition(
         tenant=tenant,
         to=ServiceState.REVOKED,
         actor=actor,
         action="key.revoke",
         reason=f"revoked by {actor.display}",
+        details={"copies_destroyed": copies} if copies else None,
         request=request,
     )
     if moved is None:
         raise KeyActionRefused("The key cannot be revoked in the tenant's current state.")
-    destroyed = _destroy_uploaded_copies(source)
-    if destroyed:
-        record(
-            tenant=tenant,
-            actor=actor,
-            action="key.copy_destroyed",
-            details={"versions": destroyed},
-            request=request,
-        )
+    _destroy_uploaded_copies(source)
 
 
-def _destroy_uploaded_copies(source: KeySource) -> list[str]:
+def _uploaded_copies(source: KeySource) -> list[str]:
+    """The versions of which Keyward holds a copy of the customer's key (uploaded keys)."""
     if source.kind != SourceKind.UPLOADED:
         return []
-    versions = list(source.versions.all())
+    return list(source.versions.order_by("created").values_list("provider_version", flat=True))
+
+
+def _destroy_uploaded_copies(source: KeySource) -> None:
+    if source.kind != SourceKind.UPLOADED:
+        return
     if source.config.get("store") == "aws_kms":
-        for version in versions:
+        for version in _uploaded_copies(source):
             try:
-                delete_imported_material(version.provider_version)
+                delete_imported_material(version)
             except VendorKmsError:
                 # Already gone (or unreachable: the key stays revoked either way).
                 continue
     else:
         KekVersion.objects.filter(source=source).update(material=None)
-    return [v.provider_version for v in versions]
 
 
 def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None = None) -> None:
-    """Resume after a revoke once the key works again: its checks must pass."""
+    """Resume after a revoke once the key works again: its checks must pass.
+
+    The person's restore is the one event, the checks' results its details.
+    """
     current = Tenant.objects.get(pk=tenant.pk)
     if current.state != ServiceState.REVOKED:
         raise KeyActionRefused(
             f"Only a revoked tenant can be restored; this one is {current.get_state_display()}."
         )
     source = active_customer_source(current)
-    require_checks(
-        current, source, actor, "key.restore", request, refusal="The key is not usable yet"
-    )
+    results = require_checks(current, source, refusal="The key is not usable yet")
     if (
         tenant_transition(
             tenant=current,
@@ -109,6 +118,7 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
             actor=actor,
             action="key.restore",
             reason=f"restored by {actor.display}; checks passed",
+            details={"checks": checks_summary(results)},
             request=request,
             only_from=(ServiceState.REVOKED,),
         )
@@ -118,16 +128,23 @@ def tenant_restore(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
 
 
 def tenant_schedule_destroy(
-    *, tenant: Tenant, actor: Actor, typed_name: str, request: HttpRequest | None = None
+    *, tenant: Tenant, actor: Actor, confirm: str, request: HttpRequest | None = None
 ) -> datetime:
-    """Owner, from revoked, with the tenant's name typed: destroy after the waiting period."""
-    if typed_name.strip() != tenant.name:
-        raise KeyActionRefused(f"Type the tenant's name, {tenant.name}, to confirm.")
+    """Owner, from revoked, with the tenant's identifier typed: destroy after the waiting period."""
+    require_confirmation(tenant, confirm)
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if locked.state != ServiceState.REVOKED:
             raise KeyActionRefused("Keys can be destroyed only after they were revoked.")
-        if locked.destroy_after is not None:
+        if locked.destroy_after is not None:  # a second click: recorded, nothing changes
+            record(
+                tenant=locked,
+                actor=actor,
+                action="key.destroy_scheduled",
+                reason="already scheduled; nothing changed",
+                details={"destroy_after": locked.destroy_after.isoformat()},
+                request=request,
+            )
             return locked.destroy_after
         when = timezone.now() + timedelta(days=settings.KEYWARD_DESTROY_WAIT_DAYS)
         Tenant.objects.filter(pk=locked.pk).update(destroy_after=when)

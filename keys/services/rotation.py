@@ -43,30 +43,19 @@ RUN_KEK_REWRAP_TASK = "keys.run_kek_rewrap"
 REWRAPPABLE = (ServiceState.BYOK_ACTIVE, ServiceState.REWRAPPING)
 
 
-def require_checks(
-    tenant: Tenant,
-    source: KeySource,
-    actor: Actor,
-    action: str,
-    request: HttpRequest | None,
-    *,
-    refusal: str,
-) -> list[CheckResult]:
-    """Run the source's checks; on a failure record it and refuse with what failed."""
+def checks_summary(results: list[CheckResult]) -> dict[str, bool]:
+    """Which named checks passed: the details of the event of the action they allowed."""
+    return {r.name: r.passed for r in results}
+
+
+def require_checks(tenant: Tenant, source: KeySource, *, refusal: str) -> list[CheckResult]:
+    """Run the source's checks; refuse with what failed (the caller's view records it)."""
     context = {"keyward:tenant": str(tenant.pk), "keyward:purpose": "test"}
     results = provider_for(source).run_checks(context)
     failed = [r for r in results if r.required and not r.passed]
     if failed:
         reason = "; ".join(f"{r.name}: {r.message}" for r in failed)
-        record(
-            tenant=tenant,
-            actor=actor,
-            action=action,
-            outcome=Outcome.FAILURE,
-            reason=reason,
-            request=request,
-        )
-        raise KeyActionRefused(f"{refusal}: {reason}")
+        raise KeyActionRefused(f"{refusal}: {reason}", details={"checks": checks_summary(results)})
     return results
 
 
@@ -75,7 +64,8 @@ def kek_confirm_rotation(
 ) -> str:
     """Confirm a detected rotation: check the new version, then rewrap under it.
 
-    1. Only from rotation_pending; confirming again is a no-op with a message.
+    1. Only from rotation_pending; confirming again is a no-op with a message
+       (recorded: each click is one event).
     2. The provider's checks run against the new version outside any lock; a
        key store that cannot be reached refuses, and the tenant stays paused.
     3. The source now points at the new version, the tenant is `rewrapping`, and
@@ -83,7 +73,9 @@ def kek_confirm_rotation(
     """
     current = Tenant.objects.get(pk=tenant.pk)
     if current.state in REWRAPPABLE:
-        return "This rotation was confirmed already; nothing to do."
+        return _nothing_to_do(
+            current, actor, request, "This rotation was confirmed already; nothing to do."
+        )
     if current.state != ServiceState.ROTATION_PENDING:
         raise KeyActionRefused(
             f"There is no rotation to confirm: the tenant is {current.get_state_display()}."
@@ -101,14 +93,16 @@ def kek_confirm_rotation(
         sealed_credentials=source.sealed_credentials,
         sealed_credentials_root=source.sealed_credentials_root,
     )
-    results = require_checks(
-        current, probe, actor, "kek.confirm_rotation", request,
-        refusal="The new key version did not pass its checks",
-    )  # fmt: skip
+    results = require_checks(current, probe, refusal="The new key version did not pass its checks")
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=current.pk)
         if locked.state != ServiceState.ROTATION_PENDING:  # another administrator was faster
-            return f"The tenant is {locked.get_state_display()} now; nothing to do."
+            return _nothing_to_do(
+                locked,
+                actor,
+                request,
+                f"The tenant is {locked.get_state_display()} now; nothing to do.",
+            )
         KeySource.objects.filter(pk=source.pk).update(config=config)
         tenant_transition(
             tenant=locked,
@@ -116,13 +110,21 @@ def kek_confirm_rotation(
             actor=actor,
             action="kek.confirm_rotation",
             target=pending.provider_version,
-            details={"checks": {r.name: r.passed for r in results}},
+            details={"checks": checks_summary(results)},
             request=request,
         )
         transaction.on_commit(
             lambda: current_app.send_task(RUN_KEK_REWRAP_TASK, args=[str(source.pk)])
         )
     return "Confirmed: your data keys are being rewrapped under the new version."
+
+
+def _nothing_to_do(tenant: Tenant, actor: Actor, request: HttpRequest | None, answer: str) -> str:
+    """A confirmation that changes nothing (a second click) is still the click's one event."""
+    record(
+        tenant=tenant, actor=actor, action="kek.confirm_rotation", reason=answer, request=request
+    )
+    return answer
 
 
 def _config_for(source: KeySource, pending: KekVersion) -> dict[str, object]:
@@ -234,33 +236,29 @@ def kek_rotate_now(*, tenant: Tenant, actor: Actor, request: HttpRequest | None 
         new_key = provider.rotate_now()
         health = None if new_key else provider.health()
     except (KeyUnavailable, KeyAccessDenied) as exc:
-        record(
-            tenant=current,
-            actor=actor,
-            action="kek.rotate_now",
-            outcome=Outcome.FAILURE,
-            reason=str(exc),
-            request=request,
-        )
         raise KeyActionRefused(f"The key store refused the rotation: {exc}") from None
     if health is None:
         # A new key (KMIP): data keys move under it after the usual confirmation.
-        record(
-            tenant=current,
-            actor=actor,
-            action="kek.rotate_now",
-            target=str(new_key),
-            details={"new_key": str(new_key)},
-            request=request,
-        )
-        tenant_mark_rotation_pending(
+        # The pause it causes is this click's one event.
+        paused = tenant_mark_rotation_pending(
             current,
             source,
             str(new_key),
             actor=actor,
+            action="kek.rotate_now",
             reason="a new key was made in your key store on request; confirm it",
+            request=request,
             cause="on_request",
         )
+        if not paused:  # the tenant changed state meanwhile: the new key waits
+            record(
+                tenant=current,
+                actor=actor,
+                action="kek.rotate_now",
+                target=str(new_key),
+                details={"new_version": str(new_key)},
+                request=request,
+            )
         return (
             "A new key was made in your key store. Review and confirm it to rewrap your "
             "data keys under it; until then the service is paused."
@@ -294,6 +292,14 @@ def kek_switch_source(
         if locked.state != ServiceState.BYOK_ACTIVE:
             raise KeyActionRefused("Switch keys while the current one is in normal use.")
         if source.state == SourceState.ACTIVE:
+            record(
+                tenant=locked,
+                actor=actor,
+                action="kek.switch_source",
+                target=str(source.config.get("key_arn", source.kind)),
+                reason="nothing changed: this key is the one in use already",
+                request=request,
+            )
             return "This key is the one in use already."
         if not source.test_passed:
             raise KeyActionRefused("Run Save and Test with these settings first.")

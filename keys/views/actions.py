@@ -2,8 +2,10 @@
 
 Every action here has the same shape: a POST behind the tenant permission and
 recent re-authentication, one service called with the tenant and the acting
-person, its refusal audited and shown, then back to the Keys page. One row of
-`ACTIONS` is one action; `urlpatterns` and the views are built from the rows.
+person (with their role), its refusal audited and shown, then back to the Keys
+page. One click is one audit event: the service records what it did, and a
+refusal is recorded here, once. One row of `ACTIONS` is one action;
+`urlpatterns` and the views are built from the rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.models import KeySource
 from keys.services.lifecycle import (
@@ -111,7 +112,7 @@ ACTIONS = (
         "key.destroy_scheduled",
         tenant_schedule_destroy,
         lambda when: f"The keys will be destroyed on {when:%Y-%m-%d %H:%M} UTC unless you cancel.",
-        confirm="typed_name",
+        confirm="confirm",
         act=Act.DESTROY,
     ),
     LifecycleAction(
@@ -158,7 +159,7 @@ def lifecycle_view(action: LifecycleAction) -> Callable[..., HttpResponseBase]:
     def view(request: HttpRequest, access: TenantAccess, **url: Any) -> HttpResponse:
         arguments: dict[str, Any] = {
             "tenant": access.tenant,
-            "actor": Actor.for_user(request.user),
+            "actor": access.actor(request.user),
             "request": request,
         }
         if action.with_source:
@@ -175,7 +176,8 @@ def lifecycle_view(action: LifecycleAction) -> Callable[..., HttpResponseBase]:
         try:
             result = action.service(**arguments)
         except KeyActionRefused as exc:
-            refused(request, access, action.audit, str(exc))
+            # The services record what they did, never a refusal: this is its one event.
+            refused(request, access, action.audit, str(exc), exc.details)
         else:
             messages.success(request, action.success(result))
         return redirect("keys:overview", slug=access.tenant.slug)

@@ -9,7 +9,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from keys.aws_console import key_policy_statement, role_trust_policy, suggested_external_id
 from keys.errors import KeyActionRefused
 from keys.forms import (
@@ -84,7 +83,7 @@ def aws_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpRespons
         "external_id": (existing.config.get("external_id") if existing else None)
         or suggested_external_id(tenant),
     }
-    actor = Actor.for_user(request.user)
+    actor = access.actor(request.user)
     try:
         source = key_source_register(
             tenant=tenant, kind=SourceKind.AWS_KMS, config=config, actor=actor, request=request

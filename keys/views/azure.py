@@ -9,7 +9,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.forms import (
     AzureKeyVaultSourceForm,
@@ -72,7 +71,7 @@ def azure_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpRespo
             auth_method=data["auth_method"],
             credentials=form.credentials(),
             certificate_thumbprint=form.certificate_thumbprint,
-            actor=Actor.for_user(request.user),
+            actor=access.actor(request.user),
             request=request,
         )
     except KeyActionRefused as exc:

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from audit.models import Outcome
-from audit.services import Actor, record
+from audit.services import record
 from keys.models import KeySource, SourceKind, SourceState
 from keys.selectors.sources import current_source
 from keys.services.sources import key_source_test
@@ -18,13 +18,21 @@ from tenants.models import ServiceState
 from tenants.permissions import TenantAccess
 
 
-def refused(request: HttpRequest, access: TenantAccess, action: str, message: str) -> None:
+def refused(
+    request: HttpRequest,
+    access: TenantAccess,
+    action: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record the refusal (the one event of this click) and tell the person why."""
     record(
         tenant=access.tenant,
-        actor=Actor.for_user(request.user),
+        actor=access.actor(request.user),
         action=action,
         outcome=Outcome.FAILURE,
         reason=message,
+        details=details,
         request=request,
     )
     messages.error(request, message)
@@ -107,7 +115,7 @@ def form_refused(
 
 
 def saved_then_tested(request: HttpRequest, access: TenantAccess, source: KeySource) -> None:
-    source = key_source_test(source=source, actor=Actor.for_user(request.user), request=request)
+    source = key_source_test(source=source, actor=access.actor(request.user), request=request)
     if source.test_passed:
         messages.success(request, "Every check passed. You can enable your key.")
     else:

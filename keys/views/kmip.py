@@ -9,7 +9,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.forms import (
     KmipSourceForm,
@@ -71,7 +70,7 @@ def kmip_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpRespon
     )
     try:
         source = kmip_register(
-            tenant=access.tenant, entry=entry, actor=Actor.for_user(request.user), request=request
+            tenant=access.tenant, entry=entry, actor=access.actor(request.user), request=request
         )
     except KeyActionRefused as exc:
         if exc.field is not None:  # what was entered is wrong: show it on the form

@@ -9,7 +9,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.forms import (
     CacheTtlForm,
@@ -90,7 +89,7 @@ def rotate_dek(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         dek = dek_rotate(
             tenant=access.tenant,
-            actor=Actor.for_user(request.user),
+            actor=access.actor(request.user),
             reason=reason or "rotated on demand",
             request=request,
         )
@@ -114,7 +113,7 @@ def set_cache_ttl(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         tenant_set_dek_cache_ttl(
             tenant=access.tenant,
             ttl=form.cleaned_data["ttl"],
-            actor=Actor.for_user(request.user),
+            actor=access.actor(request.user),
             request=request,
         )
     except ValidationError as exc:

@@ -8,7 +8,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.models import KeySource, SourceState
 from keys.services.sources import byok_enable
@@ -47,7 +46,7 @@ def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) ->
     source = get_object_or_404(KeySource, pk=source_id, tenant=access.tenant)
     try:
         byok_enable(
-            tenant=access.tenant, source=source, actor=Actor.for_user(request.user), request=request
+            tenant=access.tenant, source=source, actor=access.actor(request.user), request=request
         )
     except KeyActionRefused as exc:
         refused(request, access, "byok.enable", str(exc))

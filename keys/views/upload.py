@@ -8,7 +8,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from audit.services import Actor
 from keys.errors import KeyActionRefused
 from keys.forms import (
     KeyUploadForm,
@@ -78,7 +77,7 @@ def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 def download_import_parameters(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         key_import, bundle = key_import_create(
-            tenant=access.tenant, actor=Actor.for_user(request.user), request=request
+            tenant=access.tenant, actor=access.actor(request.user), request=request
         )
     except KeyActionRefused as exc:
         refused(request, access, "key_import.create", str(exc))
@@ -99,7 +98,7 @@ def download_import_parameters(request: HttpRequest, access: TenantAccess) -> Ht
 @state_permits(Act.UPLOAD_VERSION, audit="key.upload", back="keys:upload")
 def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = KeyUploadForm(request.POST, request.FILES)
-    actor = Actor.for_user(request.user)
+    actor = access.actor(request.user)
     if not form.is_valid():
         reasons = "; ".join(
             f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items()

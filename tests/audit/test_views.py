@@ -90,6 +90,27 @@ def test_filters_combine(trail) -> None:
     )
 
 
+def test_the_actor_filter_finds_a_person_by_email_whatever_their_role_was(trail) -> None:
+    for role in ("Key administrator", "Owner"):
+        record(
+            tenant=trail.tenant, actor=Actor("user", "1", f"bob@acme.test ({role})"), action="x.y"
+        )
+    record(
+        tenant=trail.tenant, actor=Actor("user", "3", "bob@acme.test.evil (Owner)"), action="x.y"
+    )
+    response = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]), {"action": "x.y", "actor": "bob@acme.test"}
+    )
+    assert sorted(e.actor_display for e in response.context["events"]) == [
+        "bob@acme.test (Key administrator)",
+        "bob@acme.test (Owner)",
+    ]
+    bare = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]), {"action": "key.enable", "actor": "bob@acme.test"}
+    )
+    assert bare.context["events"]  # events recorded before roles were shown
+
+
 def test_htmx_gets_only_the_results_partial(trail) -> None:
     response = login(trail.auditor).get(
         reverse("audit:list", args=["acme"]), {"outcome": "failure"}, HTTP_HX_REQUEST="true"
@@ -133,7 +154,7 @@ def test_csv_export_streams_every_matching_event_and_is_audited(trail) -> None:
     assert all(row["target"].startswith("'=") for row in table)  # formulas neutralised
     assert [int(r["seq"]) for r in table] == sorted(int(r["seq"]) for r in table)
     export = AuditEvent.objects.filter(tenant=trail.tenant, action="audit.export").get()
-    assert export.actor_display == trail.auditor.username
+    assert export.actor_display == f"{trail.auditor.username} (Auditor)"
     assert export.details == {"outcome": "failure"}
 
 

@@ -67,10 +67,10 @@ def test_rotation_confirm_revoke_restore_destroy_cancel(
         page.reload()
         expect(page.get_by_test_id("state-banner")).to_have_count(0)
 
-        page.get_by_label("Type acme to confirm").fill("nope")
+        page.get_by_label("Type the tenant's identifier, acme, to confirm.").fill("nope")
         page.get_by_test_id("revoke").click()
         expect(page.get_by_role("status")).to_contain_text("Type the tenant's identifier")
-        page.get_by_label("Type acme to confirm").fill("acme")
+        page.get_by_label("Type the tenant's identifier, acme, to confirm.").fill("acme")
         page.get_by_test_id("revoke").click()
         expect(page.get_by_test_id("state-banner")).to_contain_text(
             "Key revoked: your data is unreadable"
@@ -80,9 +80,9 @@ def test_rotation_confirm_revoke_restore_destroy_cancel(
         expect(page.get_by_role("status")).to_contain_text("Restored")
         expect(page.get_by_test_id("state-banner")).to_have_count(0)
 
-        page.get_by_label("Type acme to confirm").fill("acme")
+        page.get_by_label("Type the tenant's identifier, acme, to confirm.").fill("acme")
         page.get_by_test_id("revoke").click()
-        page.get_by_label("To destroy the keys for good, type the tenant's name, Acme").fill("Acme")
+        page.get_by_label("Type the tenant's identifier, acme, to confirm.").fill("acme")
         page.get_by_test_id("destroy").click()
         expect(page.get_by_test_id("destroy-scheduled")).to_contain_text("will be destroyed on")
         page.get_by_test_id("cancel-destroy").click()

@@ -308,6 +308,23 @@ def test_forced_rotation_makes_a_new_key_that_is_confirmed_then_rewrapped(acme) 
     assert record_fields(acme.tenant, row)["sid"].startswith("S-1-5-21-")
 
 
+def test_a_forced_rotation_is_one_event_naming_the_person_and_the_new_key(acme) -> None:
+    client = login(acme.key_admin, sudo=True)
+    source = enable(client, acme.tenant)
+    before = AuditEvent.objects.filter(tenant=acme.tenant).count()
+    client.post(reverse("keys:rotate_kek", args=["acme"]))
+    (event,) = AuditEvent.objects.filter(tenant=acme.tenant).order_by("seq")[before:]
+    pending = source.versions.get(state=KekState.PENDING)
+    assert (event.action, event.actor_id, event.target) == (
+        "kek.rotate_now",
+        str(acme.key_admin.pk),
+        pending.provider_version,
+    )
+    assert event.details["to"] == ServiceState.ROTATION_PENDING
+    history = client.get(reverse("keys:rotation", args=["acme"])).content.decode()
+    assert "kek.rotate_now" in history
+
+
 def test_a_refused_enable_leaves_no_key_behind_on_the_server(acme, monkeypatch) -> None:
     import keys.services.sources
     from keys.errors import KeyActionRefused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import socket
 from typing import Any
 
@@ -19,6 +20,7 @@ from keys.services.lifecycle import tenant_revoke
 from keys.services.rotation import kek_rewrap_run
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
+from tenants.confirmation import confirmation_prompt
 from tenants.models import ServiceState, Tenant
 from tenants.states import ServicePaused
 from tests.conftest import login
@@ -152,6 +154,37 @@ def test_revoke_needs_the_typed_name_then_nothing_decrypts_then_restore(
     assert state(tenant) == ServiceState.BYOK_ACTIVE
     reset_for_tests()
     assert record_fields(tenant, byok["records"][0])
+
+
+def _label(page: str, field: str) -> str:
+    """The text of the label of the input `field`, as a person reads it."""
+    found = re.search(rf'<label for="{field}">(.*?)</label>', page, re.S)
+    assert found, f"no label for {field}"
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(1)))
+
+
+def test_revoke_and_destroy_ask_for_the_same_word_the_tenants_identifier(byok) -> None:
+    acme = byok["acme"]
+    tenant = acme.tenant
+    prompt = "Type the tenant's identifier, acme, to confirm."
+    assert confirmation_prompt(tenant) == prompt
+    client = login(acme.owner, sudo=True)
+    keys = reverse("keys:overview", args=["acme"])
+    assert _label(client.get(keys).content.decode(), "revoke-confirm") == prompt
+    for wrong in ("Acme", "", "acme!"):
+        page = client.post(reverse("keys:revoke", args=["acme"]), {"confirm": wrong}, follow=True)
+        assert prompt in html.unescape(page.content.decode())
+        assert state(tenant) == ServiceState.BYOK_ACTIVE
+    client.post(reverse("keys:revoke", args=["acme"]), {"confirm": " acme "})
+    assert state(tenant) == ServiceState.REVOKED
+
+    assert _label(client.get(keys).content.decode(), "destroy-confirm") == prompt
+    for wrong in ("Acme", ""):
+        page = client.post(reverse("keys:destroy", args=["acme"]), {"confirm": wrong}, follow=True)
+        assert prompt in html.unescape(page.content.decode())
+        assert Tenant.objects.get(pk=tenant.pk).destroy_after is None
+    client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"})
+    assert Tenant.objects.get(pk=tenant.pk).destroy_after is not None
 
 
 @pytest.mark.parametrize(

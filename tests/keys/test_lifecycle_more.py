@@ -111,6 +111,18 @@ def test_revoke_destroys_the_uploaded_copy_and_the_same_key_restores(
     assert record_fields(acme.tenant, row)["sid"]
 
 
+def test_revoking_an_uploaded_key_is_one_event_naming_the_copies_destroyed(uploaded) -> None:
+    acme = uploaded["acme"]
+    client = login(acme.key_admin, sudo=True)
+    before = AuditEvent.objects.filter(tenant=acme.tenant).count()
+    client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
+    assert state(acme.tenant) == ServiceState.REVOKED
+    (event,) = AuditEvent.objects.filter(tenant=acme.tenant).order_by("seq")[before:]
+    assert (event.action, event.actor_id) == ("key.revoke", str(acme.key_admin.pk))
+    assert event.details["copies_destroyed"] == ["upload-1"]
+    assert uploaded["source"].versions.get().material is None
+
+
 def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None:
     from objects.models import Location, StoredObject
 
@@ -122,11 +134,11 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     )  # fmt: skip
     client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
     wrong = text(
-        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}, follow=True)
-    )
-    assert "Type the tenant's name, Acme, to confirm." in wrong
-    scheduled = text(
         client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"}, follow=True)
+    )
+    assert "Type the tenant's identifier, acme, to confirm." in wrong
+    scheduled = text(
+        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}, follow=True)
     )
     assert "The keys will be destroyed on" in scheduled
     acme.tenant.refresh_from_db()
@@ -138,7 +150,7 @@ def test_destroy_is_scheduled_can_be_cancelled_and_then_shreds(uploaded) -> None
     assert acme.tenant.destroy_after is None
     assert AuditEvent.objects.filter(action="key.destroy_cancelled").exists()
 
-    client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"})
+    client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"})
     Tenant.objects.filter(pk=acme.tenant.pk).update(
         destroy_after=timezone.now() - timedelta(seconds=1)
     )
@@ -169,7 +181,7 @@ def test_only_owners_destroy_or_remove(uploaded, role) -> None:
     acme = uploaded["acme"]
     client = login(getattr(acme, role), sudo=True)
     assert (
-        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "Acme"}).status_code == 403
+        client.post(reverse("keys:destroy", args=["acme"]), {"confirm": "acme"}).status_code == 403
     )
     assert client.post(reverse("keys:remove_byok", args=["acme"])).status_code == 403
 

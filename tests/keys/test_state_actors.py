@@ -32,7 +32,7 @@ def test_a_key_admins_revoke_and_restore_name_the_person(
         client.post(reverse("keys:revoke", args=["acme"]), {"confirm": "acme"})
         client.post(reverse("keys:restore", args=["acme"]))
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
-    who = acme.key_admin.get_username()
+    who = f"{acme.key_admin.get_username()} (Key administrator)"
     assert _moves(tenant)[before:] == [
         ("key.revoke", "user", who, ServiceState.REVOKED),
         ("key.restore", "user", who, ServiceState.BYOK_ACTIVE),

@@ -67,7 +67,8 @@ def test_rotate_now(acme, role, django_capture_on_commit_callbacks) -> None:
     assert "New data key v2 is in use for new data." in response.content.decode()
     event = AuditEvent.objects.get(tenant=acme.tenant, action="dek.rotate")
     assert event.reason == "quarterly drill"
-    assert event.actor_display == getattr(acme, role).username
+    role_name = {"owner": "Owner", "key_admin": "Key administrator"}[role]
+    assert event.actor_display == f"{getattr(acme, role).username} ({role_name})"
 
 
 def test_rotate_refused_when_revoked_is_audited_as_failure(acme) -> None:

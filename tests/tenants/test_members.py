@@ -21,7 +21,7 @@ def test_owner_changes_a_role_and_it_is_audited(acme) -> None:
     assert membership.role == "auditor"
     event = AuditEvent.objects.filter(action="membership.change_role").latest("seq")
     assert event.tenant == acme.tenant
-    assert event.actor_display == acme.owner.username
+    assert event.actor_display == f"{acme.owner.username} (Owner)"
     assert event.details == {"from": "viewer", "to": "auditor"}
 
 
