@@ -14,7 +14,9 @@ What `api_endpoint(scope, *, methods)` does, in order:
 3. The token lacks `scope` -> 403 `forbidden`.
 4. The tenant's key is revoked or destroyed -> 403 `key_revoked`; a write
    scope (`*:write`) while the tenant is paused -> 503 `paused` or
-   `migrating` with `Retry-After`.
+   `migrating` with `Retry-After`. Skipped for an endpoint made with
+   `needs_key=False`, which reads nothing under the tenant's key (the audit
+   trail, which matters most exactly when the key was revoked).
 5. Runs the view with `request.api_token` and `request.tenant` set. Raised
    `ApiError`s are rendered; the envelope's and key stores' errors become
    `key_revoked` / `key_unavailable` / `paused`, `Http404` becomes `not_found`.
@@ -87,7 +89,9 @@ def _current_state(tenant: Tenant) -> str:
     return str(Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk))
 
 
-def api_endpoint(scope: str, *, methods: tuple[str, ...]) -> Callable[[View], View]:
+def api_endpoint(
+    scope: str, *, methods: tuple[str, ...], needs_key: bool = True
+) -> Callable[[View], View]:
     """Authenticate a bearer token with `scope` and render API errors (see the module)."""
     allowed = tuple(m.upper() for m in methods)
 
@@ -110,7 +114,8 @@ def api_endpoint(scope: str, *, methods: tuple[str, ...]) -> Callable[[View], Vi
                     )
                 if not token.has_scope(scope):
                     raise ApiError(403, "forbidden", f"This token lacks the scope {scope}.")
-                _check_tenant(token.tenant, scope)
+                if needs_key:
+                    _check_tenant(token.tenant, scope)
                 request.api_token = token  # type: ignore[attr-defined]
                 request.tenant = token.tenant  # type: ignore[attr-defined]
                 response = view(request, *args, **kwargs)

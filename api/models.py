@@ -16,6 +16,7 @@ class Scope(models.TextChoices):
     RECORDS_WRITE = "records:write", "Create and delete records"
     OBJECTS_READ = "objects:read", "Read objects"
     OBJECTS_WRITE = "objects:write", "Store and delete objects"
+    AUDIT_READ = "audit:read", "Read the audit trail"
 
 
 class ApiToken(models.Model):

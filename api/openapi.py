@@ -13,6 +13,7 @@ from typing import Any
 
 from api.errors import ERROR_CODES
 from api.models import Scope
+from audit.models import ActorKind, Outcome
 
 # The record kinds with their fields, and the fields lookups may use: the data
 # apps own them and the shell passes them in (console.views.openapi_json).
@@ -77,9 +78,96 @@ OBJECT_HEADERS = {
 }
 
 
+AUDIT_EVENTS = {
+    "get": {
+        "operationId": "listAuditEvents",
+        "summary": "The tenant's audit events in chain order, for a SIEM to pull.",
+        "description": "Events oldest first (by `seq`), each with its `hash` and "
+        "`prev_hash`: an event's `prev_hash` is the previous event's `hash` (64 zeros "
+        "for the first), so a client can check that it holds the chain without a gap. "
+        "Keep the last `next` and poll with it as `after`: it resumes exactly after the "
+        "last event returned (on an empty page it is the cursor sent), so no event is "
+        "missed or repeated. Fewer events than `limit` means the client has caught up. "
+        "Reads are not themselves audited (polling would grow the trail forever); "
+        "creating a token with `audit:read` is. The trail stays readable when the "
+        "tenant's key is revoked.",
+        "security": _security(Scope.AUDIT_READ),
+        "parameters": [
+            {
+                "name": "after",
+                "in": "query",
+                "description": "Opaque: the `next` of a previous response, unchanged. "
+                "Omit it to read from the start of the trail.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "A page of events.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/AuditEventPage"}}
+                },
+            },
+            "400": _error("invalid_cursor", "invalid_field"),
+            "401": _error("unauthorized"),
+            "403": _error("forbidden"),
+            "405": _error("method_not_allowed"),
+        },
+    }
+}
+AUDIT_EVENT = {
+    "type": "object",
+    "description": "One audit event, as the console's CSV and JSON Lines exports give it.",
+    "required": [
+        "seq",
+        "time",
+        "actor_kind",
+        "actor_id",
+        "actor_display",
+        "action",
+        "target",
+        "outcome",
+        "reason",
+        "ip",
+        "user_agent",
+        "request_id",
+        "details",
+        "prev_hash",
+        "hash",
+    ],
+    "properties": {
+        "seq": {"type": "integer", "minimum": 1, "description": "Position in the chain."},
+        "time": {"type": "string", "format": "date-time"},
+        "actor_kind": {"type": "string", "enum": sorted(ActorKind.values)},
+        "actor_id": {"type": "string"},
+        "actor_display": {"type": "string"},
+        "action": {"type": "string", "examples": ["api_token.create"]},
+        "target": {"type": "string"},
+        "outcome": {"type": "string", "enum": sorted(Outcome.values)},
+        "reason": {"type": "string"},
+        "ip": {"type": ["string", "null"]},
+        "user_agent": {"type": "string"},
+        "request_id": {"type": "string"},
+        "details": {"type": "object"},
+        "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "hash": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "SHA-256 over the canonical event and `prev_hash`.",
+        },
+    },
+}
+
+
 def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dict[str, Any]:
     record_ref = {"$ref": "#/components/schemas/Record"}
     return {
+        "/audit/events": AUDIT_EVENTS,
         "/records": {
             "post": {
                 "operationId": "createRecord",
@@ -419,6 +507,22 @@ def _components(fields_by_kind: FieldsByKind) -> dict[str, Any]:
                     "next_cursor": {"type": ["string", "null"]},
                 },
             },
+            "AuditEvent": AUDIT_EVENT,
+            "AuditEventPage": {
+                "type": "object",
+                "required": ["events", "next"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/AuditEvent"},
+                    },
+                    "next": {
+                        "type": ["string", "null"],
+                        "description": "Pass it as `after` to resume; null only for an "
+                        "empty trail read from its start.",
+                    },
+                },
+            },
             "Object": {
                 "type": "object",
                 "properties": {
@@ -440,10 +544,10 @@ def openapi_document(
         "info": {
             "title": "Keyward tenant data API",
             "version": "1",
-            "description": "Store and read a tenant's protected records and objects. Every "
-            "value is encrypted under the tenant's data keys (customer-managed when the "
-            'tenant brought its key). Errors are `{"error": {"code", "message", '
-            '"field"?}}`; the codes are listed under `Error`.',
+            "description": "Store and read a tenant's protected records and objects, and "
+            "pull its audit trail. Every record and object is encrypted under the tenant's "
+            "data keys (customer-managed when the tenant brought its key). Errors are "
+            '`{"error": {"code", "message", "field"?}}`; the codes are listed under `Error`.',
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],

@@ -71,6 +71,17 @@ def audit_page(events: QuerySet[AuditEvent], *, before: int | None, size: int) -
     return AuditPage(rows, rows[-1].seq if more and rows else None)
 
 
+def audit_events_after(tenant: Model, *, after: int, limit: int) -> list[AuditEvent]:
+    """Up to `limit` of the tenant's events with seq above `after`, in chain order.
+
+    Resuming from the last seq read never skips an event: appends to a chain
+    are serialised on its head row, so seq N is committed before seq N + 1 is
+    written, and the chain is gapless and append-only.
+    """
+    events = AuditEvent.objects.filter(chain=chain_key(tenant), seq__gt=after)
+    return list(events.order_by("seq")[:limit])
+
+
 def recent_audit_events(tenant: Model, limit: int = 10) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(chain=chain_key(tenant)).order_by("-seq")[:limit])
 

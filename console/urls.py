@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from api import audit_views as audit_api_views
 from api.auth import by_method
 from console import errors, views
 from objects import api_urls as object_api_urls
@@ -19,12 +20,13 @@ console_patterns = (
     "console",
 )
 
-# /api/v1/: the records and objects endpoints and the OpenAPI document, under
-# one namespace.
+# /api/v1/: the records, objects and audit endpoints and the OpenAPI document,
+# under one namespace.
 api_patterns = (
     [
         path("objects/", include(object_api_urls)),
         *record_api_urls.urlpatterns,
+        path("audit/events", audit_api_views.audit_events, name="audit_events"),
         # by_method: a wrong method is a JSON 405, like every endpoint of the API.
         path("openapi.json", by_method(GET=views.openapi_json), name="openapi"),
     ],

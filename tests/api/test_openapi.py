@@ -26,7 +26,13 @@ def test_the_document_is_served_and_describes_every_route(db) -> None:
     assert response.status_code == 200
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/records", "/records/batch", "/records/{id}", "/objects/{key}"}
+    assert set(doc["paths"]) == {
+        "/records",
+        "/records/batch",
+        "/records/{id}",
+        "/objects/{key}",
+        "/audit/events",
+    }
     assert set(doc["paths"]["/records"]) == {"get", "post"}
     assert set(doc["paths"]["/records/{id}"]) == {"parameters", "get", "delete"}
     assert set(doc["paths"]["/objects/{key}"]) == {"parameters", "put", "get", "head", "delete"}
@@ -38,7 +44,13 @@ def test_the_document_is_served_and_describes_every_route(db) -> None:
         for p in r.url_patterns
         if isinstance(p, URLPattern)
     ]
-    assert set(api_routes) == {"records", "records/batch", "records/<uuid:uid>", "openapi.json"}
+    assert set(api_routes) == {
+        "records",
+        "records/batch",
+        "records/<uuid:uid>",
+        "audit/events",
+        "openapi.json",
+    }
 
 
 def test_every_error_code_is_documented_with_its_status(db) -> None:
@@ -54,3 +66,18 @@ def test_every_error_code_is_documented_with_its_status(db) -> None:
     get = doc["paths"]["/objects/{key}"]["get"]["responses"]["200"]["headers"]
     assert {"ETag", "X-Content-SHA256"} <= set(get)
     assert doc["paths"]["/records"]["post"]["security"] == [{"bearer": ["records:write"]}]
+
+
+def test_the_audit_events_endpoint_and_its_scope_are_documented(db) -> None:
+    doc = Client().get("/api/v1/openapi.json").json()
+    get = doc["paths"]["/audit/events"]["get"]
+    assert get["security"] == [{"bearer": ["audit:read"]}]
+    assert {p["name"] for p in get["parameters"]} == {"after", "limit"}
+    limit = next(p for p in get["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 1000, 100)
+    assert set(get["responses"]) == {"200", "400", "401", "403", "405"}
+    assert "`invalid_cursor`" in get["responses"]["400"]["description"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["AuditEventPage"]["required"] == ["events", "next"]
+    assert {"seq", "hash", "prev_hash"} <= set(schemas["AuditEvent"]["required"])
+    assert "`audit:read`" in doc["components"]["securitySchemes"]["bearer"]["description"]
