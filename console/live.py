@@ -11,8 +11,10 @@ The fingerprint is the tenant's state, its key epoch and the length of its
 audit chain: every action, job end and state change of a tenant records an
 event, so it moves with everything a page shows but progress counters, which
 the progress sections follow on their own. The poll runs every second while
-something moves (a key or data move, a re-encryption) and every few seconds
-otherwise.
+something moves (a key or data move, a re-encryption) and every 2 s
+otherwise, so a change made elsewhere (another administrator, the health
+check) shows within about 2 s; an unchanged answer is a 204 from one indexed
+read, cheap enough for every open tab.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tenants.display import display_of
 from tenants.models import Tenant
 
 FAST_SECONDS = 1
-SLOW_SECONDS = 5
+SLOW_SECONDS = 2
 
 
 def live_fingerprint(tenant: Tenant) -> str:
