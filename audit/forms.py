@@ -52,6 +52,10 @@ KNOWN_ACTIONS = (
     "membership.add",
     "membership.change_role",
     "membership.remove",
+    "member.invite",
+    "member.invite_accept",
+    "member.invite_refused",
+    "member.invite_revoke",
     "objects.migration_done",
     "objects.migration_failed",
     "objects.migration_retry",
@@ -63,7 +67,9 @@ KNOWN_ACTIONS = (
     "records.reencrypt.done",
     "records.reencrypt.failed",
     "tenant.create",
+    "tenant.rename",
     "tenant.set_dek_cache_ttl",
+    "tenant.set_dek_rotation_days",
     "tenant.update",
 )
 

@@ -396,7 +396,7 @@ def invitation_accept_new_account(
     form against the password validators), then accept the invitation as them."""
     if users_with_email(invitation.email).exists():
         raise InvitationRefused("account")
-    user = get_user_model()._default_manager.create_user(  # type: ignore[attr-defined]
+    user = get_user_model()._default_manager.create_user(
         username=invitation.email, email=invitation.email, password=password
     )
     invitation_accept(invitation=invitation, user=user, request=request)

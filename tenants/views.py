@@ -208,6 +208,6 @@ def invitation_join(request: HttpRequest, slug: str, token: str) -> HttpResponse
         )
     except InvitationRefused as exc:
         return _refused(request, slug, token, exc)
-    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")  # type: ignore[arg-type]
     messages.success(request, f"Welcome to {invitation.tenant.name}.")
     return redirect("console:dashboard", slug=invitation.tenant.slug)

@@ -24,7 +24,7 @@ def invite_url(slug: str = "acme") -> str:
 
 def sent_link() -> str:
     assert mail.outbox, "no email was sent"
-    match = re.search(r"https?://\S+/join/\S+/", mail.outbox[-1].body)
+    match = re.search(r"https?://\S+/join/\S+/", str(mail.outbox[-1].body))
     assert match, mail.outbox[-1].body
     return match.group(0)
 
