@@ -214,10 +214,14 @@ def invitation_token_hash(token: str) -> str:
 def _send_invitation(invitation: Invitation, link: str) -> None:
     inviter = invitation.invited_by_display or "The vendor"
     hours = round((invitation.expires_at - invitation.created).total_seconds() / 3600)
+    if users_with_email(invitation.email).exists():
+        step = "You have a Keyward account already: sign in with it and accept here"
+    else:
+        step = "Choose your password here"
     body = (
         f"{inviter} invited you to {invitation.tenant.name} on Keyward, "
         f"as {invitation.get_role_display()}.\n\n"
-        f"Choose your password here (the link works once, for {hours} hours):\n\n"
+        f"{step} (the link works once, for {hours} hours):\n\n"
         f"{link}\n\n"
         "If you did not expect this email, ignore it: nothing happens until the link is used.\n"
     )

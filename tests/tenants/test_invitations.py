@@ -53,6 +53,7 @@ def test_owner_invites_by_email_and_only_a_hash_is_kept(
     assert all(token not in str(value) for value in Invitation.objects.values().get().values())
     assert mail.outbox[-1].to == ["new@acme.test"]
     assert "Acme" in mail.outbox[-1].subject
+    assert "Choose your password" in str(mail.outbox[-1].body)
     hours = (invitation.expires_at - invitation.created).total_seconds() / 3600
     assert round(hours) == 72
     event = AuditEvent.objects.get(action="member.invite")
@@ -172,6 +173,7 @@ def test_an_existing_account_signs_in_and_joins(
     acme, globex, django_capture_on_commit_callbacks
 ) -> None:
     path = invite(acme, django_capture_on_commit_callbacks, email=globex.viewer.username)
+    assert "sign in with it and accept" in str(mail.outbox[-1].body)
     assert "Sign in as" in Client().get(path).content.decode()
     stranger = login(acme.viewer)
     assert "You are signed in as" in stranger.get(path).content.decode()
