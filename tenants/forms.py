@@ -11,4 +11,5 @@ class RoleForm(forms.Form):
 
 class InviteForm(forms.Form):
     email = forms.EmailField(max_length=254)
-    role = forms.ChoiceField(choices=Role.choices)
+    # The least access is offered first: a wrong click must not make an owner.
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
