@@ -212,7 +212,12 @@ def invitation_token_hash(token: str) -> str:
 
 
 def _send_invitation(invitation: Invitation, link: str) -> None:
-    inviter = invitation.invited_by_display or "The vendor"
+    # A person by name; the command line or support staff as the operator.
+    inviter = (
+        invitation.invited_by.get_username()
+        if invitation.invited_by is not None
+        else "Your Keyward administrator"
+    )
     hours = round((invitation.expires_at - invitation.created).total_seconds() / 3600)
     if users_with_email(invitation.email).exists():
         step = "You have a Keyward account already: sign in with it and accept here"
@@ -398,6 +403,11 @@ def invitation_accept_new_account(
 ) -> AbstractBaseUser:
     """Make the invited person's account with `password` (validated by the caller's
     form against the password validators), then accept the invitation as them."""
+    # Locked first: a second submit of the same link waits here, then finds it spent.
+    locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    reason = locked.refusal(timezone.now())
+    if reason is not None:
+        raise InvitationRefused(reason)
     if users_with_email(invitation.email).exists():
         raise InvitationRefused("account")
     user = get_user_model()._default_manager.create_user(

@@ -54,6 +54,7 @@ def test_owner_invites_by_email_and_only_a_hash_is_kept(
     assert mail.outbox[-1].to == ["new@acme.test"]
     assert "Acme" in mail.outbox[-1].subject
     assert "Choose your password" in str(mail.outbox[-1].body)
+    assert "owner@acme.test invited you to Acme on Keyward, as Auditor" in str(mail.outbox[-1].body)
     hours = (invitation.expires_at - invitation.created).total_seconds() / 3600
     assert round(hours) == 72
     event = AuditEvent.objects.get(action="member.invite")
@@ -256,3 +257,17 @@ def test_wrong_methods_are_405(acme) -> None:
     assert client.get(invite_url()).status_code == 405
     join = reverse("tenants:join", args=["acme", "x"])
     assert client.put(join).status_code == 405
+
+
+def test_a_second_submit_of_the_same_link_is_refused(
+    acme, django_capture_on_commit_callbacks
+) -> None:
+    from tenants.services import InvitationRefused, invitation_accept_new_account
+
+    invite(acme, django_capture_on_commit_callbacks)
+    stale = Invitation.objects.get()  # read before the first submit, as a racing request would
+    invitation_accept_new_account(invitation=stale, password=NEW_PASSWORD)
+    with pytest.raises(InvitationRefused) as refused:
+        invitation_accept_new_account(invitation=stale, password=NEW_PASSWORD)
+    assert refused.value.reason == "used"
+    assert get_user_model().objects.filter(username="new@acme.test").count() == 1

@@ -41,6 +41,7 @@ def test_creates_a_complete_tenant_and_invites_its_owner(
     assert {"tenant.create", "dek.create", "member.invite"} <= actions
     invitation = Invitation.objects.get(tenant=tenant)
     assert (invitation.email, invitation.role) == ("peter@initech.example", "owner")
+    assert "Your Keyward administrator invited you to Initech" in str(mail.outbox[-1].body)
     link = re.search(r"\S+/join/\S+/", str(mail.outbox[-1].body))
     assert link and link.group(0).startswith("https://keyward.example.com/t/initech/members/join/")
     # The owner follows the link and owns the tenant.
