@@ -14,7 +14,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from audit.services import Actor
 from keys.models import DataKey, KeySource
+from keys.services.deks import dek_rotate
 from tenants.models import Invitation, ServiceState, Tenant
 from tests.conftest import login, make_user
 
@@ -190,6 +192,9 @@ def test_add_tenant_onboards_it_completely(superuser, django_capture_on_commit_c
     assert mail.outbox[-1].to == ["peter@initech.example"]
     create = AuditEvent.objects.get(tenant=tenant, action="tenant.create")
     assert create.actor_display == superuser.username
+    # What answered 500 for a bare row: the key pages' rotation works from the start.
+    rotated = dek_rotate(tenant=tenant, actor=Actor.system("tests"), reason="test")
+    assert rotated.version == 2
 
 
 def test_add_tenant_refuses_a_taken_slug(superuser, acme) -> None:
