@@ -49,6 +49,10 @@ KNOWN_ACTIONS = (
     "key_import.create",
     "key_source.register",
     "key_source.test",
+    "member.invite",
+    "member.invite_accept",
+    "member.invite_refused",
+    "member.invite_revoke",
     "membership.add",
     "membership.change_role",
     "membership.remove",
@@ -63,7 +67,9 @@ KNOWN_ACTIONS = (
     "records.reencrypt.done",
     "records.reencrypt.failed",
     "tenant.create",
+    "tenant.rename",
     "tenant.set_dek_cache_ttl",
+    "tenant.set_dek_rotation_days",
     "tenant.update",
 )
 

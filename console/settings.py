@@ -325,6 +325,18 @@ LOGGING = {
 # --- Keyward ------------------------------------------------------------------
 KEYWARD_SUDO_SECONDS = env.integer("KEYWARD_SUDO_SECONDS", 600, minimum=30, maximum=3600)
 KEYWARD_AUDIT_PAGE_SIZE = env.integer("KEYWARD_AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
+# How long the link in an invitation email works.
+KEYWARD_INVITATION_HOURS = env.integer("KEYWARD_INVITATION_HOURS", 72, minimum=1, maximum=30 * 24)
+# Where people reach the console, for links in emails sent without a request
+# (`manage.py tenant_create`): production's first allowed host, unless set.
+KEYWARD_SITE_URL = (
+    env.string("KEYWARD_SITE_URL")
+    or (f"https://{ALLOWED_HOSTS[0].lstrip('.')}" if PRODUCTION else "http://127.0.0.1:8000")
+).rstrip("/")
+if not KEYWARD_SITE_URL.startswith(("http://", "https://")) or "*" in KEYWARD_SITE_URL:
+    raise ImproperlyConfigured(
+        "KEYWARD_SITE_URL must be the console's address, like https://keyward.example.com"
+    )
 
 # --- Keys ---------------------------------------------------------------------
 # The vendor root keys: a JSON file, mode 0600, never in the database.

@@ -5,8 +5,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from audit.services import Actor, record
-from tenants.models import Membership, Tenant
+from audit.services import Actor
+from tenants.models import Invitation, Membership
 from tenants.services import membership_add, membership_change_role, membership_remove
 
 
@@ -26,27 +26,23 @@ class MembershipInline(admin.TabularInline):
         return False
 
 
-@admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "state", "state_changed_at", "created")
-    search_fields = ("name", "slug")
-    readonly_fields = ("state", "state_changed_at", "created")
-    prepopulated_fields = {"slug": ("name",)}
-    inlines = [MembershipInline]
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations are sent and revoked from the tenant's Members page (or by
+    `manage.py tenant_create`), where they are audited; here they are read only."""
 
-    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        record(
-            tenant=obj,
-            actor=Actor.for_user(request.user, support=True),
-            action="tenant.update" if change else "tenant.create",
-            target=obj.slug,
-            details={"fields": sorted(form.changed_data)},
-            request=request,
-        )
+    list_display = ("email", "tenant", "role", "invited_by_display", "created", "expires_at")
+    list_filter = ("role",)
+    search_fields = ("email", "tenant__name")
+    exclude = ("token_sha256",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # A tenant's audit trail outlives it; tenants are destroyed by crypto-shredding.
         return False
 
 

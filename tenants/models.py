@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -30,6 +31,8 @@ class Role(models.TextChoices):
 
 DEK_TTL_MIN = 10
 DEK_TTL_MAX = 24 * 3600
+DEK_ROTATION_DAYS_MIN = 1
+DEK_ROTATION_DAYS_MAX = 365
 
 
 class Tenant(models.Model):
@@ -49,7 +52,11 @@ class Tenant(models.Model):
         validators=[MinValueValidator(DEK_TTL_MIN), MaxValueValidator(DEK_TTL_MAX)],
     )
     dek_rotation_days = models.PositiveIntegerField(
-        default=7, validators=[MinValueValidator(1), MaxValueValidator(365)]
+        default=7,
+        validators=[
+            MinValueValidator(DEK_ROTATION_DAYS_MIN),
+            MaxValueValidator(DEK_ROTATION_DAYS_MAX),
+        ],
     )
     # Crypto-shredding scheduled by an owner: the keys are destroyed after this
     # moment unless cancelled first.
@@ -99,3 +106,43 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} as {self.role}"
+
+
+class Invitation(models.Model):
+    """An emailed, single-use link that makes the person a member with a role.
+
+    Only a hash of the link's token is stored: the token itself lives in the
+    email and nowhere else, so a copy of the database opens no account.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(max_length=254)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who invited as the audit trail names them (a person, support, or the command line).
+    invited_by_display = models.CharField(max_length=254, blank=True)
+    token_sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["tenant", "email"])]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} as {self.role}"
+
+    def refusal(self, now: datetime) -> str | None:
+        """Why the link no longer works ("used", "revoked", "expired"), or None if it does."""
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return None

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from typing import Any
 
-from tenants.models import PAUSED_STATES, Membership, Tenant
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Q, QuerySet
+
+from tenants.models import PAUSED_STATES, Invitation, Membership, Tenant
 from tenants.permissions import is_support_staff
 
 
@@ -24,6 +27,20 @@ def memberships_for_user(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Mem
 
 def memberships_of_tenant(tenant: Tenant) -> QuerySet[Membership]:
     return Membership.objects.filter(tenant=tenant).select_related("user").order_by("role")
+
+
+def users_with_email(email: str) -> QuerySet[Any]:
+    """Accounts an email names: people sign in with their email as their username."""
+    return get_user_model()._default_manager.filter(
+        Q(username__iexact=email) | Q(email__iexact=email)
+    )
+
+
+def open_invitations_of_tenant(tenant: Tenant) -> QuerySet[Invitation]:
+    """Invitations not used or withdrawn yet, expired ones included (marked as such)."""
+    return Invitation.objects.filter(tenant=tenant, used_at=None, revoked_at=None).order_by(
+        "-created"
+    )
 
 
 def paused_tenants(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Tenant]:

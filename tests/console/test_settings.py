@@ -167,3 +167,25 @@ def test_production_refuses_a_corrupt_root_key_file(
     result = run_manage(production_env, "check")
     assert result.returncode != 0
     assert f"root key file {path} is corrupt" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "KEYWARD_INVITATION_HOURS=0 is below the minimum 1"),
+        ("3 days", "KEYWARD_INVITATION_HOURS='3 days' is not an integer"),
+        ("721", "KEYWARD_INVITATION_HOURS=721 is above the maximum 720"),
+    ],
+)
+def test_invitation_lifetime_is_checked_at_startup(
+    production_env: dict[str, str], value: str, message: str
+) -> None:
+    result = run_manage({**production_env, "KEYWARD_INVITATION_HOURS": value}, "check")
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_site_url_must_be_an_address(production_env: dict[str, str]) -> None:
+    result = run_manage({**production_env, "KEYWARD_SITE_URL": "keyward.example.com"}, "check")
+    assert result.returncode != 0
+    assert "KEYWARD_SITE_URL must be the console's address" in result.stderr
