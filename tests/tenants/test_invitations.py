@@ -61,7 +61,7 @@ def test_owner_invites_by_email_and_only_a_hash_is_kept(
     assert (event.tenant, event.target, event.actor_display) == (
         acme.tenant,
         "new@acme.test",
-        acme.owner.username,
+        f"{acme.owner.username} (Owner)",
     )
     assert token not in str(event.details)
 
