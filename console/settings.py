@@ -140,6 +140,21 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         datadir.create_private_folder(_sqlite_file.parent)
         datadir.create_private_file(_sqlite_file)
 DATABASES = {"default": _db}
+# The role that owns the schema, used only by `migrate` (console's override swaps
+# it in for that one process). Kept out of DATABASES on purpose: a second alias
+# would get its own test database and a place in every `--database` choice,
+# while the app role and the owner must always see the same database.
+_migrate_url = env.string("MIGRATE_DATABASE_URL")
+MIGRATE_DATABASE: dict[str, str] | None = None
+if _migrate_url:
+    try:
+        _owner = dj_database_url.parse(_migrate_url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"MIGRATE_DATABASE_URL is not valid: {exc}") from exc
+    _where = (_db["ENGINE"], _db["NAME"], _db["HOST"], _db["PORT"])
+    if (_owner["ENGINE"], _owner["NAME"], _owner["HOST"], _owner["PORT"]) != _where:
+        raise ImproperlyConfigured("MIGRATE_DATABASE_URL must name DATABASE_URL's database")
+    MIGRATE_DATABASE = {"USER": str(_owner["USER"]), "PASSWORD": str(_owner["PASSWORD"] or "")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""An app role with db_roles_sql's grants can append audit events and nothing worse.
+
+One fresh database and two roles: `migrate` runs as the owner through
+MIGRATE_DATABASE_URL, the owner applies `db_roles_sql`'s output, and then the
+application's role writes as Keyward does while every way of erasing audit
+rows is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connection
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "db-roles-test-password"
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="database roles are a PostgreSQL feature"
+)
+
+APP_WRITES = """
+from audit.services import Actor, record
+from tenants.models import Tenant
+from tenants.services import tenant_create, tenant_rename
+actor = Actor.system("db-roles test")
+tenant = tenant_create(name="Acme", slug="acme", actor=actor)
+tenant_rename(tenant=tenant, name="Acme Corp", actor=actor)
+record(tenant=None, actor=actor, action="test.app_role")
+print(Tenant.objects.get(pk=tenant.pk).name)
+"""
+
+
+@dataclass
+class Roles:
+    database: str
+    owner: str
+    app: str
+
+    def url(self, role: str) -> str:
+        db = connection.settings_dict
+        return f"postgres://{role}:{PASSWORD}@{db['HOST']}:{db['PORT']}/{self.database}"
+
+
+def server_url(database: str) -> str:
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{database}"
+
+
+@pytest.fixture
+def roles() -> Iterator[Roles]:
+    suffix = uuid.uuid4().hex[:8]
+    made = Roles(f"kw_roles_{suffix}", f"kw_owner_{suffix}", f"kw_app_{suffix}")
+    with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
+        for role in (made.owner, made.app):
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(PASSWORD)
+                )
+            )
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(made.database), sql.Identifier(made.owner)
+            )
+        )
+        try:
+            yield made
+        finally:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(made.database)
+                )
+            )
+            for role in (made.owner, made.app):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def manage(roles: Roles, *args: str) -> str:
+    env = {
+        **os.environ,
+        "KEYWARD_MODE": "embedded",
+        "DATABASE_URL": roles.url(roles.app),
+        "MIGRATE_DATABASE_URL": roles.url(roles.owner),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_app_role_appends_audit_events_but_cannot_erase_them(roles: Roles) -> None:
+    manage(roles, "migrate", "--noinput", "--verbosity", "0")
+    grants = manage(roles, "db_roles_sql", "--app-role", roles.app)
+    with psycopg.connect(roles.url(roles.owner), autocommit=True) as owner:
+        table_owner = owner.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'audit_auditevent'"
+        ).fetchone()
+        assert table_owner == (roles.owner,)
+        owner.execute(grants.encode())
+
+    renamed = manage(roles, "shell", "--verbosity", "0", "--command", APP_WRITES)
+    assert renamed.strip() == "Acme Corp"
+
+    refused = [
+        "TRUNCATE audit_auditevent",
+        "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only",
+        "DROP TABLE audit_auditevent CASCADE",
+        "UPDATE audit_auditevent SET reason = 'rewritten'",
+        "DELETE FROM audit_auditevent",
+        "DELETE FROM audit_auditchain",
+        "UPDATE audit_auditchain SET key = 'forged'",
+    ]
+    with psycopg.connect(roles.url(roles.app), autocommit=True) as app:
+        count = app.execute("SELECT count(*) FROM audit_auditevent").fetchone()
+        assert count is not None and count[0] >= 3
+        for statement in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement.encode())
+        assert app.execute("SELECT count(*) FROM audit_auditevent").fetchone() == count
+
+
+def test_db_roles_sql_refuses_when_the_app_role_owns_the_audit_table(roles: Roles) -> None:
+    env_owner = Roles(roles.database, roles.owner, roles.owner)
+    manage(env_owner, "migrate", "--noinput", "--verbosity", "0")
+    env = {**os.environ, "KEYWARD_MODE": "embedded", "DATABASE_URL": roles.url(roles.owner)}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "db_roles_sql", "--app-role", roles.owner],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "owns audit_auditevent" in done.stderr
+
+
+def test_migrate_database_url_must_name_the_same_database() -> None:
+    roles = Roles("keyward_elsewhere", "owner", "app")
+    env = {
+        **os.environ,
+        "KEYWARD_MODE": "embedded",
+        "DATABASE_URL": server_url("keyward_here"),
+        "MIGRATE_DATABASE_URL": roles.url("owner"),
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "MIGRATE_DATABASE_URL must name DATABASE_URL's database" in done.stderr
