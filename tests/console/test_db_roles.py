@@ -137,21 +137,35 @@ def test_app_role_appends_audit_events_but_cannot_erase_them(roles: Roles) -> No
         assert app.execute("SELECT count(*) FROM audit_auditevent").fetchone() == count
 
 
-def test_db_roles_sql_refuses_when_the_app_role_owns_the_audit_table(roles: Roles) -> None:
-    env_owner = Roles(roles.database, roles.owner, roles.owner)
-    manage(env_owner, "migrate", "--noinput", "--verbosity", "0")
-    env = {**os.environ, "KEYWARD_MODE": "embedded", "DATABASE_URL": roles.url(roles.owner)}
-    done = subprocess.run(
-        [sys.executable, "manage.py", "db_roles_sql", "--app-role", roles.owner],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def test_an_installation_whose_app_role_owns_everything_is_handed_to_the_owner(
+    roles: Roles,
+) -> None:
+    with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(roles.database), sql.Identifier(roles.app)
+            )
+        )
+    as_app_only = Roles(roles.database, roles.app, roles.app)  # no owner role yet
+    manage(as_app_only, "migrate", "--noinput", "--verbosity", "0")
+    with pytest.raises(AssertionError, match="owns audit_auditevent"):
+        manage(as_app_only, "db_roles_sql", "--app-role", roles.app)
+
+    grants = manage(
+        as_app_only, "db_roles_sql", "--app-role", roles.app, "--owner-role", roles.owner
     )
-    assert done.returncode != 0
-    assert "owns audit_auditevent" in done.stderr
+    assert "ALTER DATABASE" in grants
+    with psycopg.connect(server_url(roles.database), autocommit=True) as admin:
+        admin.execute(grants.encode())
+    with psycopg.connect(roles.url(roles.app), autocommit=True) as app:
+        owners = app.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        assert owners == [(roles.owner,)]
+        for statement in ("TRUNCATE audit_auditevent", "DROP SCHEMA public CASCADE"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement.encode())
+        app.execute("UPDATE tenants_tenant SET name = name")
 
 
 def test_migrate_database_url_must_name_the_same_database() -> None:

@@ -54,6 +54,13 @@ class Command(BaseCommand):
                    ORDER BY c.relname"""
             )
             rows = cursor.fetchall()
+            cursor.execute(
+                """SELECT current_database(), pg_get_userbyid(d.datdba),
+                          pg_get_userbyid(n.nspowner)
+                   FROM pg_database d, pg_namespace n
+                   WHERE d.datname = current_database() AND n.nspname = current_schema()"""
+            )
+            database, database_owner, schema_owner = cursor.fetchone() or ("", "", "")
         owners = {name: owner for name, _kind, owner, _schema in rows}
         if "audit_auditevent" not in owners:
             raise CommandError("No audit_auditevent table: run `manage.py migrate` first.")
@@ -74,6 +81,12 @@ class Command(BaseCommand):
             for name, table_owner in owners.items()
             if table_owner != owner
         ]
+        # The owner of the database (through PostgreSQL 15's pg_database_owner)
+        # or of the schema can drop the schema with every table in it.
+        if database_owner == app:
+            lines.append(f"ALTER DATABASE {q(database)} OWNER TO {q(owner)};")
+        if schema_owner == app:
+            lines.append(f"ALTER SCHEMA {schema} OWNER TO {q(owner)};")
         lines += [
             f"GRANT USAGE ON SCHEMA {schema} TO {q(app)};",
             f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {q(app)};",
