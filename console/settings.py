@@ -118,6 +118,7 @@ WSGI_APPLICATION = "console.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # A checkout's folder; an installed wheel carries it as console/templates.
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -238,7 +239,8 @@ CONTENT_SECURITY_POLICY = {
 
 # --- Static files -----------------------------------------------------------
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# A checkout's folder; an installed wheel carries it as console/static instead.
+STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 if PRODUCTION:
     STATIC_ROOT = Path(env.string("KEYWARD_STATIC_ROOT") or BASE_DIR / "staticfiles")
     STORAGES = {
