@@ -44,6 +44,15 @@ def _embedded_secret_key() -> str:
     return path.read_text().strip()
 
 
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 # --- Core -----------------------------------------------------------------
 if PRODUCTION:
     SECRET_KEY: str = env.required(
@@ -109,6 +118,7 @@ WSGI_APPLICATION = "console.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # A checkout's folder; an installed wheel carries it as console/templates.
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -201,7 +211,23 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
-if PRODUCTION:
+# Plain HTTP in production, for trying it on a laptop: allowed only when every
+# allowed host is loopback, and `check --deploy` says so (keyward.W001).
+KEYWARD_INSECURE_HTTP_LOOPBACK = env.boolean("KEYWARD_INSECURE_HTTP_LOOPBACK", False)
+_public_hosts = [host for host in ALLOWED_HOSTS if not _is_loopback_host(host)]
+if KEYWARD_INSECURE_HTTP_LOOPBACK and PRODUCTION and _public_hosts:
+    raise ImproperlyConfigured(
+        "KEYWARD_INSECURE_HTTP_LOOPBACK needs ALLOWED_HOSTS to be loopback only "
+        f"(localhost, 127.0.0.1, ::1), not {', '.join(_public_hosts)}"
+    )
+# Load balancers probe over plain HTTP without X-Forwarded-Proto.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+if PRODUCTION and KEYWARD_INSECURE_HTTP_LOOPBACK:
+    SESSION_COOKIE_SECURE = False
+    CSRF_COOKIE_SECURE = False
+    SECURE_SSL_REDIRECT = False
+    SECURE_HSTS_SECONDS = 0
+elif PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.boolean("KEYWARD_SSL_REDIRECT", True)
@@ -228,7 +254,8 @@ CONTENT_SECURITY_POLICY = {
 
 # --- Static files -----------------------------------------------------------
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# A checkout's folder; an installed wheel carries it as console/static instead.
+STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 if PRODUCTION:
     STATIC_ROOT = Path(env.string("KEYWARD_STATIC_ROOT") or BASE_DIR / "staticfiles")
     STORAGES = {
@@ -288,6 +315,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env.integer("KEYWARD_TASK_SOFT_TIME_LIMIT", 3300, minimum=10)
 CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_IGNORE_RESULT = True
+# Beat's state, in the data folder rather than the working directory.
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # How often beat checks every customer key (the revocation bound adds this to the TTL).
 KEYWARD_HEALTH_CHECK_SECONDS = env.integer(
     "KEYWARD_HEALTH_CHECK_SECONDS", 60, minimum=5, maximum=3600

@@ -189,3 +189,73 @@ def test_site_url_must_be_an_address(production_env: dict[str, str]) -> None:
     result = run_manage({**production_env, "KEYWARD_SITE_URL": "keyward.example.com"}, "check")
     assert result.returncode != 0
     assert "KEYWARD_SITE_URL must be the console's address" in result.stderr
+
+
+def test_beat_keeps_its_schedule_in_the_data_folder(settings) -> None:
+    from celery import beat
+
+    from console.celery import app
+
+    service = beat.Service(app=app)
+    assert Path(app.conf.beat_schedule_filename).parent == Path(settings.DATA_DIR)
+    scheduler = service.get_scheduler()
+    try:
+        written = list(Path(settings.DATA_DIR).glob("celerybeat-schedule*"))
+    finally:
+        scheduler.close()
+    assert written
+    assert not list(Path.cwd().glob("celerybeat-schedule*"))
+
+
+HTTP_PROBE = """
+from django.test import Client
+client = Client(HTTP_HOST="{host}")
+health = client.get("/healthz")
+home = client.get("/api/v1/openapi.json")
+print("healthz", health.status_code)
+print("page", home.status_code, home.get("Location", ""))
+from django.conf import settings
+print("secure-cookies", settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE)
+"""
+
+
+def test_healthz_answers_plain_http_in_production(production_env: dict[str, str]) -> None:
+    result = run_manage(
+        production_env, "shell", "-c", HTTP_PROBE.format(host="keyward.example.com")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "healthz 200" in result.stdout
+    assert "page 301 https://keyward.example.com/api/v1/openapi.json" in result.stdout
+    assert "secure-cookies True True" in result.stdout
+
+
+def test_insecure_http_loopback_serves_plain_http_and_check_deploy_says_so(
+    production_env: dict[str, str],
+) -> None:
+    production_env["ALLOWED_HOSTS"] = "localhost,127.0.0.1,::1"
+    production_env["KEYWARD_INSECURE_HTTP_LOOPBACK"] = "true"
+    result = run_manage(production_env, "shell", "-c", HTTP_PROBE.format(host="localhost"))
+    assert result.returncode == 0, result.stderr
+    assert "page 200" in result.stdout
+    assert "secure-cookies False False" in result.stdout
+
+    check = run_manage(production_env, "check", "--deploy")
+    assert "keyward.W001" in check.stderr + check.stdout
+    assert "KEYWARD_INSECURE_HTTP_LOOPBACK is on" in check.stderr + check.stdout
+
+
+def test_insecure_http_loopback_is_off_by_default_and_silent(
+    production_env: dict[str, str],
+) -> None:
+    check = run_manage(production_env, "check", "--deploy")
+    assert "keyward.W001" not in check.stderr + check.stdout
+
+
+def test_insecure_http_loopback_refuses_a_public_host(production_env: dict[str, str]) -> None:
+    production_env["ALLOWED_HOSTS"] = "localhost,keyward.example.com"
+    production_env["KEYWARD_INSECURE_HTTP_LOOPBACK"] = "true"
+    result = run_manage(production_env, "check")
+    assert result.returncode != 0
+    assert "KEYWARD_INSECURE_HTTP_LOOPBACK needs ALLOWED_HOSTS to be loopback only" in (
+        result.stderr
+    )
