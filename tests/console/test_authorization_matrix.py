@@ -31,6 +31,7 @@ from tests.conftest import TenantUsers, login
 # Expected answers, as classes.
 OK = "allowed"  # 2xx/3xx not to the sign-in page, or a validation error after authorization
 LOGIN = "login redirect"
+SUDO = "re-authentication redirect"
 E401, E403, E404, E405 = "401", "403", "404", "405"
 
 METHODS = ("GET", "POST")
@@ -40,7 +41,9 @@ ROLES = ("owner", "key_admin", "auditor", "viewer")
 OTHER_TENANT = "globex_owner"
 SUPPORT = "support"
 ANONYMOUS = "anonymous"
-CONSOLE_ACTORS = (*ROLES, OTHER_TENANT, SUPPORT, ANONYMOUS)
+# Signed in a while ago: the password has to be entered again for a change.
+NO_SUDO = {"owner_without_sudo": "owner", "viewer_without_sudo": "viewer"}
+CONSOLE_ACTORS = (*ROLES, OTHER_TENANT, SUPPORT, ANONYMOUS, *NO_SUDO)
 
 # API actors: a token of each scope, no token, a signed-in owner's session.
 SCOPES = ("records:read", "records:write", "objects:read", "objects:write", "audit:read")
@@ -55,6 +58,8 @@ class TenantPage:
 
     perm: Perm
     method: str  # the one method the view takes
+    # Behind recent re-authentication, asked for after the permission.
+    sudo: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,49 +103,50 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     "console:live": TenantPage(Perm.VIEW_STATUS, "GET"),
     # Members.
     "tenants:members": TenantPage(Perm.MANAGE_MEMBERS, "GET"),
-    "tenants:change_role": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
-    "tenants:remove": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
-    "tenants:invite": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
-    "tenants:revoke_invite": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
+    "tenants:change_role": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "tenants:remove": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "tenants:invite": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "tenants:revoke_invite": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
     # Audit.
     "audit:list": TenantPage(Perm.VIEW_AUDIT, "GET"),
     "audit:export_csv": TenantPage(Perm.EXPORT_AUDIT, "GET"),
     "audit:export_jsonl": TenantPage(Perm.EXPORT_AUDIT, "GET"),
     # Keys.
     "keys:overview": TenantPage(Perm.VIEW_STATUS, "GET"),
-    "keys:rotate_dek": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:set_cache_ttl": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:rotate_dek": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:set_cache_ttl": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "keys:enable_progress": TenantPage(Perm.VIEW_STATUS, "GET"),
     "keys:aws": TenantPage(Perm.MANAGE_KEYS, "GET"),
-    "keys:aws_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:aws_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "keys:azure": TenantPage(Perm.MANAGE_KEYS, "GET"),
-    "keys:azure_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:azure_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "keys:kmip": TenantPage(Perm.MANAGE_KEYS, "GET"),
-    "keys:kmip_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:test_source": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:enable_source": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:kmip_save_and_test": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:test_source": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:enable_source": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "keys:upload": TenantPage(Perm.MANAGE_KEYS, "GET"),
+    # Parameters to wrap a key with: nothing changes, so no password is asked.
     "keys:import_parameters": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:upload_key": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:upload_key": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "keys:rotation": TenantPage(Perm.MANAGE_KEYS, "GET"),
-    "keys:rotation_confirm": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:rotation_reject": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:revoke": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:restore": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:destroy": TenantPage(Perm.DESTROY_KEYS, "POST"),
-    "keys:cancel_destroy": TenantPage(Perm.DESTROY_KEYS, "POST"),
-    "keys:remove_byok": TenantPage(Perm.REMOVE_BYOK, "POST"),
-    "keys:rotate_kek": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "keys:switch_source": TenantPage(Perm.MANAGE_KEYS, "POST"),
-    "records:reencrypt": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "keys:rotation_confirm": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:rotation_reject": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:revoke": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:restore": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:destroy": TenantPage(Perm.DESTROY_KEYS, "POST", sudo=True),
+    "keys:cancel_destroy": TenantPage(Perm.DESTROY_KEYS, "POST", sudo=True),
+    "keys:remove_byok": TenantPage(Perm.REMOVE_BYOK, "POST", sudo=True),
+    "keys:rotate_kek": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "keys:switch_source": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    "records:reencrypt": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
     "records:reencrypt_progress": TenantPage(Perm.VIEW_STATUS, "GET"),
     # Data.
     "data:overview": TenantPage(Perm.VIEW_STATUS, "GET"),
-    "data:token_create": TenantPage(Perm.MANAGE_API_TOKENS, "POST"),
-    "data:token_revoke": TenantPage(Perm.MANAGE_API_TOKENS, "POST"),
-    "data:lookup_key_rotate": TenantPage(Perm.MANAGE_API_TOKENS, "POST"),
+    "data:token_create": TenantPage(Perm.MANAGE_API_TOKENS, "POST", sudo=True),
+    "data:token_revoke": TenantPage(Perm.MANAGE_API_TOKENS, "POST", sudo=True),
+    "data:lookup_key_rotate": TenantPage(Perm.MANAGE_API_TOKENS, "POST", sudo=True),
     "objects:section": TenantPage(Perm.VIEW_STATUS, "GET"),
-    "objects:migration_retry": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    "objects:migration_retry": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
 }
 
 API: dict[str, ApiEndpoint | Fixed] = {
@@ -231,8 +237,10 @@ def console_expected(row: TenantPage | Fixed, method: str, actor: str) -> str:
         return E405
     if actor == OTHER_TENANT:
         return E404  # another tenant's URL: its existence does not leak
-    perms = SUPPORT_PERMS if actor == SUPPORT else ROLE_PERMS[actor]
-    return OK if row.perm in perms else E403
+    perms = SUPPORT_PERMS if actor == SUPPORT else ROLE_PERMS[NO_SUDO.get(actor, actor)]
+    if row.perm not in perms:
+        return E403  # a role that may not act is told so before any password is asked
+    return SUDO if row.sudo and actor in NO_SUDO else OK
 
 
 def api_methods(row: ApiEndpoint | Fixed) -> tuple[str, ...]:
@@ -259,7 +267,10 @@ def classify(response: Any) -> str:
     if status in (401, 403, 404, 405):
         return str(status)
     if 300 <= status < 400:
-        return LOGIN if response["Location"].startswith(resolve_url(settings.LOGIN_URL)) else OK
+        location = response["Location"]
+        if location.startswith(resolve_url(settings.LOGIN_URL)):
+            return LOGIN
+        return SUDO if location.startswith(reverse("console:sudo")) else OK
     # A form or body refused by validation was authorized first.
     if 200 <= status < 300 or status in (400, 409, 413, 415, 422):
         return OK
@@ -330,6 +341,8 @@ def console_client(world: dict[str, Any], actor: str) -> Client:
         return login(world["globex"].owner, sudo=True)
     if actor == SUPPORT:
         return login(world["support"], sudo=True)
+    if actor in NO_SUDO:
+        return login(getattr(world["acme"], NO_SUDO[actor]), sudo=False)
     return login(getattr(world["acme"], actor), sudo=True)
 
 
