@@ -13,6 +13,7 @@ from typing import Any
 
 from api.errors import ERROR_CODES
 from api.models import Scope
+from audit.export import COLUMNS
 from audit.models import ActorKind, Outcome
 
 # The record kinds with their fields, and the fields lookups may use: the data
@@ -123,23 +124,8 @@ AUDIT_EVENTS = {
 AUDIT_EVENT = {
     "type": "object",
     "description": "One audit event, as the console's CSV and JSON Lines exports give it.",
-    "required": [
-        "seq",
-        "time",
-        "actor_kind",
-        "actor_id",
-        "actor_display",
-        "action",
-        "target",
-        "outcome",
-        "reason",
-        "ip",
-        "user_agent",
-        "request_id",
-        "details",
-        "prev_hash",
-        "hash",
-    ],
+    # The export's columns: the API and the exports give the same members.
+    "required": list(COLUMNS),
     "properties": {
         "seq": {"type": "integer", "minimum": 1, "description": "Position in the chain."},
         "time": {"type": "string", "format": "date-time"},

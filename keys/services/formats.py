@@ -118,7 +118,7 @@ class FormatReport:
     signed_sources: int = 0
 
 
-class _Providers:
+class ProvidersOfPass:
     """One provider per source for a pass (building one may unseal credentials)."""
 
     def __init__(self) -> None:
@@ -156,7 +156,7 @@ def wrapped_formats_upgrade(*, actor: Actor, tenant: Tenant | None = None) -> Fo
 
 
 def _upgrade_tenant(tenant: Tenant) -> tuple[int, list[str]]:
-    providers = _Providers()
+    providers = ProvidersOfPass()
     rewrapped, failures = 0, []
     for item in stored_blobs(tenant):
         if item.source.kind == SourceKind.LOCAL:
@@ -184,8 +184,9 @@ def _mark_signed(tenant: Tenant, actor: Actor) -> int:
         for source in KeySource.objects.filter(tenant=tenant, kind=SourceKind.AZURE_KEYVAULT)
         if source.config.get(WRAPS_SIGNED) != "true"
     ]
+    blobs = stored_blobs(tenant) if sources else []
     for source in sources:
-        under = [item.blob for item in stored_blobs(tenant) if item.source.pk == source.pk]
+        under = [item.blob for item in blobs if item.source.pk == source.pk]
         try:
             if under and any(map(provider_for(source).needs_rewrap, under)):
                 continue

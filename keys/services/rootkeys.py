@@ -28,11 +28,10 @@ from keys.errors import KeyActionRefused
 from keys.models import KekState, KekVersion, KeyImport, KeySource, SourceKind
 from keys.providers.base import KeyProviderError
 from keys.providers.local import RootKeyFileError
-from keys.registry import provider_for
 from keys.rootkey import local_provider, root_key_file
 from keys.selectors.sources import UPLOADED_KEY
 from keys.services.deks import kek_rewrap_vendor_deks
-from keys.services.formats import blob_store, stored_blobs
+from keys.services.formats import ProvidersOfPass, blob_store, stored_blobs
 from keys.services.uploads import IMPORT_PRIVATE
 from keys.vault import Sealed, packed, reseal, unpacked
 from tenants.models import ServiceState, Tenant
@@ -132,13 +131,14 @@ def _reseal_secrets() -> Counter[str]:
 def _resign_blobs() -> int:
     """Customer-key blobs signed by the vendor under an older version, signed again."""
     current = root_key_file().current()[0]
+    providers = ProvidersOfPass()
     resigned = 0
     for tenant in Tenant.objects.exclude(state=ServiceState.DESTROYED).order_by("slug"):
         for item in stored_blobs(tenant):
             if item.source.kind == SourceKind.LOCAL:
                 continue  # moved by kek_rewrap_vendor_deks, under a new KEK version
             try:
-                provider = provider_for(item.source)
+                provider = providers(item.source)
                 if provider.vendor_root_version(item.blob) in (None, current):
                     continue
                 after = provider.resign(item.blob, item.context)
@@ -173,13 +173,14 @@ def root_key_dependents(number: int) -> Counter[str]:
     found["import private keys"] = (
         KeyImport.objects.filter(private_kek_version=label).exclude(private_wrapped=b"").count()
     )
+    providers = ProvidersOfPass()
     for tenant in Tenant.objects.all():
         for item in stored_blobs(tenant):
             if item.source.kind == SourceKind.LOCAL:
                 depends = item.version == label
             else:
                 try:
-                    depends = provider_for(item.source).vendor_root_version(item.blob) == number
+                    depends = providers(item.source).vendor_root_version(item.blob) == number
                 except (KeyProviderError, CredentialsMissing):
                     depends = True  # cannot tell: keep the version
             if depends:

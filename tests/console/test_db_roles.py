@@ -24,10 +24,6 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "db-roles-test-password"
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="database roles are a PostgreSQL feature"
-)
-
 APP_WRITES = """
 from audit.services import Actor, record
 from tenants.models import Tenant
