@@ -331,6 +331,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
     "records-resume-reencryptions": {"task": "records.resume_reencryptions", "schedule": 300.0},
     "keys-retire-unused-deks": {"task": "keys.retire_unused_deks", "schedule": 3600.0},
+    "keys-sample-key-usage": {"task": "keys.sample_key_usage", "schedule": 3600.0},
     "objects-resume-migrations": {"task": "objects.resume_migrations", "schedule": 300.0},
     "objects-sweep-orphans": {"task": "objects.sweep_orphans", "schedule": 3600.0},
     "api-purge-idempotency-keys": {"task": "api.purge_idempotency_keys", "schedule": 3600.0},
