@@ -230,8 +230,8 @@ def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     keks = list(KekVersion.objects.filter(source__tenant=tenant).order_by("created"))
     deks = list(DataKey.objects.filter(tenant=tenant).order_by("version"))
     starts = [k.created for k in keks] + [d.created for d in deks]
-    start = min(starts) if starts else now
-    start = min(start, now - timedelta(hours=1))
+    # At least a day, so that a young key still shows as a bar that ends now.
+    start = min([*starts, now - timedelta(days=1)])
     spans: list[Span] = []
     rows: list[list[str]] = []
     for n, kek in enumerate(keks):
@@ -245,7 +245,7 @@ def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     kek_index = {k.pk: n for n, k in enumerate(keks)}
     for dek in deks:
         end = dek.retired_at or now
-        label = f"Data key v{dek.version}"
+        label = f"DEK v{dek.version}"
         css = f"c{kek_index.get(dek.kek_version_id, 0) % 7}"
         spans.append(Span(label, dek.created, end, css, f"{label} ({dek.get_state_display()})"))
         rows.append([label, f"{dek.created:%Y-%m-%d %H:%M}", dek.get_state_display()])
@@ -268,7 +268,7 @@ def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
         events=events,
         start=start,
         end=now,
-        tick_format="%Y-%m-%d",
+        tick_format="%d %b" if now - start > timedelta(days=3) else "%d %b %H:%M",
         legend=[
             Legend("m-detected", "Rotation detected"),
             Legend("m-confirmed", "Rotation confirmed"),

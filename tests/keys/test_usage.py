@@ -166,7 +166,7 @@ def test_volume_and_rotation_charts_follow_the_keys(acme) -> None:
     assert records.head[1].startswith("Under data key v1 (KEK version 1)")
     assert objects.empty == "No objects sampled in the last 30 days."
     timeline = rotation_chart(acme.tenant, timezone.now())
-    assert [t.text for t in timeline.labels] == ["KEK v1", "Data key v1", "Data key v2"]
+    assert [t.text for t in timeline.labels] == ["KEK v1", "DEK v1", "DEK v2"]
     assert len(timeline.rects) == 3
 
 
