@@ -25,3 +25,9 @@ def verify_chains() -> dict[str, str]:
         details={"broken": problems},
     )
     return problems
+
+
+# The streaming tasks live with streaming; the worker finds tasks here.
+from audit.streaming.tasks import deliver, deliver_due  # noqa: E402
+
+__all__ = ["deliver", "deliver_due", "verify_chains"]
