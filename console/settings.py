@@ -461,9 +461,8 @@ KEYWARD_AZURE_TIMEOUT_SECONDS = env.integer(
 # allows a network to one tenant (by slug) only; a bare CIDR to every tenant.
 
 
-def _allowed_networks(name: str) -> list[str]:
+def _allowed_networks(name: str, entries: list[str]) -> list[str]:
     """CIDRs ("10.20.0.0/16", every tenant) or "<slug>:<CIDR>" (one tenant's)."""
-    entries = env.strings(name, [])
     for entry in entries:
         try:
             ipaddress.ip_network(entry)
@@ -480,13 +479,18 @@ def _allowed_networks(name: str) -> list[str]:
     return entries
 
 
-KEYWARD_KMIP_ALLOWED_NETWORKS = _allowed_networks("KEYWARD_KMIP_ALLOWED_NETWORKS")
+KEYWARD_KMIP_ALLOWED_NETWORKS = _allowed_networks(
+    "KEYWARD_KMIP_ALLOWED_NETWORKS", env.strings("KEYWARD_KMIP_ALLOWED_NETWORKS", [])
+)
 KEYWARD_KMIP_TIMEOUT_SECONDS = env.integer("KEYWARD_KMIP_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
 
 # --- Audit streaming to a tenant's SIEM ---------------------------------------
 # Destinations are checked like KMIP hosts: loopback, private and link-local
 # addresses are refused unless in one of these networks (same forms as above).
-KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS = _allowed_networks("KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS")
+KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS = _allowed_networks(
+    "KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS",
+    env.strings("KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS", []),
+)
 # A CA bundle for destinations' certificates (empty: the system's trust store);
 # a destination may bring its own CA certificates instead.
 KEYWARD_AUDIT_STREAM_CA_BUNDLE = env.string("KEYWARD_AUDIT_STREAM_CA_BUNDLE") or ""

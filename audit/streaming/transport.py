@@ -7,6 +7,7 @@ the server's certificate against the destination's name, always.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -136,13 +137,11 @@ def send_syslog(target: Target, events: Sequence[StreamEvent], *, hostname: str)
     tls = _connect(target)
     try:
         tls.sendall(payload)
-        try:
-            # Our close_notify, then wait for the server to end the session: it
-            # has read everything before it. rsyslog closes the connection
-            # without a close_notify of its own, which is this EOF.
+        # Our close_notify, then wait for the server to end the session: it has
+        # read everything before it. rsyslog closes the connection without a
+        # close_notify of its own, which is this EOF.
+        with contextlib.suppress(ssl.SSLEOFError):
             tls.unwrap().close()
-        except ssl.SSLEOFError:
-            pass
     except (ssl.SSLError, OSError) as exc:
         raise DeliveryFailed(f"sending to {target.host}:{target.port} failed: {exc}") from None
     finally:

@@ -168,6 +168,7 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     verified: bool
+    status: int
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -197,13 +198,13 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 ok = receiver.verify(headers, body)
+                status = receiver.status if ok else 401
                 with receiver.lock:
-                    receiver.deliveries.append(Delivery(headers, body, ok))
+                    receiver.deliveries.append(Delivery(headers, body, ok, status))
                     number = len(receiver.deliveries)
                 if number == receiver.hold_request:
                     receiver.held.set()
                     receiver.release.wait(30)
-                status = receiver.status if ok else 401
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -239,5 +240,8 @@ class WebhookReceiver:
         self.server.server_close()
 
     def events(self) -> list[dict[str, Any]]:
+        """The events of every signed request answered 2xx (or about to be)."""
         with self.lock:
-            return [e for d in self.deliveries if d.verified for e in d.events]
+            return [
+                e for d in self.deliveries if d.verified and 200 <= d.status < 300 for e in d.events
+            ]
