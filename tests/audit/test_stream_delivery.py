@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core import mail
 from django.db import connections, transaction
 from django.urls import reverse
@@ -250,3 +251,16 @@ def test_a_second_worker_leaves_a_destination_that_is_being_delivered(
         done.set()
         holder.join()
     assert stream_deliver(str(destination.pk)) > 0
+
+
+def test_beat_finds_destinations_with_events_to_send(
+    acme: TenantUsers, globex: TenantUsers, webhook: WebhookReceiver, allow_loopback: None
+) -> None:
+    assert django_settings.CELERY_BEAT_SCHEDULE["audit-stream-due"]["task"] == "audit.stream_due"
+    destination = to_webhook(acme.tenant, webhook)
+    assert due_destinations() == [str(destination.pk)]
+    stream_deliver(str(destination.pk))
+    assert due_destinations() == []
+    add_events(acme.tenant, 1)
+    add_events(globex.tenant, 1)  # globex streams nowhere
+    assert due_destinations() == [str(destination.pk)]
