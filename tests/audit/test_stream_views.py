@@ -136,7 +136,7 @@ def test_the_webhook_secret_is_shown_once_then_never(
 
     destination = StreamDestination.objects.get()
     # Stored sealed, never in clear: the row's bytes do not contain it.
-    assert secret.encode() not in bytes(destination.sealed_secret)
+    assert secret.encode() not in bytes(destination.sealed_secret or b"")
     assert secret_of(destination) == secret.encode()
     for event in events("audit.stream_configure"):
         assert secret not in str(event.details) + event.target
