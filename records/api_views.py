@@ -23,7 +23,7 @@ from api.tokens import token_actor
 from keys.runtime import envelope
 from records.blindindex import INDEXED_FIELDS
 from records.fields import FIELDS_BY_KIND, PII_FIELD, NewRecord
-from records.indexkeys import index_key_ensure, records_lookup
+from records.indexkeys import index_key_known, records_lookup
 from records.models import Record
 from records.pii import decode_fields
 from records.selectors import record_for_tenant, records_page
@@ -144,8 +144,8 @@ CreateRecords = Callable[..., list[Record]]
 def _create(
     tenant: Tenant, item: NewRecord, made: list[Record], create: CreateRecords
 ) -> tuple[int, dict[str, Any]]:
-    if Record.objects.filter(tenant=tenant, kind=item.kind, external_id=item.external_id).exists():
-        raise _conflict()
+    # No look first: the unique (tenant, kind, external_id) index answers a
+    # duplicate, and the create's own transaction (a savepoint here) undoes it.
     try:
         (created,) = create(tenant=tenant, items=[item])
     except (IntegrityError, psycopg.errors.UniqueViolation):
@@ -235,7 +235,7 @@ def _record_create_batch(request: HttpRequest, create: CreateRecords) -> HttpRes
     data = json_object(request)
     items = _parse_batch(data)
     if any(set(item.fields) & INDEXED_FIELDS for item in items):
-        index_key_ensure(tenant=tenant)
+        index_key_known(tenant=tenant)
     key = request.headers.get("Idempotency-Key")
     made: list[Record] = []
     if key is None:
@@ -285,7 +285,7 @@ def _record_create(request: HttpRequest, create: CreateRecords) -> HttpResponse:
     data = json_object(request)
     item = parse_new_record(data)
     if set(item.fields) & INDEXED_FIELDS:
-        index_key_ensure(tenant=tenant)  # outside the create's transaction: made once per tenant
+        index_key_known(tenant=tenant)  # outside the create's transaction: made once per tenant
     key = request.headers.get("Idempotency-Key")
     made: list[Record] = []
     if key is None:

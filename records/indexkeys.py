@@ -145,6 +145,25 @@ def index_key_ensure(*, tenant: Tenant) -> IndexKey:
         return _new_index_key(tenant=tenant, version=1, state=IndexKeyState.ACTIVE)
 
 
+_known: set[object] = set()  # tenants this process has seen an active index key of
+
+
+def index_key_known(*, tenant: Tenant) -> None:
+    """`index_key_ensure` once per tenant and process: the pre-step of a write.
+
+    Only an optimisation of where the key is made (outside the write's
+    transaction): the write itself looks its keys up in its transaction and
+    makes one there if none is active (`index_new_records`), so a tenant
+    remembered here that lost its key since is still indexed.
+    """
+    if tenant.pk in _known:
+        return
+    index_key_ensure(tenant=tenant)
+    if len(_known) >= 100_000:
+        _known.clear()
+    _known.add(tenant.pk)
+
+
 @transaction.atomic
 def index_key_rotate(
     *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
