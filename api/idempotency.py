@@ -41,7 +41,12 @@ def check_key(key: str) -> str:
 
 
 def run_once(
-    *, tenant: Tenant, key: str, fingerprint: bytes, create: Callable[[], Outcome]
+    *,
+    tenant: Tenant,
+    key: str,
+    fingerprint: bytes,
+    create: Callable[[], Outcome],
+    planned: Outcome | None = None,
 ) -> tuple[int, dict[str, Any], bool]:
     """Run `create` once per (tenant, key) within the key's lifetime; replay it otherwise.
 
@@ -59,11 +64,30 @@ def run_once(
 
     The stored outcome must hold no personal data (the caller stores the
     record's id, not its fields, and rebuilds the body on a replay).
+
+    `planned`: the outcome `create` will return when it succeeds, if the
+    caller knows it beforehand (a single create names its record first). A
+    new row is then inserted with it, and step 3 writes nothing more: if
+    `create` fails, the row goes with the transaction all the same, and
+    nobody sees it before the commit (a concurrent retry waits on the index).
     """
     now = timezone.now()
     expires = now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS)
     with transaction.atomic():
-        row = _insert_new(tenant=tenant, key=key, fingerprint=fingerprint, now=now, expires=expires)
+        row = _insert_new(
+            tenant=tenant,
+            key=key,
+            fingerprint=fingerprint,
+            now=now,
+            expires=expires,
+            planned=planned,
+        )
+        if row is not None and planned is not None:
+            status, body = create()
+            if (status, body) != planned:
+                row.status, row.response = status, body
+                row.save()
+            return status, body, False
         if row is None:
             row = IdempotencyKey.objects.select_for_update().get(tenant=tenant, key=key)
         if row.expires_at <= now:
@@ -85,16 +109,31 @@ def run_once(
 
 
 def _insert_new(
-    *, tenant: Tenant, key: str, fingerprint: bytes, now: datetime, expires: datetime
+    *,
+    tenant: Tenant,
+    key: str,
+    fingerprint: bytes,
+    now: datetime,
+    expires: datetime,
+    planned: Outcome | None,
 ) -> IdempotencyKey | None:
     """The key's row if this call inserted it (one statement), else None: it existed."""
     table = IdempotencyKey._meta.db_table
+    status, response = planned if planned is not None else (None, None)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (tenant_id, key, request_sha256, status, response, "  # noqa: S608 (the model's own table name)
-            "created, expires_at) VALUES (%s, %s, %s, NULL, NULL, %s, %s) "
+            "created, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING id",
-            [tenant.pk, key, fingerprint, now, expires],
+            [
+                tenant.pk,
+                key,
+                fingerprint,
+                status,
+                None if response is None else json.dumps(response),
+                now,
+                expires,
+            ],
         )
         inserted = cursor.fetchone()
     if inserted is None:
@@ -104,6 +143,8 @@ def _insert_new(
         tenant=tenant,
         key=key,
         request_sha256=fingerprint,
+        status=status,
+        response=response,
         created=now,
         expires_at=expires,
     )

@@ -43,7 +43,9 @@ def _index_plaintext(tenant: Tenant, rows: Sequence[Record], items: Sequence[New
 
 
 @transaction.atomic
-def records_create_plain(*, tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
+def records_create_plain(
+    *, tenant: Tenant, items: Sequence[NewRecord], savepoint: bool = True
+) -> list[Record]:
     state = Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk)
     if state in PAUSED_STATES:
         raise ServicePaused("paused")

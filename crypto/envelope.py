@@ -14,6 +14,19 @@ memory and reports what it really used (`take_counts`). The limit is enforced
 on reservations, so a crash can only over-count, never let a DEK exceed it.
 Only a DEK's format 2 field key encrypts, so the count of a DEK is the count
 of one AES-GCM key: the one the random-nonce limit is about.
+
+The per-call path (`encrypt`, `decrypt`) does no check it can skip safely and
+no other: it looks up one per-tenant object (`_Hot`) whose validity ends at
+the next state re-read or DEK cache refresh, whichever comes first, so the
+epoch is re-read exactly as often as without it and revocation takes effect
+within the same bound (tests/crypto/test_envelope.py pins both). Counting is
+a next() on a per-DEK range iterator, not a lock. Nonces stay 96 random bits
+from the OS (crypto.ciphertext.NoncePool, one draw per 1024): a counter per
+DEK lease would be no faster in Python, and uniqueness of random nonces needs
+no argument about processes, crashes or restores, only the per-key limit,
+which the DEK's encryption count enforces (KEYWARD_DEK_MAX_ENCRYPTIONS, 2^31
+by default, under the 2^32 of NIST SP 800-38D 8.3; DEKs also rotate every 7
+days by default).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -145,16 +147,21 @@ def _create(
     tenant: Tenant, item: NewRecord, made: list[Record], create: CreateRecords
 ) -> tuple[int, dict[str, Any]]:
     # No look first: the unique (tenant, kind, external_id) index answers a
-    # duplicate, and the create's own transaction (a savepoint here) undoes it.
+    # duplicate. No savepoint either: every error below leaves the transaction
+    # (the Idempotency-Key's, or the create's own), which is rolled back whole.
     try:
-        (created,) = create(tenant=tenant, items=[item])
+        (created,) = create(tenant=tenant, items=[item], savepoint=False)
     except (IntegrityError, psycopg.errors.UniqueViolation):
         raise _conflict() from None
     except ValidationError as exc:  # records_create's own checks, after ours
         raise _invalid("fields", "; ".join(exc.messages)) from None
     made.append(created)
-    # What an Idempotency-Key keeps: the record's identity, never its fields.
-    return 201, {"id": str(created.uid), "kind": created.kind, "external_id": created.external_id}
+    return 201, _created_json(created)
+
+
+def _created_json(record: Record | NewRecord) -> dict[str, Any]:
+    """What an Idempotency-Key keeps: the record's identity, never its fields."""
+    return {"id": str(record.uid), "kind": record.kind, "external_id": record.external_id}
 
 
 MAX_BATCH = 500
@@ -291,11 +298,13 @@ def _record_create(request: HttpRequest, create: CreateRecords) -> HttpResponse:
     if key is None:
         status, created = _create(tenant, item, made, create)
     else:
+        named = replace(item, uid=uuid.uuid4())
         status, created, _ = run_once(
             tenant=tenant,
             key=check_key(key),
             fingerprint=request_fingerprint("POST", "/records", data),
-            create=lambda: _create(tenant, item, made, create),
+            create=lambda: _create(tenant, named, made, create),
+            planned=(201, _created_json(named)),
         )
     replayed = not made
     if made:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -72,9 +71,6 @@ def insert_records(rows: Sequence[Record]) -> list[Record]:
         SealedFields.objects.bulk_create([row.sealed for row in created])
         return created
     now = timezone.now()
-    if len(rows) == 1:
-        _insert_one(rows[0], now)
-        return list(rows)
     sql = (
         "SELECT nextval(pg_get_serial_sequence('archive_record', 'id')) FROM generate_series(1, %s)"
     )
@@ -102,37 +98,81 @@ def insert_records(rows: Sequence[Record]) -> list[Record]:
     return list(rows)
 
 
-# One record (a single API create): one statement instead of a sequence read
-# and two COPYs, each a round trip.
-_INSERT_ONE = (
-    "WITH record AS (INSERT INTO archive_record (uid, tenant_id, kind, external_id, created) "
-    "VALUES (%s, %s, %s, %s, %s) RETURNING id) "
-    "INSERT INTO archive_sealedfields (record_id, dek_id, pii) "
-    "SELECT id, %s, %s FROM record RETURNING record_id"
+# One record (a single API create): one statement, one round trip, for the
+# tenant's state, the record, its sealed fields and its lookup rows. The CTEs
+# that write run whether or not the final SELECT reads them (PostgreSQL runs
+# every data-modifying WITH exactly once); they write nothing when the tenant
+# is paused, since everything hangs off `open`.
+_INSERT_ONE = """
+WITH open AS (
+    SELECT 1 FROM tenants_tenant WHERE id = %(tenant)s AND NOT (state = ANY(%(paused)s))
+    AND (
+        %(key_versions)s::int4[] IS NULL
+        OR %(key_versions)s::int4[] = (
+            SELECT coalesce(array_agg(version ORDER BY version), '{}')
+            FROM api_indexkey WHERE tenant_id = %(tenant)s AND state = ANY(%(key_states)s)
+        )
+    )
+), record AS (
+    INSERT INTO archive_record (uid, tenant_id, kind, external_id, created)
+    SELECT %(uid)s, %(tenant)s, %(kind)s, %(external_id)s, %(now)s FROM open
+    RETURNING id
+), sealed AS (
+    INSERT INTO archive_sealedfields (record_id, dek_id, pii)
+    SELECT id, %(dek)s, %(pii)s FROM record
+), lookup AS (
+    INSERT INTO api_lookuprow (tenant_id, field, version, digest, record_id)
+    SELECT %(tenant)s, f.field, f.version, f.digest, record.id
+    FROM record,
+        unnest(%(fields)s::text[], %(versions)s::int4[], %(digests)s::bytea[])
+        AS f(field, version, digest)
 )
+SELECT id FROM record
+"""
 
 
-def _insert_one(record: Record, now: datetime) -> None:
+def insert_one_record(
+    record: Record,
+    lookup: Sequence[Sequence[Any]],
+    *,
+    paused: Iterable[str],
+    key_versions: list[int] | None,
+    key_states: Iterable[str],
+) -> bool:
+    """Insert one record, its sealed fields (`record.sealed`) and its lookup rows
+    (index_keys.LookupValues; their record id is ignored), unless the tenant is
+    in one of the `paused` states or, with `key_versions`, the versions of its
+    index keys in `key_states` are not exactly those. True if written (the
+    record has its id then)."""
+    now = timezone.now()
     started = time.monotonic()
     with raw_cursor() as cursor:
         cursor.execute(
             _INSERT_ONE,
-            [
-                record.uid,
-                record.tenant_id,
-                record.kind,
-                record.external_id,
-                now,
-                record.sealed.dek_id,
-                record.sealed.pii,
-            ],
+            {
+                "tenant": record.tenant_id,
+                "paused": sorted(paused),
+                "key_versions": key_versions,
+                "key_states": sorted(key_states),
+                "uid": record.uid,
+                "kind": record.kind,
+                "external_id": record.external_id,
+                "now": now,
+                "dek": record.sealed.dek_id,
+                "pii": record.sealed.pii,
+                "fields": [row[1] for row in lookup],
+                "versions": [row[2] for row in lookup],
+                "digests": [row[3] for row in lookup],
+            },
         )
         row = cursor.fetchone()
     _logged(_INSERT_ONE, started)
-    assert row is not None
+    if row is None:
+        return False
     record.pk = row[0]
     record.created = now
     _mark_saved([record])
+    return True
 
 
 def _mark_saved(rows: Sequence[Record]) -> None:
