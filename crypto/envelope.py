@@ -31,6 +31,7 @@ days by default).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,10 +130,21 @@ class _Hot:
     (kind, field) in practice.
     """
 
-    __slots__ = ("budget", "dek_id", "head", "opening", "seal", "seal_prefix", "until")
+    __slots__ = (
+        "budget",
+        "dek_id",
+        "head",
+        "opening",
+        "seal",
+        "seal_prefix",
+        "seal_until",
+        "until",
+    )
 
     def __init__(self, until: float) -> None:
         self.until = until
+        # `until` once the fields below are set, -inf before: encrypt's one test.
+        self.seal_until = -math.inf
         self.dek_id = 0
         self.head = b""  # empty until the first encrypt fills the fields below
         self.seal: Seal = _no_sealing_key
@@ -191,6 +203,7 @@ class Envelope:
         self._budgets: dict[int, _Budget] = {}
         self._count_lock = threading.Lock()
         self._hot: dict[str, _Hot] = {}
+        self._hot_get = self._hot.get  # the dict is cleared, never replaced
         self._hot_lock = threading.Lock()
         self._drops = 0  # bumped by every drop: a _Hot built across one is not kept
         cache.on_drop(self._drop_hot)
@@ -283,7 +296,8 @@ class Envelope:
         with self._hot_lock:
             hot.until = min(hot.until, good_until)
             hot.dek_id, hot.budget, hot.seal = dek_id, budget, keys.sealing.encrypt
-            hot.head = header(dek_id)  # last: a non-empty head says the rest is set
+            hot.head = header(dek_id)
+            hot.seal_until = hot.until  # last: the rest is set when encrypt sees it
         return hot
 
     def _seal_prefix(self, hot: _Hot, tenant_id: str, kind: str, field: str, n: int) -> bytes:
@@ -304,6 +318,7 @@ class Envelope:
         found = (keys.opening[version].decrypt, prefix)
         with self._hot_lock:
             hot.until = min(hot.until, good_until)
+            hot.seal_until = min(hot.seal_until, good_until)
             if len(hot.opening) >= _MAX_MEMO:
                 hot.opening.clear()
             hot.opening[(head, kind, field, n)] = found
@@ -344,8 +359,8 @@ class Envelope:
 
     # -- the API -----------------------------------------------------------
     def encrypt(self, tenant_id: str, kind: str, field: str, record_id: str, value: bytes) -> bytes:
-        hot = self._hot.get(tenant_id)
-        if hot is None or not hot.head or self._clock() >= hot.until:
+        hot = self._hot_get(tenant_id)
+        if hot is None or self._clock() >= hot.seal_until:
             hot = self._sealing_hot(tenant_id)
         if next(hot.budget.left, None) is None:
             self.spend(tenant_id, hot.dek_id, 1)
@@ -360,7 +375,7 @@ class Envelope:
     def decrypt(self, tenant_id: str, kind: str, field: str, record_id: str, blob: bytes) -> bytes:
         rid = record_id.encode()
         n = len(rid)
-        hot = self._hot.get(tenant_id)
+        hot = self._hot_get(tenant_id)
         found = None
         if hot is not None and len(blob) >= OVERHEAD and self._clock() < hot.until:
             found = hot.opening.get((blob[:HEADER_SIZE], kind, field, n))
@@ -392,28 +407,19 @@ class Envelope:
         self.spend(tenant_id, hot.dek_id, len(items))
         seal_, head, prefixes = hot.seal, hot.head, hot.seal_prefix
 
-        def prefix(kind: str, field: str, n: int) -> bytes:
-            return prefixes.get((kind, field, n)) or self._seal_prefix(
-                hot, tenant_id, kind, field, n
-            )
+        def prefix_of(kind: str, field: str, n: int) -> bytes:
+            return self._seal_prefix(hot, tenant_id, kind, field, n)
 
-        for kind, field in {(kind, field) for kind, field, _, _ in items}:
-            prefix(kind, field, 36)  # a uuid's length: what record ids are
+        # `for x in [expr]` is an assignment inside a comprehension (CPython 3.9+).
         return [
-            head
-            + nonce
-            + seal_(
-                nonce,
-                value,
-                (
-                    prefixes.get((kind, field, len(rid := record_id.encode())))
-                    or prefix(kind, field, len(rid))
-                )
-                + rid,
-            )
+            head + nonce + seal_(nonce, value, prefix + rid)
             for (kind, field, record_id, value), nonce in zip(
                 items, random_nonces(len(items)), strict=True
             )
+            for rid in [record_id.encode()]
+            for prefix in [
+                prefixes.get((kind, field, len(rid))) or prefix_of(kind, field, len(rid))
+            ]
         ]
 
     def decrypt_many(self, tenant_id: str, items: Sequence[Item]) -> list[bytes]:
