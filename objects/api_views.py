@@ -78,7 +78,7 @@ def object_upload(request: HttpRequest, key: str) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     limit = max_object_bytes()
     declared = request.META.get("CONTENT_LENGTH") or ""
-    if declared.strip().isdigit() and int(declared) > limit:
+    if declared.strip().isascii() and declared.strip().isdigit() and int(declared) > limit:
         raise _too_large(limit)
     content_type = request.META.get("CONTENT_TYPE") or DEFAULT_CONTENT_TYPE
     existed = StoredObject.objects.filter(tenant=tenant, key=key).exists()
