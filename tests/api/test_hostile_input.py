@@ -232,3 +232,20 @@ def test_any_object_key_is_stored_read_or_refused(
 def test_the_api_client_in_these_tests_speaks_for_acme(writer: Api) -> None:
     assert isinstance(writer.client, Client)
     assert post(writer, "records", "{}").status_code == 400
+
+
+def test_a_key_with_a_line_break_is_refused_as_invalid_not_unrouted(objects_api: Api) -> None:
+    """Schemathesis found it: "a\\nb" did not match the URL pattern, so PUT answered 404."""
+    url = "/api/v1/objects/" + quote("a\nb", safe="/")
+    response = objects_api.client.put(
+        url, b"x", content_type="application/octet-stream", headers=objects_api.headers
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_field",
+        "message": "a key cannot contain control characters",
+        "field": "key",
+    }
+    assert not StoredObject.objects.exists()
+    assert objects_api.client.delete(url, headers=objects_api.headers).status_code == 400
+    assert objects_api.client.get(url, headers=objects_api.headers).status_code == 404
