@@ -249,3 +249,16 @@ def test_a_key_with_a_line_break_is_refused_as_invalid_not_unrouted(objects_api:
     assert not StoredObject.objects.exists()
     assert objects_api.client.delete(url, headers=objects_api.headers).status_code == 400
     assert objects_api.client.get(url, headers=objects_api.headers).status_code == 404
+
+
+def test_a_key_with_a_nul_is_refused_or_not_found_not_a_500(objects_api: Api) -> None:
+    """Found by the property test above: PostgreSQL refuses a NUL in a query (a 500)."""
+    url = "/api/v1/objects/" + quote("a\x00b", safe="/")
+    headers = objects_api.headers
+    put = objects_api.client.put(url, b"x", content_type="text/plain", headers=headers)
+    assert put.status_code == 400
+    assert put.json()["error"]["message"] == "a key cannot contain control characters"
+    assert objects_api.client.get(url, headers=headers).status_code == 404
+    assert objects_api.client.head(url, headers=headers).status_code == 404
+    assert objects_api.client.delete(url, headers=headers).status_code == 400
+    assert not StoredObject.objects.exists()

@@ -82,7 +82,7 @@ def _counted(response: Any, case: Any = None) -> Any:
 
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=examples(15),
+    max_examples=examples(10),
     # Schemathesis builds its own settings: the profile's choices, said again.
     suppress_health_check=list(hypothesis.HealthCheck),
     deadline=None,

@@ -167,8 +167,8 @@ def test_every_api_response_sends_the_security_headers(world: dict[str, Any]) ->
 # Sessions.
 
 
-def session_exists(key: str) -> bool:
-    return SessionStore().exists(key)
+def session_exists(key: str | None) -> bool:
+    return key is not None and SessionStore().exists(key)
 
 
 def test_signing_in_gives_a_new_session_id(acme: TenantUsers) -> None:

@@ -114,7 +114,7 @@ def _wrap(wrapping: importkit.WrappingKey, key: bytes) -> bytes:
 
 # Each blob of the right size loads the RSA-4096 private key (about half a
 # second with its consistency checks), so few examples here.
-@settings(max_examples=examples(15))
+@settings(max_examples=examples(10))
 @given(data=st.data())
 def test_any_wrapped_key_blob_is_refused_with_its_own_error(
     wrapping: importkit.WrappingKey, data: st.DataObject
