@@ -78,7 +78,7 @@ def post(api: Api, path: str, body: Any, headers: dict[str, str] | None = None) 
     )
 
 
-@settings(max_examples=examples(60))
+@settings(max_examples=examples(40))
 @given(body=st.one_of(record_shaped, json_values))
 @example(body={"kind": "user", "external_id": "u-1", "fields": {"email": "a@b.c"}})
 @example(body={"kind": "user", "external_id": "u-2", "fields": {"email": "\u0000"}})
@@ -93,7 +93,7 @@ def test_any_json_body_creates_a_record_or_is_refused_with_nothing_stored(
         assert stored() == before
 
 
-@settings(max_examples=examples(40))
+@settings(max_examples=examples(30))
 @given(raw=st.binary(max_size=300), key=st.one_of(st.none(), st.text(max_size=300)))
 @example(raw=b"\xff\xfe{", key=None)
 @example(raw=b"{}", key="")
@@ -114,7 +114,7 @@ def test_any_bytes_and_idempotency_key_are_refused_cleanly(
         assert stored() == before
 
 
-@settings(max_examples=examples(30))
+@settings(max_examples=examples(20))
 @given(records=st.one_of(st.lists(record_shaped, max_size=4), json_values))
 def test_any_batch_creates_all_or_nothing(writer: Api, records: Any) -> None:
     before = stored()
@@ -136,7 +136,7 @@ query_values = st.one_of(
 )
 
 
-@settings(max_examples=examples(100))
+@settings(max_examples=examples(60))
 @given(query=st.dictionaries(query_names, query_values, max_size=4))
 @example(query={"limit": "\u00b2"})
 @example(query={"cursor": signing.dumps("x", salt="api.records.cursor")})
@@ -171,7 +171,7 @@ cursors = st.one_of(
 )
 
 
-@settings(max_examples=examples(80))
+@settings(max_examples=examples(50))
 @given(after=st.one_of(st.none(), cursors), limit=st.one_of(st.none(), query_values))
 @example(after=None, limit="\u00b2")
 def test_any_audit_cursor_and_limit_page_or_are_refused(
@@ -201,7 +201,7 @@ object_keys = st.one_of(
 )
 
 
-@settings(max_examples=examples(50))
+@settings(max_examples=examples(40))
 @given(
     key=object_keys,
     method=st.sampled_from(["PUT", "GET", "HEAD", "DELETE"]),

@@ -34,7 +34,7 @@ def test_the_reference_token_verifies() -> None:
     assert verify(VALID).import_id == "imp-1"
 
 
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(150))
 @given(st.one_of(st.binary(max_size=5000), mutated(VALID)))
 @example(b"")
 @example(b"KWIT")
@@ -64,7 +64,7 @@ def _signed(
 int64 = st.integers(-(2**63), 2**63 - 1)
 
 
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(150))
 @given(
     fmt=st.sampled_from([0, 1, 1, 1, 2, 255]),
     issued=st.one_of(int64, st.just(0)),
@@ -138,7 +138,7 @@ def test_any_wrapped_key_blob_is_refused_with_its_own_error(
         importkit.check_key_material(material)
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 @given(st.one_of(st.binary(max_size=64), st.binary(min_size=32, max_size=32)))
 @example(bytes(32))
 @example(bytes(range(32)))

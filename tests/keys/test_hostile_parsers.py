@@ -50,7 +50,7 @@ arns = st.one_of(
 )
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(100))
 @given(arns)
 @example("arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab")
 @example("arn:aws:iam::123456789012:role/keyward")
@@ -75,7 +75,7 @@ vault_urls = st.one_of(
 )
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(150))
 @given(vault_urls)
 @example("https://myvault.vault.azure.net/")
 def test_any_text_as_a_vault_url_is_normalised_or_refused(value: str) -> None:
@@ -87,7 +87,7 @@ def test_any_text_as_a_vault_url_is_normalised_or_refused(value: str) -> None:
         assert url.startswith("https://") and url.endswith(SUFFIXES)
 
 
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(100))
 @given(st.text(max_size=140))
 @example("3d2c5d0e-6d1a-4c53-9f63-0a4e9f1d2b7c")
 def test_any_text_as_azure_names_and_ids_is_accepted_or_refused(value: str) -> None:
@@ -108,7 +108,7 @@ ports = st.one_of(st.integers(-(2**40), 2**40), st.integers(0, 70000), st.boolea
 answers = st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=20)), max_size=4)
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(100))
 @given(host=hosts, port=ports, answer=answers)
 def test_any_kmip_host_and_port_are_checked_or_refused(host: str, port: Any, answer: list) -> None:
     """The resolver's answer is hostile too: it comes from the customer's DNS."""
@@ -225,7 +225,7 @@ def test_a_ca_file_with_stray_bytes_around_its_certificate_is_accepted(
     assert info.ca_subject == "CN=fuzz-ca"
 
 
-@settings(max_examples=examples(100))
+@settings(max_examples=examples(60))
 @given(data=st.data())
 def test_any_kmip_pem_upload_is_accepted_or_refused_naming_the_file(
     kmip_material: dict[str, Any], data: st.DataObject
@@ -249,7 +249,7 @@ def test_the_reference_azure_certificate_is_valid(azure_pem: bytes) -> None:
     assert validate_client_certificate(azure_pem)
 
 
-@settings(max_examples=examples(60))
+@settings(max_examples=examples(40))
 @given(data=st.data())
 def test_any_azure_certificate_upload_is_accepted_or_refused(
     azure_pem: bytes, data: st.DataObject
@@ -264,7 +264,7 @@ def test_any_azure_certificate_upload_is_accepted_or_refused(
 # The forms around them: errors on the form, never an exception.
 
 
-@settings(max_examples=examples(100))
+@settings(max_examples=examples(60))
 @given(key_arn=arns, role_arn=st.one_of(st.just(""), arns))
 def test_the_aws_form_validates_any_input(key_arn: str, role_arn: str) -> None:
     form = AwsKmsSourceForm({"key_arn": key_arn, "role_arn": role_arn})
@@ -272,7 +272,7 @@ def test_the_aws_form_validates_any_input(key_arn: str, role_arn: str) -> None:
         assert form.errors
 
 
-@settings(max_examples=examples(60))
+@settings(max_examples=examples(40))
 @given(
     url=vault_urls,
     text=st.text(max_size=60),
@@ -298,7 +298,7 @@ def test_the_azure_form_validates_any_input(
         assert form.errors
 
 
-@settings(max_examples=examples(60))
+@settings(max_examples=examples(40))
 @given(
     host=hosts,
     port=st.one_of(st.text(max_size=12), st.integers(-5, 70000).map(str)),

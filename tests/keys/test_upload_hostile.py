@@ -38,7 +38,7 @@ def upload_page(acme: Any) -> dict[str, Any]:
 
 # A blob of the right size makes the server load the import's RSA-4096 key
 # (about half a second), so few examples; most are refused on their size.
-@settings(max_examples=examples(12))
+@settings(max_examples=examples(10))
 @given(data=st.data())
 def test_any_upload_is_refused_on_the_form_and_keeps_nothing(
     upload_page: dict[str, Any], data: st.DataObject
