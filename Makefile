@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench loadtest lint install clean
 
+# The pip and setuptools a new venv comes with have published advisories: the
+# pinned ones go in first.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt pip setuptools
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

@@ -59,11 +59,33 @@ RECORD_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
+# What a client can do next with what it was given: OpenAPI links, which also
+# let a fuzzer chain create, read, look up and delete.
+RECORD_LINKS = {
+    "GetRecord": {"operationId": "getRecord", "parameters": {"id": "$response.body#/id"}},
+    "DeleteRecord": {"operationId": "deleteRecord", "parameters": {"id": "$response.body#/id"}},
+    "ListRecordsOfKind": {
+        "operationId": "listRecords",
+        "parameters": {"kind": "$response.body#/kind"},
+    },
+    "LookUpByName": {
+        "operationId": "listRecords",
+        "parameters": {"field": "name", "value": "$response.body#/fields/name"},
+    },
+}
+OBJECT_LINKS = {
+    name: {"operationId": operation, "parameters": {"key": "$request.path.key"}}
+    for name, operation in (
+        ("GetObject", "getObject"),
+        ("HeadObject", "headObject"),
+        ("DeleteObject", "deleteObject"),
+    )
+}
 OBJECT_KEY = {
     "name": "key",
     "in": "path",
     "required": True,
-    "description": "Object key: 1 to 1024 characters; `/` allowed.",
+    "description": "Object key: 1 to 1024 bytes of UTF-8; `/` allowed.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
 }
 OBJECT_HEADERS = {
@@ -176,6 +198,7 @@ def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dic
                                 "Idempotent-Replayed": {"schema": {"type": "string"}},
                             },
                             "content": {"application/json": {"schema": record_ref}},
+                            "links": RECORD_LINKS,
                         }
                     },
                     write=True,
@@ -311,6 +334,7 @@ def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dic
                         "200": {
                             "description": "The record.",
                             "content": {"application/json": {"schema": record_ref}},
+                            "links": {"DeleteRecord": RECORD_LINKS["DeleteRecord"]},
                         }
                     },
                     write=False,
@@ -324,7 +348,7 @@ def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dic
                 "responses": _responses(
                     {"204": {"description": "Deleted."}},
                     write=True,
-                    extra={"404": _error("not_found")},
+                    extra={"400": _error("invalid_field"), "404": _error("not_found")},
                 ),
             },
         },
@@ -347,15 +371,20 @@ def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dic
                 },
                 "responses": _responses(
                     {
-                        "201": {
-                            "description": "Stored (200 when an existing object was replaced).",
+                        status: {
+                            "description": description,
                             "headers": OBJECT_HEADERS,
                             "content": {
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/Object"}
                                 }
                             },
+                            "links": OBJECT_LINKS,
                         }
+                        for status, description in (
+                            ("200", "Replaced an existing object."),
+                            ("201", "Stored a new object."),
+                        )
                     },
                     write=True,
                     extra={"400": _error("invalid_field"), "413": _error("too_large")},
@@ -398,7 +427,7 @@ def _paths(fields_by_kind: FieldsByKind, indexed_fields: Collection[str]) -> dic
                 "responses": _responses(
                     {"204": {"description": "Deleted."}},
                     write=True,
-                    extra={"404": _error("not_found")},
+                    extra={"400": _error("invalid_field"), "404": _error("not_found")},
                 ),
             },
         },

@@ -109,6 +109,9 @@ def sudo(request: HttpRequest) -> HttpResponse:
         tenants: list[Tenant | None] = [m.tenant for m in memberships_for_user(request.user)]
         actor = Actor.for_user(request.user, support=is_support_staff(request.user))
         if user is not None and user.pk == request.user.pk:
+            # A raised privilege gets a session id of its own, as signing in does:
+            # an id seen before the password was entered is worth nothing after.
+            request.session.cycle_key()
             sudo_grant(request)
             record_for_tenants(tenants or [None], actor=actor, action="auth.sudo", request=request)
             return redirect(next_url)

@@ -26,7 +26,7 @@ from objects.services import (
     object_open,
     object_put,
 )
-from objects.storage import InvalidKey, ObjectMissing, StorageError
+from objects.storage import InvalidKey, ObjectMissing, StorageError, validate_key
 
 READ_SIZE = 1024 * 1024
 
@@ -78,11 +78,13 @@ def object_upload(request: HttpRequest, key: str) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     limit = max_object_bytes()
     declared = request.META.get("CONTENT_LENGTH") or ""
-    if declared.strip().isdigit() and int(declared) > limit:
+    if declared.strip().isascii() and declared.strip().isdigit() and int(declared) > limit:
         raise _too_large(limit)
     content_type = request.META.get("CONTENT_TYPE") or DEFAULT_CONTENT_TYPE
-    existed = StoredObject.objects.filter(tenant=tenant, key=key).exists()
     try:
+        # Before the query below: PostgreSQL refuses a key with a NUL in it.
+        validate_key(key)
+        existed = StoredObject.objects.filter(tenant=tenant, key=key).exists()
         obj = object_put(tenant=tenant, key=key, chunks=_body(request), content_type=content_type)
     except InvalidKey as exc:
         raise ApiError(400, "invalid_field", str(exc), field="key") from None

@@ -233,6 +233,12 @@ def _delete_replaced(storage: Storage, name: str) -> None:
 
 
 def object_head(*, tenant: Tenant, key: str) -> StoredObject:
+    try:
+        validate_key(key)
+    except InvalidKey:
+        # No object is stored under a key that breaks the rules, and PostgreSQL
+        # refuses a NUL in a query: answered as not found, before any query.
+        raise ObjectNotFound(key) from None
     obj = StoredObject.objects.filter(tenant=tenant, key=key).first()
     if obj is None:
         raise ObjectNotFound(key)

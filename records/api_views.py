@@ -331,7 +331,8 @@ def _limit(request: HttpRequest) -> int:
     raw = request.GET.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isdigit() alone admits "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise _invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
     return int(raw)
 

@@ -6,6 +6,8 @@ source scripts/servers.sh
 
 ensure_debian_packages
 ensure_venv
+echo "== pip-audit"
+.venv/bin/python scripts/audit_dependencies.py
 start_servers
 
 echo "== ruff"

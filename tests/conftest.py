@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from audit.services import Actor
 from tenants.models import Role, Tenant
@@ -13,6 +16,23 @@ from tenants.services import membership_add, tenant_create
 from tenants.sudo import SESSION_KEY as SUDO_SESSION_KEY
 
 PASSWORD = "correct horse battery staple"
+
+# Hypothesis: `make test` runs a short profile (the property tests together well
+# under a minute); HYPOTHESIS_PROFILE=long runs twenty times the examples. No
+# example database: a run depends on nothing left behind by an earlier one (CI
+# starts from a clean clone), and a failure prints the example and its seed.
+_HYPOTHESIS_COMMON: dict[str, Any] = {
+    "database": None,
+    "deadline": None,  # real servers and RSA-4096 make timing noisy
+    "print_blob": True,
+    # Tests take the database and the tenants once; each example checks what
+    # it may change.
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+hypothesis_settings.register_profile("default", max_examples=50, **_HYPOTHESIS_COMMON)
+hypothesis_settings.register_profile("long", max_examples=1000, **_HYPOTHESIS_COMMON)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
 
 
 @dataclass

@@ -326,6 +326,11 @@ def snapshot() -> dict[str, Any]:
 
 @pytest.fixture
 def world(acme: TenantUsers, globex: TenantUsers, support: Any) -> dict[str, Any]:
+    return build_world(acme, globex, support)
+
+
+def build_world(acme: TenantUsers, globex: TenantUsers, support: Any) -> dict[str, Any]:
+    """The actors and the arguments that name real rows (the other security tests share it)."""
     system = Actor.system("tests")
     invitation = invitation_create(
         tenant=acme.tenant,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -269,7 +270,10 @@ def _load_client_certificate(pem: bytes) -> tuple[x509.Certificate, rsa.RSAPriva
         )
     try:
         certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError:
+        # Parsed lazily by cryptography: a damaged public key surfaces on first use.
+        for cert in certificates:
+            cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         raise _cert_error("the certificate in the PEM file could not be read") from None
     if b"ENCRYPTED PRIVATE KEY" in pem or b"Proc-Type: 4,ENCRYPTED" in pem:
         raise _cert_error(
@@ -282,7 +286,7 @@ def _load_client_certificate(pem: bytes) -> tuple[x509.Certificate, rsa.RSAPriva
         )
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise _cert_error("the private key in the PEM file could not be read") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise _cert_error(

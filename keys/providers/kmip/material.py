@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -73,11 +74,19 @@ def _load_certificates(field_name: str, pem: bytes) -> list[x509.Certificate]:
             field_name, f"not a PEM certificate: no -----BEGIN CERTIFICATE----- line{hint}"
         )
     try:
-        return x509.load_pem_x509_certificates(pem)
-    except ValueError:
+        certificates = x509.load_pem_x509_certificates(pem)
+        # cryptography parses a certificate's parts when they are first used: a
+        # damaged key, name or extension surfaces here, not in the checks below.
+        for cert in certificates:
+            cert.public_key()
+            cert.extensions  # noqa: B018
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+    except (ValueError, UnsupportedAlgorithm):
         raise _material_error(
             field_name, "the PEM certificate could not be parsed (damaged or truncated?)"
         ) from None
+    return certificates
 
 
 def name_text(value: x509.Name) -> str:

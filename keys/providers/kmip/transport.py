@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from keys.providers.kmip.config import InvalidKmipConfig, KmipConfig, checked_addresses
 from keys.providers.kmip.errors import KmipConnectError, KmipTlsError, tls_problem
 from keys.providers.kmip.pykmip import KMIPProtocol, KMIPProxy, KMIPVersion, ProxyKmipClient
@@ -46,7 +49,13 @@ def tls_context(
     """TLS 1.2+, the customer's CA only, host name checked, our client certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+    # The certificates only, as canonical PEM: OpenSSL wants ASCII text, and
+    # whatever else the uploaded file holds (comments, stray bytes) is not trust.
+    cadata = "".join(
+        cert.public_bytes(serialization.Encoding.PEM).decode()
+        for cert in x509.load_pem_x509_certificates(ca_pem)
+    )
+    context.load_verify_locations(cadata=cadata)
     with (
         _memory_file("kmip-client-cert", cert_pem) as certfile,
         _memory_file("kmip-client-key", key_pem) as keyfile,
