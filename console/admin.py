@@ -33,7 +33,8 @@ from tenants.services import tenant_onboard, tenant_rename, tenant_set_dek_rotat
 # Changed on the change page, each through its service (see `save_model`).
 EDITABLE = ("name", "dek_cache_ttl", "dek_rotation_days")
 # Governed elsewhere: never editable here.
-GOVERNED = ("state", "state_changed_at", "key_epoch", "destroy_after")
+# The BYOK add-on is support's, on the support console (tenant_addon_enable/disable).
+GOVERNED = ("state", "state_changed_at", "key_epoch", "destroy_after", "byok_addon")
 
 
 class TenantAddForm(forms.ModelForm):
@@ -63,7 +64,7 @@ class TenantChangeForm(forms.ModelForm):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "state", "state_changed_at", "created")
+    list_display = ("name", "slug", "state", "state_changed_at", "byok_addon", "created")
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
 

@@ -61,6 +61,9 @@ class Tenant(models.Model):
     # Crypto-shredding scheduled by an owner: the keys are destroyed after this
     # moment unless cancelled first.
     destroy_after = models.DateTimeField(null=True, blank=True)
+    # The licensed bring-your-own-key module: without it the tenant stays on the
+    # vendor-managed key. Support turns it on or off (tenants/services.py).
+    byok_addon = models.BooleanField("BYOK add-on", default=False)
 
     class Meta:
         ordering = ["name"]
