@@ -80,7 +80,7 @@ def failed_move(tenant: Tenant) -> ObjectMigration:
         state=MigrationState.FAILED,
         source_location=Location.SHARED,
         target_location=Location.DEDICATED,
-        target_dek=DataKey.objects.filter(tenant=tenant).first(),
+        target_dek=DataKey.objects.get(tenant=tenant, version=1),
         error="verification failed: 1 object differs",
     )
 

@@ -112,7 +112,7 @@ def test_filters_by_state_source_and_attention(support) -> None:
         state=MigrationState.FAILED,
         source_location=Location.SHARED,
         target_location=Location.DEDICATED,
-        target_dek=DataKey.objects.filter(tenant=moved).first(),
+        target_dek=DataKey.objects.get(tenant=moved, version=1),
     )
     KeyHealthCheck.objects.create(
         tenant=failing,

@@ -56,7 +56,7 @@ def test_support_page_shows_metadata_and_no_secret(acme: TenantUsers, support) -
         state=MigrationState.FAILED,
         source_location=Location.SHARED,
         target_location=Location.DEDICATED,
-        target_dek=DataKey.objects.filter(tenant=tenant).first(),
+        target_dek=DataKey.objects.get(tenant=tenant, version=1),
         error="verification failed: checksum differs",
     )
     response = login(support).get(reverse("support:tenant", args=["acme"]))
