@@ -117,9 +117,7 @@ GOVERNED = {
 def _snapshot(tenant: Tenant) -> dict[str, Any]:
     fresh = Tenant.objects.get(pk=tenant.pk)
     fields = ("state", "key_epoch", "destroy_after", "slug", "byok_addon")
-    return {f: getattr(fresh, f) for f in fields} | {
-        "state_changed_at": fresh.state_changed_at
-    }
+    return {f: getattr(fresh, f) for f in fields} | {"state_changed_at": fresh.state_changed_at}
 
 
 def test_a_superuser_cannot_change_a_governed_field(superuser, acme) -> None:
