@@ -12,7 +12,7 @@ from objects.selectors import migration_progress
 from tenants.display import Banner, allowed_acts, display_of
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 from tenants.permissions import is_support_staff
-from tenants.selectors import memberships_for_user
+from tenants.selectors import memberships_for_user, support_access_now
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:
@@ -39,6 +39,8 @@ def shell(request: HttpRequest) -> dict[str, Any]:
         # a page shows one only if the person's role allows it too.
         "allowed": allowed_acts(tenant),
         "banner": _banner(display.banner, tenant),
+        # Vendor support's pending requests and open grants, for the tenant's members.
+        "support_access": None if access.is_support else support_access_now(tenant),
         "live_tenant": tenant,
         "live_fingerprint": live_fingerprint(tenant),
         "live_pace": live_pace(tenant),

@@ -343,6 +343,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keys-resume-key-jobs": {"task": "keys.resume_key_jobs", "schedule": 300.0},
     "records-resume-reencryptions": {"task": "records.resume_reencryptions", "schedule": 300.0},
     "keys-retire-unused-deks": {"task": "keys.retire_unused_deks", "schedule": 3600.0},
+    "keys-sample-key-usage": {"task": "keys.sample_key_usage", "schedule": 3600.0},
+    "tenants-expire-support-access": {"task": "tenants.expire_support_access", "schedule": 60.0},
     "objects-resume-migrations": {"task": "objects.resume_migrations", "schedule": 300.0},
     "objects-sweep-orphans": {"task": "objects.sweep_orphans", "schedule": 3600.0},
     "api-purge-idempotency-keys": {"task": "api.purge_idempotency_keys", "schedule": 3600.0},
@@ -383,6 +385,10 @@ KEYWARD_SUDO_SECONDS = env.integer("KEYWARD_SUDO_SECONDS", 600, minimum=30, maxi
 KEYWARD_AUDIT_PAGE_SIZE = env.integer("KEYWARD_AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
 # How long the link in an invitation email works.
 KEYWARD_INVITATION_HOURS = env.integer("KEYWARD_INVITATION_HOURS", 72, minimum=1, maximum=30 * 24)
+# How long the tenant's approvers have to answer vendor support's access request.
+KEYWARD_ACCESS_ANSWER_HOURS = env.integer(
+    "KEYWARD_ACCESS_ANSWER_HOURS", 12, minimum=1, maximum=7 * 24
+)
 # Where people reach the console, for links in emails sent without a request
 # (`manage.py tenant_create`): production's first allowed host, unless set.
 KEYWARD_SITE_URL = (

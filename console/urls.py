@@ -45,6 +45,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
+    path("t/<slug:slug>/access/", include("tenants.access_urls")),
+    path("support/t/<slug:slug>/", include("console.lockbox_urls")),
     path("t/<slug:slug>/keys/reencrypt/", include("records.urls")),
     path("t/<slug:slug>/keys/", include("keys.urls")),
     path("t/<slug:slug>/data/objects/", include("objects.console_urls")),

@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_safe
 
 from api.openapi import openapi_document
@@ -14,6 +15,7 @@ from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
 from console.live import live_fingerprint, live_pace
 from keys.selectors.overview import revocation_bound
+from keys.selectors.usage import revocation_chart, usage_charts
 from records.blindindex import INDEXED_FIELDS
 from records.fields import FIELDS_BY_KIND
 from tenants.models import Tenant
@@ -80,10 +82,16 @@ def dashboard(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     # Support staff see metadata only: the trail names people and addresses.
     events = recent_audit_events(access.tenant) if access.can(Perm.VIEW_AUDIT) else []
     tenant = access.tenant
+    bound = revocation_bound(tenant)
+    now = timezone.now()
+    calls_chart, cache_chart = usage_charts(tenant, now)
     context = {
         "tenant": tenant,
         "events": events,
-        "bound": revocation_bound(tenant),
+        "bound": bound,
+        "calls_chart": calls_chart,
+        "cache_chart": cache_chart,
+        "bound_chart": revocation_chart(bound, now) if bound.customer_key else None,
     }
     return render(request, "console/dashboard.html", context)
 

@@ -49,13 +49,14 @@ Loader = Callable[[str, int], LoadedKey]
 
 
 class _Entry:
-    __slots__ = ("expires", "keys", "refresh_at", "refreshing")
+    __slots__ = ("expires", "keys", "refresh_at", "refreshing", "uses")
 
     def __init__(self, keys: FieldKeys, now: float, ttl: float, refresh_fraction: float) -> None:
         self.keys = keys
         self.expires = now + ttl
         self.refresh_at = now + ttl * refresh_fraction
         self.refreshing = False
+        self.uses = 0  # hits since `take_uses`; an unlocked add, so a rare one is lost
 
     def __repr__(self) -> str:
         return f"<DEK cache entry expires={self.expires:.1f}>"
@@ -84,6 +85,7 @@ class DekCache:
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self.loads = 0  # unwraps performed, for tests and benchmarks
+        self._misses: dict[str, int] = {}  # loads per tenant since `take_uses`
 
     def __repr__(self) -> str:
         return f"<DekCache {len(self._entries)} entries>"
@@ -92,6 +94,7 @@ class DekCache:
         """The cached keys if they are fresh and need no refresh yet: the hot path."""
         entry = self._entries.get(key)
         if entry is not None and now < entry.refresh_at:
+            entry.uses += 1
             return entry.keys
         return None
 
@@ -103,6 +106,7 @@ class DekCache:
             if now < entry.expires:
                 if now >= entry.refresh_at and not entry.refreshing:
                     self._refresh(key, entry)
+                entry.uses += 1
                 return entry.keys
         return self._load(key).keys
 
@@ -138,6 +142,8 @@ class DekCache:
     def _unwrap(self, key: Key) -> _Entry:
         loaded = self._loader(*key)
         self.loads += 1
+        with self._lock:
+            self._misses[key[0]] = self._misses.get(key[0], 0) + 1
         # The one place a DEK becomes keys: HKDF runs here, once per unwrap.
         keys = FieldKeys(loaded.material)
         return _Entry(keys, self._clock(), loaded.ttl, self._refresh_fraction)
@@ -191,6 +197,24 @@ class DekCache:
 
     def _inflight_tenants(self) -> list[str]:
         return [k[0] for k in self._inflight]
+
+    def take_uses(self) -> dict[str, tuple[int, int]]:
+        """(hits, misses) per tenant since the last call, for usage figures.
+
+        Hits of entries evicted or dropped meanwhile are not reported: the
+        figures are for charts, and counting them exactly would put a lock on
+        the hot path.
+        """
+        with self._lock:
+            misses, self._misses = self._misses, {}
+            entries = list(self._entries.items())
+        uses: dict[str, tuple[int, int]] = {t: (0, n) for t, n in misses.items()}
+        for (tenant_id, _dek), entry in entries:
+            hits, entry.uses = entry.uses, 0
+            if hits:
+                before = uses.get(tenant_id, (0, 0))
+                uses[tenant_id] = (before[0] + hits, before[1])
+        return uses
 
     def __len__(self) -> int:
         return len(self._entries)

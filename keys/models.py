@@ -235,3 +235,74 @@ class KeyHealthCheck(models.Model):
     @property
     def failed(self) -> bool:
         return self.result != HealthResult.OK
+
+
+class KeyUsageHour(models.Model):
+    """Key-store calls (kind: the operation) and DEK cache use (kind "cache") of a
+    tenant in one hour, written in batches by keys.usage."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    kind = models.CharField(max_length=32)
+    outcome = models.CharField(max_length=16)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "hour", "kind", "outcome"], name="key_usage_per_hour"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.outcome} at {self.hour:%Y-%m-%d %H}h: {self.count}"
+
+    def __repr__(self) -> str:
+        return f"<KeyUsageHour {self.hour:%Y-%m-%d %H}h {self.kind} {self.outcome}={self.count}>"
+
+
+class DataKeyVolume(models.Model):
+    """How much data depended on a data key on a day (the latest sample of that day)."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    data_key = models.ForeignKey(DataKey, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    records = models.BigIntegerField(default=0)
+    stored_objects = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["data_key", "day"], name="data_key_volume_per_day")
+        ]
+        indexes = [models.Index(fields=["tenant", "day"], name="data_key_volume_tenant_day")]
+
+    def __str__(self) -> str:
+        return f"data key {self.data_key_id} on {self.day}"
+
+    def __repr__(self) -> str:
+        return (
+            f"<DataKeyVolume dek={self.data_key_id} {self.day} "
+            f"r={self.records} o={self.stored_objects}>"
+        )
+
+
+class TenantStateDay(models.Model):
+    """How many tenants were in a state on a day (the latest sample of that day)."""
+
+    id = models.BigAutoField(primary_key=True)
+    day = models.DateField()
+    state = models.CharField(max_length=32)
+    tenants = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "state"], name="tenant_state_per_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenants} {self.state} on {self.day}"
+
+    def __repr__(self) -> str:
+        return f"<TenantStateDay {self.day} {self.state}={self.tenants}>"

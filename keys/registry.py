@@ -14,6 +14,7 @@ from keys.providers.base import KeyProvider
 from keys.providers.uploaded import MaterialUnavailable, UploadedKeyProvider
 from keys.rootkey import local_provider, root_key_file
 from keys.selectors.sources import kmip_allowed_networks, uploaded_material
+from keys.usage import counted
 
 _providers_lock = threading.Lock()
 _providers: dict[tuple[str, str, str], KeyProvider] = {}
@@ -23,8 +24,13 @@ def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvide
     """The provider of a key source, reused while its configuration is unchanged.
 
     Reuse keeps clients and assumed-role credentials warm; a changed
-    configuration (another digest) builds a new one.
+    configuration (another digest) builds a new one. Its key-store calls are
+    counted for the source's tenant (keys.usage).
     """
+    return counted(_provider_for(source, version), str(source.tenant_id))
+
+
+def _provider_for(source: KeySource, version: str | None) -> KeyProvider:
     if source.kind == SourceKind.LOCAL:
         return local_provider()
     if source.kind == SourceKind.UPLOADED and source.config.get("store") != "aws_kms":

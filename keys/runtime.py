@@ -35,6 +35,7 @@ from django.db.models import F
 from crypto.ciphertext import UnknownDataKey
 from crypto.dekcache import DekCache, LoadedKey
 from crypto.envelope import ACTIVE, Envelope, TenantKeyState
+from keys import usage
 from keys.models import DataKey, DekState
 from keys.registry import provider_for
 from tenants.models import ServiceState, Tenant
@@ -281,11 +282,18 @@ def envelope() -> Envelope:
                 block=settings.KEYWARD_DEK_RESERVATION_BLOCK,
             )
             _pid = os.getpid()
+            usage.report_before_flush(_report_cache_use)
             threading.Thread(target=_flusher, name="dek-count-flush", daemon=True).start()
             if not _atexit_registered.is_set():
                 atexit.register(_flush_at_exit)
                 _atexit_registered.set()
         return _envelope
+
+
+def _report_cache_use() -> None:
+    env = _envelope
+    if env is not None and _pid == os.getpid():
+        usage.note_cache(env.cache.take_uses())
 
 
 def reset_for_tests() -> None:

@@ -32,6 +32,7 @@ from keys.services.lifecycle import RUN_BYOK_REMOVE_TASK, byok_remove_run, tenan
 from keys.services.rotation import RUN_KEK_REWRAP_TASK, kek_rewrap_run
 from keys.services.sources import RUN_BYOK_ENABLE_TASK, byok_enable_run
 from keys.services.uploads import key_imports_expire
+from keys.usage import flush_usage, sample_volumes
 from tenants.models import ServiceState, Tenant
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def rotate_dek_for_count(tenant_id: str) -> None:
 @worker_process_shutdown.connect
 def _flush_counts_on_shutdown(**_: object) -> None:
     flush_counts()
+    flush_usage()
 
 
 @shared_task(
@@ -132,6 +134,12 @@ def warn_expiring_keys() -> int:
 def expire_key_imports() -> int:
     """Beat: destroy the private keys of imports whose validity ended."""
     return key_imports_expire()
+
+
+@shared_task(name="keys.sample_key_usage")
+def sample_key_usage() -> int:
+    """Beat: today's data per data key and tenants per state, for the charts."""
+    return sample_volumes(timezone.now().date())
 
 
 @shared_task(name=REWRAP_OLD_FORMATS_TASK)

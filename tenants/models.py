@@ -35,6 +35,15 @@ DEK_ROTATION_DAYS_MIN = 1
 DEK_ROTATION_DAYS_MAX = 365
 
 
+class SupportAccess(models.TextChoices):
+    ON_APPROVAL = "on_approval", "When approved"
+    NEVER = "never", "Never"
+
+
+# The longest window an owner may allow for one grant.
+SUPPORT_ACCESS_MAX_HOURS = 72
+
+
 class Tenant(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -64,6 +73,17 @@ class Tenant(models.Model):
     # The licensed bring-your-own-key module: without it the tenant stays on the
     # vendor-managed key. Support turns it on or off (tenants/services.py).
     byok_addon = models.BooleanField("BYOK add-on", default=False)
+    # Vendor support's access to the tenant's data (the lockbox), as the owners set it.
+    support_access = models.CharField(
+        max_length=16, choices=SupportAccess.choices, default=SupportAccess.ON_APPROVAL
+    )
+    support_approvals = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(2)]
+    )
+    support_max_hours = models.PositiveSmallIntegerField(
+        default=8,
+        validators=[MinValueValidator(1), MaxValueValidator(SUPPORT_ACCESS_MAX_HOURS)],
+    )
 
     class Meta:
         ordering = ["name"]
@@ -106,6 +126,8 @@ class Membership(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
     created = models.DateTimeField(auto_now_add=True)
+    # Besides the owners, who may approve vendor support's access requests.
+    approves_support_access = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -155,3 +177,85 @@ class Invitation(models.Model):
         if now >= self.expires_at:
             return "expired"
         return None
+
+
+class AccessReason(models.TextChoices):
+    CUSTOMER_CASE = "customer_case", "A case the customer opened"
+    INCIDENT = "incident", "An incident"
+    LEGAL = "legal", "A legal request"
+
+
+class AccessScope(models.TextChoices):
+    RECORDS_READ = "records:read", "Read records"
+    OBJECTS_READ = "objects:read", "Download objects"
+
+
+class AccessState(models.TextChoices):
+    PENDING = "pending", "Waiting for approval"
+    APPROVED = "approved", "Approved"
+    DENIED = "denied", "Denied"
+    EXPIRED = "expired", "Not answered in time"
+    ENDED = "ended", "Ended"
+    FINISHED = "finished", "Window over"
+
+
+class AccessRequest(models.Model):
+    """A support engineer's request to read one tenant's data; approved, it is a grant
+    that lasts `hours` from its approval (the lockbox)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="access_requests")
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requester_display = models.CharField(max_length=254)
+    reason = models.CharField(max_length=16, choices=AccessReason.choices)
+    case_reference = models.CharField(max_length=100)
+    justification = models.TextField(max_length=2000)
+    scopes = models.JSONField(default=list)
+    hours = models.PositiveSmallIntegerField()
+    state = models.CharField(
+        max_length=16, choices=AccessState.choices, default=AccessState.PENDING
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    answer_by = models.DateTimeField()  # unanswered by then, the request expires
+    approved_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by_display = models.CharField(max_length=254, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["tenant", "state"], name="access_request_state")]
+
+    def __str__(self) -> str:
+        return f"{self.requester_display} to {self.tenant} ({self.state})"
+
+    def is_active(self, now: datetime) -> bool:
+        """Open for reads now: approved, and its window not over."""
+        return (
+            self.state == AccessState.APPROVED and self.ends_at is not None and now < self.ends_at
+        )
+
+
+class AccessDecision(models.Model):
+    """One approver's answer to an access request, with their comment."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request = models.ForeignKey(AccessRequest, on_delete=models.CASCADE, related_name="decisions")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    user_display = models.CharField(max_length=254)
+    approved = models.BooleanField()
+    comment = models.TextField(max_length=1000, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "user"], name="one_decision_per_approver")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_display} {'approved' if self.approved else 'denied'}"

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from tenants.models import PAUSED_STATES, Invitation, Membership, Tenant
+from tenants.models import (
+    PAUSED_STATES,
+    AccessRequest,
+    AccessState,
+    Invitation,
+    Membership,
+    Tenant,
+)
 from tenants.permissions import is_support_staff
 
 
@@ -45,3 +55,33 @@ def open_invitations_of_tenant(tenant: Tenant) -> QuerySet[Invitation]:
 
 def paused_tenants(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Tenant]:
     return tenants_for_user(user).filter(state__in=PAUSED_STATES)
+
+
+def access_requests_of_tenant(tenant: Tenant, limit: int = 100) -> list[AccessRequest]:
+    """Vendor support's requests to the tenant, newest first, with their answers."""
+    return list(
+        AccessRequest.objects.filter(tenant=tenant)
+        .prefetch_related("decisions")
+        .order_by("-created")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class SupportAccessNow:
+    pending: int
+    open_until: datetime | None  # the latest end of the grants open now
+
+
+def support_access_now(tenant: Tenant) -> SupportAccessNow | None:
+    """What the tenant's banner says about vendor support's access, if anything."""
+    now = timezone.now()
+    rows = AccessRequest.objects.filter(
+        Q(state=AccessState.PENDING, answer_by__gt=now)
+        | Q(state=AccessState.APPROVED, ends_at__gt=now),
+        tenant=tenant,
+    ).values_list("state", "ends_at")
+    pending = sum(1 for state, _ in rows if state == AccessState.PENDING)
+    ends = [end for state, end in rows if state == AccessState.APPROVED and end]
+    if not pending and not ends:
+        return None
+    return SupportAccessNow(pending, max(ends) if ends else None)

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from keys.errors import KeyActionRefused
@@ -23,6 +24,7 @@ from keys.selectors.overview import (
     last_key_move,
     revocation_bound,
 )
+from keys.selectors.usage import rotation_chart, volume_charts
 from keys.services.deks import dek_rotate, tenant_set_dek_cache_ttl
 from keys.views.common import (
     refused,
@@ -43,6 +45,7 @@ def _page(
 ) -> HttpResponse:
     tenant = access.tenant
     overview = keys_overview(tenant)
+    now = timezone.now()
     manage = access.can(Perm.MANAGE_KEYS)
     source = overview.source
     context = {
@@ -67,6 +70,8 @@ def _page(
         "enabling": enabling_progress(tenant),
         "last_move": last_key_move(tenant),
         "bound": revocation_bound(tenant),
+        "volume_charts": volume_charts(tenant, now.date()),
+        "rotation_chart": rotation_chart(tenant, now),
     }
     return render(request, "keys/keys.html", context, status=status)
 

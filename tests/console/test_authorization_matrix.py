@@ -23,6 +23,7 @@ from api.tokens import api_token_create
 from audit.models import AuditEvent
 from audit.services import Actor
 from keys.models import DataKey, KeySource
+from tenants.access import access_request_create
 from tenants.models import Membership, Tenant
 from tenants.permissions import ROLE_PERMS, SUPPORT_PERMS, Perm
 from tenants.services import invitation_create
@@ -182,6 +183,26 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
         f"support:{action}": Fixed({"GET": _support_only(E405), "POST": _support_only(OK)})
         for action in SUPPORT_ACTIONS
     },
+    # Vendor support's access, the tenant's side. Answering is for approvers: in
+    # this world (nobody named), the owners, who hold MANAGE_MEMBERS.
+    "access:page": TenantPage(Perm.VIEW_AUDIT, "GET"),
+    "access:settings": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "access:approve": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "access:deny": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
+    "access:end": TenantPage(Perm.MANAGE_MEMBERS, "POST"),
+    # Vendor support's side: 404 for everyone else; reading without a grant is 403.
+    "lockbox:request": Fixed(
+        {
+            "GET": {"*": E404, SUPPORT: OK, ANONYMOUS: LOGIN},
+            "POST": {"*": E404, SUPPORT: OK, ANONYMOUS: LOGIN},
+        }
+    ),
+    "lockbox:data": Fixed(
+        {"GET": {"*": E404, SUPPORT: E403, ANONYMOUS: LOGIN}, "POST": _signed_in(E405)}
+    ),
+    "lockbox:object": Fixed(
+        {"GET": {"*": E404, SUPPORT: E403, ANONYMOUS: LOGIN}, "POST": _signed_in(E405)}
+    ),
 }
 
 API: dict[str, ApiEndpoint | Fixed] = {
@@ -334,6 +355,8 @@ def snapshot() -> dict[str, Any]:
         # link is recorded on purpose (the owner sees who tried it).
         "events": AuditEvent.objects.exclude(action__startswith="auth.")
         .exclude(action="member.invite_refused")
+        # So is a member's refused answer to vendor support's access request.
+        .exclude(action="access.answer", outcome="denied")
         .count(),
     }
 
@@ -356,6 +379,15 @@ def world(acme: TenantUsers, globex: TenantUsers, support: Any) -> dict[str, Any
     )
     source = KeySource.objects.filter(tenant=acme.tenant).first()
     assert source is not None
+    asked = access_request_create(
+        tenant=acme.tenant,
+        requester=support,
+        reason="customer_case",
+        case_reference="CASE-1",
+        justification="the matrix",
+        scopes=["records:read"],
+        hours=1,
+    )
     return {
         "acme": acme,
         "globex": globex,
@@ -369,6 +401,8 @@ def world(acme: TenantUsers, globex: TenantUsers, support: Any) -> dict[str, Any
             "token": "not-a-real-invitation-token",
             "key": "matrix/object.bin",
             "uid": uuid.uuid4(),
+            "request_id": asked.pk,
+            "object_id": uuid.uuid4(),
         },
     }
 

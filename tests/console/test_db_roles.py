@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
 from psycopg import sql
 
+from tests.support.dbroles import Roles, database_with_two_roles, server_url
+
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "db-roles-test-password"
 
 APP_WRITES = """
 from audit.services import Actor, record
@@ -36,49 +34,10 @@ print(Tenant.objects.get(pk=tenant.pk).name)
 """
 
 
-@dataclass
-class Roles:
-    database: str
-    owner: str
-    app: str
-
-    def url(self, role: str) -> str:
-        db = connection.settings_dict
-        return f"postgres://{role}:{PASSWORD}@{db['HOST']}:{db['PORT']}/{self.database}"
-
-
-def server_url(database: str) -> str:
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{database}"
-
-
 @pytest.fixture
 def roles() -> Iterator[Roles]:
-    suffix = uuid.uuid4().hex[:8]
-    made = Roles(f"kw_roles_{suffix}", f"kw_owner_{suffix}", f"kw_app_{suffix}")
-    with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
-        for role in (made.owner, made.app):
-            admin.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(PASSWORD)
-                )
-            )
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(made.database), sql.Identifier(made.owner)
-            )
-        )
-        try:
-            yield made
-        finally:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(made.database)
-                )
-            )
-            for role in (made.owner, made.app):
-                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    with database_with_two_roles("kw_roles") as made:
+        yield made
 
 
 def manage(roles: Roles, *args: str) -> str:

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
+from keys.models import DataKeyVolume, KeyUsageHour, TenantStateDay
+from keys.selectors.usage import usage_charts, volume_charts
 from objects import keyring, locations
 from objects.models import Location, StoredObject
 from objects.services import object_open
@@ -40,3 +43,21 @@ def test_the_demo_has_logins_records_and_objects_and_can_be_seeded_again(db) -> 
         assert first is not None
         _, chunks = object_open(tenant=tenant, key=first.key)
         assert b"".join(chunks).startswith(b"device,status\n")
+
+
+def test_the_demo_has_a_week_of_key_use_and_a_month_of_data_for_the_charts(db) -> None:
+    call_command("seed_demo", stdout=StringIO())
+    acme = Tenant.objects.get(slug="acme")
+    hours = KeyUsageHour.objects.filter(tenant=acme).values_list("hour", flat=True).distinct()
+    assert 160 <= hours.count() < 7 * 24
+    counted = KeyUsageHour.objects.filter(tenant=acme).count()
+    call_command("seed_demo", stdout=StringIO())  # history is made once
+    assert KeyUsageHour.objects.filter(tenant=acme).count() == counted
+    calls, cache = usage_charts(acme, timezone.now())
+    assert calls.rects and cache.lines and not calls.empty
+    records, _objects = volume_charts(acme, timezone.now().date())
+    assert len(records.rows) == 30 and records.rows[-1][1] == "400"
+    assert DataKeyVolume.objects.filter(tenant=acme).count() == 30
+    assert TenantStateDay.objects.filter(state="vendor_managed").count() == 30
+    globex = Tenant.objects.get(slug="globex")
+    assert KeyUsageHour.objects.filter(tenant=globex, outcome="error").exists()

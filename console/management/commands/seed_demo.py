@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import random
 import secrets
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from audit.services import Actor
+from keys.models import DataKey, DataKeyVolume, KeyUsageHour, TenantStateDay
 from objects.models import StoredObject
 from objects.services import object_put
 from records.models import Record
@@ -54,6 +58,58 @@ def _demo_objects(tenant: Tenant) -> None:
             chunks=[body],
             content_type="text/csv",
         )
+
+
+def _demo_history(tenant: Tenant) -> None:
+    """A plausible week of key use and a month of data growth, for the charts.
+
+    Only for a tenant without any: what the running demo counts itself is kept.
+    """
+    if KeyUsageHour.objects.filter(tenant=tenant).exists():
+        return
+    rng = random.Random(f"history-{tenant.slug}")
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    usage = []
+    for back in range(1, 7 * 24):
+        hour = now - timedelta(hours=back)
+        # Office hours in the tenant's day bring most reads, nights a trickle.
+        busy = 1.0 if 8 <= hour.hour < 19 and hour.weekday() < 5 else 0.15
+        lookups = int(rng.gauss(2400, 300) * busy) + rng.randrange(20)
+        loads = max(1, int(lookups * rng.uniform(0.01, 0.03)))
+        figures = {
+            ("unwrap", "ok"): loads,
+            ("describe", "ok"): int(rng.uniform(0, 6) * busy),
+            ("wrap", "ok"): 1 if rng.random() < 0.05 else 0,
+            ("cache", "hit"): lookups - loads,
+            ("cache", "miss"): loads,
+        }
+        if tenant.slug == "globex" and back in (30, 31):  # an afternoon the key store hiccuped
+            figures[("unwrap", "error")] = rng.randrange(3, 9)
+        usage += [
+            KeyUsageHour(tenant=tenant, hour=hour, kind=kind, outcome=outcome, count=count)
+            for (kind, outcome), count in figures.items()
+            if count
+        ]
+    KeyUsageHour.objects.bulk_create(usage)
+    dek = DataKey.objects.filter(tenant=tenant).order_by("-version").first()
+    if dek is None:
+        return
+    records = Record.objects.filter(tenant=tenant).count()
+    stored = StoredObject.objects.filter(tenant=tenant).count()
+    today = now.date()
+    DataKeyVolume.objects.bulk_create(
+        [
+            DataKeyVolume(
+                tenant=tenant,
+                data_key=dek,
+                day=today - timedelta(days=back),
+                records=int(records * (1 - back / 60)),
+                stored_objects=int(stored * (1 - back / 45)),
+            )
+            for back in range(30)
+        ],
+        ignore_conflicts=True,
+    )
 
 
 class Command(BaseCommand):
@@ -102,6 +158,17 @@ class Command(BaseCommand):
                 )
             if not StoredObject.objects.filter(tenant=tenant).exists():
                 _demo_objects(tenant)
+            _demo_history(tenant)
+        today = timezone.now().date()
+        states = Tenant.objects.values_list("state", flat=True)
+        TenantStateDay.objects.bulk_create(
+            [
+                TenantStateDay(day=today - timedelta(days=back), state=state, tenants=n)
+                for back in range(30)
+                for state, n in Counter(states).items()
+            ],
+            ignore_conflicts=True,
+        )
         user("support@vendor.example", is_staff=True, is_superuser=False)
         user("admin@vendor.example", is_staff=True, is_superuser=True)
         return logins

@@ -6,8 +6,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("keys", "0008_reencryption_jobs_to_records"),
-        ("tenants", "0005_tenant_byok_addon"),
+        ("keys", "0009_usage_charts"),
+        ("tenants", "0006_tenant_byok_addon"),
     ]
 
     operations = [

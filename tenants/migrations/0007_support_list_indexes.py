@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tenants", "0005_tenant_byok_addon"),
+        ("tenants", "0006_tenant_byok_addon"),
     ]
 
     operations = [

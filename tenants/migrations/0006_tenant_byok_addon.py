@@ -13,7 +13,7 @@ def grant(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tenants", "0004_invitation"),
+        ("tenants", "0005_support_access"),
         ("keys", "0008_reencryption_jobs_to_records"),
     ]
 
