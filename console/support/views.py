@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import ActorKind, Outcome
@@ -39,6 +40,7 @@ from console.support.selectors import (
 )
 from keys.errors import KeyActionRefused
 from keys.models import SourceKind
+from keys.selectors.usage import tenant_states_chart
 from keys.services.health import key_health_check_request, rotation_remind
 from objects.models import MigrationState
 from objects.moves import objects_move_retry
@@ -85,8 +87,11 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
             context.update(_list_context(form, listing, page.rows, page.next_cursor))
     else:
         status = 400
-    template = "support/tenants.html#results" if request.htmx else "support/tenants.html"  # type: ignore[attr-defined]
-    return render(request, template, context, status=status)
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(request, "support/tenants.html#results", context, status=status)
+    # The whole page adds the 30-day chart of tenants by state (one small query).
+    context["states_chart"] = tenant_states_chart(timezone.now().date())
+    return render(request, "support/tenants.html", context, status=status)
 
 
 def _list_context(

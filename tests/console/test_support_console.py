@@ -85,6 +85,7 @@ def test_every_tenant_in_one_table_with_its_columns(acme, globex, support) -> No
     assert "3 · 0" in body  # acme's records and objects
     assert "degraded" in body  # globex's last check
     assert "Vendor-managed key" in body  # acme's active source
+    assert "Tenants by state, last 30 days" in body  # the chart above the table
 
 
 def test_filters_by_state_source_and_attention(support) -> None:
@@ -229,9 +230,11 @@ def test_one_query_per_page_whatever_the_number_of_tenants(
         )
     client = login(support)
     client.get(LIST)  # the session and the user are loaded once per request either way
-    # The session, the user, the shell's tenant switcher and one query for the page.
-    with django_assert_max_num_queries(4):
+    # The session, the user, the shell's tenant switcher, the chart of tenants by
+    # state, and one query for the page of 50.
+    with django_assert_max_num_queries(5):
         response = client.get(LIST, {"attention": "", "sort": "activity"})
     assert len(slugs(response)) == 50
-    with django_assert_max_num_queries(4):
-        client.get(LIST, {"state": "vendor_managed", "q": "T 0"})
+    # What htmx swaps: the page's one query besides the session and the user.
+    with django_assert_max_num_queries(3):
+        client.get(LIST, {"state": "vendor_managed", "q": "T 0"}, headers={"HX-Request": "true"})
