@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -41,7 +41,12 @@ def check_key(key: str) -> str:
 
 
 def run_once(
-    *, tenant: Tenant, key: str, fingerprint: bytes, create: Callable[[], Outcome]
+    *,
+    tenant: Tenant,
+    key: str,
+    fingerprint: bytes,
+    create: Callable[[], Outcome],
+    planned: Outcome | None = None,
 ) -> tuple[int, dict[str, Any], bool]:
     """Run `create` once per (tenant, key) within the key's lifetime; replay it otherwise.
 
@@ -50,31 +55,41 @@ def run_once(
     1. Insert the key's row, doing nothing on conflict. A concurrent request
        holding the same key in an uncommitted transaction makes this wait
        until that transaction ends (PostgreSQL's unique index does the
-       queueing), so two retries never both run `create`.
-    2. Lock the row. A stored outcome under the same fingerprint is replayed;
-       under another fingerprint it is a 409. An expired row starts over.
+       queueing), so two retries never both run `create`. A row this insert
+       made is new and already locked by it: step 2 is skipped.
+    2. Otherwise lock the row. A stored outcome under the same fingerprint is
+       replayed; under another fingerprint it is a 409. An expired row starts over.
     3. Run `create` and store its outcome, in the same transaction: if it
        raises, the row goes with it and a later retry runs again.
 
     The stored outcome must hold no personal data (the caller stores the
     record's id, not its fields, and rebuilds the body on a replay).
+
+    `planned`: the outcome `create` will return when it succeeds, if the
+    caller knows it beforehand (a single create names its record first). A
+    new row is then inserted with it, and step 3 writes nothing more: if
+    `create` fails, the row goes with the transaction all the same, and
+    nobody sees it before the commit (a concurrent retry waits on the index).
     """
     now = timezone.now()
     expires = now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS)
     with transaction.atomic():
-        IdempotencyKey.objects.bulk_create(
-            [
-                IdempotencyKey(
-                    tenant=tenant,
-                    key=key,
-                    request_sha256=fingerprint,
-                    created=now,
-                    expires_at=expires,
-                )
-            ],
-            ignore_conflicts=True,
+        row = _insert_new(
+            tenant=tenant,
+            key=key,
+            fingerprint=fingerprint,
+            now=now,
+            expires=expires,
+            planned=planned,
         )
-        row = IdempotencyKey.objects.select_for_update().get(tenant=tenant, key=key)
+        if row is not None and planned is not None:
+            status, body = create()
+            if (status, body) != planned:
+                row.status, row.response = status, body
+                row.save()
+            return status, body, False
+        if row is None:
+            row = IdempotencyKey.objects.select_for_update().get(tenant=tenant, key=key)
         if row.expires_at <= now:
             row.request_sha256, row.status, row.response = fingerprint, None, None
             row.created, row.expires_at = now, expires
@@ -91,6 +106,51 @@ def run_once(
         row.status, row.response = status, body
         row.save()
         return status, body, False
+
+
+def _insert_new(
+    *,
+    tenant: Tenant,
+    key: str,
+    fingerprint: bytes,
+    now: datetime,
+    expires: datetime,
+    planned: Outcome | None,
+) -> IdempotencyKey | None:
+    """The key's row if this call inserted it (one statement), else None: it existed."""
+    table = IdempotencyKey._meta.db_table
+    status, response = planned if planned is not None else (None, None)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (tenant_id, key, request_sha256, status, response, "  # noqa: S608 (the model's own table name)
+            "created, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING id",
+            [
+                tenant.pk,
+                key,
+                fingerprint,
+                status,
+                None if response is None else json.dumps(response),
+                now,
+                expires,
+            ],
+        )
+        inserted = cursor.fetchone()
+    if inserted is None:
+        return None
+    row = IdempotencyKey(
+        pk=inserted[0],
+        tenant=tenant,
+        key=key,
+        request_sha256=fingerprint,
+        status=status,
+        response=response,
+        created=now,
+        expires_at=expires,
+    )
+    row._state.adding = False
+    row._state.db = connection.alias
+    return row
 
 
 def purge_expired() -> int:

@@ -81,3 +81,63 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chain}#{self.seq} {self.action} {self.outcome}"
+
+
+class StreamKind(models.TextChoices):
+    SYSLOG = "syslog", "Syslog over TLS"
+    WEBHOOK = "webhook", "HTTPS webhook"
+
+
+class StreamState(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+
+
+class StreamDestination(models.Model):
+    """Where a tenant's audit events are sent (its SIEM), and how far they got.
+
+    `cursor` is the sequence number of the last event the destination accepted:
+    delivery always resumes after it, so events go out in order and, when a
+    delivery is cut before the cursor moves, at least once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.OneToOneField(
+        "tenants.Tenant", on_delete=models.PROTECT, related_name="audit_stream"
+    )
+    kind = models.CharField(max_length=16, choices=StreamKind.choices)
+    # Syslog: host and port. Webhook: the https:// URL (host and port kept too,
+    # for the address checks every delivery repeats).
+    host = models.CharField(max_length=253)
+    port = models.PositiveIntegerField()
+    url = models.CharField(max_length=2048, blank=True)
+    # The customer's CA certificates (PEM) for the destination's certificate;
+    # empty: the operator's bundle or the system's trust store.
+    ca_pem = models.TextField(blank=True)
+    # The webhook's HMAC secret, sealed under the vendor root key (never shown again).
+    sealed_secret = models.BinaryField(null=True, blank=True, editable=False)
+    secret_ref = models.CharField(max_length=16, blank=True)
+    state = models.CharField(max_length=16, choices=StreamState.choices, default=StreamState.ACTIVE)
+    cursor = models.BigIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_delivered_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} to {self.address} ({self.state})"
+
+    @property
+    def address(self) -> str:
+        if self.kind == StreamKind.WEBHOOK:
+            return self.url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_paused(self) -> bool:
+        return self.state == StreamState.PAUSED

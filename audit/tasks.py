@@ -5,6 +5,11 @@ from celery import shared_task
 from audit.models import AuditChain, Outcome
 from audit.services import Actor, audit_verify_chain, record
 
+# The streaming tasks live with streaming; the worker looks for tasks here.
+from audit.streaming.tasks import deliver, deliver_due
+
+__all__ = ["deliver", "deliver_due", "verify_chains"]
+
 
 @shared_task(name="audit.verify_chains")
 def verify_chains() -> dict[str, str]:

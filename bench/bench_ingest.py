@@ -1,13 +1,17 @@
-"""Records created per second through the API, against the same endpoint without crypto.
+"""Records created per second through the API, against the same endpoint without crypto
+and against the bare stack.
 
-Two gunicorn servers on PostgreSQL (DATABASE_URL) serve the same code: one as
-in production, one with the benchmark's own settings (`bench.plain_settings`:
-the same endpoints storing fields unencrypted, lookup rows under an unkeyed
-hash; refused in production mode).
+Three gunicorn servers on PostgreSQL (DATABASE_URL): the product as in
+production; the same code with the benchmark's own settings
+(`bench.plain_settings`: the same endpoints storing fields unencrypted, lookup
+rows under an unkeyed hash); and the bare baseline a user would compare with
+(`bench.bare_settings`: a plain Django view that checks the same bearer token
+with one indexed lookup and stores the same record with one INSERT, see
+bench/bareapi.py). The last two are refused in production mode.
 8 client threads, each on a keep-alive connection, POST /api/v1/records with
 an Idempotency-Key, a user record with five personal fields (four indexed).
-Rounds alternate between the servers so both see the same machine; each
-figure is the best round.
+Rounds alternate between the servers so all see the same machine; each
+figure is the best round. BENCH_INGEST_RECORDS sets the records per round.
 
     .venv/bin/python bench/bench_ingest.py
 """
@@ -47,6 +51,7 @@ WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", str(max(2, 2 * (os.cpu_coun
 PER_ROUND = int(os.environ.get("BENCH_INGEST_RECORDS", "2000"))
 ROUNDS = 3
 TARGET_RATIO = 0.7
+TARGET_BARE = 0.6
 
 
 def free_port() -> int:
@@ -55,9 +60,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(plaintext: bool) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(settings: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    settings = "bench.plain_settings" if plaintext else "console.settings"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings}
     server = subprocess.Popen(
         [
@@ -168,16 +172,21 @@ def main() -> None:
         scopes=["records:read", "records:write"],
     ).text
     connection.close()
-    servers = [start_server(plaintext=False), start_server(plaintext=True)]
+    servers = [
+        start_server("console.settings"),
+        start_server("bench.plain_settings"),
+        start_server("bench.bare_settings"),
+    ]
     try:
-        (_, crypto_port), (_, plain_port) = servers
-        for port in (crypto_port, plain_port):
+        (_, crypto_port), (_, plain_port), (_, bare_port) = servers
+        for port in (crypto_port, plain_port, bare_port):
             ingest(port, token, CLIENTS * 25)  # warm: connections, DEK and index key caches
-        crypto, plain, crypto_batch, plain_batch = [], [], [], []
+        crypto, plain, bare, crypto_batch, plain_batch = [], [], [], [], []
         batched = PER_ROUND * 5  # records per batched round
         for _ in range(ROUNDS):
             crypto.append(PER_ROUND / ingest(crypto_port, token, PER_ROUND))
             plain.append(PER_ROUND / ingest(plain_port, token, PER_ROUND))
+            bare.append(PER_ROUND / ingest(bare_port, token, PER_ROUND))
             crypto_batch.append(batched / ingest(crypto_port, token, batched, batch=True))
             plain_batch.append(batched / ingest(plain_port, token, batched, batch=True))
     finally:
@@ -189,12 +198,17 @@ def main() -> None:
     print(f"BENCH ingest_records_per_s {rate:.0f} records/s")
     print(f"BENCH ingest_nocrypto_records_per_s {plain_rate:.0f} records/s")
     print(f"BENCH ingest_vs_nocrypto {rate / plain_rate:.2f} x")
+    bare_rate = max(bare)
+    print(f"BENCH ingest_bare_records_per_s {bare_rate:.0f} records/s")
+    print(f"BENCH ingest_vs_bare {rate / bare_rate:.2f} x")
     batch_rate, plain_batch_rate = max(crypto_batch), max(plain_batch)
     print(f"BENCH ingest_batch_records_per_s {batch_rate:.0f} records/s")
     print(f"BENCH ingest_batch_nocrypto_records_per_s {plain_batch_rate:.0f} records/s")
     print(f"BENCH ingest_batch_vs_nocrypto {batch_rate / plain_batch_rate:.2f} x")
     met = rate / plain_rate >= TARGET_RATIO
     print(f"# target (>= {TARGET_RATIO} of no-crypto): {'met' if met else 'MISSED'}")
+    met = rate / bare_rate >= TARGET_BARE
+    print(f"# target (>= {TARGET_BARE} of the bare stack): {'met' if met else 'MISSED'}")
 
 
 if __name__ == "__main__":

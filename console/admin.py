@@ -33,8 +33,18 @@ from tenants.services import tenant_onboard, tenant_rename, tenant_set_dek_rotat
 # Changed on the change page, each through its service (see `save_model`).
 EDITABLE = ("name", "dek_cache_ttl", "dek_rotation_days")
 # Governed elsewhere: never editable here.
-# The BYOK add-on is support's, on the support console (tenant_addon_enable/disable).
-GOVERNED = ("state", "state_changed_at", "key_epoch", "destroy_after", "byok_addon")
+GOVERNED = (
+    "state",
+    "state_changed_at",
+    "key_epoch",
+    "destroy_after",
+    # The lockbox's rules are the tenant owners' (their Access page), not the vendor's.
+    "support_access",
+    "support_approvals",
+    "support_max_hours",
+    # The BYOK add-on is support's, on the support console (tenant_addon_enable/disable).
+    "byok_addon",
+)
 
 
 class TenantAddForm(forms.ModelForm):

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from audit.streaming.selectors import paused_stream
 from console.live import live_fingerprint, live_pace
 from keys.expiry import expiring_version
 from keys.selectors.overview import rotation_cause
@@ -34,6 +35,7 @@ def shell(request: HttpRequest) -> dict[str, Any]:
     return {
         **context,
         "expiring_key": expiring_version(tenant),
+        "paused_stream": paused_stream(tenant),
         "state_display": display,
         # The state-dependent actions the tenant's state allows (tenants/display.py);
         # a page shows one only if the person's role allows it too.

@@ -471,22 +471,67 @@ KEYWARD_AZURE_TIMEOUT_SECONDS = env.integer(
 # refused unless its address is in one of these networks (CIDR), e.g. a
 # customer's KMIP server reached over a private link. "acme:10.20.0.0/16"
 # allows a network to one tenant (by slug) only; a bare CIDR to every tenant.
-KEYWARD_KMIP_ALLOWED_NETWORKS = env.strings("KEYWARD_KMIP_ALLOWED_NETWORKS", [])
-for _entry in KEYWARD_KMIP_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_entry)
-    except ValueError:
-        _slug, _, _network = _entry.partition(":")
-    else:
-        continue
-    try:
-        ipaddress.ip_network(_network)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"KEYWARD_KMIP_ALLOWED_NETWORKS: {_entry!r} is not a network like 10.20.0.0/16 "
-            "or acme:10.20.0.0/16"
-        ) from None
+
+
+def _allowed_networks(name: str, entries: list[str]) -> list[str]:
+    """CIDRs ("10.20.0.0/16", every tenant) or "<slug>:<CIDR>" (one tenant's)."""
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry)
+        except ValueError:
+            network = entry.partition(":")[2]
+        else:
+            continue
+        try:
+            ipaddress.ip_network(network)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {entry!r} is not a network like 10.20.0.0/16 or acme:10.20.0.0/16"
+            ) from None
+    return entries
+
+
+KEYWARD_KMIP_ALLOWED_NETWORKS = _allowed_networks(
+    "KEYWARD_KMIP_ALLOWED_NETWORKS", env.strings("KEYWARD_KMIP_ALLOWED_NETWORKS", [])
+)
 KEYWARD_KMIP_TIMEOUT_SECONDS = env.integer("KEYWARD_KMIP_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+
+# --- Audit streaming to a tenant's SIEM ---------------------------------------
+# Destinations are checked like KMIP hosts: loopback, private and link-local
+# addresses are refused unless in one of these networks (same forms as above).
+KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS = _allowed_networks(
+    "KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS",
+    env.strings("KEYWARD_AUDIT_STREAM_ALLOWED_NETWORKS", []),
+)
+# A CA bundle for destinations' certificates (empty: the system's trust store);
+# a destination may bring its own CA certificates instead.
+KEYWARD_AUDIT_STREAM_CA_BUNDLE = env.string("KEYWARD_AUDIT_STREAM_CA_BUNDLE") or ""
+# How often beat looks for events to deliver (also the delay of a new event).
+KEYWARD_AUDIT_STREAM_INTERVAL_SECONDS = env.integer(
+    "KEYWARD_AUDIT_STREAM_INTERVAL_SECONDS", 5, minimum=1, maximum=300
+)
+KEYWARD_AUDIT_STREAM_BATCH_SIZE = env.integer(
+    "KEYWARD_AUDIT_STREAM_BATCH_SIZE", 100, minimum=1, maximum=1000
+)
+KEYWARD_AUDIT_STREAM_TIMEOUT_SECONDS = env.integer(
+    "KEYWARD_AUDIT_STREAM_TIMEOUT_SECONDS", 10, minimum=1, maximum=120
+)
+# A failed delivery is retried after 2^failures seconds (with jitter), at most this.
+KEYWARD_AUDIT_STREAM_BACKOFF_MAX_SECONDS = env.integer(
+    "KEYWARD_AUDIT_STREAM_BACKOFF_MAX_SECONDS", 300, minimum=0, maximum=3600
+)
+# A destination is paused (banner, email to the owners) after this many failures
+# in a row, or once it has been failing for this long, whichever comes first.
+KEYWARD_AUDIT_STREAM_PAUSE_AFTER_FAILURES = env.integer(
+    "KEYWARD_AUDIT_STREAM_PAUSE_AFTER_FAILURES", 10, minimum=1, maximum=1000
+)
+KEYWARD_AUDIT_STREAM_PAUSE_AFTER_SECONDS = env.integer(
+    "KEYWARD_AUDIT_STREAM_PAUSE_AFTER_SECONDS", 3600, minimum=60, maximum=7 * 86400
+)
+CELERY_BEAT_SCHEDULE["audit-stream-due"] = {
+    "task": "audit.stream_due",
+    "schedule": float(KEYWARD_AUDIT_STREAM_INTERVAL_SECONDS),
+}
 
 # Where uploaded (wrapped) customer keys live: sealed under the vendor root key
 # ("local"), or imported into EXTERNAL-origin keys in the vendor's AWS KMS.

@@ -150,11 +150,13 @@ def dek_id_of(blob: bytes) -> int:
     return parse_header(blob)[1]
 
 
-class _Nonces:
+class NoncePool:
     """Random 96-bit nonces drawn from the OS in blocks of 1024.
 
     Taking one is `next()` on a list iterator, atomic under the GIL, so
-    threads never share a nonce. A forked child starts a fresh block: it must
+    threads never share a nonce; the per-call path is
+    `next(NONCES.it, None) or NONCES.refill()`, with no Python call until a
+    block runs out. A forked child starts a fresh block (`reset`): it must
     never replay the parent's nonces under the same keys.
     """
 
@@ -162,34 +164,37 @@ class _Nonces:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._it: Iterator[bytes] = iter(())
+        self.it: Iterator[bytes] = iter(())
 
-    def _refill(self) -> None:
+    def refill(self) -> bytes:
+        """A new block; returns its first nonce. Two threads refilling at once
+        each draw their own block: the one replaced is never read again."""
         with self._lock:
             buffer = os.urandom(NONCE_SIZE * self.BLOCK)
-            self._it = iter([buffer[i : i + NONCE_SIZE] for i in range(0, len(buffer), NONCE_SIZE)])
+            nonces = [buffer[i : i + NONCE_SIZE] for i in range(0, len(buffer), NONCE_SIZE)]
+            self.it = iter(nonces[1:])
+            return nonces[0]
 
     def take(self) -> bytes:
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._refill()
-            return next(self._it)
+        return next(self.it, None) or self.refill()
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork()
+        self.it = iter(())
 
 
-_nonces = _Nonces()
-
-
-def _reset_nonces_in_child() -> None:
-    global _nonces
-    _nonces = _Nonces()
-
-
-os.register_at_fork(after_in_child=_reset_nonces_in_child)
+NONCES = NoncePool()
+os.register_at_fork(after_in_child=NONCES.reset)
 
 
 def next_nonce() -> bytes:
-    return _nonces.take()
+    return NONCES.take()
+
+
+def random_nonces(n: int) -> list[bytes]:
+    """`n` random 96-bit nonces from one read of the OS's generator (for a batch)."""
+    buffer = os.urandom(NONCE_SIZE * n)
+    return [buffer[i : i + NONCE_SIZE] for i in range(0, len(buffer), NONCE_SIZE)]
 
 
 def binding_prefix(tenant_id: str, kind: str, field: str) -> bytes:

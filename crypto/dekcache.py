@@ -14,7 +14,9 @@ never per record.
   background unwrap and keeps serving the current entry, so a hot key never
   stalls a request. A refresh that fails leaves the entry to expire on time:
   refreshing never extends how long a key the customer revoked stays usable.
-- `drop_tenant` forgets a tenant's DEKs at once (epoch bump, revoke).
+- `drop_tenant` forgets a tenant's DEKs at once (epoch bump, revoke), and
+  tells every `on_drop` listener, so that whatever holds keys it took from here
+  (the envelope's per-tenant fast path) lets go of them in the same step.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LoadedKey:
 
 
 Loader = Callable[[str, int], LoadedKey]
+DropListener = Callable[[str | None], None]  # a tenant id, or None for everything
 
 
 class _Entry:
@@ -60,6 +63,10 @@ class _Entry:
 
     def __repr__(self) -> str:
         return f"<DEK cache entry expires={self.expires:.1f}>"
+
+
+def _good_until(entry: _Entry, now: float) -> float:
+    return entry.refresh_at if now < entry.refresh_at else entry.expires
 
 
 class DekCache:
@@ -86,6 +93,7 @@ class DekCache:
         self._executor_pid = 0
         self.loads = 0  # unwraps performed, for tests and benchmarks
         self._misses: dict[str, int] = {}  # loads per tenant since `take_uses`
+        self._listeners: list[DropListener] = []
 
     def __repr__(self) -> str:
         return f"<DekCache {len(self._entries)} entries>"
@@ -99,6 +107,15 @@ class DekCache:
         return None
 
     def get(self, tenant_id: str, dek_id: int) -> FieldKeys:
+        return self.lease(tenant_id, dek_id)[0]
+
+    def lease(self, tenant_id: str, dek_id: int) -> tuple[FieldKeys, float]:
+        """`get`, and the clock reading until which the keys may be reused without asking again.
+
+        That is the entry's refresh time while it is ahead, else its expiry (a
+        refresh is then under way): a caller that keeps the keys until then
+        never uses them past the TTL and never holds off a refresh that is due.
+        """
         key = (tenant_id, dek_id)
         entry = self._entries.get(key)
         if entry is not None:
@@ -107,8 +124,13 @@ class DekCache:
                 if now >= entry.refresh_at and not entry.refreshing:
                     self._refresh(key, entry)
                 entry.uses += 1
-                return entry.keys
-        return self._load(key).keys
+                return entry.keys, _good_until(entry, now)
+        entry = self._load(key)
+        return entry.keys, _good_until(entry, self._clock())
+
+    def on_drop(self, listener: DropListener) -> None:
+        """Call `listener(tenant_id)` after every drop_tenant, `listener(None)` after clear."""
+        self._listeners.append(listener)
 
     def _load(self, key: Key) -> _Entry:
         with self._lock:
@@ -187,6 +209,8 @@ class DekCache:
                 del self._entries[key]
             for key in [k for k in self._inflight if k[0] == tenant_id]:
                 del self._inflight[key]  # later gets start a fresh load
+        for listener in self._listeners:
+            listener(tenant_id)
 
     def clear(self) -> None:
         with self._lock:
@@ -194,6 +218,8 @@ class DekCache:
                 self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
             self._entries.clear()
             self._inflight.clear()
+        for listener in self._listeners:
+            listener(None)
 
     def _inflight_tenants(self) -> list[str]:
         return [k[0] for k in self._inflight]

@@ -19,6 +19,7 @@ class KeysConfig(AppConfig):
         from tenants.states import on_transition  # noqa: PLC0415
 
         on_transition(on_tenant_transition)
+        _register_stream_hooks()
         # A new tenant gets its key source and first data key with its row.
         tenant_created_register(
             lambda tenant, actor: keys_bootstrap_tenant(tenant=tenant, actor=actor)
@@ -30,3 +31,25 @@ class KeysConfig(AppConfig):
             root_key_file()
         except RootKeyFileError as exc:
             raise ImproperlyConfigured(str(exc)) from None
+
+
+def _register_stream_hooks() -> None:
+    """Audit streaming seals its webhook secrets with the vault and checks its
+    destinations like a KMIP server: audit sits below keys, so keys hands them down."""
+    from audit.streaming.hooks import Hooks, register  # noqa: PLC0415
+    from keys.providers.kmip.config import checked_addresses  # noqa: PLC0415
+    from keys.vault import packed, seal, unpacked, unseal  # noqa: PLC0415
+
+    register(
+        Hooks(
+            seal=lambda purpose, owner, value: packed(
+                seal(purpose=purpose, owner=owner, value=value)
+            ),
+            unseal=lambda purpose, owner, stored: unseal(
+                purpose=purpose, owner=owner, sealed=unpacked(stored)
+            ),
+            check_address=lambda host, port, allowed: checked_addresses(
+                host, port, allow_private=False, allowed_networks=allowed, what="a SIEM destination"
+            ),
+        )
+    )

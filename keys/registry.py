@@ -27,21 +27,19 @@ def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvide
     configuration (another digest) builds a new one. Its key-store calls are
     counted for the source's tenant (keys.usage).
     """
-    return counted(_provider_for(source, version), str(source.tenant_id))
-
-
-def _provider_for(source: KeySource, version: str | None) -> KeyProvider:
+    tenant_id = str(source.tenant_id)
     if source.kind == SourceKind.LOCAL:
-        return local_provider()
+        # One vendor key for every tenant: counted for the tenant asking.
+        return counted(local_provider(), tenant_id)
     if source.kind == SourceKind.UPLOADED and source.config.get("store") != "aws_kms":
         # Cheap to build; `version` makes a pending upload the current one (confirm).
-        return _uploaded(source, version)
+        return counted(_uploaded(source, version), tenant_id)
     # The endpoint is part of the key: a provider never outlives the settings it was built with.
     key = (str(source.pk), source.config_digest(), _settings_in_use())
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
-            provider = _providers[key] = _build(source)
+            provider = _providers[key] = counted(_build(source), tenant_id)
         return provider
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +25,7 @@ from api.tokens import token_actor
 from keys.runtime import envelope
 from records.blindindex import INDEXED_FIELDS
 from records.fields import FIELDS_BY_KIND, PII_FIELD, NewRecord
-from records.indexkeys import index_key_ensure, records_lookup
+from records.indexkeys import index_key_known, records_lookup
 from records.models import Record
 from records.pii import decode_fields
 from records.selectors import record_for_tenant, records_page
@@ -144,17 +146,22 @@ CreateRecords = Callable[..., list[Record]]
 def _create(
     tenant: Tenant, item: NewRecord, made: list[Record], create: CreateRecords
 ) -> tuple[int, dict[str, Any]]:
-    if Record.objects.filter(tenant=tenant, kind=item.kind, external_id=item.external_id).exists():
-        raise _conflict()
+    # No look first: the unique (tenant, kind, external_id) index answers a
+    # duplicate. No savepoint either: every error below leaves the transaction
+    # (the Idempotency-Key's, or the create's own), which is rolled back whole.
     try:
-        (created,) = create(tenant=tenant, items=[item])
+        (created,) = create(tenant=tenant, items=[item], savepoint=False)
     except (IntegrityError, psycopg.errors.UniqueViolation):
         raise _conflict() from None
     except ValidationError as exc:  # records_create's own checks, after ours
         raise _invalid("fields", "; ".join(exc.messages)) from None
     made.append(created)
-    # What an Idempotency-Key keeps: the record's identity, never its fields.
-    return 201, {"id": str(created.uid), "kind": created.kind, "external_id": created.external_id}
+    return 201, _created_json(created)
+
+
+def _created_json(record: Record | NewRecord) -> dict[str, Any]:
+    """What an Idempotency-Key keeps: the record's identity, never its fields."""
+    return {"id": str(record.uid), "kind": record.kind, "external_id": record.external_id}
 
 
 MAX_BATCH = 500
@@ -235,7 +242,7 @@ def _record_create_batch(request: HttpRequest, create: CreateRecords) -> HttpRes
     data = json_object(request)
     items = _parse_batch(data)
     if any(set(item.fields) & INDEXED_FIELDS for item in items):
-        index_key_ensure(tenant=tenant)
+        index_key_known(tenant=tenant)
     key = request.headers.get("Idempotency-Key")
     made: list[Record] = []
     if key is None:
@@ -285,17 +292,19 @@ def _record_create(request: HttpRequest, create: CreateRecords) -> HttpResponse:
     data = json_object(request)
     item = parse_new_record(data)
     if set(item.fields) & INDEXED_FIELDS:
-        index_key_ensure(tenant=tenant)  # outside the create's transaction: made once per tenant
+        index_key_known(tenant=tenant)  # outside the create's transaction: made once per tenant
     key = request.headers.get("Idempotency-Key")
     made: list[Record] = []
     if key is None:
         status, created = _create(tenant, item, made, create)
     else:
+        named = replace(item, uid=uuid.uuid4())
         status, created, _ = run_once(
             tenant=tenant,
             key=check_key(key),
             fingerprint=request_fingerprint("POST", "/records", data),
-            create=lambda: _create(tenant, item, made, create),
+            create=lambda: _create(tenant, named, made, create),
+            planned=(201, _created_json(named)),
         )
     replayed = not made
     if made:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 DEVICE_FIELDS = (
@@ -40,3 +41,6 @@ class NewRecord:
     kind: str
     external_id: str
     fields: dict[str, str] = field(default_factory=dict)
+    # Chosen by the caller when it must name the record before it exists (the
+    # API stores its Idempotency-Key outcome first); else chosen at insert.
+    uid: uuid.UUID | None = None

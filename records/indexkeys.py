@@ -145,6 +145,25 @@ def index_key_ensure(*, tenant: Tenant) -> IndexKey:
         return _new_index_key(tenant=tenant, version=1, state=IndexKeyState.ACTIVE)
 
 
+_known: set[object] = set()  # tenants this process has seen an active index key of
+
+
+def index_key_known(*, tenant: Tenant) -> None:
+    """`index_key_ensure` once per tenant and process: the pre-step of a write.
+
+    Only an optimisation of where the key is made (outside the write's
+    transaction): the write itself looks its keys up in its transaction and
+    makes one there if none is active (`index_new_records`), so a tenant
+    remembered here that lost its key since is still indexed.
+    """
+    if tenant.pk in _known:
+        return
+    index_key_ensure(tenant=tenant)
+    if len(_known) >= 100_000:
+        _known.clear()
+    _known.add(tenant.pk)
+
+
 @transaction.atomic
 def index_key_rotate(
     *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
@@ -186,7 +205,7 @@ _LOOKUP_COLUMNS = ("tenant_id", "field", "version", "digest", "record_id")
 
 
 def _rows_for(
-    key: IndexKey, material: bytes, records: Sequence[tuple[int, dict[str, str]]]
+    key: IndexKey, material: bytes, records: Sequence[tuple[Any, dict[str, str]]]
 ) -> list[LookupValues]:
     return [
         (key.tenant_id, name, key.version, d, rid)
@@ -203,16 +222,59 @@ def index_new_records(tenant: Tenant, rows: Sequence[Record], items: Sequence[Ne
     """records_create hook: lookup rows for new records, from the plaintext at hand."""
     if not any(set(i.fields) & INDEXED_FIELDS for i in items):
         return
+    pairs = [(row.pk, item.fields) for row, item in zip(rows, items, strict=True)]
+    lookup_rows_insert(new_lookup_rows(tenant, pairs))
+
+
+_writing: dict[object, list[IndexKey]] = {}  # tenant pk -> the keys its writes index with
+
+
+def lookup_rows_to_check(
+    tenant: Tenant, fields: dict[str, str], *, fresh: bool = False
+) -> tuple[list[int], list[LookupValues]]:
+    """(key versions, lookup rows) of one new record under the keys this process
+    last saw its tenant's writes index with, or read now if `fresh`.
+
+    Remembered without a time limit because the write checks them: it states
+    the versions it used (`records.bulk.insert_one_record`), and a database
+    whose active and building versions differ writes nothing, so the caller
+    asks again with `fresh`. That check and the write are one statement, so
+    this is as current as reading the keys in the write's transaction.
+    """
+    keys = None if fresh else _writing.get(tenant.pk)
+    if keys is None:
+        keys = list(
+            IndexKey.objects.filter(
+                tenant=tenant, state__in=[IndexKeyState.ACTIVE, IndexKeyState.BUILDING]
+            ).order_by("version")
+        ) or [index_key_ensure(tenant=tenant)]
+        if len(_writing) >= 100_000:
+            _writing.clear()
+        _writing[tenant.pk] = keys
+    rows: list[LookupValues] = []
+    for key in keys:
+        rows += _rows_for(key, key_material(key), [(None, fields)])
+    return [key.version for key in keys], rows
+
+
+WRITING_STATES = (IndexKeyState.ACTIVE.value, IndexKeyState.BUILDING.value)
+
+
+def new_lookup_rows(
+    tenant: Tenant, records: Sequence[tuple[Any, dict[str, str]]]
+) -> list[LookupValues]:
+    """The lookup rows of new records ((record id, fields) pairs) under every key a
+    write must index with (the active one, and one being built), read in the
+    caller's transaction; makes the first key if the tenant has none."""
     keys = list(
         IndexKey.objects.filter(
             tenant=tenant, state__in=[IndexKeyState.ACTIVE, IndexKeyState.BUILDING]
         )
     ) or [index_key_ensure(tenant=tenant)]
-    pairs = [(row.pk, item.fields) for row, item in zip(rows, items, strict=True)]
     lookup: list[LookupValues] = []
     for key in keys:
-        lookup += _rows_for(key, key_material(key), pairs)
-    lookup_rows_insert(lookup)
+        lookup += _rows_for(key, key_material(key), records)
+    return lookup
 
 
 def lookup_rows_insert(rows: list[LookupValues]) -> None:

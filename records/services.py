@@ -15,9 +15,10 @@ from crypto.ciphertext import dek_id_of
 from crypto.envelope import DataKeyExhausted
 from keys.runtime import envelope, state_from_db
 from keys.services.deks import dek_rotate
-from records.bulk import insert_records
+from records.blindindex import INDEXED_FIELDS
+from records.bulk import insert_one_record, insert_records, is_postgres
 from records.fields import FIELDS_BY_KIND, PII_FIELD, NewRecord
-from records.indexkeys import index_new_records
+from records.indexkeys import WRITING_STATES, index_new_records, lookup_rows_to_check
 from records.models import Record, SealedFields
 from records.pii import decode_fields, encode_fields
 from tenants.models import PAUSED_STATES, ServiceState, Tenant
@@ -38,7 +39,7 @@ def _validate(item: NewRecord) -> None:
 def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
     tenant_id = str(tenant.pk)
     rows = [
-        Record(uid=uuid.uuid4(), tenant=tenant, kind=i.kind, external_id=i.external_id)
+        Record(uid=i.uid or uuid.uuid4(), tenant=tenant, kind=i.kind, external_id=i.external_id)
         for i in items
     ]
     plain = [
@@ -61,27 +62,71 @@ def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
     return rows
 
 
-@transaction.atomic
-def records_create(
-    *, tenant: Tenant, items: Sequence[NewRecord], batch_size: int = 2000
-) -> list[Record]:
-    """Encrypt and insert records in batches (COPY or one INSERT per batch, never per row)."""
+def _check_not_paused(tenant: Tenant) -> None:
     state = Tenant.objects.values_list("state", flat=True).get(pk=tenant.pk)
     if state in PAUSED_STATES:
         raise ServicePaused(
             f"The tenant's service is paused ({ServiceState(state).label}); retry later."
         )
-    for item in items:
+
+
+def records_create(
+    *,
+    tenant: Tenant,
+    items: Sequence[NewRecord],
+    batch_size: int = 2000,
+    savepoint: bool = True,
+) -> list[Record]:
+    """Encrypt and insert records in batches (COPY or one INSERT per batch, never per row).
+
+    In one transaction. `savepoint=False` for a caller already in a transaction
+    that it ends on any error from here (the API's Idempotency-Key transaction):
+    no savepoint round trips, and an error spoils that whole transaction.
+    """
+    with transaction.atomic(savepoint=savepoint):
+        if len(items) == 1 and is_postgres():
+            return [_create_one(tenant, items[0])]
+        _check_not_paused(tenant)
+        for item in items:
+            _validate(item)
+        created: list[Record] = []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            rows = insert_records(_encrypt_rows(tenant, batch))
+            # In the same transaction, from the plaintext at hand: every path that
+            # creates records, bulk loads included, is indexed.
+            index_new_records(tenant, rows, batch)
+            created += rows
+        return created
+
+
+def _create_one(tenant: Tenant, item: NewRecord) -> Record:
+    """One record in one statement that checks that the tenant is not paused and that
+    its index keys are those the lookup rows were made with, and writes the record,
+    its sealed fields and its lookup rows (records.bulk.insert_one_record).
+
+    The same checks in the same order as for many records: paused first, then
+    the record's own (validation runs first here, and the state is read when
+    it fails, so that a paused tenant still hears that it is paused).
+    """
+    try:
         _validate(item)
-    created: list[Record] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        rows = insert_records(_encrypt_rows(tenant, batch))
-        # In the same transaction, from the plaintext at hand: every path that
-        # creates records, bulk loads included, is indexed.
-        index_new_records(tenant, rows, batch)
-        created += rows
-    return created
+    except ValidationError:
+        _check_not_paused(tenant)
+        raise
+    (row,) = _encrypt_rows(tenant, [item])
+    indexed = bool(set(item.fields) & INDEXED_FIELDS)
+    for attempt in range(3):
+        versions, lookup = (
+            lookup_rows_to_check(tenant, item.fields, fresh=attempt > 0) if indexed else (None, [])
+        )
+        written = insert_one_record(
+            row, lookup, paused=PAUSED_STATES, key_versions=versions, key_states=WRITING_STATES
+        )
+        if written:
+            return row
+        _check_not_paused(tenant)  # else the index keys changed meanwhile: again, fresh
+    raise RuntimeError("the tenant's index keys keep changing; retry later")
 
 
 @transaction.atomic

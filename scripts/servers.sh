@@ -13,6 +13,9 @@ ensure_debian_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v openssl >/dev/null || missing+=(openssl)
+    # The audit streaming tests send to a real rsyslog over TLS (GnuTLS driver).
+    [ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
+    [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

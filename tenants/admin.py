@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from audit.services import Actor
-from tenants.models import Invitation, Membership
+from tenants.models import AccessDecision, AccessRequest, Invitation, Membership
 from tenants.services import membership_add, membership_change_role, membership_remove
 
 
@@ -54,7 +54,10 @@ class MembershipAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("user", "tenant") if obj is not None else ()
+        # Approvers of vendor support's access are the tenant owners' choice (Access page).
+        if obj is None:
+            return ("approves_support_access",)
+        return ("user", "tenant", "approves_support_access")
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         actor = Actor.for_user(request.user, support=True)
@@ -74,3 +77,39 @@ class MembershipAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         for membership in queryset:
             self.delete_model(request, membership)
+
+
+class AccessDecisionInline(admin.TabularInline):
+    model = AccessDecision
+    extra = 0
+    fields = ("user_display", "approved", "comment", "created")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AccessRequest)
+class AccessRequestAdmin(admin.ModelAdmin):
+    """Vendor support's access requests and grants: a history to read. They are asked
+    for on the support pages and answered by the tenant's approvers, never here."""
+
+    list_display = ("tenant", "requester_display", "reason", "state", "created", "ends_at")
+    list_filter = ("state", "reason")
+    search_fields = ("tenant__name", "requester_display", "case_reference")
+    inlines = [AccessDecisionInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

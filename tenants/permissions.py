@@ -31,6 +31,9 @@ class Perm(StrEnum):
     REMOVE_BYOK = "remove_byok"
     # API tokens read the tenant's decrypted data: owners only.
     MANAGE_API_TOKENS = "manage_api_tokens"
+    # Where the audit trail is streamed (a SIEM): owners only, as it sends
+    # every event out of Keyward.
+    CONFIGURE_AUDIT_STREAM = "configure_audit_stream"
 
 
 # Whoever may read the audit trail may export it: an export holds the same

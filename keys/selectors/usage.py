@@ -102,8 +102,8 @@ def usage_charts(tenant: Tenant, now: datetime) -> tuple[Chart, Chart]:
         description=(
             "No key lookups in 7 days."
             if overall is None
-            else f"{100 * overall:.1f} % of {total_hits + total_misses:,} data key lookups "
-            f"were served from memory; {total_misses:,} needed the key store."
+            else f"{100 * overall:.1f} % of {total_hits + total_misses:,} lookups in the data "
+            f"key cache were served from memory; {total_misses:,} needed the key store."
         ),
         columns=labels,
         column_ticks=ticks,

@@ -3,7 +3,8 @@
 A root key version is depended on by
 - the vendor-managed DEKs and lookup keys it wraps,
 - the secrets sealed under it (keys/vault.py): customers' key-store
-  credentials, uploaded key material, import private keys,
+  credentials, uploaded key material, import private keys, audit stream
+  webhook secrets,
 - the origin signatures of Key Vault blobs, made with keys derived from it.
 
 `root_key_rewrap` moves all of them to the current version, each item in its
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from audit.models import StreamDestination
 from audit.services import Actor, record
+from audit.streaming.secrets import STREAM_SECRET
 from keys.credentials import CredentialsMissing, credentials_reseal
 from keys.errors import KeyActionRefused
 from keys.models import KekState, KekVersion, KeyImport, KeySource, SourceKind
@@ -125,6 +128,21 @@ def _reseal_secrets() -> Counter[str]:
                 key_import.private_kek_version = sealed.root_version
                 key_import.save(update_fields=["private_wrapped", "private_kek_version"])
                 moved["import private keys"] += 1
+    for destination_id in StreamDestination.objects.exclude(sealed_secret=None).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            destination = StreamDestination.objects.select_for_update().get(pk=destination_id)
+            stored = bytes(destination.sealed_secret or b"")
+            if not stored or stored.startswith(prefix):
+                continue
+            sealed = reseal(
+                purpose=STREAM_SECRET, owner=str(destination.pk), sealed=unpacked(stored)
+            )
+            if sealed is not None:
+                destination.sealed_secret = packed(sealed)
+                destination.save(update_fields=["sealed_secret"])
+                moved["audit stream secrets"] += 1
     return moved
 
 
@@ -172,6 +190,15 @@ def root_key_dependents(number: int) -> Counter[str]:
     )
     found["import private keys"] = (
         KeyImport.objects.filter(private_kek_version=label).exclude(private_wrapped=b"").count()
+    )
+    found["audit stream secrets"] = len(
+        [
+            stored
+            for stored in StreamDestination.objects.exclude(sealed_secret=None).values_list(
+                "sealed_secret", flat=True
+            )
+            if stored is not None and bytes(stored).startswith(prefix)
+        ]
     )
     providers = ProvidersOfPass()
     for tenant in Tenant.objects.all():

@@ -36,6 +36,8 @@ DECLARED: dict[str, tuple[bool, bool, bool]] = {
     "tenants.Membership": (True, True, True),
     # Sent and revoked from the Members page, where it is audited.
     "tenants.Invitation": (False, False, False),
+    # Asked for on the support pages, answered by the tenant: a history here.
+    "tenants.AccessRequest": (False, False, False),
     "audit.AuditEvent": (False, False, False),
     "keys.KeySource": (False, False, False),
     "keys.KekVersion": (False, False, False),

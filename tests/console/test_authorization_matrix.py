@@ -137,6 +137,10 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     "audit:list": TenantPage(Perm.VIEW_AUDIT, "GET"),
     "audit:export_csv": TenantPage(Perm.EXPORT_AUDIT, "GET"),
     "audit:export_jsonl": TenantPage(Perm.EXPORT_AUDIT, "GET"),
+    "audit:stream": TenantPage(Perm.VIEW_AUDIT, "GET"),
+    "audit:stream_save": TenantPage(Perm.CONFIGURE_AUDIT_STREAM, "POST", sudo=True),
+    "audit:stream_resume": TenantPage(Perm.CONFIGURE_AUDIT_STREAM, "POST", sudo=True),
+    "audit:stream_remove": TenantPage(Perm.CONFIGURE_AUDIT_STREAM, "POST", sudo=True),
     # Keys.
     "keys:overview": TenantPage(Perm.VIEW_STATUS, "GET"),
     "keys:rotate_dek": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),

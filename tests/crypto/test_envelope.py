@@ -486,3 +486,124 @@ def test_repr_has_no_key_material():
         for key in (material, field_key(material)):
             assert key.hex() not in text
             assert repr(key) not in text
+
+
+# -- the per-tenant fast path keeps every bound of the slow one ------------------
+
+
+def test_revocation_reaches_the_fast_path_exactly_at_the_state_interval():
+    """The fast path re-reads the state no later than the slow path did: a revoke
+    published just after a read is seen on the first call at INTERVAL, not later."""
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+    w.states.set(TENANT, status="revoked")
+    w.clock.advance(INTERVAL - 1e-6)  # still inside the interval: served from memory
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 1
+    w.clock.advance(1e-6)
+    with pytest.raises(KeyRevoked):
+        w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+    with pytest.raises(KeyRevoked):
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.states.fetches == 2
+
+
+def test_a_dek_cache_drop_reaches_the_fast_path_at_once():
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+    w.env.cache.drop_tenant(TENANT)  # not through the envelope
+    w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.deks.calls == [(TENANT, 1), (TENANT, 1)]
+    w.env.cache.clear()
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.deks.calls == [(TENANT, 1)] * 3
+
+
+def test_the_fast_path_never_uses_a_dek_past_its_cache_ttl():
+    """DekStore's TTL is 300 s and the state stays fresh (re-read, unchanged), yet
+    past the TTL the DEK is unwrapped again: the entry's time bounds the fast path too."""
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    for _ in range(int(300 / INTERVAL) + 1):
+        w.clock.advance(INTERVAL)
+        w.env.decrypt(TENANT, "user", "email", RECORD, blob)
+        w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.deks.calls.count((TENANT, 1)) >= 2
+
+
+def test_prime_with_a_new_current_dek_is_used_by_the_next_encrypt():
+    w = make()
+    assert dek_id_of(w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)) == 1
+    w.env.prime(TENANT, TenantKeyState(epoch=1, current_dek_id=2))
+    assert dek_id_of(w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)) == 2
+    assert dek_id_of(w.env.encrypt_many(TENANT, items(2))[0]) == 2
+
+
+def test_counts_are_exact_with_threads_on_the_lock_free_path():
+    w = make(block=7, limit=10**6)
+    threads, per_thread = 8, 500
+
+    def work() -> None:
+        for i in range(per_thread):
+            if i % 50 == 0:
+                w.env.encrypt_many(TENANT, items(3))
+            else:
+                w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    expected = threads * (per_thread - per_thread // 50 + 3 * (per_thread // 50))
+    assert w.env.take_counts() == {1: expected}
+    assert w.counter.reserved[1] >= expected  # never used more than was reserved
+
+
+def test_many_calls_with_long_and_mixed_record_ids_and_fields():
+    w = make()
+    batch = [
+        ("user", "email", "r" * 300, b"long id"),
+        ("device", "serial", "", b"empty id"),
+        ("user", "email", RECORD, b"uuid id"),
+        ("user", "phone", RECORD, b"other field"),
+    ]
+    blobs = w.env.encrypt_many(TENANT, batch)
+    for (kind, field_, record_id, value), blob in zip(batch, blobs, strict=True):
+        assert w.env.decrypt(TENANT, kind, field_, record_id, blob) == value
+        assert blob[9:] != seal(FieldKeys(os.urandom(32)), header(1), value, b"")[9:]
+    sealed = [(k, f, r, b) for (k, f, r, _), b in zip(batch, blobs, strict=True)]
+    assert w.env.decrypt_many(TENANT, sealed) == [v for *_, v in batch]
+    with pytest.raises(CiphertextUnauthentic):  # a long record id is bound too
+        w.env.decrypt(TENANT, "user", "email", "r" * 299 + "s", blobs[0])
+    with pytest.raises(CiphertextMalformed):
+        w.env.decrypt_many(TENANT, [*sealed[:2], ("user", "email", RECORD, b"\x02short")])
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt_many(TENANT, [sealed[0], ("user", "email", RECORD, blobs[0])])
+
+
+def test_nonces_of_the_envelope_are_distinct_in_a_forked_child():
+    w = make()
+    w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)  # the pool holds a block now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            child = [w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)[9:21] for _ in range(50)]
+            os.write(write_end, b"".join(child))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parent = {w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)[9:21] for _ in range(50)}
+    data = b""
+    while chunk := os.read(read_end, 4096):
+        data += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    child = {data[i : i + 12] for i in range(0, len(data), 12)}
+    assert len(child) == 50 and not parent & child

@@ -135,8 +135,13 @@ def checked_addresses(
     allow_private: bool,
     resolve: Callable[[str, int], list[str]] | None = None,
     allowed_networks: Sequence[str] = (),
+    what: str = "a KMIP server",
 ) -> list[str]:
-    """The addresses to connect to, each checked; raise InvalidKmipConfig."""
+    """The addresses to connect to, each checked; raise InvalidKmipConfig.
+
+    `what` names the server in the messages: the same checks guard every
+    address a tenant gives (audit stream destinations too).
+    """
     _check_host_syntax(host)
     _check_port(port)
     networks = _networks(allowed_networks)
@@ -165,7 +170,7 @@ def checked_addresses(
         if why and not allow_private:
             shown = host if literal is not None else f"{host} resolves to {address}, which"
             raise InvalidKmipConfig(
-                f"host: {shown} is {why}; a KMIP server must be reachable at a public "
+                f"host: {shown} is {why}; {what} must be reachable at a public "
                 "address (the operator can allow private addresses for on-premises use)"
             )
         if str(address) not in addresses:
