@@ -42,6 +42,8 @@ GOVERNED = (
     "support_access",
     "support_approvals",
     "support_max_hours",
+    # The BYOK add-on is support's, on the support console (tenant_addon_enable/disable).
+    "byok_addon",
 )
 
 
@@ -72,7 +74,7 @@ class TenantChangeForm(forms.ModelForm):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "state", "state_changed_at", "created")
+    list_display = ("name", "slug", "state", "state_changed_at", "byok_addon", "created")
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
 

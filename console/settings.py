@@ -10,6 +10,7 @@ those can still be pointed at a real server (the tests use PostgreSQL and Redis)
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -273,8 +274,19 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- The BYOK add-on ---------------------------------------------------------
+# New tenants get the licensed bring-your-own-key module from the start (a
+# vendor that includes it in every plan); otherwise support turns it on.
+KEYWARD_BYOK_ADDON_FOR_NEW_TENANTS = env.boolean("KEYWARD_BYOK_ADDON_FOR_NEW_TENANTS", False)
+
 # --- Email ------------------------------------------------------------------
 DEFAULT_FROM_EMAIL = env.string("KEYWARD_FROM_EMAIL") or "keyward@localhost"
+# Where "Request the add-on" and other messages for the vendor's support staff go.
+KEYWARD_SUPPORT_EMAIL = env.string("KEYWARD_SUPPORT_EMAIL") or "support@localhost"
+if not re.fullmatch(r"[^@\s]+@[^@\s]+", KEYWARD_SUPPORT_EMAIL):
+    raise ImproperlyConfigured(
+        f"KEYWARD_SUPPORT_EMAIL={KEYWARD_SUPPORT_EMAIL!r} is not an email address"
+    )
 if env.string("EMAIL_HOST"):
     EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     EMAIL_HOST = env.required("EMAIL_HOST", "SMTP server")

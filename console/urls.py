@@ -52,6 +52,7 @@ urlpatterns = [
     path("t/<slug:slug>/data/objects/", include("objects.console_urls")),
     path("t/<slug:slug>/data/", include("console.data_urls")),
     path(errors.API_ROOT.removeprefix("/"), include(api_patterns)),
+    path("support/", include("console.support.urls")),
     path("admin/", admin.site.urls),
 ]
 

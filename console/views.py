@@ -46,11 +46,12 @@ def favicon(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """One tenant: straight to it. Several, or support staff: the list."""
-    if not is_support_staff(request.user):
-        memberships = list(memberships_for_user(request.user)[:2])
-        if len(memberships) == 1:
-            return redirect("console:dashboard", slug=memberships[0].tenant.slug)
+    """One tenant: straight to it. Several: the list. Support staff: the support console."""
+    if is_support_staff(request.user):
+        return redirect("support:list")
+    memberships = list(memberships_for_user(request.user)[:2])
+    if len(memberships) == 1:
+        return redirect("console:dashboard", slug=memberships[0].tenant.slug)
     tenants = tenants_for_user(request.user).order_by("name")
     return render(request, "console/home.html", {"tenants": tenants})
 

@@ -198,6 +198,45 @@ class KeyImport(models.Model):
         return f"<KeyImport {self.pk} {self.state}>"
 
 
+class HealthResult(models.TextChoices):
+    OK = "ok", "Key usable"
+    DEGRADED = "degraded", "Key store unreachable"
+    REVOKED = "revoked", "Access denied or key disabled"
+    ROTATION_PENDING = "rotation_pending", "New key version found"
+    ERROR = "error", "Check failed"
+
+
+class KeyHealthCheck(models.Model):
+    """What the health check found on a tenant's key, one row per unchanged finding.
+
+    A check that finds what the previous one found only moves `last_at` and
+    counts the run, so a key checked every minute keeps the history of its
+    changes (with the key store's messages) rather than one row per minute.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="health_checks")
+    source = models.ForeignKey(
+        KeySource, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    result = models.CharField(max_length=16, choices=HealthResult.choices)
+    message = models.TextField(blank=True)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    runs = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-last_at"], name="health_tenant_last")]
+        ordering = ["-last_at"]
+
+    def __str__(self) -> str:
+        return f"{self.result} for {self.tenant_id} at {self.last_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def failed(self) -> bool:
+        return self.result != HealthResult.OK
+
+
 class KeyUsageHour(models.Model):
     """Key-store calls (kind: the operation) and DEK cache use (kind "cache") of a
     tenant in one hour, written in batches by keys.usage."""

@@ -9,17 +9,21 @@ from django.db import transaction
 from tenants.models import Membership, Role, Tenant
 
 
+def key_admin_emails(tenant: Tenant) -> list[str]:
+    return [
+        email
+        for email in Membership.objects.filter(
+            tenant=tenant, role__in=[Role.OWNER, Role.KEY_ADMIN]
+        ).values_list("user__email", flat=True)
+        if email
+    ]
+
+
 def notify_key_admins(tenant: Tenant, subject: str, body: str) -> None:
     """Send after commit, so nothing is announced that then rolls back."""
 
     def send() -> None:
-        recipients = [
-            email
-            for email in Membership.objects.filter(
-                tenant=tenant, role__in=[Role.OWNER, Role.KEY_ADMIN]
-            ).values_list("user__email", flat=True)
-            if email
-        ]
+        recipients = key_admin_emails(tenant)
         if recipients:
             send_mail(
                 subject=f"[Keyward] {tenant.name}: {subject}",

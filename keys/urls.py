@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from keys.views import actions, aws, azure, kmip, overview, rotation, sources, upload
+from keys.views import actions, addon, aws, azure, kmip, overview, rotation, sources, upload
 
 app_name = "keys"
 urlpatterns = [
@@ -22,6 +22,7 @@ urlpatterns = [
     path("upload/parameters/", upload.download_import_parameters, name="import_parameters"),
     path("upload/key/", upload.upload_key, name="upload_key"),
     path("rotation/", rotation.rotation_review, name="rotation"),
+    path("addon/request/", addon.request_addon, name="request_addon"),
     # Confirm, reject, revoke, restore, destroy, cancel, remove, rotate now, switch.
     *actions.urlpatterns,
 ]

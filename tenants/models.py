@@ -70,6 +70,9 @@ class Tenant(models.Model):
     # Crypto-shredding scheduled by an owner: the keys are destroyed after this
     # moment unless cancelled first.
     destroy_after = models.DateTimeField(null=True, blank=True)
+    # The licensed bring-your-own-key module: without it the tenant stays on the
+    # vendor-managed key. Support turns it on or off (tenants/services.py).
+    byok_addon = models.BooleanField("BYOK add-on", default=False)
     # Vendor support's access to the tenant's data (the lockbox), as the owners set it.
     support_access = models.CharField(
         max_length=16, choices=SupportAccess.choices, default=SupportAccess.ON_APPROVAL
@@ -84,6 +87,12 @@ class Tenant(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # The support console's keyset pages by name and by state time: an index
+        # scan that stops after 50 rows instead of sorting every tenant.
+        indexes = [
+            models.Index(fields=["name", "id"], name="tenant_name_id"),
+            models.Index(fields=["state_changed_at", "id"], name="tenant_since_id"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -26,6 +26,7 @@ from tenants.models import (
     Invitation,
     Membership,
     Role,
+    ServiceState,
     Tenant,
 )
 from tenants.selectors import users_with_email
@@ -46,14 +47,30 @@ def tenant_created_register(hook: TenantCreatedHook) -> None:
 
 @transaction.atomic
 def tenant_create(
-    *, name: str, slug: str, actor: Actor, request: HttpRequest | None = None
+    *,
+    name: str,
+    slug: str,
+    actor: Actor,
+    request: HttpRequest | None = None,
+    byok_addon: bool | None = None,
 ) -> Tenant:
+    """A new tenant on the vendor-managed key. `byok_addon` None: the operator's default
+    (KEYWARD_BYOK_ADDON_FOR_NEW_TENANTS)."""
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"A tenant with the slug {slug!r} exists already."})
-    tenant = Tenant(name=name, slug=slug)
+    if byok_addon is None:
+        byok_addon = settings.KEYWARD_BYOK_ADDON_FOR_NEW_TENANTS
+    tenant = Tenant(name=name, slug=slug, byok_addon=byok_addon)
     tenant.full_clean()
     tenant.save()
-    record(tenant=tenant, actor=actor, action="tenant.create", target=slug, request=request)
+    record(
+        tenant=tenant,
+        actor=actor,
+        action="tenant.create",
+        target=slug,
+        details={"byok_addon": byok_addon},
+        request=request,
+    )
     for hook in _created_hooks:
         hook(tenant, actor)
     return tenant
@@ -108,6 +125,74 @@ def tenant_set_dek_rotation_days(
         request=request,
     )
     return locked
+
+
+class AddonRefused(Exception):
+    """A change of the BYOK add-on that cannot be made; the message is the user's."""
+
+
+@transaction.atomic
+def tenant_addon_enable(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> Tenant:
+    """Let the tenant bring its own key (support turns the licensed module on)."""
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.byok_addon:
+        raise AddonRefused(f"{locked.name} has the BYOK add-on already.")
+    locked.byok_addon = True
+    locked.save(update_fields=["byok_addon"])
+    record(tenant=locked, actor=actor, action="addon.enable", target="byok", request=request)
+    return locked
+
+
+@transaction.atomic
+def tenant_addon_disable(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> Tenant:
+    """Take the add-on away, only while the tenant is on the vendor-managed key.
+
+    Any other state means the tenant's own key protects (or last protected) its
+    data: taking the module away then would strand that key, so the customer
+    removes BYOK first (or the tenant was destroyed, and nothing is left to change).
+    """
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if not locked.byok_addon:
+        raise AddonRefused(f"{locked.name} does not have the BYOK add-on.")
+    if locked.state != ServiceState.VENDOR_MANAGED:
+        raise AddonRefused(
+            f"{locked.name}'s own key is in use ({locked.get_state_display()}): remove BYOK "
+            "first. The tenant's owner removes it on the Keys page."
+        )
+    locked.byok_addon = False
+    locked.save(update_fields=["byok_addon"])
+    record(tenant=locked, actor=actor, action="addon.disable", target="byok", request=request)
+    return locked
+
+
+@transaction.atomic
+def tenant_addon_request(
+    *, tenant: Tenant, actor: Actor, request: HttpRequest | None = None
+) -> None:
+    """A customer asks the vendor for the add-on: support is emailed (after commit)."""
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    if tenant.byok_addon:
+        raise AddonRefused(f"{tenant.name} has the BYOK add-on already.")
+    record(tenant=tenant, actor=actor, action="addon.request", target="byok", request=request)
+    subject = f"[Keyward] {tenant.name} ({tenant.slug}) asks for the BYOK add-on"
+    body = (
+        f"{actor.display or 'A member'} of {tenant.name} asked for the bring-your-own-key "
+        f"add-on.\n\nTurn it on from the support console, on the tenant's page "
+        f"(/support/t/{tenant.slug}/).\n"
+    )
+    transaction.on_commit(
+        lambda: send_mail(
+            subject=subject,
+            message=body,
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[settings.KEYWARD_SUPPORT_EMAIL],
+            fail_silently=True,
+        )
+    )
 
 
 def _last_owner(membership: Membership) -> bool:

@@ -99,6 +99,12 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _byok_addon_for_new_tenants(settings: Any) -> None:
+    # The suite brings keys on the tenants it makes; tests of the add-on's gate say otherwise.
+    settings.KEYWARD_BYOK_ADDON_FOR_NEW_TENANTS = True
+
+
+@pytest.fixture(autouse=True)
 def _retire_without_grace(settings: Any) -> None:
     # Production waits an hour before retiring a DEK; tests that want it say so.
     settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 0

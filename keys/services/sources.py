@@ -41,6 +41,7 @@ from keys.selectors.sources import (
     byok_enable_progress,
     draft_source,
 )
+from keys.services.addon import byok_addon_required
 from keys.services.deks import dek_rotate_for_move, rewrap_one
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
@@ -65,6 +66,7 @@ def key_source_register(
     the ones saved with this registration. Only the fact that they changed
     reaches the audit trail.
     """
+    byok_addon_required(tenant)
     if Tenant.objects.get(pk=tenant.pk).is_paused:
         raise KeyActionRefused(
             "A key move is in progress; change the settings when it has finished."
@@ -111,6 +113,7 @@ def key_source_test(
     The checks talk to the customer's key store, so they run outside any
     transaction; only the result is written.
     """
+    byok_addon_required(source.tenant)
     context = dek_context(str(source.tenant_id), 0) | {"keyward:purpose": "test"}
     tested_digest = source.config_digest()
     try:
@@ -179,6 +182,7 @@ def byok_enable(
 
 
 def _enable_refusal(tenant: Tenant, source: KeySource) -> None:
+    byok_addon_required(tenant)
     if tenant.state != ServiceState.VENDOR_MANAGED:
         raise KeyActionRefused(
             f"Your key can be enabled only for a vendor-managed tenant; this one is "

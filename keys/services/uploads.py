@@ -46,6 +46,7 @@ from keys.selectors.sources import (
     UPLOADED_KEY,
     current_source,
 )
+from keys.services.addon import byok_addon_required
 from keys.services.health import tenant_mark_rotation_pending
 from keys.vault import Sealed, packed, seal, unseal
 from tenants.models import ServiceState, Tenant
@@ -71,6 +72,7 @@ def key_import_create(
     With the vendor's key store in AWS KMS, the wrapping key is AWS's own (from
     GetParametersForImport on a new EXTERNAL key) and Keyward holds no private key.
     """
+    byok_addon_required(tenant)
     now = timezone.now()
     key_import = KeyImport(
         id=uuid.uuid4(), tenant=tenant, expires_at=now + importkit.DEFAULT_TOKEN_TTL
@@ -201,6 +203,7 @@ def _accept(
     actor: Actor,
     request: HttpRequest | None,
 ) -> KekVersion:
+    byok_addon_required(tenant)
     if material_expires_at is not None and material_expires_at <= timezone.now():
         raise KeyActionRefused("The key's expiry date must be in the future.")
     if Tenant.objects.get(pk=tenant.pk).state in (

@@ -18,6 +18,7 @@ from keys.models import SourceKind
 from keys.selectors.sources import current_source, draft_source
 from keys.services.sources import key_source_register, key_source_test
 from keys.views.common import (
+    addon_permits,
     refused,
     test_and_enable,
 )
@@ -58,6 +59,7 @@ def _aws_page(
 @login_required
 @require_GET
 @with_tenant(Perm.MANAGE_KEYS)
+@addon_permits()
 def aws_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     return _aws_page(request, access)
 
@@ -67,6 +69,7 @@ def aws_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:aws")
+@addon_permits(audit="key_source.register")
 def aws_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = AwsKmsSourceForm(request.POST)
     if not form.is_valid():

@@ -17,6 +17,7 @@ from keys.models import SourceKind
 from keys.selectors.sources import current_source, saved_azure_method
 from keys.services.registration import azure_register
 from keys.views.common import (
+    addon_permits,
     form_refused,
     refused,
     saved_then_tested,
@@ -47,6 +48,7 @@ def _azure_form(
 @login_required
 @require_GET
 @with_tenant(Perm.MANAGE_KEYS)
+@addon_permits()
 def azure_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     return source_page(request, access, SourceKind.AZURE_KEYVAULT, _azure_form(access))
 
@@ -56,6 +58,7 @@ def azure_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:azure")
+@addon_permits(audit="key_source.register")
 def azure_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = _azure_form(access, request.POST, request.FILES)
     if not form.is_valid():

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect, render
 
 from audit.models import Outcome
 from audit.services import record
 from keys.models import KeySource, SourceKind, SourceState
 from keys.selectors.sources import current_source
+from keys.services.addon import ADDON_REFUSAL
 from keys.services.sources import key_source_test
 from tenants.models import ServiceState
 from tenants.permissions import TenantAccess
@@ -36,6 +40,32 @@ def refused(
         request=request,
     )
     messages.error(request, message)
+
+
+View = Callable[..., HttpResponseBase]
+
+
+def addon_permits(*, audit: str | None = None) -> Callable[[View], View]:
+    """The bring-your-own-key pages need the BYOK add-on (the services refuse too).
+
+    Without it, a page (`audit` None) explains the add-on and offers to request
+    it; an action is refused with one audit event (`audit`, failure) and sent
+    back to the Keys page. Goes below `with_tenant` (it needs the access).
+    """
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, access: TenantAccess, *args: Any, **kwargs: Any) -> Any:
+            if access.tenant.byok_addon:
+                return view(request, access, *args, **kwargs)
+            if audit is None:
+                return render(request, "keys/addon_required.html", {"tenant": access.tenant})
+            refused(request, access, audit, ADDON_REFUSAL)
+            return redirect("keys:overview", slug=access.tenant.slug)
+
+        return wrapper
+
+    return decorator
 
 
 # The registration page of each kind of customer key.

@@ -17,6 +17,7 @@ from keys.models import SourceKind
 from keys.selectors.sources import current_source
 from keys.services.registration import KmipEntry, kmip_register
 from keys.views.common import (
+    addon_permits,
     form_refused,
     refused,
     saved_then_tested,
@@ -44,6 +45,7 @@ def _kmip_form(access: TenantAccess, data: Any = None, files: Any = None) -> Kmi
 @login_required
 @require_GET
 @with_tenant(Perm.MANAGE_KEYS)
+@addon_permits()
 def kmip_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     return source_page(request, access, SourceKind.KMIP, _kmip_form(access))
 
@@ -53,6 +55,7 @@ def kmip_source(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.BRING_KEY, audit="key_source.register", back="keys:kmip")
+@addon_permits(audit="key_source.register")
 def kmip_save_and_test(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = _kmip_form(access, request.POST, request.FILES)
     if not form.is_valid():

@@ -13,6 +13,7 @@ from keys.models import KeySource, SourceState
 from keys.services.sources import byok_enable
 from keys.views.common import (
     SOURCE_PAGES,
+    addon_permits,
     refused,
     saved_then_tested,
 )
@@ -26,6 +27,7 @@ from tenants.sudo import sudo_required
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.BRING_KEY, audit="key_source.test", back="keys:overview")
+@addon_permits(audit="key_source.test")
 def test_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
     """Test the saved settings again (the key store may have been fixed meanwhile)."""
     source = get_object_or_404(
@@ -42,6 +44,7 @@ def test_source(request: HttpRequest, access: TenantAccess, source_id: str) -> H
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.ENABLE, audit="byok.enable", back="keys:overview")
+@addon_permits(audit="byok.enable")
 def enable_source(request: HttpRequest, access: TenantAccess, source_id: str) -> HttpResponse:
     source = get_object_or_404(KeySource, pk=source_id, tenant=access.tenant)
     try:

@@ -17,6 +17,7 @@ from keys.selectors.sources import current_source
 from keys.services.sources import key_source_test
 from keys.services.uploads import MAX_UPLOAD_BYTES, key_import_create, key_upload
 from keys.views.common import (
+    addon_permits,
     refused,
 )
 from tenants.display import Act, state_permits
@@ -66,6 +67,7 @@ def _upload_page(
 @login_required
 @require_GET
 @with_tenant(Perm.MANAGE_KEYS)
+@addon_permits()
 def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     return _upload_page(request, access)
 
@@ -74,6 +76,7 @@ def upload_page(request: HttpRequest, access: TenantAccess) -> HttpResponse:
 @require_POST
 @with_tenant(Perm.MANAGE_KEYS)
 @state_permits(Act.UPLOAD_VERSION, audit="key_import.create", back="keys:upload")
+@addon_permits(audit="key_import.create")
 def download_import_parameters(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     try:
         key_import, bundle = key_import_create(
@@ -96,6 +99,7 @@ def download_import_parameters(request: HttpRequest, access: TenantAccess) -> Ht
 @with_tenant(Perm.MANAGE_KEYS)
 @sudo_required
 @state_permits(Act.UPLOAD_VERSION, audit="key.upload", back="keys:upload")
+@addon_permits(audit="key.upload")
 def upload_key(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     form = KeyUploadForm(request.POST, request.FILES)
     actor = access.actor(request.user)

@@ -111,14 +111,15 @@ GOVERNED = {
     "destroy_after": "2020-01-01 00:00:00",
     "state_changed_at": "2020-01-01 00:00:00",
     "slug": "hijacked",
+    # The add-on is support's, on the support console: "" is an unticked checkbox.
+    "byok_addon": "",
 }
 
 
 def _snapshot(tenant: Tenant) -> dict[str, Any]:
     fresh = Tenant.objects.get(pk=tenant.pk)
-    return {f: getattr(fresh, f) for f in ("state", "key_epoch", "destroy_after", "slug")} | {
-        "state_changed_at": fresh.state_changed_at
-    }
+    fields = ("state", "key_epoch", "destroy_after", "slug", "byok_addon")
+    return {f: getattr(fresh, f) for f in fields} | {"state_changed_at": fresh.state_changed_at}
 
 
 def test_a_superuser_cannot_change_a_governed_field(superuser, acme) -> None:

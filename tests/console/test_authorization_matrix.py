@@ -88,6 +88,31 @@ def _signed_in(answer: str) -> dict[str, str]:
     return {"*": answer, ANONYMOUS: LOGIN}
 
 
+def _support_only(answer: str) -> dict[str, str]:
+    return {"*": E404, SUPPORT: answer}
+
+
+SUPPORT_ACTIONS = ("health_check", "retry_move", "remind_rotation", "addon_enable", "addon_disable")
+# What support may never do: change, revoke, restore, destroy or remove a key.
+KEY_CHANGING = (
+    "keys:aws_save_and_test",
+    "keys:azure_save_and_test",
+    "keys:kmip_save_and_test",
+    "keys:test_source",
+    "keys:enable_source",
+    "keys:upload_key",
+    "keys:rotation_confirm",
+    "keys:rotation_reject",
+    "keys:revoke",
+    "keys:restore",
+    "keys:destroy",
+    "keys:cancel_destroy",
+    "keys:remove_byok",
+    "keys:rotate_kek",
+    "keys:switch_source",
+    "keys:rotate_dek",
+)
+
 CONSOLE: dict[str, TenantPage | Fixed] = {
     # Outside any tenant.
     "console:home": Fixed({"GET": _signed_in(OK), "POST": _signed_in(E405)}),
@@ -152,6 +177,16 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     "data:lookup_key_rotate": TenantPage(Perm.MANAGE_API_TOKENS, "POST", sudo=True),
     "objects:section": TenantPage(Perm.VIEW_STATUS, "GET"),
     "objects:migration_retry": TenantPage(Perm.MANAGE_KEYS, "POST", sudo=True),
+    # Asking for the BYOK add-on changes no key: no password asked.
+    "keys:request_addon": TenantPage(Perm.MANAGE_KEYS, "POST"),
+    # The support console: vendor staff only, a 404 for anyone else (even signed out,
+    # and whatever the method, so that it does not tell it exists).
+    "support:list": Fixed({"GET": _support_only(OK), "POST": _support_only(E405)}),
+    "support:tenant": Fixed({"GET": _support_only(OK), "POST": _support_only(E405)}),
+    **{
+        f"support:{action}": Fixed({"GET": _support_only(E405), "POST": _support_only(OK)})
+        for action in SUPPORT_ACTIONS
+    },
     # Vendor support's access, the tenant's side. Answering is for approvers: in
     # this world (nobody named), the owners, who hold MANAGE_MEMBERS.
     "access:page": TenantPage(Perm.VIEW_AUDIT, "GET"),
@@ -248,6 +283,15 @@ def test_declared_permissions_exist_in_the_role_table() -> None:
         if isinstance(row, TenantPage):
             assert row.perm in granted, name
     assert set(ROLE_PERMS["owner"]) == set(Perm)  # the owner may do everything
+
+
+def test_support_is_refused_every_key_change() -> None:
+    """The table's rows for support: each key-changing URL answers 403, and the
+    console matrix below runs every one of them as support."""
+    for name in KEY_CHANGING:
+        row = CONSOLE[name]
+        assert isinstance(row, TenantPage) and row.method == "POST", name
+        assert console_expected(row, "POST", SUPPORT) == E403, name
 
 
 # Expected answers.

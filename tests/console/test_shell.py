@@ -46,7 +46,9 @@ def test_switcher_lists_every_tenant_of_the_user(acme, globex) -> None:
 
 def test_support_staff_see_every_tenant_read_only(acme, globex, support) -> None:
     client = login(support)
-    body = client.get("/").content.decode()
+    home = client.get("/")
+    assert home.status_code == 302 and home["Location"] == reverse("support:list")
+    body = client.get(reverse("support:list")).content.decode()
     assert "Acme" in body and "Globex" in body
     page = client.get("/t/acme/").content.decode()
     assert "Vendor support (metadata only)" in page
@@ -58,8 +60,8 @@ def test_support_staff_see_every_tenant_read_only(acme, globex, support) -> None
 def test_support_list_flags_paused_tenants(acme, globex, support) -> None:
     acme.tenant.state = ServiceState.ROTATION_PENDING
     acme.tenant.save()
-    body = login(support).get("/").content.decode()
-    assert "paused" in body
+    body = login(support).get(reverse("support:list")).content.decode()
+    assert "Rotation pending since" in body
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from records.models import Record
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import Membership, Role, Tenant
-from tenants.services import membership_add, tenant_create
+from tenants.services import membership_add, tenant_addon_enable, tenant_create
 
 DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
 DEMO_RECORDS = 400
@@ -140,9 +140,12 @@ class Command(BaseCommand):
             return account
 
         for name, slug in DEMO_TENANTS:
+            # The demo shows bringing a key: both tenants have the BYOK add-on.
             tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
-                name=name, slug=slug, actor=system
+                name=name, slug=slug, actor=system, byok_addon=True
             )
+            if not tenant.byok_addon:
+                tenant = tenant_addon_enable(tenant=tenant, actor=system)
             for role in ROLES:
                 account = user(f"{role}@{slug}.example")
                 if not Membership.objects.filter(tenant=tenant, user=account).exists():
