@@ -10,3 +10,9 @@ class ConsoleConfig(AppConfig):
     def ready(self) -> None:
         # Registers Keyward's system checks.
         from console import checks  # noqa: F401, PLC0415
+
+        # Sudo mode (tenants, a lower layer) learns who has a second factor.
+        from console.mfa.services import has_factor  # noqa: PLC0415
+        from tenants.sudo import second_factor_register  # noqa: PLC0415
+
+        second_factor_register(has_factor)

@@ -7,6 +7,7 @@ from django.urls import include, path
 from api import audit_views as audit_api_views
 from api.auth import by_method
 from console import errors, views
+from console.mfa.views import SignInView
 from objects import api_urls as object_api_urls
 from records import api_urls as record_api_urls
 
@@ -37,11 +38,8 @@ urlpatterns = [
     path("", include(console_patterns)),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon, name="favicon"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("login/", SignInView.as_view(), name="login"),
+    path("", include("console.mfa.urls")),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),

@@ -14,6 +14,8 @@ from audit.selectors import recent_audit_events
 from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
 from console.live import live_fingerprint, live_pace
+from console.mfa.forms import CodeForm
+from console.mfa.services import FactorRefused, has_factor, second_factor_verify
 from keys.selectors.overview import revocation_bound
 from keys.selectors.usage import revocation_chart, usage_charts
 from records.blindindex import INDEXED_FIELDS
@@ -101,16 +103,47 @@ def sudo(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(
         request, request.GET.get("next") or request.POST.get("next"), reverse("console:home")
     )
+    # Which form to show; what is granted follows from what was checked.
+    wants_factor = "1" in (request.GET.get("factor"), request.POST.get("factor"))
+    enrolled = has_factor(request.user)
+    if wants_factor and not enrolled:
+        return render(request, "console/sudo_enrol_first.html", {"next": next_url})
     form = SudoForm(request.POST or None)
+    code_form = CodeForm(request.POST or None) if wants_factor else None
     if request.method == "POST" and form.is_valid():
         user = authenticate(
             request, username=request.user.get_username(), password=form.cleaned_data["password"]
         )
         tenants: list[Tenant | None] = [m.tenant for m in memberships_for_user(request.user)]
         actor = Actor.for_user(request.user, support=is_support_staff(request.user))
-        if user is not None and user.pk == request.user.pk:
+        if user is None or user.pk != request.user.pk:
+            form.add_error("password", "That password is not correct.")
+        elif code_form is None:
             sudo_grant(request)
             record_for_tenants(tenants or [None], actor=actor, action="auth.sudo", request=request)
             return redirect(next_url)
-        form.add_error("password", "That password is not correct.")
-    return render(request, "console/sudo.html", {"form": form, "next": next_url})
+        elif code_form.is_valid():
+            try:
+                second_factor_verify(
+                    user=request.user,
+                    code=code_form.cleaned_data["code"],
+                    request=request,
+                    purpose="sudo",
+                )
+            except FactorRefused as exc:
+                code_form.add_error("code", str(exc))
+            else:
+                sudo_grant(request, second_factor=True)
+                record_for_tenants(
+                    tenants or [None],
+                    actor=actor,
+                    action="auth.sudo",
+                    details={"second_factor": True},
+                    request=request,
+                )
+                return redirect(next_url)
+    return render(
+        request,
+        "console/sudo.html",
+        {"form": form, "code_form": code_form, "next": next_url},
+    )

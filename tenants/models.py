@@ -61,6 +61,8 @@ class Tenant(models.Model):
     # Crypto-shredding scheduled by an owner: the keys are destroyed after this
     # moment unless cancelled first.
     destroy_after = models.DateTimeField(null=True, blank=True)
+    # Sudo mode for key actions asks for the second factor as well as the password.
+    require_second_factor = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]
