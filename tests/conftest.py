@@ -8,13 +8,13 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from audit.services import Actor
+from console.mfa.session import SIGNED_IN_KEY, WITH_SECOND_FACTOR
 from tenants.models import Role, Tenant
 from tenants.services import (
     membership_add,
     tenant_create,
     tenant_set_second_factor_requirement,
 )
-from console.mfa.session import SIGNED_IN_KEY, WITH_SECOND_FACTOR
 from tenants.sudo import SECOND_FACTOR_KEY
 from tenants.sudo import SESSION_KEY as SUDO_SESSION_KEY
 

@@ -63,3 +63,6 @@ class RecoveryCode(models.Model):
 
     class Meta:
         ordering = ["created", "id"]
+
+    def __str__(self) -> str:
+        return f"recovery code {'used' if self.used_at else 'unused'}"

@@ -41,6 +41,17 @@ class FactorRefused(Exception):
 
 
 @dataclass(frozen=True)
+class _Refusal:
+    """A refusal found inside a transaction, recorded after it (a raised
+    exception would roll the failure's audit event back with everything else)."""
+
+    action: str
+    reason: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class TotpEnrolment:
     factor: Factor
     secret: str  # base32, shown once, while the factor is not confirmed
@@ -127,24 +138,18 @@ def _count_failure(user: AbstractBaseUser) -> None:
 
 
 def _refuse(
-    user: AbstractBaseUser,
-    *,
-    action: str,
-    reason: str,
-    message: str,
-    request: HttpRequest | None,
-    details: dict[str, Any] | None = None,
+    user: AbstractBaseUser, refusal: _Refusal, request: HttpRequest | None
 ) -> FactorRefused:
     _count_failure(user)
     audit_event(
         user,
-        action,
+        refusal.action,
         outcome=Outcome.FAILURE,
-        reason=reason,
-        details=details,
+        reason=refusal.reason,
+        details=refusal.details,
         request=request,
     )
-    return FactorRefused(message)
+    return FactorRefused(refusal.message)
 
 
 def _check_not_locked(user: AbstractBaseUser, request: HttpRequest | None) -> None:
@@ -157,9 +162,7 @@ def _check_not_locked(user: AbstractBaseUser, request: HttpRequest | None) -> No
             reason="too many wrong second-factor codes; locked for a while",
             request=request,
         )
-        raise FactorRefused(
-            f"Too many wrong codes. Wait {minutes} minutes before you try again."
-        )
+        raise FactorRefused(f"Too many wrong codes. Wait {minutes} minutes before you try again.")
 
 
 # --- TOTP -----------------------------------------------------------------------
@@ -215,7 +218,6 @@ def _matching_step(secret: str, code: str) -> int | None:
     return found
 
 
-@transaction.atomic
 def totp_confirm(
     *, user: AbstractBaseUser, factor_id: str, code: str, request: HttpRequest | None = None
 ) -> tuple[Factor, list[str]]:
@@ -225,6 +227,16 @@ def totp_confirm(
     set (shown once).
     """
     _check_not_locked(user, request)
+    outcome = _totp_confirm(user, factor_id, code, request)
+    if isinstance(outcome, _Refusal):
+        raise _refuse(user, outcome, request)
+    return outcome
+
+
+@transaction.atomic
+def _totp_confirm(
+    user: AbstractBaseUser, factor_id: str, code: str, request: HttpRequest | None
+) -> tuple[Factor, list[str]] | _Refusal:
     factor = (
         Factor.objects.select_for_update()
         .filter(pk=factor_id, user_id=user.pk, confirmed=False, kind=FactorKind.TOTP)
@@ -234,12 +246,10 @@ def totp_confirm(
         raise FactorRefused("This set-up has expired. Start again with the new code below.")
     step = _matching_step(_seed(factor), code)
     if step is None:
-        raise _refuse(
-            user,
+        return _Refusal(
             action="mfa.enrol",
             reason="wrong authenticator code while setting up",
             message="That code is not right. Check the time on your device and try again.",
-            request=request,
             details={"kind": FactorKind.TOTP},
         )
     factor.confirmed = True
@@ -297,7 +307,6 @@ def recovery_codes_regenerate(
 # --- Verification ---------------------------------------------------------------
 
 
-@transaction.atomic
 def second_factor_verify(
     *, user: AbstractBaseUser, code: str, request: HttpRequest | None = None, purpose: str
 ) -> str:
@@ -309,13 +318,18 @@ def second_factor_verify(
     if not cleaned:
         raise FactorRefused("Enter the code from your authenticator app or a recovery code.")
     if cleaned.isdigit() and len(cleaned) == TOTP_DIGITS:
-        return _verify_totp(user, cleaned, request=request, purpose=purpose)
-    return _verify_recovery_code(user, cleaned, request=request, purpose=purpose)
+        outcome = _verify_totp(user, cleaned, request=request, purpose=purpose)
+    else:
+        outcome = _verify_recovery_code(user, cleaned, request=request, purpose=purpose)
+    if isinstance(outcome, _Refusal):
+        raise _refuse(user, outcome, request)
+    return outcome
 
 
+@transaction.atomic
 def _verify_totp(
     user: AbstractBaseUser, code: str, *, request: HttpRequest | None, purpose: str
-) -> str:
+) -> str | _Refusal:
     factors = list(
         Factor.objects.select_for_update().filter(
             user_id=user.pk, confirmed=True, kind=FactorKind.TOTP
@@ -326,12 +340,10 @@ def _verify_totp(
         if step is None:
             continue
         if factor.last_step is not None and step <= factor.last_step:
-            raise _refuse(
-                user,
+            return _Refusal(
                 action="auth.second_factor",
                 reason="authenticator code used again",
                 message="That code was used already. Wait for the next code and enter it.",
-                request=request,
                 details={"kind": FactorKind.TOTP, "for": purpose},
             )
         factor.last_step = step
@@ -345,19 +357,18 @@ def _verify_totp(
             request=request,
         )
         return "totp"
-    raise _refuse(
-        user,
+    return _Refusal(
         action="auth.second_factor",
         reason="wrong authenticator code",
         message="That code is not right. Check the time on your device and try again.",
-        request=request,
         details={"kind": FactorKind.TOTP, "for": purpose},
     )
 
 
+@transaction.atomic
 def _verify_recovery_code(
     user: AbstractBaseUser, code: str, *, request: HttpRequest | None, purpose: str
-) -> str:
+) -> str | _Refusal:
     digest = _digest(user.pk, code)
     found = None
     for candidate in RecoveryCode.objects.select_for_update().filter(user_id=user.pk):
@@ -365,8 +376,7 @@ def _verify_recovery_code(
             found = candidate
     if found is None or found.used_at is not None:
         used = found is not None
-        raise _refuse(
-            user,
+        return _Refusal(
             action="auth.recovery_code",
             reason="recovery code used already" if used else "wrong recovery code",
             message=(
@@ -374,7 +384,6 @@ def _verify_recovery_code(
                 if used
                 else "That code is not right."
             ),
-            request=request,
             details={"for": purpose},
         )
     found.used_at = timezone.now()
@@ -403,7 +412,10 @@ def factor_remove(
     )
     if factor is None:
         raise FactorRefused("That second factor is not yours or was removed already.")
-    if must_have_factor(user) and Factor.objects.filter(user_id=user.pk, confirmed=True).count() == 1:
+    if (
+        must_have_factor(user)
+        and Factor.objects.filter(user_id=user.pk, confirmed=True).count() == 1
+    ):
         raise FactorRefused(
             "Vendor staff must keep a second factor: add another one before removing this."
         )
@@ -423,7 +435,8 @@ def factor_remove(
 def factors_reset(*, user: AbstractBaseUser, actor: Actor, reason: str) -> int:
     """Remove every factor and recovery code of a person who lost them (an operator's
     command); they enrol again at their next sign-in."""
-    removed, _ = Factor.objects.filter(user_id=user.pk).delete()
+    removed = Factor.objects.filter(user_id=user.pk, confirmed=True).count()
+    Factor.objects.filter(user_id=user.pk).delete()
     RecoveryCode.objects.filter(user_id=user.pk).delete()
     audit_event(user, "mfa.reset", reason=reason, details={"factors": removed}, actor=actor)
     return removed

@@ -18,7 +18,7 @@ PENDING_KEY = "keyward_pending_sign_in"
 # alone (people who have no factor and need none).
 SIGNED_IN_KEY = "keyward_signed_in_with"
 WITH_SECOND_FACTOR = "second_factor"
-PASSWORD_ONLY = "password"
+PASSWORD_ONLY = "password"  # noqa: S105 (how one signed in, not a password)
 # The password step is good for this long; then it is asked again.
 PENDING_SECONDS = 300
 
@@ -42,7 +42,10 @@ def pending_user(request: HttpRequest) -> tuple[Any, dict[str, Any]] | None:
     if not isinstance(at, int | float) or not 0 <= time.time() - at <= PENDING_SECONDS:
         request.session.pop(PENDING_KEY, None)
         return None
-    user = get_user_model()._default_manager.filter(pk=pending.get("user"), is_active=True).first()
+    user_id = pending.get("user")
+    if not isinstance(user_id, str):
+        return None
+    user = get_user_model()._default_manager.filter(pk=user_id, is_active=True).first()
     if user is None:
         request.session.pop(PENDING_KEY, None)
         return None

@@ -14,6 +14,7 @@ import segno
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -32,6 +33,12 @@ from console.mfa.session import (
     pending_user,
 )
 from tenants.sudo import safe_next, sudo_grant, sudo_with_own_factor_required
+
+
+def _me(request: HttpRequest) -> AbstractBaseUser:
+    """The signed-in person (the views below are behind login_required)."""
+    assert isinstance(request.user, AbstractBaseUser)
+    return request.user
 
 
 class SignInView(LoginView):
@@ -95,9 +102,7 @@ def _enrolment_context(enrolment: TotpEnrolment, form: EnrolForm) -> dict[str, A
     return {
         "form": form,
         "factor_id": enrolment.factor.pk,
-        "secret": " ".join(
-            enrolment.secret[i : i + 4] for i in range(0, len(enrolment.secret), 4)
-        ),
+        "secret": " ".join(enrolment.secret[i : i + 4] for i in range(0, len(enrolment.secret), 4)),
         "uri": enrolment.uri,
         "qr": segno.make(enrolment.uri, error="m").svg_data_uri(scale=4, border=2),
     }
@@ -144,9 +149,7 @@ def enrol_sign_in(request: HttpRequest) -> HttpResponse:
     if services.has_factor(user):
         # A password alone never adds a factor to an account that has one.
         return redirect("mfa:verify")
-    response, codes = _enrol(
-        request, user, template="mfa/enrol.html", extra={"signing_in": True}
-    )
+    response, codes = _enrol(request, user, template="mfa/enrol.html", extra={"signing_in": True})
     if response is not None:
         return response
     next_url = _finish_sign_in(request, user, pending)
@@ -160,8 +163,8 @@ def factors(request: HttpRequest) -> HttpResponse:
         request,
         "mfa/factors.html",
         {
-            "factors": services.factors_of(request.user),
-            "codes_left": services.recovery_codes_left(request.user),
+            "factors": services.factors_of(_me(request)),
+            "codes_left": services.recovery_codes_left(_me(request)),
             "must_have": services.must_have_factor(request.user),
             "next": safe_next(request, request.GET.get("next"), ""),
         },
@@ -194,7 +197,7 @@ def totp_add(request: HttpRequest) -> HttpResponse:
 @sudo_with_own_factor_required
 def remove(request: HttpRequest, factor_id: str) -> HttpResponse:
     try:
-        factor = services.factor_remove(user=request.user, factor_id=factor_id, request=request)
+        factor = services.factor_remove(user=_me(request), factor_id=factor_id, request=request)
     except FactorRefused as exc:
         messages.error(request, str(exc))
     else:
@@ -209,7 +212,7 @@ def recovery_codes(request: HttpRequest) -> HttpResponse:
     if not services.has_factor(request.user):
         messages.error(request, "Set up a second factor first; recovery codes stand in for it.")
         return redirect("mfa:factors")
-    codes = services.recovery_codes_regenerate(user=request.user, request=request)
+    codes = services.recovery_codes_regenerate(user=_me(request), request=request)
     return render(
         request, "mfa/recovery_codes.html", {"codes": codes, "next": reverse("mfa:factors")}
     )

@@ -22,7 +22,11 @@ from records.models import Record
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import Membership, Role, Tenant
-from tenants.services import membership_add, tenant_create
+from tenants.services import (
+    membership_add,
+    tenant_create,
+    tenant_set_second_factor_requirement,
+)
 
 DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
 DEMO_RECORDS = 400
@@ -140,9 +144,14 @@ class Command(BaseCommand):
             return account
 
         for name, slug in DEMO_TENANTS:
-            tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
-                name=name, slug=slug, actor=system
-            )
+            tenant = Tenant.objects.filter(slug=slug).first()
+            if tenant is None:
+                tenant = tenant_create(name=name, slug=slug, actor=system)
+                # The README's demo logins change keys with a password alone;
+                # owners turn the second factor on on the Members page.
+                tenant = tenant_set_second_factor_requirement(
+                    tenant=tenant, required=False, actor=system
+                )
             for role in ROLES:
                 account = user(f"{role}@{slug}.example")
                 if not Membership.objects.filter(tenant=tenant, user=account).exists():
