@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
@@ -16,6 +17,7 @@ from console.forms import SudoForm
 from console.live import live_fingerprint, live_pace
 from console.mfa.forms import CodeForm
 from console.mfa.services import FactorRefused, has_factor, second_factor_verify
+from console.mfa.webauthn import authentication_options, has_security_key, webauthn_verify
 from keys.selectors.overview import revocation_bound
 from keys.selectors.usage import revocation_chart, usage_charts
 from records.blindindex import INDEXED_FIELDS
@@ -105,11 +107,15 @@ def sudo(request: HttpRequest) -> HttpResponse:
     )
     # Which form to show; what is granted follows from what was checked.
     wants_factor = "1" in (request.GET.get("factor"), request.POST.get("factor"))
+    me = request.user
+    assert isinstance(me, AbstractBaseUser)  # login_required
     enrolled = has_factor(request.user)
     if wants_factor and not enrolled:
         return render(request, "console/sudo_enrol_first.html", {"next": next_url})
     form = SudoForm(request.POST or None)
-    code_form = CodeForm(request.POST or None) if wants_factor else None
+    assertion = request.POST.get("assertion", "") if wants_factor else ""
+    code_form = CodeForm(None if assertion else request.POST or None) if wants_factor else None
+    key_error = ""
     if request.method == "POST" and form.is_valid():
         user = authenticate(
             request, username=request.user.get_username(), password=form.cleaned_data["password"]
@@ -122,16 +128,23 @@ def sudo(request: HttpRequest) -> HttpResponse:
             sudo_grant(request)
             record_for_tenants(tenants or [None], actor=actor, action="auth.sudo", request=request)
             return redirect(next_url)
-        elif code_form.is_valid():
+        elif assertion or code_form.is_valid():
             try:
-                second_factor_verify(
-                    user=request.user,
-                    code=code_form.cleaned_data["code"],
-                    request=request,
-                    purpose="sudo",
-                )
+                if assertion:
+                    webauthn_verify(
+                        request=request, user=request.user, assertion=assertion, purpose="sudo"
+                    )
+                else:
+                    second_factor_verify(
+                        user=request.user,
+                        code=code_form.cleaned_data["code"],
+                        request=request,
+                        purpose="sudo",
+                    )
             except FactorRefused as exc:
-                code_form.add_error("code", str(exc))
+                key_error = str(exc) if assertion else ""
+                if not assertion:
+                    code_form.add_error("code", str(exc))
             else:
                 sudo_grant(request, second_factor=True)
                 record_for_tenants(
@@ -145,5 +158,15 @@ def sudo(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/sudo.html",
-        {"form": form, "code_form": code_form, "next": next_url},
+        {
+            "form": form,
+            "code_form": code_form,
+            "next": next_url,
+            "key_error": key_error,
+            "webauthn_options": (
+                authentication_options(request, me)
+                if code_form is not None and has_security_key(me)
+                else None
+            ),
+        },
     )

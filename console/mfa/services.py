@@ -41,7 +41,7 @@ class FactorRefused(Exception):
 
 
 @dataclass(frozen=True)
-class _Refusal:
+class Refusal:
     """A refusal found inside a transaction, recorded after it (a raised
     exception would roll the failure's audit event back with everything else)."""
 
@@ -115,7 +115,7 @@ def recovery_codes_left(user: AbstractBaseUser) -> int:
 # --- Attempts -------------------------------------------------------------------
 
 
-def _attempts_key(user: AbstractBaseUser) -> str:
+def attempts_key(user: AbstractBaseUser) -> str:
     return f"keyward:second-factor-failures:{user.pk}"
 
 
@@ -124,11 +124,11 @@ def _cooloff_seconds() -> int:
 
 
 def attempts_locked(user: AbstractBaseUser) -> bool:
-    return int(cache.get(_attempts_key(user), 0)) >= settings.AXES_FAILURE_LIMIT
+    return int(cache.get(attempts_key(user), 0)) >= settings.AXES_FAILURE_LIMIT
 
 
 def _count_failure(user: AbstractBaseUser) -> None:
-    key = _attempts_key(user)
+    key = attempts_key(user)
     if cache.add(key, 1, timeout=_cooloff_seconds()):
         return
     try:
@@ -137,9 +137,7 @@ def _count_failure(user: AbstractBaseUser) -> None:
         cache.add(key, 1, timeout=_cooloff_seconds())
 
 
-def _refuse(
-    user: AbstractBaseUser, refusal: _Refusal, request: HttpRequest | None
-) -> FactorRefused:
+def refuse(user: AbstractBaseUser, refusal: Refusal, request: HttpRequest | None) -> FactorRefused:
     _count_failure(user)
     audit_event(
         user,
@@ -152,7 +150,7 @@ def _refuse(
     return FactorRefused(refusal.message)
 
 
-def _check_not_locked(user: AbstractBaseUser, request: HttpRequest | None) -> None:
+def check_not_locked(user: AbstractBaseUser, request: HttpRequest | None) -> None:
     if attempts_locked(user):
         minutes = max(1, _cooloff_seconds() // 60)
         audit_event(
@@ -226,17 +224,17 @@ def totp_confirm(
     Returns the factor and, when the person had no recovery codes left, a new
     set (shown once).
     """
-    _check_not_locked(user, request)
+    check_not_locked(user, request)
     outcome = _totp_confirm(user, factor_id, code, request)
-    if isinstance(outcome, _Refusal):
-        raise _refuse(user, outcome, request)
+    if isinstance(outcome, Refusal):
+        raise refuse(user, outcome, request)
     return outcome
 
 
 @transaction.atomic
 def _totp_confirm(
     user: AbstractBaseUser, factor_id: str, code: str, request: HttpRequest | None
-) -> tuple[Factor, list[str]] | _Refusal:
+) -> tuple[Factor, list[str]] | Refusal:
     factor = (
         Factor.objects.select_for_update()
         .filter(pk=factor_id, user_id=user.pk, confirmed=False, kind=FactorKind.TOTP)
@@ -246,7 +244,7 @@ def _totp_confirm(
         raise FactorRefused("This set-up has expired. Start again with the new code below.")
     step = _matching_step(_seed(factor), code)
     if step is None:
-        return _Refusal(
+        return Refusal(
             action="mfa.enrol",
             reason="wrong authenticator code while setting up",
             message="That code is not right. Check the time on your device and try again.",
@@ -256,14 +254,14 @@ def _totp_confirm(
     factor.last_step = step
     factor.last_used_at = timezone.now()
     factor.save(update_fields=["confirmed", "last_step", "last_used_at"])
-    cache.delete(_attempts_key(user))
+    cache.delete(attempts_key(user))
     audit_event(
         user,
         "mfa.enrol",
         details={"kind": FactorKind.TOTP, "factor": str(factor.pk)},
         request=request,
     )
-    codes = [] if recovery_codes_left(user) else _issue_recovery_codes(user)
+    codes = [] if recovery_codes_left(user) else issue_recovery_codes(user)
     return factor, codes
 
 
@@ -282,7 +280,7 @@ def _digest(user_pk: Any, code: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def _issue_recovery_codes(user: AbstractBaseUser) -> list[str]:
+def issue_recovery_codes(user: AbstractBaseUser) -> list[str]:
     RecoveryCode.objects.filter(user_id=user.pk).delete()
     codes = []
     for _ in range(RECOVERY_CODES):
@@ -299,7 +297,7 @@ def recovery_codes_regenerate(
     *, user: AbstractBaseUser, request: HttpRequest | None = None
 ) -> list[str]:
     """A new set of codes, shown once; the old ones stop working."""
-    codes = _issue_recovery_codes(user)
+    codes = issue_recovery_codes(user)
     audit_event(user, "mfa.recovery_codes", details={"count": len(codes)}, request=request)
     return codes
 
@@ -313,7 +311,7 @@ def second_factor_verify(
     """Accept a TOTP code or a recovery code; returns which it was ("totp" or
     "recovery code"). `purpose` says what for ("sign-in", "sudo"), for the trail.
     Raises FactorRefused with the reason for the person otherwise."""
-    _check_not_locked(user, request)
+    check_not_locked(user, request)
     cleaned = _normalized(code)
     if not cleaned:
         raise FactorRefused("Enter the code from your authenticator app or a recovery code.")
@@ -321,15 +319,15 @@ def second_factor_verify(
         outcome = _verify_totp(user, cleaned, request=request, purpose=purpose)
     else:
         outcome = _verify_recovery_code(user, cleaned, request=request, purpose=purpose)
-    if isinstance(outcome, _Refusal):
-        raise _refuse(user, outcome, request)
+    if isinstance(outcome, Refusal):
+        raise refuse(user, outcome, request)
     return outcome
 
 
 @transaction.atomic
 def _verify_totp(
     user: AbstractBaseUser, code: str, *, request: HttpRequest | None, purpose: str
-) -> str | _Refusal:
+) -> str | Refusal:
     factors = list(
         Factor.objects.select_for_update().filter(
             user_id=user.pk, confirmed=True, kind=FactorKind.TOTP
@@ -340,7 +338,7 @@ def _verify_totp(
         if step is None:
             continue
         if factor.last_step is not None and step <= factor.last_step:
-            return _Refusal(
+            return Refusal(
                 action="auth.second_factor",
                 reason="authenticator code used again",
                 message="That code was used already. Wait for the next code and enter it.",
@@ -349,7 +347,7 @@ def _verify_totp(
         factor.last_step = step
         factor.last_used_at = timezone.now()
         factor.save(update_fields=["last_step", "last_used_at"])
-        cache.delete(_attempts_key(user))
+        cache.delete(attempts_key(user))
         audit_event(
             user,
             "auth.second_factor",
@@ -357,7 +355,7 @@ def _verify_totp(
             request=request,
         )
         return "totp"
-    return _Refusal(
+    return Refusal(
         action="auth.second_factor",
         reason="wrong authenticator code",
         message="That code is not right. Check the time on your device and try again.",
@@ -368,7 +366,7 @@ def _verify_totp(
 @transaction.atomic
 def _verify_recovery_code(
     user: AbstractBaseUser, code: str, *, request: HttpRequest | None, purpose: str
-) -> str | _Refusal:
+) -> str | Refusal:
     digest = _digest(user.pk, code)
     found = None
     for candidate in RecoveryCode.objects.select_for_update().filter(user_id=user.pk):
@@ -376,7 +374,7 @@ def _verify_recovery_code(
             found = candidate
     if found is None or found.used_at is not None:
         used = found is not None
-        return _Refusal(
+        return Refusal(
             action="auth.recovery_code",
             reason="recovery code used already" if used else "wrong recovery code",
             message=(
@@ -388,7 +386,7 @@ def _verify_recovery_code(
         )
     found.used_at = timezone.now()
     found.save(update_fields=["used_at"])
-    cache.delete(_attempts_key(user))
+    cache.delete(attempts_key(user))
     audit_event(
         user,
         "auth.recovery_code",

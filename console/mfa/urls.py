@@ -12,6 +12,7 @@ urlpatterns = [
     # A signed-in person's own factors.
     path("account/second-factor/", views.factors, name="factors"),
     path("account/second-factor/totp/", views.totp_add, name="totp_add"),
+    path("account/second-factor/security-key/", views.webauthn_add, name="webauthn_add"),
     path("account/second-factor/recovery-codes/", views.recovery_codes, name="recovery_codes"),
     path("account/second-factor/<uuid:factor_id>/remove/", views.remove, name="remove"),
 ]

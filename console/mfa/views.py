@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.mfa import services
+from console.mfa import services, webauthn
 from console.mfa.forms import CodeForm, EnrolForm
 from console.mfa.services import FactorRefused, TotpEnrolment
 from console.mfa.session import (
@@ -78,7 +78,19 @@ def verify(request: HttpRequest) -> HttpResponse:
         return _no_pending(request)
     user, pending = found
     form = CodeForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    assertion = request.POST.get("assertion", "")
+    key_error = ""
+    if request.method == "POST" and assertion:
+        form = CodeForm()
+        try:
+            webauthn.webauthn_verify(
+                request=request, user=user, assertion=assertion, purpose="sign-in"
+            )
+        except FactorRefused as exc:
+            key_error = str(exc)
+        else:
+            return redirect(_finish_sign_in(request, user, pending))
+    elif request.method == "POST" and form.is_valid():
         try:
             used = services.second_factor_verify(
                 user=user, code=form.cleaned_data["code"], request=request, purpose="sign-in"
@@ -95,7 +107,20 @@ def verify(request: HttpRequest) -> HttpResponse:
                     "Make new ones on your Second factor page if you are running low.",
                 )
             return redirect(next_url)
-    return render(request, "mfa/verify.html", {"form": form, "email": user.get_username()})
+    return render(
+        request,
+        "mfa/verify.html",
+        {
+            "form": form,
+            "email": user.get_username(),
+            "key_error": key_error,
+            "webauthn_options": (
+                webauthn.authentication_options(request, user)
+                if webauthn.has_security_key(user)
+                else None
+            ),
+        },
+    )
 
 
 def _enrolment_context(enrolment: TotpEnrolment, form: EnrolForm) -> dict[str, Any]:
@@ -215,4 +240,43 @@ def recovery_codes(request: HttpRequest) -> HttpResponse:
     codes = services.recovery_codes_regenerate(user=_me(request), request=request)
     return render(
         request, "mfa/recovery_codes.html", {"codes": codes, "next": reverse("mfa:factors")}
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@sudo_with_own_factor_required
+def webauthn_add(request: HttpRequest) -> HttpResponse:
+    user = _me(request)
+    next_url = safe_next(
+        request, request.GET.get("next") or request.POST.get("next"), reverse("mfa:factors")
+    )
+    error = ""
+    if request.method == "POST":
+        try:
+            _, codes = webauthn.webauthn_register(
+                request=request,
+                user=user,
+                credential=request.POST.get("credential", ""),
+                name=request.POST.get("name", ""),
+            )
+        except FactorRefused as exc:
+            error = str(exc)
+        else:
+            request.session[SIGNED_IN_KEY] = WITH_SECOND_FACTOR
+            sudo_grant(request, second_factor=True)
+            messages.success(request, "Your security key is set up.")
+            if codes:
+                return render(
+                    request, "mfa/recovery_codes.html", {"codes": codes, "next": next_url}
+                )
+            return redirect(next_url)
+    return render(
+        request,
+        "mfa/webauthn_add.html",
+        {
+            "options": webauthn.registration_options(request, user),
+            "error": error,
+            "next": next_url,
+        },
     )

@@ -121,6 +121,7 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     # One's own second factors: anyone signed in, changes behind sudo mode.
     "mfa:factors": Fixed({"GET": _signed_in(OK), "POST": _signed_in(E405)}),
     "mfa:totp_add": Fixed({"GET": _own_factor(OK), "POST": _own_factor(OK)}),
+    "mfa:webauthn_add": Fixed({"GET": _own_factor(OK), "POST": _own_factor(OK)}),
     "mfa:recovery_codes": Fixed({"GET": _signed_in(E405), "POST": _own_factor(OK)}),
     "mfa:remove": Fixed({"GET": _signed_in(E405), "POST": _own_factor(OK)}),
     # Audit.

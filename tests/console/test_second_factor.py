@@ -3,6 +3,8 @@ for tenants that require it, removal, the operators' reset; and bad input."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 from typing import Any
@@ -459,3 +461,70 @@ def test_a_reset_needs_a_known_person_and_a_reason(support) -> None:
         call_command("second_factor_reset", support.username, reason="  ")
     assert Factor.objects.filter(user=support).count() == 1
     assert not events("mfa.reset").exists()
+
+
+# --- Security keys: what the server refuses on its own -------------------------------
+
+
+def security_key(user: Any, credential_id: bytes = b"registered-key") -> Factor:
+    return Factor.objects.create(
+        user=user,
+        kind="webauthn",
+        name="Blue key",
+        confirmed=True,
+        credential_id=credential_id,
+        public_key=b"not used: refused before the signature is checked",
+    )
+
+
+def assertion_from(credential_id: bytes) -> str:
+    raw = base64.urlsafe_b64encode(credential_id).rstrip(b"=").decode()
+    return json.dumps(
+        {
+            "id": raw,
+            "rawId": raw,
+            "type": "public-key",
+            "response": {"clientDataJSON": "", "authenticatorData": "", "signature": ""},
+        }
+    )
+
+
+def test_a_key_that_is_not_registered_to_the_person_is_refused(acme) -> None:
+    security_key(acme.owner)
+    security_key(acme.viewer, b"someone-elses-key")
+    client = Client()
+    password_step(client, acme.owner)
+    page = client.get(reverse("mfa:verify"))
+    assert page.context["webauthn_options"]["rpId"] == "testserver"
+    for credential_id in (b"unknown-key", b"someone-elses-key"):
+        refused = client.post(reverse("mfa:verify"), {"assertion": assertion_from(credential_id)})
+        assert "This security key is not registered to your account" in refused.content.decode()
+        assert not signed_in(client)
+    failures = events("auth.second_factor", outcome=Outcome.FAILURE, tenant=acme.tenant)
+    assert failures.count() == 2
+    assert failures.first().reason == "security key not registered to this person"
+
+
+def test_a_forged_answer_from_a_registered_key_is_refused(acme) -> None:
+    key = security_key(acme.owner)
+    client = Client()
+    password_step(client, acme.owner)
+    client.get(reverse("mfa:verify"))
+    refused = client.post(
+        reverse("mfa:verify"), {"assertion": assertion_from(bytes(key.credential_id or b""))}
+    )
+    assert "could not be verified" in refused.content.decode()
+    assert not signed_in(client)
+    key.refresh_from_db()
+    assert key.sign_count == 0 and key.last_used_at is None
+
+
+def test_a_security_key_answer_that_is_not_one_registers_nothing(acme) -> None:
+    client = login(acme.owner, sudo=True)
+    client.get(reverse("mfa:webauthn_add"))
+    response = client.post(
+        reverse("mfa:webauthn_add"), {"credential": "{not json", "name": "Blue key"}
+    )
+    assert "could not be verified" in response.content.decode()
+    assert not Factor.objects.filter(user=acme.owner).exists()
+    assert events("mfa.enrol", outcome=Outcome.FAILURE, tenant=acme.tenant).exists()
