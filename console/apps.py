@@ -16,3 +16,14 @@ class ConsoleConfig(AppConfig):
         from tenants.sudo import second_factor_register  # noqa: PLC0415
 
         second_factor_register(has_factor)
+
+        # The root key rotation moves TOTP seeds too, and keeps a version they need.
+        from console.mfa.services import totp_seeds_reseal, totp_seeds_under  # noqa: PLC0415
+        from keys.services.rootkeys import (  # noqa: PLC0415
+            SealedElsewhere,
+            sealed_elsewhere_register,
+        )
+
+        sealed_elsewhere_register(
+            SealedElsewhere("second-factor seeds", totp_seeds_reseal, totp_seeds_under)
+        )

@@ -24,7 +24,8 @@ from django.utils import timezone
 from audit.models import Outcome
 from audit.services import Actor, record_for_tenants
 from console.mfa.models import Factor, FactorKind, RecoveryCode
-from keys.vault import packed, seal, unpacked, unseal
+from keys.rootkey import local_provider
+from keys.vault import packed, reseal, seal, unpacked, unseal
 from tenants.models import Tenant
 
 TOTP_PURPOSE = "second_factor.totp"
@@ -263,6 +264,36 @@ def _totp_confirm(
     )
     codes = [] if recovery_codes_left(user) else issue_recovery_codes(user)
     return factor, codes
+
+
+def totp_seeds_reseal() -> int:
+    """Seal every TOTP seed under an older root key version again, under the
+    current one (the root key rotation's rewrap), one row at a time."""
+    prefix = local_provider().current_version().encode() + b"\0"
+    moved = 0
+    for factor_id in Factor.objects.exclude(sealed_secret=None).values_list("pk", flat=True):
+        with transaction.atomic():
+            factor = Factor.objects.select_for_update().filter(pk=factor_id).first()
+            stored = bytes(factor.sealed_secret or b"") if factor else b""
+            if factor is None or not stored or stored.startswith(prefix):
+                continue
+            sealed = reseal(purpose=TOTP_PURPOSE, owner=str(factor.pk), sealed=unpacked(stored))
+            if sealed is not None:
+                factor.sealed_secret = packed(sealed)
+                factor.save(update_fields=["sealed_secret"])
+                moved += 1
+    return moved
+
+
+def totp_seeds_under(label: str) -> int:
+    prefix = label.encode() + b"\0"
+    return sum(
+        1
+        for stored in Factor.objects.exclude(sealed_secret=None).values_list(
+            "sealed_secret", flat=True
+        )
+        if stored is not None and bytes(stored).startswith(prefix)
+    )
 
 
 # --- Recovery codes ---------------------------------------------------------------

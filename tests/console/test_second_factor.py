@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import time
+from io import StringIO
 from typing import Any
 
 import pytest
@@ -528,3 +529,38 @@ def test_a_security_key_answer_that_is_not_one_registers_nothing(acme) -> None:
     assert "could not be verified" in response.content.decode()
     assert not Factor.objects.filter(user=acme.owner).exists()
     assert events("mfa.enrol", outcome=Outcome.FAILURE, tenant=acme.tenant).exists()
+
+
+# --- The root key rotation -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_root_key_file(settings: Any, tmp_path: Any) -> Any:
+    """A root key file for this test alone, made before the tenants' keys are."""
+    from keys.runtime import reset_for_tests
+
+    settings.KEYWARD_ROOT_KEY_FILE = str(tmp_path / "root" / "root-keys.json")
+    reset_for_tests()
+    yield
+    reset_for_tests()
+
+
+def test_the_root_key_rotation_moves_totp_seeds(own_root_key_file, acme) -> None:
+    from keys.rootkey import root_key_file
+    from keys.services.rootkeys import root_key_dependents, root_key_retire
+
+    secret, _ = enrol(acme.owner)
+    call_command("rotate_root_key", stdout=StringIO())
+    assert root_key_dependents(1)["second-factor seeds"] == 1
+    out = StringIO()
+    call_command("rewrap_data_keys", stdout=out)
+    assert "second-factor seeds: 1 sealed again" in out.getvalue()
+    assert root_key_dependents(1)["second-factor seeds"] == 0
+    root_key_retire(number=1, actor=Actor.system("tests"))
+    assert root_key_file().versions() == [2]
+    stored = bytes(Factor.objects.get(user=acme.owner).sealed_secret or b"")
+    assert stored.startswith(b"root-2\0")
+    client = Client()
+    password_step(client, acme.owner)
+    client.post(reverse("mfa:verify"), {"code": code_now(secret, offset_steps=1)})
+    assert signed_in(client)
