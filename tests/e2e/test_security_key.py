@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.core.cache import cache
 from playwright.sync_api import Page, expect
 
 from audit.models import AuditEvent, Outcome
 from console.mfa.models import Factor, FactorKind
+from tenants.sudo import SECOND_FACTOR_KEY, SESSION_KEY
 from tests.conftest import PASSWORD, make_tenant
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -79,3 +82,36 @@ def test_a_member_sets_up_a_security_key_and_signs_in_with_it(page: Page, live_s
         tenant=acme.tenant,
         details__kind="webauthn",
     ).exists()
+
+
+def test_a_tenant_that_requires_it_asks_for_the_key_in_sudo_mode(
+    page: Page, live_server: Any
+) -> None:
+    acme = make_tenant("Acme", "acme", second_factor=True)
+    base = live_server.url.replace("127.0.0.1", "localhost")
+    virtual_authenticator(page)
+    page.goto(f"{base}/login/")
+    page.get_by_label("Email").fill(acme.owner.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.goto(f"{base}/account/second-factor/security-key/")
+    page.get_by_role("button", name="Add security key").click()
+    page.get_by_role("link", name="I have saved them").click()
+
+    # Some minutes later: sudo mode has ended.
+    cookie = next(c for c in page.context.cookies() if c["name"] == settings.SESSION_COOKIE_NAME)
+    session = SessionStore(session_key=cookie["value"])
+    session.pop(SESSION_KEY)
+    session.pop(SECOND_FACTOR_KEY)
+    session.save()
+
+    page.goto(f"{base}/t/acme/members/")
+    page.get_by_role("button", name="Ask for the password only").click()
+    expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
+    page.get_by_label("Your password").fill(PASSWORD)
+    page.get_by_role("button", name="Use your security key").click()
+    expect(page.get_by_role("heading", name="Members")).to_be_visible()
+    page.get_by_role("button", name="Ask for the password only").click()
+    expect(page.get_by_role("status")).to_contain_text("Key actions now need the password only")
+    sudo = AuditEvent.objects.filter(action="auth.sudo", tenant=acme.tenant).latest("seq")
+    assert sudo.details == {"second_factor": True}
