@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from api import audit_views as audit_api_views
 from api.auth import by_method
@@ -48,6 +49,12 @@ urlpatterns = [
     path("t/<slug:slug>/data/objects/", include("objects.console_urls")),
     path("t/<slug:slug>/data/", include("console.data_urls")),
     path(errors.API_ROOT.removeprefix("/"), include(api_patterns)),
+    # The admin's own sign-in would skip the second factor: it is the console's.
+    path(
+        "admin/login/",
+        RedirectView.as_view(pattern_name="login", query_string=True),
+        name="admin_login",
+    ),
     path("admin/", admin.site.urls),
 ]
 

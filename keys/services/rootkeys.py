@@ -144,7 +144,9 @@ def _reseal_secrets() -> Counter[str]:
                 key_import.save(update_fields=["private_wrapped", "private_kek_version"])
                 moved["import private keys"] += 1
     for kind in _sealed_elsewhere.values():
-        moved[kind.what] += kind.reseal()
+        count = kind.reseal()
+        if count:
+            moved[kind.what] += count
     return moved
 
 

@@ -244,6 +244,12 @@ def test_a_superuser_must_enrol_too(db) -> None:
     assert not signed_in(client)
 
 
+def test_the_admin_signs_in_through_the_console(db) -> None:
+    response = Client().get("/admin/login/?next=/admin/")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("login") + "?next=/admin/"
+
+
 # --- The tenant setting and sudo mode ----------------------------------------------
 
 
