@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # After authentication: a session that skipped the second factor gets nowhere.
+    "console.mfa.middleware.SecondFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -382,6 +384,13 @@ LOGGING = {
 
 # --- Keyward ------------------------------------------------------------------
 KEYWARD_SUDO_SECONDS = env.integer("KEYWARD_SUDO_SECONDS", 600, minimum=30, maximum=3600)
+# The second factor: the name authenticator apps show next to the code, and the
+# WebAuthn relying party (its id is a domain; empty means the host of the page).
+KEYWARD_TOTP_ISSUER = (env.string("KEYWARD_TOTP_ISSUER") or "Keyward")[:64]
+KEYWARD_WEBAUTHN_RP_ID = (env.string("KEYWARD_WEBAUTHN_RP_ID") or "").strip().lower()
+if KEYWARD_WEBAUTHN_RP_ID and ("/" in KEYWARD_WEBAUTHN_RP_ID or ":" in KEYWARD_WEBAUTHN_RP_ID):
+    raise ImproperlyConfigured("KEYWARD_WEBAUTHN_RP_ID must be a domain name, like example.com")
+KEYWARD_WEBAUTHN_RP_NAME = (env.string("KEYWARD_WEBAUTHN_RP_NAME") or "Keyward")[:64]
 KEYWARD_AUDIT_PAGE_SIZE = env.integer("KEYWARD_AUDIT_PAGE_SIZE", 50, minimum=10, maximum=500)
 # How long the link in an invitation email works.
 KEYWARD_INVITATION_HOURS = env.integer("KEYWARD_INVITATION_HOURS", 72, minimum=1, maximum=30 * 24)

@@ -3,10 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from api import audit_views as audit_api_views
 from api.auth import by_method
 from console import errors, views
+from console.mfa.views import SignInView
 from objects import api_urls as object_api_urls
 from records import api_urls as record_api_urls
 
@@ -37,11 +39,8 @@ urlpatterns = [
     path("", include(console_patterns)),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon, name="favicon"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("login/", SignInView.as_view(), name="login"),
+    path("", include("console.mfa.urls")),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("t/<slug:slug>/audit/", include("audit.urls")),
     path("t/<slug:slug>/members/", include("tenants.urls")),
@@ -53,6 +52,12 @@ urlpatterns = [
     path("t/<slug:slug>/data/", include("console.data_urls")),
     path(errors.API_ROOT.removeprefix("/"), include(api_patterns)),
     path("support/", include("console.support.urls")),
+    # The admin's own sign-in would skip the second factor: it is the console's.
+    path(
+        "admin/login/",
+        RedirectView.as_view(pattern_name="login", query_string=True),
+        name="admin_login",
+    ),
     path("admin/", admin.site.urls),
 ]
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
@@ -14,6 +15,9 @@ from audit.selectors import recent_audit_events
 from audit.services import Actor, record_for_tenants
 from console.forms import SudoForm
 from console.live import live_fingerprint, live_pace
+from console.mfa.forms import CodeForm
+from console.mfa.services import FactorRefused, has_factor, second_factor_verify
+from console.mfa.webauthn import authentication_options, has_security_key, webauthn_verify
 from keys.selectors.overview import revocation_bound
 from keys.selectors.usage import revocation_chart, usage_charts
 from records.blindindex import INDEXED_FIELDS
@@ -102,19 +106,72 @@ def sudo(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(
         request, request.GET.get("next") or request.POST.get("next"), reverse("console:home")
     )
+    # Which form to show; what is granted follows from what was checked.
+    wants_factor = "1" in (request.GET.get("factor"), request.POST.get("factor"))
+    me = request.user
+    assert isinstance(me, AbstractBaseUser)  # login_required
+    enrolled = has_factor(request.user)
+    if wants_factor and not enrolled:
+        return render(request, "console/sudo_enrol_first.html", {"next": next_url})
     form = SudoForm(request.POST or None)
+    assertion = request.POST.get("assertion", "") if wants_factor else ""
+    code_form = CodeForm(None if assertion else request.POST or None) if wants_factor else None
+    key_error = ""
     if request.method == "POST" and form.is_valid():
         user = authenticate(
             request, username=request.user.get_username(), password=form.cleaned_data["password"]
         )
         tenants: list[Tenant | None] = [m.tenant for m in memberships_for_user(request.user)]
         actor = Actor.for_user(request.user, support=is_support_staff(request.user))
-        if user is not None and user.pk == request.user.pk:
+        if user is None or user.pk != request.user.pk:
+            form.add_error("password", "That password is not correct.")
+        elif code_form is None:
             # A raised privilege gets a session id of its own, as signing in does:
             # an id seen before the password was entered is worth nothing after.
             request.session.cycle_key()
             sudo_grant(request)
             record_for_tenants(tenants or [None], actor=actor, action="auth.sudo", request=request)
             return redirect(next_url)
-        form.add_error("password", "That password is not correct.")
-    return render(request, "console/sudo.html", {"form": form, "next": next_url})
+        elif assertion or code_form.is_valid():
+            try:
+                if assertion:
+                    webauthn_verify(
+                        request=request, user=request.user, assertion=assertion, purpose="sudo"
+                    )
+                else:
+                    second_factor_verify(
+                        user=request.user,
+                        code=code_form.cleaned_data["code"],
+                        request=request,
+                        purpose="sudo",
+                    )
+            except FactorRefused as exc:
+                key_error = str(exc) if assertion else ""
+                if not assertion:
+                    code_form.add_error("code", str(exc))
+            else:
+                request.session.cycle_key()
+                sudo_grant(request, second_factor=True)
+                record_for_tenants(
+                    tenants or [None],
+                    actor=actor,
+                    action="auth.sudo",
+                    details={"second_factor": True},
+                    request=request,
+                )
+                return redirect(next_url)
+    return render(
+        request,
+        "console/sudo.html",
+        {
+            "form": form,
+            "code_form": code_form,
+            "next": next_url,
+            "key_error": key_error,
+            "webauthn_options": (
+                authentication_options(request, me)
+                if code_form is not None and has_security_key(me)
+                else None
+            ),
+        },
+    )

@@ -84,6 +84,8 @@ class Tenant(models.Model):
         default=8,
         validators=[MinValueValidator(1), MaxValueValidator(SUPPORT_ACCESS_MAX_HOURS)],
     )
+    # Sudo mode for key actions asks for the second factor as well as the password.
+    require_second_factor = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]

@@ -77,6 +77,26 @@ def tenant_create(
 
 
 @transaction.atomic
+def tenant_set_second_factor_requirement(
+    *, tenant: Tenant, required: bool, actor: Actor, request: HttpRequest | None = None
+) -> Tenant:
+    """Whether sudo mode for key actions asks for the second factor too."""
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.require_second_factor == required:
+        return locked
+    locked.require_second_factor = required
+    locked.save(update_fields=["require_second_factor"])
+    record(
+        tenant=locked,
+        actor=actor,
+        action="tenant.second_factor_required" if required else "tenant.second_factor_optional",
+        target=locked.slug,
+        request=request,
+    )
+    return locked
+
+
+@transaction.atomic
 def tenant_rename(
     *, tenant: Tenant, name: str, actor: Actor, request: HttpRequest | None = None
 ) -> Tenant:

@@ -28,6 +28,7 @@ from tenants.services import (
     invitation_revoke,
     membership_change_role,
     membership_remove,
+    tenant_set_second_factor_requirement,
 )
 from tenants.sudo import sudo_required
 
@@ -52,6 +53,30 @@ def member_list(request: HttpRequest, access: TenantAccess) -> HttpResponse:
             "roles": Role.choices,
         },
     )
+
+
+@login_required
+@require_POST
+@with_tenant(Perm.MANAGE_MEMBERS)
+@sudo_required
+def second_factor_setting(request: HttpRequest, access: TenantAccess) -> HttpResponse:
+    choice = request.POST.get("required")
+    if choice not in ("on", "off"):
+        messages.error(request, "Choose whether key actions need a second factor.")
+        return redirect("tenants:members", slug=access.tenant.slug)
+    tenant = tenant_set_second_factor_requirement(
+        tenant=access.tenant,
+        required=choice == "on",
+        actor=access.actor(request.user),
+        request=request,
+    )
+    messages.success(
+        request,
+        "Key actions now need a second factor."
+        if tenant.require_second_factor
+        else "Key actions now need the password only.",
+    )
+    return redirect("tenants:members", slug=access.tenant.slug)
 
 
 def _error_text(exc: ValidationError) -> str:

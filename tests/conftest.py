@@ -11,8 +11,14 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from audit.services import Actor
+from console.mfa.session import SIGNED_IN_KEY, WITH_SECOND_FACTOR
 from tenants.models import Role, Tenant
-from tenants.services import membership_add, tenant_create
+from tenants.services import (
+    membership_add,
+    tenant_create,
+    tenant_set_second_factor_requirement,
+)
+from tenants.sudo import SECOND_FACTOR_KEY
 from tenants.sudo import SESSION_KEY as SUDO_SESSION_KEY
 
 PASSWORD = "correct horse battery staple"
@@ -50,9 +56,13 @@ def make_user(email: str, **flags: Any) -> Any:
     )
 
 
-def make_tenant(name: str, slug: str) -> TenantUsers:
+def make_tenant(name: str, slug: str, *, second_factor: bool = False) -> TenantUsers:
+    """A tenant with one member of each role; like the demo tenants, its key
+    actions ask for the password only unless `second_factor`."""
     system = Actor.system("tests")
     tenant = tenant_create(name=name, slug=slug, actor=system)
+    if not second_factor:
+        tenant = tenant_set_second_factor_requirement(tenant=tenant, required=False, actor=system)
     users = {}
     for role in (Role.OWNER, Role.KEY_ADMIN, Role.AUDITOR, Role.VIEWER):
         user = make_user(f"{role}@{slug}.test")
@@ -81,14 +91,22 @@ def support(db: None) -> Any:
     return make_user("support@vendor.test", is_staff=True)
 
 
-def login(user: Any, *, sudo: bool = False) -> Client:
-    """A client signed in as `user`; with sudo, as if they just re-entered their password."""
+def login(user: Any, *, sudo: bool = False, second_factor: bool = True) -> Client:
+    """A client signed in as `user`; with sudo, as if they just re-entered their password.
+
+    With `second_factor`, the session is one that passed the second factor at
+    sign-in (and, with sudo, just now), as vendor staff's always are.
+    """
     client = Client()
     client.force_login(user)  # signing in grants sudo, as a password was just entered
+    session = client.session
+    if second_factor:
+        session[SIGNED_IN_KEY] = WITH_SECOND_FACTOR
+        if sudo:
+            session[SECOND_FACTOR_KEY] = session[SUDO_SESSION_KEY]
     if not sudo:
-        session = client.session
         session.pop(SUDO_SESSION_KEY, None)
-        session.save()
+    session.save()
     return client
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -44,6 +45,23 @@ logger = logging.getLogger(__name__)
 # A signature is made again without the key store, so it may be in any state
 # but destroyed (whose keys are gone).
 _RESIGN_STATES = tuple(s for s in ServiceState.values if s != ServiceState.DESTROYED)
+
+
+@dataclass(frozen=True)
+class SealedElsewhere:
+    """Secrets sealed under the root key by a higher layer (people's second
+    factors), which this module cannot import: registered at start-up."""
+
+    what: str  # plural, for reports: "second-factor seeds"
+    reseal: Callable[[], int]  # seal again under the current version; how many moved
+    under: Callable[[str], int]  # how many are still sealed under a version label
+
+
+_sealed_elsewhere: dict[str, SealedElsewhere] = {}
+
+
+def sealed_elsewhere_register(kind: SealedElsewhere) -> None:
+    _sealed_elsewhere[kind.what] = kind
 
 
 def _label(number: int) -> str:
@@ -143,6 +161,10 @@ def _reseal_secrets() -> Counter[str]:
                 destination.sealed_secret = packed(sealed)
                 destination.save(update_fields=["sealed_secret"])
                 moved["audit stream secrets"] += 1
+    for kind in _sealed_elsewhere.values():
+        count = kind.reseal()
+        if count:
+            moved[kind.what] += count
     return moved
 
 
@@ -200,6 +222,8 @@ def root_key_dependents(number: int) -> Counter[str]:
             if stored is not None and bytes(stored).startswith(prefix)
         ]
     )
+    for kind in _sealed_elsewhere.values():
+        found[kind.what] = kind.under(label)
     providers = ProvidersOfPass()
     for tenant in Tenant.objects.all():
         for item in stored_blobs(tenant):

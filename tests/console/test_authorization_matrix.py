@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.shortcuts import resolve_url
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -113,6 +114,12 @@ KEY_CHANGING = (
     "keys:rotate_dek",
 )
 
+
+def _own_factor(answer: str) -> dict[str, str]:
+    """Changing one's own factors: signed in, and in sudo mode."""
+    return {**_signed_in(answer), **dict.fromkeys(NO_SUDO, SUDO)}
+
+
 CONSOLE: dict[str, TenantPage | Fixed] = {
     # Outside any tenant.
     "console:home": Fixed({"GET": _signed_in(OK), "POST": _signed_in(E405)}),
@@ -133,6 +140,17 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     "tenants:remove": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
     "tenants:invite": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
     "tenants:revoke_invite": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    "tenants:second_factor_setting": TenantPage(Perm.MANAGE_MEMBERS, "POST", sudo=True),
+    # The second step of signing in: nothing to do without a right password
+    # first, signed in or not.
+    "mfa:verify": Fixed({"GET": {"*": LOGIN}, "POST": {"*": LOGIN}}),
+    "mfa:enrol_sign_in": Fixed({"GET": {"*": LOGIN}, "POST": {"*": LOGIN}}),
+    # One's own second factors: anyone signed in, changes behind sudo mode.
+    "mfa:factors": Fixed({"GET": _signed_in(OK), "POST": _signed_in(E405)}),
+    "mfa:totp_add": Fixed({"GET": _own_factor(OK), "POST": _own_factor(OK)}),
+    "mfa:webauthn_add": Fixed({"GET": _own_factor(OK), "POST": _own_factor(OK)}),
+    "mfa:recovery_codes": Fixed({"GET": _signed_in(E405), "POST": _own_factor(OK)}),
+    "mfa:remove": Fixed({"GET": _signed_in(E405), "POST": _own_factor(OK)}),
     # Audit.
     "audit:list": TenantPage(Perm.VIEW_AUDIT, "GET"),
     "audit:export_csv": TenantPage(Perm.EXPORT_AUDIT, "GET"),
@@ -412,6 +430,7 @@ def build_world(acme: TenantUsers, globex: TenantUsers, support: Any) -> dict[st
             "uid": uuid.uuid4(),
             "request_id": asked.pk,
             "object_id": uuid.uuid4(),
+            "factor_id": uuid.uuid4(),
         },
     }
 
@@ -511,3 +530,47 @@ def test_api_token_of_another_tenant_finds_nothing(world: dict[str, Any]) -> Non
     assert mine.status_code == 200
     body = b"".join(mine.streaming_content) if mine.streaming else mine.content  # type: ignore[attr-defined]
     assert body == b"acme's bytes"
+
+
+# Sessions that skipped the second factor: vendor staff, a superuser, and a
+# member who has a factor, signed in some other way than Keyward's sign-in.
+WITHOUT_SECOND_FACTOR = ("support", "superuser", "member_with_factor")
+
+
+def _without_second_factor(world: dict[str, Any], who: str) -> Client:
+    from console.mfa.services import totp_begin, totp_confirm
+    from tests.console.mfa_helpers import code_now
+
+    if who == "support":
+        user = world["support"]
+    elif who == "superuser":
+        user = get_user_model().objects.filter(username="root@vendor.test").first()
+        if user is None:
+            user = get_user_model().objects.create_superuser(
+                username="root@vendor.test", email="root@vendor.test", password="x" * 16
+            )
+    else:
+        user = world["acme"].owner
+        if not user.second_factors.filter(confirmed=True).exists():
+            enrolment = totp_begin(user=user)
+            totp_confirm(
+                user=user, factor_id=str(enrolment.factor.pk), code=code_now(enrolment.secret)
+            )
+    return login(user, sudo=True, second_factor=False)
+
+
+@pytest.mark.parametrize("who", WITHOUT_SECOND_FACTOR)
+def test_a_session_without_the_second_factor_is_anonymous_everywhere(
+    world: dict[str, Any], who: str
+) -> None:
+    routes = project_routes()
+    failures = []
+    for name, row in CONSOLE.items():
+        url = url_for(routes[name], world["args"])
+        for method in METHODS:
+            # A new session each time: the first request ends it.
+            client = _without_second_factor(world, who)
+            failure = check(client, url, method, console_expected(row, method, ANONYMOUS))
+            if failure:
+                failures.append(failure)
+    assert not failures, "\n".join(failures)

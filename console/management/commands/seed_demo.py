@@ -22,7 +22,12 @@ from records.models import Record
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import Membership, Role, Tenant
-from tenants.services import membership_add, tenant_addon_enable, tenant_create
+from tenants.services import (
+    membership_add,
+    tenant_addon_enable,
+    tenant_create,
+    tenant_set_second_factor_requirement,
+)
 
 DEMO_TENANTS = (("Acme", "acme"), ("Globex", "globex"))
 DEMO_RECORDS = 400
@@ -140,10 +145,15 @@ class Command(BaseCommand):
             return account
 
         for name, slug in DEMO_TENANTS:
-            # The demo shows bringing a key: both tenants have the BYOK add-on.
-            tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(
-                name=name, slug=slug, actor=system, byok_addon=True
-            )
+            tenant = Tenant.objects.filter(slug=slug).first()
+            if tenant is None:
+                # The demo shows bringing a key: both tenants have the BYOK add-on.
+                tenant = tenant_create(name=name, slug=slug, actor=system, byok_addon=True)
+                # The README's demo logins change keys with a password alone;
+                # owners turn the second factor on on the Members page.
+                tenant = tenant_set_second_factor_requirement(
+                    tenant=tenant, required=False, actor=system
+                )
             if not tenant.byok_addon:
                 tenant = tenant_addon_enable(tenant=tenant, actor=system)
             for role in ROLES:
