@@ -14,7 +14,8 @@ from objects.services import object_put
 from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import AccessRequest, SupportAccess, Tenant
-from tests.conftest import PASSWORD, make_tenant, make_user
+from tests.conftest import PASSWORD, make_tenant
+from tests.e2e.conftest import sign_in_with_code, staff_with_authenticator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -26,26 +27,21 @@ def _objects(settings: Any, tmp_path: Path) -> None:
     keyring.forget()
 
 
-def signed_in(browser: Browser, live_server: Any, email: str) -> Page:
+def signed_in(browser: Browser, live_server: Any, email: str, secret: str) -> Page:
     context = browser.new_context(accept_downloads=True)
     context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto(f"{live_server.url}/login/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    return page
+    return sign_in_with_code(context.new_page(), live_server.url, email, secret)
 
 
 def test_support_reads_only_while_the_owner_allows_it(
     page: Page, sign_in: Any, browser: Browser, live_server: Any
 ) -> None:
     acme = make_tenant("Acme", "acme")
-    make_user("support@vendor.test", is_staff=True)
+    secret = staff_with_authenticator("support@vendor.test")
     rows = records_create(tenant=acme.tenant, items=list(synthetic_records(2)))
     object_put(tenant=acme.tenant, key="exports/r.csv", chunks=[b"x,y\n"], content_type="text/csv")
 
-    support = signed_in(browser, live_server, "support@vendor.test")
+    support = signed_in(browser, live_server, "support@vendor.test", secret)
     try:
         support.goto(f"{live_server.url}/support/t/acme/data/")
         expect(support.get_by_test_id("access-refused")).to_contain_text("no open grant")

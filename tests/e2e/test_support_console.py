@@ -14,7 +14,8 @@ from keys.models import KeyHealthCheck, KeySource, SourceKind
 from keys.runtime import reset_for_tests
 from keys.services.sources import byok_enable_run
 from tenants.models import ServiceState
-from tests.conftest import PASSWORD, login, make_tenant, make_user
+from tests.conftest import PASSWORD, login, make_tenant
+from tests.e2e.conftest import sign_in_with_code, staff_with_authenticator
 from tests.keys.test_upload import customer_wraps, download, upload
 from tests.support.worker import celery_worker
 
@@ -27,7 +28,7 @@ def test_support_filters_opens_a_tenant_and_runs_the_health_check(
     reset_for_tests()
     acme = make_tenant("Acme", "acme")
     make_tenant("Globex", "globex")
-    support = make_user("support@vendor.test", is_staff=True)
+    secret = staff_with_authenticator("support@vendor.test")
     # Acme brings an uploaded key and enables it.
     client = login(acme.owner, sudo=True)
     files = download(client, "acme", tmp_path / "kit")
@@ -46,7 +47,7 @@ def test_support_filters_opens_a_tenant_and_runs_the_health_check(
 
     with celery_worker(tmp_path / "worker.log") as worker:
         monkeypatch.setitem(celery_app.conf, "task_default_queue", worker.queue)
-        sign_in(support.username, PASSWORD)
+        sign_in_with_code(page, live_server.url, "support@vendor.test", secret)
         expect(page).to_have_url(f"{live_server.url}/support/")
         rows = page.get_by_test_id("support-row")
         expect(rows).to_have_count(2)
