@@ -3,7 +3,8 @@
 Production settings, two database roles on PostgreSQL, Redis, gunicorn, one
 Celery worker and one beat, each started with the README's command; then
 `tenant_create` invites an owner, who chooses a password through the emailed
-link, signs in with Chromium, makes an API token, stores records through
+link, signs in with Chromium, sets up an authenticator app (a new tenant asks
+for a second factor before keys change), makes an API token, stores records through
 gunicorn, rotates the data key and re-encrypts the older data on the worker.
 Only the commands and pages an operator and a customer use are involved: no
 test database, no ORM call, no task run in this process.
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.console.mfa_helpers import code_now
 from tests.support.deployment import Deployment, production_deployment, wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -56,14 +58,24 @@ def invitation_link(deployment: Deployment) -> str:
     return link.group(0)
 
 
-def create_token(page: Page, deployment: Deployment) -> str:
+def fill_token_form(page: Page, deployment: Deployment) -> None:
     page.goto(f"{deployment.url}/t/smoke/data/")
     form = page.get_by_test_id("token-form")
     form.get_by_label("Name").fill("smoke test")
     for scope in ("records:read", "records:write"):
         form.locator(f'input[name="scopes"][value="{scope}"]').check()
     page.get_by_test_id("create-token").click()
-    return str(page.get_by_test_id("token-text").inner_text(timeout=15_000)).strip()
+
+
+def enrol_authenticator(page: Page) -> None:
+    """A new tenant asks for a second factor before keys change: the owner sets one up."""
+    expect(page.get_by_role("heading", name="Set up a second factor first")).to_be_visible()
+    page.get_by_role("link", name="Set up an authenticator app").click()
+    secret = page.get_by_test_id("totp-secret").inner_text()
+    page.get_by_label("Code from the app").fill(code_now(secret))
+    page.get_by_role("button", name="Turn on").click()
+    expect(page.get_by_role("heading", name="Your recovery codes")).to_be_visible()
+    page.get_by_role("link", name="I have saved them").click()
 
 
 def test_an_operator_deploys_and_the_first_owner_reencrypts_through_the_worker(
@@ -106,7 +118,12 @@ def test_an_operator_deploys_and_the_first_owner_reencrypts_through_the_worker(
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["sessionid"]["httpOnly"] and not cookies["sessionid"]["secure"]
 
-    token = create_token(page, deployment)
+    # Making a token is a key-changing action: the new tenant wants a second
+    # factor for it, so the owner sets up an authenticator app, then acts again.
+    fill_token_form(page, deployment)
+    enrol_authenticator(page)
+    fill_token_form(page, deployment)
+    token = page.get_by_test_id("token-text").inner_text().strip()
     assert token.startswith("kw_")
     stored = []
     for record in RECORDS:
