@@ -49,8 +49,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = current_request_id()
-        if request_id:
+        # Django logs a refused or failed request after the middleware returned: the
+        # request it passes along still has its id.
+        request_id = current_request_id() or getattr(
+            getattr(record, "request", None), "request_id", ""
+        )
+        if isinstance(request_id, str) and request_id:
             line["request_id"] = request_id
         for name, value in record.__dict__.items():
             plain = value is None or isinstance(value, str | int | float | bool)

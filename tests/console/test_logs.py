@@ -168,3 +168,16 @@ def test_the_demo_flows_log_json_lines_and_no_secret(demo, log_output) -> None:
     for key in keys:
         for text in spellings(key):
             assert text not in output
+
+
+def test_djangos_own_line_about_a_refused_request_carries_its_id(db, settings, log_output) -> None:
+    settings.KEYWARD_METRICS_TOKEN = "t" * 40
+    response = Client().get("/metrics")
+    assert response.status_code == 401
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    (refused,) = [line for line in lines if line["logger"] == "django.request"]
+    assert refused["request_id"] == response["X-Request-ID"]
+    assert refused["status_code"] == 401 and refused["level"] == "WARNING"
+    (line,) = [line for line in lines if line.get("event") == "request"]
+    assert line["request_id"] == response["X-Request-ID"]
+    assert (line["route"], line["status"], line["actor"]) == ("metrics", 401, "anonymous")

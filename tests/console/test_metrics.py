@@ -205,7 +205,7 @@ def test_tenants_by_state_a_waiting_rotation_and_a_failed_move(token, acme, glob
         settings.KEYWARD_HEALTH_CHECK_SECONDS
     )
 
-    dek = DataKey.objects.filter(tenant=acme.tenant).first()
+    dek = DataKey.objects.filter(tenant=acme.tenant).earliest("version")
     failed = ObjectMigration.objects.create(
         tenant=acme.tenant,
         direction=Direction.TO_DEDICATED,
@@ -270,7 +270,7 @@ def test_a_real_worker_logs_one_line_per_task_and_its_counts_reach_the_scrape(
     before = scrape()
     log = tmp_path / "worker.log"
     with celery_worker(log) as worker:
-        result = rotate_dek_for_count.apply_async(args=[str(tenant.pk)], queue=worker.queue)
+        result = rotate_dek_for_count.apply_async(args=(str(tenant.pk),), queue=worker.queue)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             lines = _json_lines(log)

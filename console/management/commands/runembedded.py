@@ -35,6 +35,9 @@ class Command(BaseCommand):
         datadir.secure_embedded_storage(
             settings.DATA_DIR, datadir.sqlite_file(settings.DATABASES["default"])
         )
+        # Metric files of processes from an earlier run: totals start again at zero.
+        for stale in settings.KEYWARD_METRICS_DIR.glob("*.db"):
+            stale.unlink(missing_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
         data = settings.DATA_DIR
@@ -44,6 +47,8 @@ class Command(BaseCommand):
                 python,
                 "-m",
                 "gunicorn",
+                "--config",
+                "python:console.gunicorn",
                 "console.wsgi:application",
                 "--bind",
                 f"127.0.0.1:{port}",
@@ -51,8 +56,6 @@ class Command(BaseCommand):
                 "2",
                 "--threads",
                 "4",
-                "--access-logfile",
-                "-",
             ],
             "worker": [
                 python,
