@@ -10,7 +10,10 @@ process answers and however long ago anything changed.
 from __future__ import annotations
 
 import hmac
+import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Count, Min, OuterRef, Subquery
@@ -73,6 +76,32 @@ class StateCollector(Collector):
             "How often beat starts a round of key health checks (KEYWARD_HEALTH_CHECK_SECONDS)",
             value=settings.KEYWARD_HEALTH_CHECK_SECONDS,
         )
+
+
+_VALUES_FILE = re.compile(r"[a-z_]+_(\d+)\.db")
+
+
+def forget_exited_processes(folder: Path) -> list[Path]:
+    """Delete the metric files of processes that no longer run (at startup: their
+    counts belong to an earlier run). A running process's files are kept."""
+    removed = []
+    for path in folder.glob("*.db"):
+        match = _VALUES_FILE.fullmatch(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _authorized(request: HttpRequest, token: str) -> bool:

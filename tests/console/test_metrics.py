@@ -20,6 +20,7 @@ from django.test import Client
 from django.utils import timezone
 
 from audit.services import Actor
+from console.metrics import forget_exited_processes
 from keys.models import DataKey, KeySource
 from keys.providers.base import KeyMaterialInvalid
 from keys.registry import provider_for
@@ -308,3 +309,27 @@ def test_the_answer_sets_no_cookie_and_is_not_cached(token, db) -> None:
     assert response.status_code == 200
     assert not response.cookies
     assert response["Cache-Control"] == "no-store"
+
+
+def test_startup_forgets_the_files_of_exited_processes_only(tmp_path) -> None:
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_out)
+    dead = int(exited.stdout)
+    mine = os.getpid()
+    names = [
+        f"counter_{mine}.db",
+        f"gauge_livesum_{mine}.db",
+        f"counter_{dead}.db",
+        f"histogram_{dead}.db",
+        f"gauge_mostrecent_{dead}.db",
+        "notes.txt",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    removed = forget_exited_processes(tmp_path)
+    assert sorted(path.name for path in removed) == sorted(names[2:5])
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [names[0], names[1], "notes.txt"]
+    )
+
+
+_out: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 60}
