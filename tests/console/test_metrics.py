@@ -259,7 +259,8 @@ def test_requests_are_labelled_by_route_name_never_by_path(token, acme, globex) 
     names = set(project_routes())
     assert {"api:record", "keys:overview", "unmatched"} <= routes
     # Route names only (the admin's too): never a path, an id or a slug.
-    assert all(re.fullmatch(r"[a-z_]+(:[a-z_]+)*", route) for route in routes), routes
+    assert all(re.fullmatch(r"[\w.-]+(:[\w.-]+)*", route) for route in routes), routes
+    assert not [route for route in routes if re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", route)]
     assert not {r for r in routes if not r.startswith("admin:")} - names - {"unmatched"}
 
 
