@@ -43,7 +43,8 @@ def route_of(request: HttpRequest) -> str:
     match = getattr(request, "resolver_match", None)
     if match is None:
         return "unmatched"
-    return match.view_name or "unnamed"
+    # Django names an unnamed pattern by its view's dotted path: not a route name.
+    return match.view_name if match.url_name else "unnamed"
 
 
 def tenant_of(request: HttpRequest) -> str:
