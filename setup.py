@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from setuptools import find_packages, setup
 
-APPS = ["console", "tenants", "keys", "audit", "records", "api", "objects", "crypto"]
+APPS = ["console", "tenants", "keys", "audit", "records", "api", "objects", "crypto", "telemetry"]
 
 setup(
     packages=[

@@ -15,6 +15,8 @@ from django.utils import timezone
 
 from audit.chain import GENESIS_HASH, BrokenLink, event_hash
 from audit.models import VENDOR_CHAIN, ActorKind, AuditChain, AuditEvent, Outcome
+from telemetry.context import current_request_id
+from telemetry.metrics import AUDIT_APPENDS
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,14 @@ def chain_key(tenant: Model | None) -> str:
 
 
 def _request_context(request: HttpRequest | None) -> dict[str, Any]:
+    """Where the event came from. The request id also reaches services that are
+    not handed the request (the middleware sets it for the whole request)."""
     if request is None:
-        return {"ip": None, "user_agent": "", "request_id": ""}
+        return {"ip": None, "user_agent": "", "request_id": current_request_id()}
     return {
         "ip": request.META.get("REMOTE_ADDR") or None,
         "user_agent": request.META.get("HTTP_USER_AGENT", "")[:512],
-        "request_id": getattr(request, "request_id", ""),
+        "request_id": getattr(request, "request_id", "") or current_request_id(),
     }
 
 
@@ -109,6 +113,9 @@ def record(
         head.last_hash = digest
         head.last_time = now
         head.save(update_fields=["last_seq", "last_hash", "last_time"])
+        # Counted once it is kept: an event that rolls back was never appended.
+        counter = AUDIT_APPENDS.labels(outcome)
+        transaction.on_commit(counter.inc)
     return event
 
 

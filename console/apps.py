@@ -8,8 +8,9 @@ class ConsoleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers Keyward's system checks.
-        from console import checks  # noqa: F401, PLC0415
+        # Registers Keyward's system checks, and the task log and metrics with
+        # Celery's signals (both need the apps loaded).
+        from console import checks, tasklog  # noqa: F401, PLC0415
 
         # Sudo mode (tenants, a lower layer) learns who has a second factor.
         from console.mfa.services import has_factor  # noqa: PLC0415

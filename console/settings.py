@@ -10,6 +10,7 @@ those can still be pointed at a real server (the tests use PostgreSQL and Redis)
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 from datetime import timedelta
@@ -101,6 +102,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "console.middleware.RequestIdMiddleware",
+    "console.middleware.RequestLogMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -225,6 +227,32 @@ if KEYWARD_INSECURE_HTTP_LOOPBACK and PRODUCTION and _public_hosts:
     )
 # Load balancers probe over plain HTTP without X-Forwarded-Proto.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# --- Metrics (Prometheus) ------------------------------------------------------
+# /metrics answers only with this bearer token; unset, it is a 404. The token
+# travels in a header, so by default /metrics is redirected to HTTPS like every
+# page; KEYWARD_METRICS_ALLOW_HTTP lets a scraper on a private network reach each
+# instance over plain HTTP (each instance adds up its own processes only).
+KEYWARD_METRICS_TOKEN = env.string("KEYWARD_METRICS_TOKEN")
+if KEYWARD_METRICS_TOKEN is not None and not re.fullmatch(r"[!-~]{32,256}", KEYWARD_METRICS_TOKEN):
+    raise ImproperlyConfigured(
+        "KEYWARD_METRICS_TOKEN must be 32 to 256 printable characters without spaces "
+        "(e.g. the output of `openssl rand -hex 32`)"
+    )
+if env.boolean("KEYWARD_METRICS_ALLOW_HTTP", False):
+    SECURE_REDIRECT_EXEMPT.append(r"^metrics$")
+# Every process (gunicorn and Celery workers) writes its metric values to files
+# here and /metrics adds them up. prometheus-client takes the folder from
+# PROMETHEUS_MULTIPROC_DIR when it is imported, which is after the settings:
+# Keyward sets it (an inherited value is replaced, so that a process with
+# another data folder never writes into a folder that is not its own).
+KEYWARD_METRICS_DIR = Path(env.string("KEYWARD_METRICS_DIR") or DATA_DIR / "metrics").resolve()
+try:
+    datadir.create_private_folder(KEYWARD_METRICS_DIR)
+except OSError as exc:
+    raise ImproperlyConfigured(
+        f"KEYWARD_METRICS_DIR: cannot create {KEYWARD_METRICS_DIR}: {exc}"
+    ) from exc
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(KEYWARD_METRICS_DIR)
 if PRODUCTION and KEYWARD_INSECURE_HTTP_LOOPBACK:
     SESSION_COOKIE_SECURE = False
     CSRF_COOKIE_SECURE = False
@@ -329,6 +357,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env.integer("KEYWARD_TASK_SOFT_TIME_LIMIT", 3300, minimum=10)
 CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_IGNORE_RESULT = True
+# Workers log through LOGGING below (JSON lines) instead of Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Beat's state, in the data folder rather than the working directory.
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # How often beat checks every customer key (the revocation bound adds this to the TTL).
@@ -360,15 +390,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
+    # One JSON object per line (console/logs.py): requests and tasks each log one
+    # line with their request id, tenant, actor, route or task, status, duration.
+    "formatters": {"json": {"()": "console.logs.JsonFormatter"}},
     # A refused request (403, 400) is one line, without the refusing view's traceback.
     "filters": {"client_errors": {"()": "console.logs.ClientErrorWithoutTraceback"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
+            "formatter": "json",
             # Also here for django.security.<ExceptionName>, whose loggers are made
             # on the fly: a filter on a parent logger does not see their records.
             "filters": ["client_errors"],
@@ -379,6 +409,8 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "django.request": {"filters": ["client_errors"]},
         "axes": {"level": "WARNING"},
+        # RequestLogMiddleware's line says the same, with the request id and route.
+        "django.server": {"level": "WARNING"},
     },
 }
 

@@ -7,7 +7,7 @@ from django.views.generic import RedirectView
 
 from api import audit_views as audit_api_views
 from api.auth import by_method
-from console import errors, views
+from console import errors, metrics, views
 from console.mfa.views import SignInView
 from objects import api_urls as object_api_urls
 from records import api_urls as record_api_urls
@@ -38,6 +38,7 @@ api_patterns = (
 urlpatterns = [
     path("", include(console_patterns)),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("login/", SignInView.as_view(), name="login"),
     path("", include("console.mfa.urls")),

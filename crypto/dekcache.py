@@ -17,6 +17,9 @@ never per record.
 - `drop_tenant` forgets a tenant's DEKs at once (epoch bump, revoke), and
   tells every `on_drop` listener, so that whatever holds keys it took from here
   (the envelope's per-tenant fast path) lets go of them in the same step.
+- Counts hits, misses, unwraps and evictions as plain integers; the caller
+  takes them (`take_stats`) and reports them wherever it likes, so the hot
+  path pays an addition, not a metrics library's lock and file write.
 """
 
 from __future__ import annotations
@@ -49,6 +52,25 @@ class LoadedKey:
 
 Loader = Callable[[str, int], LoadedKey]
 DropListener = Callable[[str | None], None]  # a tenant id, or None for everything
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counts over an interval: `evicted` by the size bound, `dropped` by a revoke
+    or epoch change (`drop_tenant`, `clear`)."""
+
+    hits: int
+    misses: int
+    unwraps: int
+    evicted: int
+    dropped: int
+
+
+class _Stats:
+    __slots__ = ("dropped", "evicted", "hits", "misses", "unwraps")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.unwraps = self.evicted = self.dropped = 0
 
 
 class _Entry:
@@ -94,6 +116,9 @@ class DekCache:
         self.loads = 0  # unwraps performed, for tests and benchmarks
         self._misses: dict[str, int] = {}  # loads per tenant since `take_uses`
         self._listeners: list[DropListener] = []
+        # Since the last take_stats(). Unlocked: a race may lose a hit or two,
+        # which a rate does not notice; the lock stays off the hot path.
+        self._stats = _Stats()
 
     def __repr__(self) -> str:
         return f"<DekCache {len(self._entries)} entries>"
@@ -103,6 +128,7 @@ class DekCache:
         entry = self._entries.get(key)
         if entry is not None and now < entry.refresh_at:
             entry.uses += 1
+            self._stats.hits += 1
             return entry.keys
         return None
 
@@ -124,7 +150,9 @@ class DekCache:
                 if now >= entry.refresh_at and not entry.refreshing:
                     self._refresh(key, entry)
                 entry.uses += 1
+                self._stats.hits += 1
                 return entry.keys, _good_until(entry, now)
+        self._stats.misses += 1
         entry = self._load(key)
         return entry.keys, _good_until(entry, self._clock())
 
@@ -166,6 +194,7 @@ class DekCache:
         self.loads += 1
         with self._lock:
             self._misses[key[0]] = self._misses.get(key[0], 0) + 1
+        self._stats.unwraps += 1
         # The one place a DEK becomes keys: HKDF runs here, once per unwrap.
         keys = FieldKeys(loaded.material)
         return _Entry(keys, self._clock(), loaded.ttl, self._refresh_fraction)
@@ -175,6 +204,7 @@ class DekCache:
         self._entries[key] = entry
         while len(self._entries) > self._max:
             del self._entries[next(iter(self._entries))]
+            self._stats.evicted += 1
 
     def _refresh(self, key: Key, entry: _Entry) -> None:
         with self._lock:
@@ -207,6 +237,7 @@ class DekCache:
             self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
             for key in [k for k in self._entries if k[0] == tenant_id]:
                 del self._entries[key]
+                self._stats.dropped += 1
             for key in [k for k in self._inflight if k[0] == tenant_id]:
                 del self._inflight[key]  # later gets start a fresh load
         for listener in self._listeners:
@@ -216,10 +247,17 @@ class DekCache:
         with self._lock:
             for tenant_id in {k[0] for k in self._entries} | set(self._inflight_tenants()):
                 self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+            self._stats.dropped += len(self._entries)
             self._entries.clear()
             self._inflight.clear()
         for listener in self._listeners:
             listener(None)
+
+    def take_stats(self) -> CacheStats:
+        """What happened since the last call (a batch for a metrics exporter)."""
+        with self._lock:
+            taken, self._stats = self._stats, _Stats()
+        return CacheStats(taken.hits, taken.misses, taken.unwraps, taken.evicted, taken.dropped)
 
     def _inflight_tenants(self) -> list[str]:
         return [k[0] for k in self._inflight]

@@ -38,6 +38,13 @@ from crypto.envelope import ACTIVE, Envelope, TenantKeyState
 from keys import usage
 from keys.models import DataKey, DekState
 from keys.registry import provider_for
+from telemetry.metrics import (
+    DEK_CACHE_ENTRIES,
+    DEK_CACHE_EVICTIONS,
+    DEK_CACHE_HITS,
+    DEK_CACHE_MISSES,
+    DEK_CACHE_UNWRAPS,
+)
 from tenants.models import ServiceState, Tenant
 from tenants.states import Transition
 
@@ -238,6 +245,24 @@ def flush_counts() -> None:
         )
 
 
+def publish_cache_metrics() -> None:
+    """Add what this process's DEK cache did since the last call to the metrics.
+
+    The cache counts in plain integers (crypto/dekcache.py); this runs with the
+    count flush and before this process answers a scrape.
+    """
+    env = _envelope
+    if env is None or _pid != os.getpid():
+        return
+    stats = env.cache.take_stats()
+    DEK_CACHE_HITS.inc(stats.hits)
+    DEK_CACHE_MISSES.inc(stats.misses)
+    DEK_CACHE_UNWRAPS.inc(stats.unwraps)
+    DEK_CACHE_EVICTIONS.labels("size").inc(stats.evicted)
+    DEK_CACHE_EVICTIONS.labels("dropped").inc(stats.dropped)
+    DEK_CACHE_ENTRIES.set(len(env.cache))
+
+
 def _flush_at_exit() -> None:
     # At interpreter exit the database (or the log stream) may be gone already;
     # the reservations made before encrypting still hold, so stay quiet.
@@ -251,6 +276,7 @@ def _flusher() -> None:
     stop = threading.Event()
     while not stop.wait(interval):
         flush_counts()
+        publish_cache_metrics()
         connection.close()
 
 

@@ -1,8 +1,9 @@
 """Hourly key usage per tenant: key-store calls by operation and outcome, DEK cache use.
 
 Every provider that `provider_for` hands out is wrapped so that each call to the
-key store is counted where it happens, and the envelope's DEK cache reports its
-hits and loads. Counts gather in memory and are written by a background thread
+key store is counted where it happens (here, and as Prometheus metrics by
+provider kind, operation and outcome, with its latency), and the envelope's DEK
+cache reports its hits and loads. Counts gather in memory and are written by a background thread
 as one upsert per (tenant, hour, kind, outcome), so the hot path never waits for
 the database and the console's charts read one small table instead of the audit
 trail.
@@ -26,8 +27,14 @@ from django.db import connection
 
 from keys.consumers import counts_by_dek
 from keys.models import DataKey, DataKeyVolume, TenantStateDay
-from keys.providers.base import KeyProvider
+from keys.providers.base import (
+    KeyAccessDenied,
+    KeyMaterialInvalid,
+    KeyProvider,
+    KeyUnavailable,
+)
 from keys.selectors.sources import LIVE_DEK_STATES
+from telemetry.metrics import KEY_STORE_CALLS, KEY_STORE_DURATION
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -99,19 +106,44 @@ class _CountedProvider:
         return self._counted(name, value)
 
     def _counted(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        kind = str(getattr(self._provider, "kind", "") or "unknown")
+
         def counted(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
             try:
                 result = call(*args, **kwargs)
-            except Exception:
+            except Exception as exc:
                 note(self._tenant_id, name, ERROR)
+                _observe(kind, name, outcome_of(exc), started)
                 raise
             note(self._tenant_id, name, OK)
+            _observe(kind, name, "success", started)
             return result
 
         return counted
 
     def __repr__(self) -> str:
         return repr(self._provider)
+
+
+# The provider error contract (keys/providers/base.py), as metric outcomes.
+_OUTCOMES: tuple[tuple[type[Exception], str], ...] = (
+    (KeyUnavailable, "unavailable"),
+    (KeyAccessDenied, "denied"),
+    (KeyMaterialInvalid, "invalid"),
+)
+
+
+def outcome_of(exc: Exception) -> str:
+    for kind, label in _OUTCOMES:
+        if isinstance(exc, kind):
+            return label
+    return "error"
+
+
+def _observe(kind: str, operation: str, outcome: str, started: float) -> None:
+    KEY_STORE_DURATION.labels(kind, operation).observe(time.perf_counter() - started)
+    KEY_STORE_CALLS.labels(kind, operation, outcome).inc()
 
 
 def counted(provider: KeyProvider, tenant_id: str) -> KeyProvider:

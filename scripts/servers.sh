@@ -16,6 +16,8 @@ ensure_debian_packages() {
     # The audit streaming tests send to a real rsyslog over TLS (GnuTLS driver).
     [ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
     [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
+    # promtool, for the alerting rules' tests (deploy/prometheus/alerts.test.yml).
+    command -v promtool >/dev/null || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

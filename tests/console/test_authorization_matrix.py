@@ -128,6 +128,9 @@ CONSOLE: dict[str, TenantPage | Fixed] = {
     # Signing out lands on the sign-in page; the matrix runs it last.
     "logout": Fixed({"GET": {"*": E405}, "POST": {"*": LOGIN}}),
     "healthz": Fixed({"GET": {"*": OK}, "POST": {"*": E405}}),
+    # No session opens it: without KEYWARD_METRICS_TOKEN (the suite's default) it
+    # does not exist; with it, only the bearer token (tests/console/test_metrics.py).
+    "metrics": Fixed({"GET": {"*": E404}, "POST": {"*": E404}}),
     # The emailed link: its token is the only credential, so a made-up token
     # is a 404 for anyone, signed in or not.
     "tenants:join": Fixed({"GET": {"*": E404}, "POST": {"*": E404}}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -106,10 +107,17 @@ def console_output() -> Iterator[io.StringIO]:
 def test_the_log_shows_one_line_for_a_403_and_a_suspicious_400(acme, console_output) -> None:
     login(acme.viewer).get(reverse("audit:list", args=["acme"]))
     assert Client().get("/", headers={"host": "evil.example"}).status_code == 400
-    lines = console_output.getvalue().splitlines()
-    assert any("WARNING django.request Forbidden (Permission denied)" in line for line in lines)
-    assert any("django.security.DisallowedHost Invalid HTTP_HOST header" in line for line in lines)
-    assert len(lines) == 2, lines
+    lines = [json.loads(line) for line in console_output.getvalue().splitlines()]
+    refusals = [line for line in lines if line.get("event") != "request"]
+    assert [(line["level"], line["logger"]) for line in refusals] == [
+        ("WARNING", "django.request"),
+        ("ERROR", "django.security.DisallowedHost"),
+    ], lines
+    assert refusals[0]["message"].startswith("Forbidden (Permission denied)")
+    assert refusals[1]["message"].startswith("Invalid HTTP_HOST header")
+    # Besides them, the one line per request.
+    assert [line["status"] for line in lines if line.get("event") == "request"] == [403, 400]
+    assert not any("exception" in line for line in lines)
     assert "Traceback" not in console_output.getvalue()
 
 

@@ -431,3 +431,49 @@ def test_repr_never_contains_key_bytes():
             assert form not in text
     assert repr(loaded) == "LoadedKey(<32 bytes>, ttl=300.0)"
     assert "1 entries" in repr(cache)
+
+
+def test_stats_count_hits_misses_unwraps_evictions_and_drops_once() -> None:
+    clock = FakeClock()
+    cache = DekCache(Loader(ttl=100.0), max_entries=2, clock=clock)
+    cache.get(TENANT, 1)  # miss, unwrap
+    cache.get(TENANT, 1)  # hit
+    assert cache.hit((TENANT, 1), clock()) is not None  # hit (the hot path)
+    assert cache.hit((TENANT, 9), clock()) is None  # not a miss: get() follows and counts
+    cache.get(TENANT, 2)
+    cache.get(TENANT, 3)  # over the bound: the oldest goes
+    stats = cache.take_stats()
+    assert (stats.hits, stats.misses, stats.unwraps, stats.evicted, stats.dropped) == (
+        2,
+        3,
+        3,
+        1,
+        0,
+    )
+    cache.drop_tenant(TENANT)  # a revoke: both remaining entries
+    stats = cache.take_stats()
+    assert (stats.hits, stats.misses, stats.unwraps, stats.evicted, stats.dropped) == (
+        0,
+        0,
+        0,
+        0,
+        2,
+    )
+    assert cache.take_stats().hits == 0  # taken means reset
+
+
+def test_a_background_refresh_counts_as_an_unwrap_not_a_miss() -> None:
+    clock = FakeClock()
+    loader = Loader(ttl=100.0)
+    cache = DekCache(loader, clock=clock)
+    cache.get(TENANT, 1)
+    cache.take_stats()
+    clock.advance(90)  # past the refresh point, before expiry
+    cache.get(TENANT, 1)
+    hits = misses = unwraps = 0
+    deadline = time.monotonic() + 5
+    while unwraps == 0 and time.monotonic() < deadline:
+        stats = cache.take_stats()
+        hits, misses, unwraps = hits + stats.hits, misses + stats.misses, unwraps + stats.unwraps
+        time.sleep(0.01)
+    assert (hits, misses, unwraps) == (1, 0, 1)

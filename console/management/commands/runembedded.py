@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console import datadir
+from console.metrics import forget_exited_processes
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -35,6 +36,8 @@ class Command(BaseCommand):
         datadir.secure_embedded_storage(
             settings.DATA_DIR, datadir.sqlite_file(settings.DATABASES["default"])
         )
+        # Metric files of an earlier run's processes: its totals are not this run's.
+        forget_exited_processes(settings.KEYWARD_METRICS_DIR)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("seed_demo")
         data = settings.DATA_DIR
@@ -44,6 +47,8 @@ class Command(BaseCommand):
                 python,
                 "-m",
                 "gunicorn",
+                "--config",
+                "python:console.gunicorn",
                 "console.wsgi:application",
                 "--bind",
                 f"127.0.0.1:{port}",
@@ -51,8 +56,6 @@ class Command(BaseCommand):
                 "2",
                 "--threads",
                 "4",
-                "--access-logfile",
-                "-",
             ],
             "worker": [
                 python,
