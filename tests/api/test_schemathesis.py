@@ -51,12 +51,10 @@ def token(acme: Any) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _keep_the_test_connection(db: None) -> Iterator[None]:
-    """A WSGI request closes the database connection when it ends.
-
-    Here that would be the test's own connection, inside its transaction;
-    Django's test client disconnects the same receivers for the same reason.
-    """
+def _keep_the_test_connection(transactional_db: None) -> Iterator[None]:
+    """Requests commit or roll back as in production (no test transaction around
+    them: a refused create rolls back its own transaction, as it does there), and
+    the connection stays open between them, as Django's test client keeps it."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
