@@ -14,7 +14,8 @@ from pathlib import Path
 
 # Run as a script, Python puts this folder first on the path, where kmip.py
 # would shadow PyKMIP's `kmip` package: the project's root takes its place.
-sys.path[0] = str(Path(__file__).resolve().parents[2])
+sys.path.pop(0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 import django
