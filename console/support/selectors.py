@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import (
     CharField,
     Count,
@@ -33,7 +34,7 @@ from django.db.models import (
     Value,
 )
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Cast, Coalesce, Replace
 from django.utils import timezone
 
 from audit.models import AuditChain, AuditEvent
@@ -67,6 +68,20 @@ SORTS: dict[str, str] = {
 
 class BadCursor(ValueError):
     """A page link that does not decode: the message is the user's."""
+
+
+def _chain_of(tenant_pk: Any) -> Any:
+    """The audit chain head of a tenant (keyed by `str(uuid)`, with hyphens).
+
+    PostgreSQL casts a uuid with its hyphens, so the key's index is used. SQLite
+    (embedded mode) stores a uuid as 32 hex digits: there the key's hyphens are
+    taken out instead, on a table of one row per tenant.
+    """
+    as_text = Cast(tenant_pk, CharField())
+    if connection.vendor == "postgresql":
+        return AuditChain.objects.filter(key=as_text)
+    bare = Replace(F("key"), Value("-"), Value(""))
+    return AuditChain.objects.annotate(bare=bare).filter(bare=as_text)
 
 
 @dataclass(frozen=True)
@@ -124,9 +139,7 @@ def support_tenants(listing: Listing, now: datetime | None = None) -> QuerySet[T
         check_at=Subquery(latest_check.values("last_at")[:1]),
         move_state=Subquery(latest_move.values("state")[:1]),
         key_expiring=Exists(expiring),
-        last_activity=Subquery(
-            AuditChain.objects.filter(key=Cast(OuterRef("pk"), CharField())).values("last_time")[:1]
-        ),
+        last_activity=Subquery(_chain_of(OuterRef("pk")).values("last_time")[:1]),
     )
     if listing.state:
         tenants = tenants.filter(state=listing.state)
