@@ -107,7 +107,10 @@ def test_staff_enrol_at_their_first_sign_in_before_anything_else(support) -> Non
     assert all(re.fullmatch(r"[A-Z2-9]{4}(-[A-Z2-9]{4}){3}", code) for code in codes)
     assert signed_in(client)
     assert client.session.session_key != pending_session  # a new session id
-    assert client.get(reverse("console:home")).status_code == 200
+    # Signed in: staff are sent on from the home page to the support console.
+    home = client.get(reverse("console:home"))
+    assert home.status_code == 302 and home["Location"] == "/support/"
+    assert client.get("/support/").status_code == 200
     assert events("mfa.enrol", outcome=Outcome.SUCCESS, tenant=None).count() == 1
     assert events("auth.login", tenant=None).count() == 1
 

@@ -12,6 +12,7 @@ from audit.models import ActorKind, AuditEvent, Outcome
 from audit.services import Actor
 from keys.models import DataKey
 from objects.models import Direction, Location, MigrationState, ObjectMigration
+from telemetry.metrics import AUDIT_APPENDS
 from tenants.models import ServiceState, Tenant
 from tests.conftest import TenantUsers, login
 
@@ -43,6 +44,16 @@ def assert_support_event(tenant: Tenant, action: str, support: Any, outcome: str
     return event
 
 
+def enqueued(callbacks: list[Any]) -> list[Any]:
+    """The after-commit callbacks but the audit metric's (an event is counted on commit)."""
+
+    def counts_an_event(callback: Any) -> bool:
+        owner = getattr(callback, "__self__", None)
+        return getattr(owner, "_name", None) == AUDIT_APPENDS._name
+
+    return [c for c in callbacks if not counts_an_event(c)]
+
+
 def test_health_check_now_enqueues_the_check_after_commit(
     acme: TenantUsers, support, django_capture_on_commit_callbacks
 ) -> None:
@@ -51,7 +62,7 @@ def test_health_check_now_enqueues_the_check_after_commit(
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = login(support).post(url("health_check"))
     assert response.status_code == 302 and response["Location"] == "/support/t/acme/"
-    assert len(callbacks) == 1
+    assert len(enqueued(callbacks)) == 1
     assert_support_event(acme.tenant, "key.health_check_requested", support, Outcome.SUCCESS)
 
 
@@ -69,7 +80,7 @@ def test_health_check_refused_without_a_customer_key(
     with django_capture_on_commit_callbacks() as callbacks:
         response = login(support).post(url("health_check"), follow=True)
     assert "there is no customer key to check" in response.content.decode()
-    assert callbacks == []
+    assert enqueued(callbacks) == []
     assert_support_event(acme.tenant, "key.health_check_requested", support, Outcome.FAILURE)
 
 

@@ -23,6 +23,7 @@ from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
+from tests.conftest import login
 
 SYSTEM = Actor.system("tests")
 
@@ -167,7 +168,9 @@ def test_a_ciphertext_moved_to_another_tenant_does_not_decrypt(tenant: Tenant) -
         record_fields(other, moved)
 
 
-def test_admin_shows_key_metadata_read_only(tenant: Tenant, admin_client) -> None:
+def test_admin_shows_key_metadata_read_only(tenant: Tenant, admin_user) -> None:
+    # A superuser's session has passed the second factor, as every staff sign-in must.
+    admin_client = login(admin_user)
     dek = DataKey.objects.get(tenant=tenant)
     page = admin_client.get(f"/admin/keys/datakey/{dek.pk}/change/")
     assert page.status_code == 200
