@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench loadtest lint install clean
+.PHONY: run test faults bench loadtest lint install clean
 
 # The pip and setuptools a new venv comes with have published advisories: the
 # pinned ones go in first.
@@ -22,6 +22,11 @@ run: $(STAMP)
 
 test:
 	scripts/test.sh
+
+# The fault, crash and hostile-input tests at full size (ten kills per task and
+# more, twenty times the Hypothesis examples): longer than `make test` allows.
+faults:
+	KEYWARD_TEST_FAULTS=full HYPOTHESIS_PROFILE=long scripts/test.sh -m faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
