@@ -26,6 +26,9 @@ from records.models import Record
 from tests.api.conftest import Api, issue
 from tests.support.fuzz import examples, json_values
 
+# Hostile input: a short run in `make test`, twenty times the examples in `make faults`.
+pytestmark = pytest.mark.faults
+
 FIELD_NAMES = sorted({name for names in FIELDS_BY_KIND.values() for name in names})
 
 

@@ -29,6 +29,9 @@ from api.models import Scope
 from tests.api.conftest import issue
 from tests.support.fuzz import examples
 
+# Hostile input: a short run in `make test`, twenty times the examples in `make faults`.
+pytestmark = pytest.mark.faults
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from crypto import importkit
 from tests.support.fuzz import examples, mutated
 
+# Hostile input: a short run in `make test`, twenty times the examples in `make faults`.
+pytestmark = pytest.mark.faults
+
 SECRET = b"s" * 32
 TENANT = "3d2c5d0e-6d1a-4c53-9f63-0a4e9f1d2b7c"
 PUBLIC_DER = b"the wrapping key's public half"

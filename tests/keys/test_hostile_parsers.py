@@ -35,6 +35,9 @@ from keys.providers.kmip.material import InvalidKmipMaterial, validate_client_ma
 from tests.servers.keyvault import make_client_certificate
 from tests.support.fuzz import examples, mutated
 
+# Hostile input: a short run in `make test`, twenty times the examples in `make faults`.
+pytestmark = pytest.mark.faults
+
 # ARNs: free text, and text built from ARN-shaped pieces so the parser's later
 # checks are reached too.
 ARN_PIECES = st.sampled_from(

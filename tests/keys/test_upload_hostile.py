@@ -18,6 +18,9 @@ from keys.runtime import reset_for_tests
 from tests.conftest import login
 from tests.support.fuzz import examples, mutated
 
+# Hostile input: a short run in `make test`, twenty times the examples in `make faults`.
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture(autouse=True)
 def _fresh_envelope():
