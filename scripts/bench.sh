@@ -13,9 +13,13 @@ ensure_venv
 start_servers
 
 status=0
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
 for bench in bench/bench_*.py; do
     [ -e "$bench" ] || continue
     echo "== $bench"
-    .venv/bin/python "$bench" || status=1
+    .venv/bin/python "$bench" 2>&1 | tee -a "$output" || status=1
 done
+# Every target, met, missed or not measured, in one table at the end.
+.venv/bin/python bench/summary.py < "$output"
 exit $status
