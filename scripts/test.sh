@@ -19,3 +19,12 @@ echo "== lint-imports"
 .venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/pytest "$@"
+
+# The whole suite (no arguments) ends with a minute of the load test: Locust
+# against a production deployment, with a rotation, a revoke and a restore.
+# `make loadtest` runs the five-minute version.
+if [ $# -eq 0 ]; then
+    echo "== load test (60 s)"
+    .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt locust
+    LOADTEST_SECONDS=60 .venv/bin/pytest -p no:cacheprovider -q loadtest/test_load.py
+fi
