@@ -361,7 +361,8 @@ def test_wrong_blob_sizes_are_named(size):
         (bytes(range(255, 191, -2)), "counting sequence"),
         (bytes(0x80 + 9 * (5 * i % 11) for i in range(32)), "only 11 distinct"),
         (b"correct horse battery staple!!!!", "printable text"),
-        (secrets.token_hex(16).encode(), None),  # 16 distinct values at most, all text
+        # 16 distinct values at most, all text; random, so named for the test id
+        pytest.param(secrets.token_hex(16).encode(), None, id="random hex text"),
     ],
 )
 def test_weak_keys_are_refused(key, why):

@@ -233,7 +233,7 @@ def test_checks_pass_for_a_good_key(provider, key):
         (bytes(32), "all zero"),
         (b"\x42" * 32, "single byte value"),
         (bytes.fromhex("00112233") * 8, "4-byte pattern"),
-        (secrets.token_bytes(16), "not 256 bits"),
+        pytest.param(secrets.token_bytes(16), "not 256 bits", id="not 256 bits"),
     ],
 )
 def test_checks_fail_for_a_weak_or_wrong_size_key(material, why):
