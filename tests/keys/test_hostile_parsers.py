@@ -220,6 +220,33 @@ def test_a_certificate_with_a_damaged_key_algorithm_is_refused_as_damaged(
         validate_client_certificate(pem + azure_key)
 
 
+def test_a_certificate_with_a_damaged_version_is_refused_as_damaged(
+    kmip_material: dict[str, Any], azure_pem: bytes
+) -> None:
+    """Found by the property test below: one bit flipped in the CA's version field.
+
+    cryptography refuses a version other than v1 or v3 with InvalidVersion,
+    which is not a ValueError: that was a 500 on the KMIP and Azure forms.
+    """
+    v3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2: X.509 v3
+    for field in ("ca_pem", "cert_pem"):
+        der = x509.load_pem_x509_certificate(kmip_material[field]).public_bytes(
+            serialization.Encoding.DER
+        )
+        assert v3 in der
+        damaged = der.replace(v3, v3[:-1] + b"\x05", 1)
+        pem = (
+            b"-----BEGIN CERTIFICATE-----\n"
+            + base64.encodebytes(damaged)
+            + b"-----END CERTIFICATE-----\n"
+        )
+        with pytest.raises(InvalidKmipMaterial, match="could not be parsed"):
+            validate_client_material(**{**kmip_material, field: pem}, passphrase=None)
+    azure_key = azure_pem[azure_pem.index(PEM_KEY_BEGIN) :]
+    with pytest.raises(InvalidAzureConfig, match="could not be read"):
+        validate_client_certificate(pem + azure_key)
+
+
 def test_a_ca_file_with_stray_bytes_around_its_certificate_is_accepted(
     kmip_material: dict[str, Any],
 ) -> None:

@@ -273,7 +273,8 @@ def _load_client_certificate(pem: bytes) -> tuple[x509.Certificate, rsa.RSAPriva
         # Parsed lazily by cryptography: a damaged public key surfaces on first use.
         for cert in certificates:
             cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
+    # A damaged version field raises InvalidVersion, which is not a ValueError.
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
         raise _cert_error("the certificate in the PEM file could not be read") from None
     if b"ENCRYPTED PRIVATE KEY" in pem or b"Proc-Type: 4,ENCRYPTED" in pem:
         raise _cert_error(

@@ -82,7 +82,8 @@ def _load_certificates(field_name: str, pem: bytes) -> list[x509.Certificate]:
             cert.extensions  # noqa: B018
             cert.subject.rfc4514_string()
             cert.issuer.rfc4514_string()
-    except (ValueError, UnsupportedAlgorithm):
+    # A damaged version field raises InvalidVersion, which is not a ValueError.
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
         raise _material_error(
             field_name, "the PEM certificate could not be parsed (damaged or truncated?)"
         ) from None

@@ -141,7 +141,7 @@ class KmipProvider(KeyProvider):
         try:
             leaf = x509.load_pem_x509_certificates(credentials.cert_pem)[0]
             self._client_subject = name_text(leaf.subject)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             self._client_subject = "(unreadable)"
         self._password = credentials.password
         if (config.username is None) != (credentials.password is None):
