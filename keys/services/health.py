@@ -161,8 +161,11 @@ def tenant_mark_rotation_pending(
 # key at least, so that a round of a few keys is not held back for nothing.
 SPREAD_SHARE_OF_INTERVAL = 0.25
 SPREAD_SECONDS_PER_KEY = 0.01
-# Tenants whose answers are applied together: a few queries serve the batch.
+# Tenants whose answers are applied together (a few queries serve the batch),
+# and the longest an answer waits for its batch: a revocation is acted on
+# within a second of the key store saying so.
 APPLY_BATCH = 200
+APPLY_WITHIN_SECONDS = 1.0
 
 Answer = KeyHealth | Exception
 
@@ -294,6 +297,7 @@ def _ask_all(keys: list[_Key], concurrency: int, done: _Round) -> None:
     waiting = deque(keys)
     asked: dict[Future[Answer], _Key] = {}
     answered: list[tuple[_Key, Answer]] = []
+    oldest = started  # when the first of the answers not applied yet came
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="health") as pool:
         while waiting or asked:
             while waiting and waiting[0].at <= time.monotonic() - started:
@@ -308,20 +312,23 @@ def _ask_all(keys: list[_Key], concurrency: int, done: _Round) -> None:
                 else:
                     answered.append((key, _ask(provider)))
             next_at = waiting[0].at - (time.monotonic() - started) if waiting else None
+            pause = APPLY_WITHIN_SECONDS if next_at is None else min(next_at, APPLY_WITHIN_SECONDS)
             if asked:
-                finished, _ = wait(
-                    asked,
-                    timeout=None if next_at is None else max(0.0, next_at),
-                    return_when=FIRST_COMPLETED,
-                )
+                finished, _ = wait(asked, timeout=max(0.0, pause), return_when=FIRST_COMPLETED)
                 for future in finished:
                     answered.append((asked.pop(future), future.result()))
-            elif next_at is not None and next_at > 0:
-                time.sleep(next_at)
+            elif waiting and pause > 0:
+                time.sleep(pause)
             tenants = sum(len(key.sources) for key, _ in answered)
-            if answered and (tenants >= APPLY_BATCH or not asked or not waiting):
+            if answered and (
+                tenants >= APPLY_BATCH
+                or not (asked or waiting)
+                or time.monotonic() - oldest > APPLY_WITHIN_SECONDS
+            ):
                 _apply(answered, done)
                 answered = []
+            if not answered:
+                oldest = time.monotonic()
     if answered:
         _apply(answered, done)
 
@@ -343,13 +350,19 @@ class _Known:
 
 def _apply(answered: list[tuple[_Key, Answer]], done: _Round) -> None:
     tenant_ids = [source.tenant_id for key, _ in answered for source in key.sources]
-    fresh = Tenant.objects.in_bulk(tenant_ids)
-    active = dict(
-        KeySource.objects.filter(tenant_id__in=tenant_ids, state=SourceState.ACTIVE)
+    active_source = Subquery(
+        KeySource.objects.filter(tenant=OuterRef("pk"), state=SourceState.ACTIVE)
         .exclude(kind=SourceKind.LOCAL)
-        .order_by("tenant_id", "created")
-        .values_list("tenant_id", "pk")
+        .order_by("-created")
+        .values("pk")[:1]
     )
+    # The few columns the decisions read; a transition locks and reads the row again.
+    fresh = {
+        tenant.pk: tenant
+        for tenant in Tenant.objects.filter(pk__in=tenant_ids)
+        .only("id", "slug", "name", "state")
+        .annotate(active_source=active_source, last_finding=_LATEST_FINDING)
+    }
     source_ids = [source.pk for key, _ in answered for source in key.sources]
     known = _Known({}, {})
     for source_id, version in (
@@ -359,8 +372,17 @@ def _apply(answered: list[tuple[_Key, Answer]], done: _Round) -> None:
         .distinct()
     ):
         known.in_use.setdefault(source_id, set()).add(version)
-    for row in KekVersion.objects.filter(source_id__in=source_ids):
-        known.markers[(row.source_id, row.provider_version)] = row
+    with_material = [
+        source.pk
+        for key, answer in answered
+        if isinstance(answer, KeyHealth) and answer.material
+        for source in key.sources
+    ]
+    if with_material:
+        for row in KekVersion.objects.filter(source_id__in=with_material).only(
+            "id", "source_id", "provider_version", "material_marker"
+        ):
+            known.markers[(row.source_id, row.provider_version)] = row
     findings: list[tuple[Tenant, KeySource, str, str]] = []
     for key, answer in answered:
         unexpected = (
@@ -381,7 +403,7 @@ def _apply(answered: list[tuple[_Key, Answer]], done: _Round) -> None:
                 continue
             if (
                 tenant.state not in CHECKED_STATES + WATCHED_STATES
-                or active.get(tenant.pk) != source.pk
+                or tenant.active_source != source.pk
             ):
                 done.results[tenant.slug] = "skipped"  # it changed meanwhile
                 continue
@@ -444,40 +466,35 @@ def _material_rotated(source: KeySource, version: str, material: str, known: _Kn
     return material != row.material_marker
 
 
+# A tenant's newest finding, read with the tenant (`_apply`) for `_note_all`.
+_LATEST_FINDING = Subquery(
+    KeyHealthCheck.objects.filter(tenant=OuterRef("pk"))
+    .order_by("-last_at", "-pk")
+    .values("pk")[:1]
+)
+
+
 def _note_all(findings: list[tuple[Tenant, KeySource, str, str]]) -> None:
     """Keep the findings: the same as a tenant's last one moves its time, anything else is
-    a new row. One statement for the unchanged ones, one for the new."""
+    a new row. One statement for the unchanged ones, one for the new; the last ones are
+    locked first, so a check asked for at the same moment waits for these."""
     if not findings:
         return
     now = timezone.now()
-    latest = Subquery(
-        KeyHealthCheck.objects.filter(tenant=OuterRef("pk"))
-        .order_by("-last_at", "-pk")
-        .values("pk")[:1]
-    )
+    last_of = {tenant.pk: getattr(tenant, "last_finding", None) for tenant, *_ in findings}
     with transaction.atomic():
-        last_of = dict(
-            Tenant.objects.filter(pk__in=[tenant.pk for tenant, *_ in findings])
-            .annotate(last=latest)
-            .values_list("pk", "last")
-        )
         lasts = {
-            row.pk: row
-            for row in KeyHealthCheck.objects.select_for_update().filter(
-                pk__in=[pk for pk in last_of.values() if pk is not None]
-            )
+            pk: (source_id, result, message)
+            for pk, source_id, result, message in KeyHealthCheck.objects.select_for_update()
+            .filter(pk__in=[pk for pk in last_of.values() if pk is not None])
+            .values_list("pk", "source_id", "result", "message")
         }
         unchanged: list[int] = []
         new: list[KeyHealthCheck] = []
         for tenant, source, result, message in findings:
             last_id = last_of.get(tenant.pk)
-            last = lasts.get(last_id) if last_id is not None else None
-            if last is not None and (last.source_id, last.result, last.message) == (
-                source.pk,
-                result,
-                message,
-            ):
-                unchanged.append(last.pk)
+            if last_id is not None and lasts.get(last_id) == (source.pk, result, message):
+                unchanged.append(last_id)
             else:
                 new.append(
                     KeyHealthCheck(

@@ -31,7 +31,6 @@ from keys.models import (
 from keys.providers.aws_kms import AwsKmsProvider
 from keys.services.health import _spread, key_health_check, key_health_round
 from keys.tasks import check_key_health
-from keys.usage import take_pending
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
 from tests.keys.test_aws_source import CUSTOMER_ACCOUNT, _aws  # noqa: F401  (autouse)
@@ -62,39 +61,62 @@ def on_key(
     return tenant
 
 
-def health_calls() -> int:
-    """Key-store health calls counted (keys.usage) since the last look, every outcome."""
-    return sum(n for (_, _, kind, _), n in take_pending().items() if kind == "health")
+class Calls:
+    """Health calls that reached LocalStack, counted at the provider boundary."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lock = threading.Lock()
+        self.times: list[float] = []
+        real_health = AwsKmsProvider.health
+        calls = self
+
+        def counted_health(provider: AwsKmsProvider) -> Any:
+            with calls.lock:
+                calls.times.append(time.monotonic())
+            return real_health(provider)
+
+        monkeypatch.setattr(AwsKmsProvider, "health", counted_health)
+
+    def take(self) -> int:
+        """Calls since the last look."""
+        with self.lock:
+            taken, self.times = len(self.times), []
+        return taken
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    return Calls(monkeypatch)
 
 
 def state_of(tenant: Tenant) -> str:
     return Tenant.objects.get(pk=tenant.pk).state
 
 
-def test_tenants_sharing_a_key_share_one_call_per_round(db: None) -> None:
+def test_tenants_sharing_a_key_share_one_call_per_round(db: None, calls: Calls) -> None:
     keys = [create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1") for _ in range(3)]
     tenants = [on_key(f"share-{i}", keys[i % 3]) for i in range(7)]
     watched = on_key("share-paused", keys[0], state=ServiceState.ROTATION_PENDING)
-    take_pending()
+    calls.take()
     found = check_key_health()
-    assert health_calls() == 3  # the distinct keys, not the 8 tenants
+    assert calls.take() == 3  # the distinct keys, not the 8 tenants
     assert {found[t.slug] for t in [*tenants, watched]} == {"ok"}
     check_key_health()
-    assert health_calls() == 3
+    assert calls.take() == 3
     runs = dict(KeyHealthCheck.objects.values_list("tenant__slug", "runs"))
     assert runs == {t.slug: 2 for t in [*tenants, watched]}  # each tenant's own finding
 
 
-def test_a_disabled_shared_key_revokes_every_tenant_on_it(db: None) -> None:
+def test_a_disabled_shared_key_revokes_every_tenant_on_it(db: None, calls: Calls) -> None:
     shared, other = (create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1") for _ in range(2))
     active = on_key("cut-active", shared)
     paused = on_key("cut-paused", shared, state=ServiceState.ROTATION_PENDING)
     degraded = on_key("cut-degraded", shared, state=ServiceState.DEGRADED)
     spared = on_key("cut-spared", other)
     boto_client("kms", CUSTOMER_ACCOUNT).disable_key(KeyId=shared)
-    take_pending()
+    calls.take()
     found = key_health_round()
-    assert health_calls() == 2
+    assert calls.take() == 2
     for tenant in (active, paused, degraded):
         assert found[tenant.slug] == "revoked"
         assert state_of(tenant) == ServiceState.REVOKED
@@ -102,7 +124,7 @@ def test_a_disabled_shared_key_revokes_every_tenant_on_it(db: None) -> None:
     assert found[spared.slug] == "ok" and state_of(spared) == ServiceState.BYOK_ACTIVE
 
 
-def test_a_moved_shared_alias_is_decided_per_tenant(db: None) -> None:
+def test_a_moved_shared_alias_is_decided_per_tenant(db: None, calls: Calls) -> None:
     kms = boto_client("kms", CUSTOMER_ACCOUNT)
     old = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
     name = f"alias/keyward-shared-{uuid.uuid4().hex[:12]}"  # LocalStack outlives the test
@@ -115,9 +137,9 @@ def test_a_moved_shared_alias_is_decided_per_tenant(db: None) -> None:
     assert state_of(degraded) == ServiceState.BYOK_ACTIVE
     new = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
     kms.update_alias(AliasName=name, TargetKeyId=new.rsplit("/", 1)[1])
-    take_pending()
+    calls.take()
     found = key_health_round()
-    assert health_calls() == 1
+    assert calls.take() == 1
     for tenant in (active, degraded):
         assert found[tenant.slug] == "rotation_pending"
         assert state_of(tenant) == ServiceState.ROTATION_PENDING
@@ -130,16 +152,18 @@ def test_a_moved_shared_alias_is_decided_per_tenant(db: None) -> None:
     assert not AuditEvent.objects.filter(tenant=paused, action="key.rotation_detected").exists()
 
 
-def test_an_unreachable_shared_key_store_degrades_with_one_call(db: None, settings: Any) -> None:
+def test_an_unreachable_shared_key_store_degrades_with_one_call(
+    db: None, settings: Any, calls: Calls
+) -> None:
     key = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
     tenants = [on_key(f"away-{i}", key) for i in range(3)]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     settings.KEYWARD_AWS_ENDPOINT_URL = f"http://127.0.0.1:{closed}"
-    take_pending()
+    calls.take()
     found = key_health_round()
-    assert health_calls() == 1
+    assert calls.take() == 1
     for tenant in tenants:
         assert found[tenant.slug] == "degraded"
         assert state_of(tenant) == ServiceState.DEGRADED
@@ -147,34 +171,26 @@ def test_an_unreachable_shared_key_store_degrades_with_one_call(db: None, settin
         assert finding.result == "degraded" and "unreachable" in finding.message
 
 
-def test_one_tenants_check_still_asks_its_key(db: None) -> None:
+def test_one_tenants_check_still_asks_its_key(db: None, calls: Calls) -> None:
     key = create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1")
     one, other = on_key("single-one", key), on_key("single-other", key)
-    take_pending()
+    calls.take()
     assert key_health_check(tenant=one) == "ok"
-    assert health_calls() == 1
+    assert calls.take() == 1
     assert not KeyHealthCheck.objects.filter(tenant=other).exists()  # only the one asked for
 
 
-def test_the_calls_of_a_round_are_spread_not_a_burst(db: None, monkeypatch: Any) -> None:
+def test_the_calls_of_a_round_are_spread_not_a_burst(db: None, calls: Calls) -> None:
     keys = [create_kms_key(CUSTOMER_ACCOUNT, "eu-west-1") for _ in range(12)]
     for i, key in enumerate(keys):
         on_key(f"spread-{i}", key)
-    asked: list[float] = []
-    lock = threading.Lock()
-    real_health = AwsKmsProvider.health
-
-    def timed_health(self: AwsKmsProvider) -> Any:
-        with lock:
-            asked.append(time.monotonic())
-        return real_health(self)
-
-    monkeypatch.setattr(AwsKmsProvider, "health", timed_health)
+    calls.take()
     window = 1.5
     started = time.monotonic()
     found = key_health_round(spread=window, rng=seeded("health spread"))
     took = time.monotonic() - started
     assert Counter(found.values()) == {"ok": 12}
+    asked = list(calls.times)
     assert len(asked) == 12
     # Twelve moments drawn uniformly over the window: all within a quarter of
     # it has a chance of about 3 in a million; a burst is all within a blink.
