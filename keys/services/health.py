@@ -155,10 +155,10 @@ def tenant_mark_rotation_pending(
 
 # -- the health round -----------------------------------------------------------------
 
-# A round spreads its distinct keys' checks over a random moment each, within a
+# A round asks each distinct key at a random moment within its spread: a
 # quarter of the beat interval at most (the rest is headroom: a round that
-# overruns the interval sees revocations late), and within 10 ms per distinct
-# key at least, so that a round of a few keys is not held back for nothing.
+# overruns the interval sees revocations late), and no more than 10 ms per
+# distinct key, so that a round of a few keys is not held back for nothing.
 SPREAD_SHARE_OF_INTERVAL = 0.25
 SPREAD_SECONDS_PER_KEY = 0.01
 # Tenants whose answers are applied together (a few queries serve the batch),
