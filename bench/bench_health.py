@@ -168,7 +168,7 @@ class Counted:
             finally:
                 cls.applying += time.perf_counter() - started
 
-        AwsKmsProvider.health = counted_health  # type: ignore[method-assign]
+        AwsKmsProvider.health = counted_health  # type: ignore[method-assign,assignment]
         health._apply = timed_apply  # type: ignore[assignment]
 
     @classmethod
