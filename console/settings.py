@@ -365,6 +365,17 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 KEYWARD_HEALTH_CHECK_SECONDS = env.integer(
     "KEYWARD_HEALTH_CHECK_SECONDS", 60, minimum=5, maximum=3600
 )
+# Key-store calls one job keeps in flight against one customer's key store:
+# a rotation's rewrap (two calls per data key), and a health round across its
+# distinct keys. Bounded so that one tenant's job never spends the customer's
+# request quota (AWS KMS shares a few thousand calls per second per account
+# and region with everything else they run).
+KEYWARD_KEK_REWRAP_CONCURRENCY = env.integer(
+    "KEYWARD_KEK_REWRAP_CONCURRENCY", 8, minimum=1, maximum=32
+)
+KEYWARD_HEALTH_CHECK_CONCURRENCY = env.integer(
+    "KEYWARD_HEALTH_CHECK_CONCURRENCY", 8, minimum=1, maximum=32
+)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-verify-chains": {"task": "audit.verify_chains", "schedule": 24 * 3600.0},
     "keys-rotate-due-deks": {"task": "keys.rotate_due_deks", "schedule": 3600.0},

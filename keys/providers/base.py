@@ -113,6 +113,11 @@ class KeyProvider(abc.ABC):
     """
 
     kind: str = ""
+    # Calls that wait on a key store over the network and touch no database: a
+    # job may overlap a bounded number of them from threads. An in-process
+    # provider (vendor key, uploaded key read from the database) is called
+    # from the caller's thread only.
+    remote: bool = False
 
     @abc.abstractmethod
     def wrap(self, dek: bytes, context: Context) -> Wrapped: ...

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,6 +30,7 @@ from keys.models import (
 )
 from keys.providers.base import (
     KeyProvider,
+    Wrapped,
 )
 from keys.registry import provider_for
 from keys.rootkey import local_provider
@@ -326,4 +330,117 @@ def rewrap_one(
             row.kek_version = kek_version_get_or_create(target, wrapped.version)
             row.wrapped = wrapped.blob
             row.save(update_fields=["kek_version", "wrapped"])
+    return True
+
+
+# DEKs written per transaction by `rewrap_many`: few enough that the tenant's
+# row lock is held for milliseconds, many enough that a rewrap of 10,000 DEKs
+# is a hundred short transactions rather than 10,000.
+REWRAP_BATCH = 100
+
+
+def rewrap_many(
+    *,
+    tenant: Tenant,
+    dek_ids: Sequence[int],
+    target: KeySource,
+    wrapper: KeyProvider,
+    while_state: str,
+    concurrency: int,
+) -> bool:
+    """Move DEKs under `target`, in batches; False when the tenant left `while_state` (stop).
+
+    1. Before each batch the tenant must still be in `while_state`; the batch's
+       rows are read, and the provider of each KEK they are under is built here
+       (building one may read the database; the calls below never do).
+    2. Each DEK is unwrapped and wrapped again in one call of `_rewrapped`, so
+       its plaintext never leaves that frame. Up to `concurrency` such calls are
+       in flight when both providers say their calls only wait on a remote key
+       store (`remote`); otherwise one at a time here, since an in-process
+       provider (uploaded keys read their material from the database) gains
+       nothing from threads.
+    3. One transaction writes the batch with no key store called inside it:
+       under the tenant's lock, still in the move, each DEK whose wrapped bytes
+       are unchanged gets its new blob; one rewrapped meanwhile is left alone.
+    4. A failed call fails the batch only after the DEKs that did move are
+       written: a rerun (the task's retry, the beat's resume) picks up the rest
+       and moves each remaining DEK once.
+    """
+    for start in range(0, len(dek_ids), REWRAP_BATCH):
+        if Tenant.objects.get(pk=tenant.pk).state != while_state:
+            return False
+        batch = list(
+            DataKey.objects.select_related("kek_version__source").filter(
+                pk__in=dek_ids[start : start + REWRAP_BATCH]
+            )
+        )
+        unwrappers: dict[object, KeyProvider] = {}
+        for dek in batch:
+            source = dek.kek_version.source
+            if source.pk not in unwrappers:
+                unwrappers[source.pk] = provider_for(source)
+        remote = all(getattr(p, "remote", False) for p in [wrapper, *unwrappers.values()])
+
+        rewrapped = partial(_rewrapped, tenant=tenant, unwrappers=unwrappers, wrapper=wrapper)
+        if remote and concurrency > 1 and len(batch) > 1:
+            with ThreadPoolExecutor(
+                max_workers=min(concurrency, len(batch)), thread_name_prefix="rewrap"
+            ) as pool:
+                answers = list(pool.map(rewrapped, batch))
+        else:
+            answers = [rewrapped(dek) for dek in batch]
+        done = {
+            dek.pk: (bytes(dek.wrapped), answer)
+            for dek, answer in zip(batch, answers, strict=True)
+            if isinstance(answer, Wrapped)
+        }
+        if not _write_rewrapped(tenant, target, done, while_state):
+            return False
+        failures = [answer for answer in answers if not isinstance(answer, Wrapped)]
+        if failures:
+            raise failures[0]
+    return True
+
+
+def _rewrapped(
+    dek: DataKey, *, tenant: Tenant, unwrappers: dict[object, KeyProvider], wrapper: KeyProvider
+) -> Wrapped | Exception:
+    """`dek` unwrapped and wrapped again; a failure is returned, to be raised after the
+    batch's successes are written."""
+    context = dek_context(str(tenant.pk), dek.version)
+    unwrapper = unwrappers[dek.kek_version.source.pk]
+    try:
+        material = unwrapper.unwrap(bytes(dek.wrapped), context, dek.kek_version.provider_version)
+        try:
+            return wrapper.wrap(material, context)
+        finally:
+            del material
+    except Exception as exc:
+        return exc
+
+
+def _write_rewrapped(
+    tenant: Tenant,
+    target: KeySource,
+    done: dict[int, tuple[bytes, Wrapped]],
+    while_state: str,
+) -> bool:
+    """Write the batch's new blobs (see `rewrap_many`, step 3); False to stop."""
+    with transaction.atomic():
+        if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
+            return False
+        if not done:
+            return True
+        versions: dict[str, KekVersion] = {}
+        rows = []
+        for row in DataKey.objects.select_for_update().filter(pk__in=list(done)).order_by("pk"):
+            before, wrapped = done[row.pk]
+            if bytes(row.wrapped) != before:
+                continue
+            if wrapped.version not in versions:
+                versions[wrapped.version] = kek_version_get_or_create(target, wrapped.version)
+            row.kek_version = versions[wrapped.version]
+            row.wrapped = wrapped.blob
+            rows.append(row)
+        DataKey.objects.bulk_update(rows, ["kek_version", "wrapped"])
     return True

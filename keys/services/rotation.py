@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import current_app
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -30,7 +31,7 @@ from keys.selectors.sources import (
     active_customer_source,
     pending_version,
 )
-from keys.services.deks import rewrap_one
+from keys.services.deks import rewrap_many
 from keys.services.health import tenant_mark_rotation_pending
 from tenants.models import ServiceState, Tenant
 from tenants.states import tenant_transition
@@ -163,9 +164,19 @@ def kek_reject_rotation(*, tenant: Tenant, actor: Actor, request: HttpRequest | 
 def kek_rewrap_run(*, source_id: str) -> str:
     """Rewrap every live DEK under the source's current version, then resume. Idempotent.
 
-    One DEK per transaction; before each, the tenant must still be `rewrapping`:
-    a revoke meanwhile stops the job cleanly (every DEK is under exactly one
-    version at every moment, old or new, and both still unwrap).
+    Batches of DEKs (`rewrap_many`), the key store called with no lock held and
+    each batch written in one transaction; before each, the tenant must still be
+    `rewrapping`: a revoke meanwhile stops the job cleanly (every DEK is under
+    exactly one version at every moment, old or new, and both still unwrap).
+    Only DEKs are read and written: the data under them is never touched, so
+    the job takes as long with a million records as with none.
+
+    The calls overlap, KEYWARD_KEK_REWRAP_CONCURRENCY at most: each DEK is two
+    round trips (unwrap, wrap) that mostly wait on the network. The bound is
+    the customer's: their key store's request quota (AWS KMS: a few thousand
+    cryptographic calls per second, per account and region, shared with
+    everything else they run) must not be spent by one tenant's rotation, and
+    a rotation that throttles the customer's own applications is an outage.
     """
     source = KeySource.objects.select_related("tenant").get(pk=source_id)
     tenant = source.tenant
@@ -174,17 +185,19 @@ def kek_rewrap_run(*, source_id: str) -> str:
     live = DataKey.objects.filter(tenant=tenant).exclude(
         state__in=[DekState.RETIRED, DekState.DESTROYED]
     )
-    for dek_id in list(
-        live.exclude(kek_version__provider_version=target).values_list("pk", flat=True)
+    if not rewrap_many(
+        tenant=tenant,
+        dek_ids=list(
+            live.exclude(kek_version__provider_version=target)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        ),
+        target=source,
+        wrapper=provider,
+        while_state=ServiceState.REWRAPPING,
+        concurrency=settings.KEYWARD_KEK_REWRAP_CONCURRENCY,
     ):
-        if not rewrap_one(
-            tenant=tenant,
-            dek_id=dek_id,
-            target=source,
-            wrapper=provider,
-            while_state=ServiceState.REWRAPPING,
-        ):
-            return "stopped"
+        return "stopped"
     if not rewrap_other_keys(
         tenant=tenant,
         target=source,

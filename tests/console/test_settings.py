@@ -185,6 +185,24 @@ def test_invitation_lifetime_is_checked_at_startup(
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("KEYWARD_KEK_REWRAP_CONCURRENCY", "0", "is below the minimum 1"),
+        ("KEYWARD_KEK_REWRAP_CONCURRENCY", "33", "is above the maximum 32"),
+        ("KEYWARD_KEK_REWRAP_CONCURRENCY", "eight", "is not an integer"),
+        ("KEYWARD_HEALTH_CHECK_CONCURRENCY", "0", "is below the minimum 1"),
+    ],
+)
+def test_key_store_concurrency_is_bounded_at_startup(
+    production_env: dict[str, str], name: str, value: str, message: str
+) -> None:
+    result = run_manage({**production_env, name: value}, "check")
+    assert result.returncode != 0
+    assert f"{name}={value!r}" in result.stderr or f"{name}={value}" in result.stderr
+    assert message in result.stderr
+
+
 def test_site_url_must_be_an_address(production_env: dict[str, str]) -> None:
     result = run_manage({**production_env, "KEYWARD_SITE_URL": "keyward.example.com"}, "check")
     assert result.returncode != 0

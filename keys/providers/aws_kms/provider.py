@@ -92,6 +92,7 @@ class AwsKmsProvider(KeyProvider):
     """
 
     kind = "aws_kms"
+    remote = True
 
     def __init__(
         self,

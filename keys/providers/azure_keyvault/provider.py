@@ -125,6 +125,7 @@ class AzureKeyVaultProvider(KeyProvider):
     """An RSA key in the customer's Azure Key Vault that wraps and unwraps DEKs."""
 
     kind = "azure_keyvault"
+    remote = True
 
     def __init__(
         self,

@@ -105,6 +105,7 @@ class KmipProvider(KeyProvider):
     """An AES-256 key on the customer's KMIP server."""
 
     kind = "kmip"
+    remote = True
     can_rotate_now = True
 
     def __init__(
