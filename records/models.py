@@ -44,8 +44,8 @@ class SealedFields(models.Model):
     and re-encryption does one decrypt and one encrypt per record. A narrow
     table of its own rather than columns of `Record`: re-encryption rewrites
     these rows only (two indexes to maintain, not four), which is what makes
-    it fast. (dek, record) is indexed, so "records per DEK" is an index-only
-    count and re-encryption finds its rows by DEK. The ciphertext is bound to
+    it fast. (dek, record) is indexed, so re-encryption finds its rows by DEK;
+    "records per DEK" is kept by triggers in `DekRecordCount`. The ciphertext is bound to
     the tenant, the record's kind, "pii" and the record's `uid`.
     """
 

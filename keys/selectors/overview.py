@@ -77,7 +77,9 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
             {name: per_dek.get(dek.pk, 0) for name, per_dek in counts.items()},
             now - dek.created,
         )
-        for dek in of_tenant.filter(live | Q(pk__in=shown_others)).select_related("kek_version")
+        for dek in of_tenant.filter(live | Q(pk__in=shown_others))
+        .select_related("kek_version")
+        .defer("wrapped", "kek_version__material", "kek_version__expiry_warnings_sent")
     ]
     not_shown = max(0, others.count() - len(shown_others))
     active = next((row.dek for row in deks if row.dek.state == DekState.ACTIVE), None)

@@ -236,15 +236,21 @@ def volume_charts(tenant: Tenant, today: date) -> tuple[Chart, Chart]:
 def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     """Key encryption key versions and data keys as bars over their lifetimes, with
     rotations, revocations and restores as markers."""
-    keks = list(KekVersion.objects.filter(source__tenant=tenant).order_by("created"))
+    keks = list(
+        KekVersion.objects.filter(source__tenant=tenant)
+        .only("pk", "created", "state")
+        .order_by("created")
+    )
     # The newest data keys and every one still in use: a bar per key for years of
     # weekly rotations would be a thousand bars no one can read.
     newest = DataKey.objects.filter(tenant=tenant).order_by("-version")[:TIMELINE_DEKS]
     deks = sorted(
-        DataKey.objects.filter(tenant=tenant).filter(
+        DataKey.objects.filter(tenant=tenant)
+        .filter(
             Q(pk__in=Subquery(newest.values("pk")))
             | Q(state__in=[DekState.ACTIVE, DekState.RETIRING])
-        ),
+        )
+        .only("pk", "version", "kek_version_id", "state", "created", "retired_at"),
         key=lambda d: d.version,
     )
     starts = [k.created for k in keks] + [d.created for d in deks]
@@ -255,18 +261,17 @@ def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     for n, kek in enumerate(keks):
         later = [k.created for k in keks[n + 1 :] if k.state != KekState.PENDING]
         end = now if kek.state in (KekState.ACTIVE, KekState.PENDING) or not later else later[0]
-        label = f"KEK v{n + 1}"
-        spans.append(
-            Span(label, kek.created, end, f"c{n % 7}", f"{label} ({kek.get_state_display()})")
-        )
-        rows.append([label, f"{kek.created:%Y-%m-%d %H:%M}", kek.get_state_display()])
+        label, state = f"KEK v{n + 1}", KekState(kek.state).label
+        spans.append(Span(label, kek.created, end, f"c{n % 7}", f"{label} ({state})"))
+        rows.append([label, f"{kek.created:%Y-%m-%d %H:%M}", state])
     kek_index = {k.pk: n for n, k in enumerate(keks)}
     for dek in deks:
         end = dek.retired_at or now
         label = f"DEK v{dek.version}"
         css = f"c{kek_index.get(dek.kek_version_id, 0) % 7}"
-        spans.append(Span(label, dek.created, end, css, f"{label} ({dek.get_state_display()})"))
-        rows.append([label, f"{dek.created:%Y-%m-%d %H:%M}", dek.get_state_display()])
+        state = DekState(dek.state).label
+        spans.append(Span(label, dek.created, end, css, f"{label} ({state})"))
+        rows.append([label, f"{dek.created:%Y-%m-%d %H:%M}", state])
     marked = AuditEvent.objects.filter(
         chain=chain_key(tenant), action__in=list(ROTATION_MARKERS), time__gte=start
     ).order_by("-seq")
