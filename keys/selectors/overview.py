@@ -91,6 +91,9 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
         kek_versions=list(
             KekVersion.objects.filter(source__tenant=tenant)
             .select_related("source")
+            # What the table shows: not the sources' settings and test results,
+            # fifty times over.
+            .only("provider_version", "state", "created", "source__kind", "source__tenant")
             .annotate(
                 live_deks=Count(
                     "data_keys",
