@@ -90,6 +90,51 @@ class StoredObject(models.Model):
         return blob_name(self.key, self.version)
 
 
+class ObjectUsageCount(models.Model):
+    """How many objects, and how many plaintext bytes, a tenant keeps in one location
+    under one DEK: a counter kept by the database, never counted on a page view.
+
+    Triggers on `StoredObject` (migration 0005) keep it in the transaction of
+    the write: a put (new or replaced: the size changes), a delete, a
+    re-encryption (the DEK changes) and a move (the location and the DEK
+    change) all change the counts in the statement that changes the row. A
+    trigger rather than service code so that no path that writes objects
+    (services, moves, a crypto-shred, a COPY) can leave the counts behind.
+
+    As with records (records.models.DekRecordCount), a key's counts are spread
+    over a few slots picked by the writing backend so that concurrent puts do
+    not queue on one row; a count is the sum over the slots. Tenant and DEK
+    are named without foreign keys: a constraint would lock both again on
+    every write.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    location = models.CharField(max_length=16, choices=Location.choices)
+    dek = models.ForeignKey(
+        DataKey,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    slot = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "location", "dek", "slot"], name="object_usage_count_slot"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} objects in {self.location} under DEK {self.dek_id} ({self.slot})"
+
+
 class OrphanVersion(models.Model):
     """A stored version that no row named when a sweep listed its location.
 

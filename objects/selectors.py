@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import QuerySet, Sum
 from django.template.defaultfilters import filesizeformat, pluralize
 
-from objects.models import OPEN_MIGRATION_STATES, ObjectMigration, StoredObject
+from objects.models import (
+    OPEN_MIGRATION_STATES,
+    ObjectMigration,
+    ObjectUsageCount,
+    StoredObject,
+)
 from tenants.models import Tenant
 
 
@@ -30,25 +35,34 @@ class ObjectsUsage:
     bytes: int
 
 
+def _usage(tenant: Tenant) -> QuerySet[ObjectUsageCount]:
+    """The tenant's object counters (ObjectUsageCount), exact and kept by the database:
+    a few rows per location and DEK, however many objects there are."""
+    return ObjectUsageCount.objects.filter(tenant=tenant).order_by()
+
+
 def object_counts_by_dek(tenant: Tenant) -> dict[int, int]:
-    rows = objects_of_tenant(tenant).order_by().values("dek_id").annotate(n=Count("id"))
-    return {row["dek_id"]: row["n"] for row in rows}
+    rows = _usage(tenant).values("dek_id").annotate(n=Sum("count"))
+    return {row["dek_id"]: row["n"] for row in rows if row["n"]}
 
 
 def objects_usage(tenant: Tenant) -> ObjectsUsage:
-    """Object counts and bytes per storage location and per DEK (two grouped queries)."""
-    base = objects_of_tenant(tenant).order_by()
+    """Object counts and bytes per storage location and per DEK, from the counters."""
     by_location = [
         UsageRow(str(row["location"]), row["n"], row["b"] or 0)
-        for row in base.values("location")
-        .annotate(n=Count("id"), b=Sum("size"))
+        for row in _usage(tenant)
+        .values("location")
+        .annotate(n=Sum("count"), b=Sum("bytes"))
         .order_by("location")
+        if row["n"]
     ]
     by_dek = [
         UsageRow(f"DEK v{row['dek__version']} ({row['dek__state']})", row["n"], row["b"] or 0)
-        for row in base.values("dek__version", "dek__state")
-        .annotate(n=Count("id"), b=Sum("size"))
+        for row in _usage(tenant)
+        .values("dek__version", "dek__state")
+        .annotate(n=Sum("count"), b=Sum("bytes"))
         .order_by("-dek__version")
+        if row["n"]
     ]
     return ObjectsUsage(
         by_location=by_location,

@@ -44,8 +44,8 @@ class SealedFields(models.Model):
     and re-encryption does one decrypt and one encrypt per record. A narrow
     table of its own rather than columns of `Record`: re-encryption rewrites
     these rows only (two indexes to maintain, not four), which is what makes
-    it fast. (dek, record) is indexed, so "records per DEK" is an index-only
-    count and re-encryption finds its rows by DEK. The ciphertext is bound to
+    it fast. (dek, record) is indexed, so re-encryption finds its rows by DEK;
+    "records per DEK" is kept by triggers in `DekRecordCount`. The ciphertext is bound to
     the tenant, the record's kind, "pii" and the record's `uid`.
     """
 
@@ -194,3 +194,48 @@ class ReencryptionJob(models.Model):
     @property
     def percent(self) -> int:
         return 100 if self.total == 0 else min(100, int(self.done * 100 / self.total))
+
+
+class DekRecordCount(models.Model):
+    """How many records one DEK seals: a counter kept by the database, never counted on a
+    page view.
+
+    Triggers on `SealedFields` (migration 0004) keep it, in the transaction
+    of the write: creates (one by one, batched or by COPY), deletes (a record's
+    own, a cascade, a crypto-shred) and re-encryption (an UPDATE of the DEK)
+    all change the count in the statement that changes the rows, whichever
+    code path runs it. Triggers rather than service code because the rows
+    change in many places (services, bulk COPY, re-encryption's UPDATE ...
+    FROM, cascades) and one missed path would make every later count wrong
+    with nothing to notice it; a trigger cannot be forgotten by a new path.
+
+    Each DEK's count is spread over a few slots (the writing backend's
+    process id picks one): concurrent writers under the same active DEK then
+    rarely update the same row, so the counter does not serialise ingest.
+    The count of a DEK is the sum of its slots. On PostgreSQL one trigger runs
+    per statement and adds the statement's net change per DEK, so a batch of
+    a thousand rows costs one counter update, not a thousand.
+
+    The DEK is named without a foreign key: a row is written on every insert
+    and a constraint would lock the DEK again; a destroyed DEK's rows are
+    left at zero and a reader joins the DEK anyway.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    dek = models.ForeignKey(
+        DataKey,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    slot = models.SmallIntegerField()
+    records = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dek", "slot"], name="dek_record_count_slot")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.records} records under DEK {self.dek_id} (slot {self.slot})"

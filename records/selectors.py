@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, QuerySet
+from django.db.models import Q, QuerySet, Sum
 
-from keys.models import DataKey
-from records.models import IndexKey, Record, ReencryptionJob, SealedFields
+from keys.models import DataKey, DekState
+from records.models import DekRecordCount, IndexKey, Record, ReencryptionJob, SealedFields
 from tenants.models import Tenant
 
 
@@ -15,12 +15,15 @@ def records_not_under(tenant: Tenant, dek: DataKey) -> QuerySet[SealedFields]:
 
 
 def record_counts_by_dek(tenant: Tenant) -> dict[int, int]:
+    """{DEK id: records it seals}, exact, from the counters the database keeps
+    (DekRecordCount): a few rows per DEK, however many records there are."""
     rows = (
-        SealedFields.objects.filter(dek__tenant=tenant)
+        DekRecordCount.objects.filter(dek__tenant=tenant)
         .values("dek_id")
-        .annotate(n=Count("record_id"))
+        .annotate(n=Sum("records"))
+        .order_by()
     )
-    return {row["dek_id"]: row["n"] for row in rows}
+    return {row["dek_id"]: row["n"] for row in rows if row["n"]}
 
 
 def record_for_tenant(tenant: Tenant, uid: str) -> Record | None:
@@ -49,11 +52,18 @@ class RecordsOverview:
 
 
 def records_overview(tenant: Tenant) -> RecordsOverview:
-    """Records per DEK (an index-only count) and the blind-index key versions."""
+    """Records per DEK (from the maintained counters) and the blind-index key versions.
+
+    Every DEK that seals records or may still seal them (active, decrypt-only)
+    is listed; retired and destroyed DEKs hold nothing and are left out, so a
+    tenant with years of rotations does not get a thousand empty rows.
+    """
     counts = record_counts_by_dek(tenant)
+    deks = DataKey.objects.filter(tenant=tenant).filter(
+        Q(state__in=[DekState.ACTIVE, DekState.RETIRING]) | Q(pk__in=list(counts))
+    )
     per_dek = [
-        DekRecords(dek, counts.get(dek.pk, 0))
-        for dek in DataKey.objects.filter(tenant=tenant).select_related("kek_version__source")
+        DekRecords(dek, counts.get(dek.pk, 0)) for dek in deks.select_related("kek_version__source")
     ]
     return RecordsOverview(
         per_dek=per_dek,

@@ -3,6 +3,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django import template
+from django.utils.safestring import SafeString
+
+from keys.charts import Chart, chart_html
 
 register = template.Library()
 
@@ -26,3 +29,9 @@ def duration(value: int | float | timedelta | None) -> str:
     if hours < 48:
         return _plural(hours, "hour") + (f" {_plural(rest, 'minute')}" if rest else "")
     return _plural(hours // 24, "day")
+
+
+@register.filter
+def chart_markup(chart: Chart) -> SafeString:
+    """A server-drawn chart as markup (keys.charts.chart_html)."""
+    return chart_html(chart)

@@ -36,6 +36,12 @@ class DekRow:
         return self.counts.get("objects", 0)
 
 
+# Retired and destroyed DEKs shown beside the live ones and those holding data:
+# the newest few. A tenant rotating weekly has hundreds after a few years, all
+# empty; the page says how many it leaves out.
+SHOWN_RETIRED_DEKS = 10
+
+
 @dataclass(frozen=True)
 class KeysOverview:
     source: KeySource | None
@@ -49,6 +55,8 @@ class KeysOverview:
     last_job: Any
     records_on_older_deks: int
     objects_on_older_deks: int = 0
+    # Retired or destroyed DEKs, holding no data, that `deks` leaves out.
+    deks_not_shown: int = 0
 
 
 def keys_overview(tenant: Tenant) -> KeysOverview:
@@ -56,14 +64,24 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
     description = provider_for(source).describe() if source is not None else None
     counts = counts_by_dek(tenant)
     now = timezone.now()
+    holding = {pk for per_dek in counts.values() for pk in per_dek}
+    live = Q(state__in=[DekState.ACTIVE, DekState.RETIRING]) | Q(pk__in=holding)
+    of_tenant = DataKey.objects.filter(tenant=tenant)
+    others = of_tenant.exclude(live)
+    shown_others = list(
+        others.order_by("-version").values_list("pk", flat=True)[:SHOWN_RETIRED_DEKS]
+    )
     deks = [
         DekRow(
             dek,
             {name: per_dek.get(dek.pk, 0) for name, per_dek in counts.items()},
             now - dek.created,
         )
-        for dek in DataKey.objects.filter(tenant=tenant).select_related("kek_version")
+        for dek in of_tenant.filter(live | Q(pk__in=shown_others))
+        .select_related("kek_version")
+        .defer("wrapped", "kek_version__material", "kek_version__expiry_warnings_sent")
     ]
+    not_shown = max(0, others.count() - len(shown_others))
     active = next((row.dek for row in deks if row.dek.state == DekState.ACTIVE), None)
     jobs = data_jobs(tenant)
     open_job = next((j for j in jobs if j.is_open), None)
@@ -73,6 +91,9 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
         kek_versions=list(
             KekVersion.objects.filter(source__tenant=tenant)
             .select_related("source")
+            # What the table shows: not the sources' settings and test results,
+            # fifty times over.
+            .only("provider_version", "state", "created", "source__kind", "source__tenant")
             .annotate(
                 live_deks=Count(
                     "data_keys",
@@ -92,6 +113,7 @@ def keys_overview(tenant: Tenant) -> KeysOverview:
         objects_on_older_deks=sum(
             row.objects for row in deks if active is not None and row.dek.pk != active.pk
         ),
+        deks_not_shown=not_shown,
     )
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
+from django.db.models import Q, Subquery
+
 from audit.models import AuditEvent
 from audit.services import chain_key
 from keys.charts import Chart, Event, Legend, Span, Tick, ratio_line, stacked_bars, timeline
 from keys.models import (
     DataKey,
     DataKeyVolume,
+    DekState,
     KekState,
     KekVersion,
     KeyUsageHour,
@@ -22,6 +25,8 @@ from keys.usage import CACHE, ERROR, HIT, KEY_STORE_OPERATIONS, MISS, OK
 from tenants.models import ServiceState, Tenant
 
 USAGE_HOURS = 7 * 24
+# Data keys drawn on the rotation timeline, besides those still in use: the newest.
+TIMELINE_DEKS = 50
 HISTORY_DAYS = 30
 # Audit actions drawn on the rotation timeline: (marker class, what it says).
 ROTATION_MARKERS = {
@@ -177,9 +182,6 @@ def volume_charts(tenant: Tenant, today: date) -> tuple[Chart, Chart]:
             .values_list("pk", flat=True)
         )
     }
-    deks = {
-        d.pk: d for d in DataKey.objects.filter(tenant=tenant).only("pk", "version", "kek_version")
-    }
     records: dict[int, list[float]] = defaultdict(lambda: [0.0] * HISTORY_DAYS)
     stored: dict[int, list[float]] = defaultdict(lambda: [0.0] * HISTORY_DAYS)
     for dek_id, day, n_records, n_objects in DataKeyVolume.objects.filter(
@@ -187,6 +189,13 @@ def volume_charts(tenant: Tenant, today: date) -> tuple[Chart, Chart]:
     ).values_list("data_key_id", "day", "records", "stored_objects"):
         records[dek_id][index[day]] = n_records
         stored[dek_id][index[day]] = n_objects
+    # Only the keys sampled in the window: a tenant may have a thousand older ones.
+    deks = {
+        d.pk: d
+        for d in DataKey.objects.filter(tenant=tenant, pk__in=list(records)).only(
+            "pk", "version", "kek_version"
+        )
+    }
     columns = [d.isoformat() for d in days]
     ticks = [Tick(i, d.strftime("%d %b")) for i, d in enumerate(days) if i % 5 == 0]
 
@@ -227,8 +236,23 @@ def volume_charts(tenant: Tenant, today: date) -> tuple[Chart, Chart]:
 def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     """Key encryption key versions and data keys as bars over their lifetimes, with
     rotations, revocations and restores as markers."""
-    keks = list(KekVersion.objects.filter(source__tenant=tenant).order_by("created"))
-    deks = list(DataKey.objects.filter(tenant=tenant).order_by("version"))
+    keks = list(
+        KekVersion.objects.filter(source__tenant=tenant)
+        .only("pk", "created", "state")
+        .order_by("created")
+    )
+    # The newest data keys and every one still in use: a bar per key for years of
+    # weekly rotations would be a thousand bars no one can read.
+    newest = DataKey.objects.filter(tenant=tenant).order_by("-version")[:TIMELINE_DEKS]
+    deks = sorted(
+        DataKey.objects.filter(tenant=tenant)
+        .filter(
+            Q(pk__in=Subquery(newest.values("pk")))
+            | Q(state__in=[DekState.ACTIVE, DekState.RETIRING])
+        )
+        .only("pk", "version", "kek_version_id", "state", "created", "retired_at"),
+        key=lambda d: d.version,
+    )
     starts = [k.created for k in keks] + [d.created for d in deks]
     # At least a day, so that a young key still shows as a bar that ends now.
     start = min([*starts, now - timedelta(days=1)])
@@ -237,18 +261,17 @@ def rotation_chart(tenant: Tenant, now: datetime) -> Chart:
     for n, kek in enumerate(keks):
         later = [k.created for k in keks[n + 1 :] if k.state != KekState.PENDING]
         end = now if kek.state in (KekState.ACTIVE, KekState.PENDING) or not later else later[0]
-        label = f"KEK v{n + 1}"
-        spans.append(
-            Span(label, kek.created, end, f"c{n % 7}", f"{label} ({kek.get_state_display()})")
-        )
-        rows.append([label, f"{kek.created:%Y-%m-%d %H:%M}", kek.get_state_display()])
+        label, state = f"KEK v{n + 1}", KekState(kek.state).label
+        spans.append(Span(label, kek.created, end, f"c{n % 7}", f"{label} ({state})"))
+        rows.append([label, f"{kek.created:%Y-%m-%d %H:%M}", state])
     kek_index = {k.pk: n for n, k in enumerate(keks)}
     for dek in deks:
         end = dek.retired_at or now
         label = f"DEK v{dek.version}"
         css = f"c{kek_index.get(dek.kek_version_id, 0) % 7}"
-        spans.append(Span(label, dek.created, end, css, f"{label} ({dek.get_state_display()})"))
-        rows.append([label, f"{dek.created:%Y-%m-%d %H:%M}", dek.get_state_display()])
+        state = DekState(dek.state).label
+        spans.append(Span(label, dek.created, end, css, f"{label} ({state})"))
+        rows.append([label, f"{dek.created:%Y-%m-%d %H:%M}", state])
     marked = AuditEvent.objects.filter(
         chain=chain_key(tenant), action__in=list(ROTATION_MARKERS), time__gte=start
     ).order_by("-seq")
