@@ -3,9 +3,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from keys.providers.base import KeyUnavailable
-from objects.migration import RUN_MIGRATION, migration_run
+from objects.migration import LOCK_LOST, RUN_MIGRATION, migration_run
 from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
 from objects.services import objects_sweep_orphans
 from objects.storage import StorageError
@@ -14,16 +15,36 @@ from tenants.models import MIGRATING_STATES, Tenant
 logger = logging.getLogger(__name__)
 
 
+class MigrationInterrupted(Exception):
+    """The run lost its database session (and its lock with it) and stopped."""
+
+
+# A database restart or a cut connection ends the run with OperationalError
+# (or InterfaceError on a connection already closed under it), or with its lock
+# lost. Without retrying here, the move would wait for the beat's resume job
+# (up to its five-minute period) though the database is back within seconds;
+# the run is idempotent and resumes from its items' states.
 @shared_task(
     name=RUN_MIGRATION,
-    autoretry_for=(KeyUnavailable, StorageError, ConnectionError, TimeoutError),
+    autoretry_for=(
+        KeyUnavailable,
+        StorageError,
+        ConnectionError,
+        TimeoutError,
+        OperationalError,
+        InterfaceError,
+        MigrationInterrupted,
+    ),
     retry_backoff=True,
     retry_jitter=True,
     max_retries=10,
 )
 def run_migration(migration_id: str) -> str:
     """Run or resume a move of a tenant's objects (idempotent: see migration_run)."""
-    return migration_run(migration_id)
+    result = migration_run(migration_id)
+    if result == LOCK_LOST:
+        raise MigrationInterrupted(f"object migration {migration_id} lost its database session")
+    return result
 
 
 @shared_task(name="objects.resume_migrations")

@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from crypto.envelope import KeyRevoked
@@ -17,9 +18,13 @@ from records.reencryption import RUN_REENCRYPTION, reencryption_run
 logger = logging.getLogger(__name__)
 
 
+# A database restart ends a run with OperationalError (InterfaceError on a
+# connection already closed under it); each batch commits with its checkpoint,
+# so retrying resumes after the last committed one within seconds, instead of
+# waiting for the beat's resume job (which waits ten minutes).
 @shared_task(
     name=RUN_REENCRYPTION,
-    autoretry_for=(ConnectionError, TimeoutError),
+    autoretry_for=(ConnectionError, TimeoutError, OperationalError, InterfaceError),
     retry_backoff=True,
     max_retries=10,
 )
