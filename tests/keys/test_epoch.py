@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from django.db.models import F
@@ -117,7 +118,7 @@ def test_an_older_state_found_after_reconnecting_is_not_trusted(db, settings) ->
     assert source.write(tid, active)
     source.client.connection_pool.disconnect()
     assert source.fetch(tid) == revoked
-    raw = source.client.hgetall(RedisStateSource.PREFIX + tid)  # published forward
+    raw: Any = source.client.hgetall(RedisStateSource.PREFIX + tid)  # published forward
     assert TenantKeyState(int(raw[b"epoch"]), active.current_dek_id, raw[b"status"].decode()) == (
         revoked
     )

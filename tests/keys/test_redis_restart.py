@@ -55,7 +55,8 @@ pytestmark = pytest.mark.faults
 
 SYSTEM = Actor.system("tests")
 ROUNDS = scale(1, 4)  # restarts per way of restarting
-BROKER_RESTARTS = scale(1, 5)
+BROKER_RESTARTS = scale(1, 6)
+RECORDS = 500
 REVOKE_BOUND = 1.0  # seconds: DESIGN.md, "an explicit revoke empties every process's cache"
 WATCH = 2.0  # seconds after Redis is back during which nothing may decrypt
 
@@ -92,7 +93,9 @@ class DecryptLoop:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
-            stderr = self.process.stderr.read() if self.process.poll() is not None else ""
+            stderr = ""
+            if self.process.poll() is not None and self.process.stderr is not None:
+                stderr = self.process.stderr.read()
             raise AssertionError(f"the decrypting process went quiet: {stderr}") from None
 
     def wait_for(self, kind: str, timeout: float = 10.0) -> float:
@@ -175,12 +178,12 @@ def test_the_broker_comes_back_and_tasks_take_effect_once(
 ) -> None:
     rng = seeded("Celery broker across Redis restarts")
     tenant = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
-    records_create(tenant=tenant, items=list(synthetic_records(20)))
+    records_create(tenant=tenant, items=list(synthetic_records(RECORDS)))
 
     def new_job() -> ReencryptionJob:
         dek_rotate(tenant=tenant, actor=SYSTEM, reason="tests")
         target = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
-        return ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=20)
+        return ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=RECORDS)
 
     def send(job: ReencryptionJob, queue_name: str) -> None:
         with current_app.connection_for_write(redis_server.url()) as conn:
@@ -188,7 +191,7 @@ def test_the_broker_comes_back_and_tasks_take_effect_once(
                 RUN_REENCRYPTION, args=[str(job.pk)], queue=queue_name, connection=conn
             )
 
-    def finished(job: ReencryptionJob, log: Path, timeout: float = 60.0) -> None:
+    def finished(job: ReencryptionJob, log: Path, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job.refresh_from_db()
@@ -196,25 +199,39 @@ def test_the_broker_comes_back_and_tasks_take_effect_once(
                 break
             time.sleep(0.05)
         assert job.state == JobState.DONE, job.error or log.read_text()[-3000:]
-        assert job.done == 20  # each record re-encrypted once
+        assert job.done == RECORDS  # each record re-encrypted once
         under = SealedFields.objects.filter(record__tenant=tenant, dek=job.target_dek)
-        assert under.count() == 20
+        assert under.count() == RECORDS
 
     log = tmp_path / "worker.log"
     jobs: list[ReencryptionJob] = []
-    with celery_worker(log, {"REDIS_URL": redis_server.url()}) as worker:
+    in_flight = 0
+    with celery_worker(
+        log, {"REDIS_URL": redis_server.url(), "KEYWARD_REENCRYPT_BATCH": "100"}
+    ) as worker:
         for _ in range(BROKER_RESTARTS):
-            before = new_job()
-            send(before, worker.queue)
-            finished(before, log)
-            # Sent before the restart, taken after it: the worker must reconnect.
-            redis_server.restart(empty=True, down_for=rng.random() * 2)
+            running = new_job()
+            send(running, worker.queue)
+            deadline = time.monotonic() + 60
+            while running.done == 0 and running.state != JobState.DONE:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.002)
+                running.refresh_from_db()
+            in_flight += running.state == JobState.RUNNING
+            # Killed under the running task (its worker reads key state from the
+            # database meanwhile), back empty or from a snapshot taken just now.
+            empty = rng.random() < 0.5
+            if not empty:
+                redis_server.snapshot()
+            redis_server.restart(empty=empty, down_for=rng.random() * 2)
+            finished(running, log)
+            # Sent after the restart: taken only if the worker reconnected.
             after = new_job()
             send(after, worker.queue)
             finished(after, log)
-            jobs += [before, after]
-        # A message delivered twice (a restored snapshot redelivers what was not
-        # acknowledged at its time) must change nothing the second time.
+            jobs += [running, after]
+        # A message delivered twice (a snapshot restores what was not yet
+        # acknowledged when it was taken) must change nothing the second time.
         send(jobs[-1], worker.queue)
         marker = new_job()
         send(marker, worker.queue)  # the worker takes messages in order
@@ -225,4 +242,7 @@ def test_the_broker_comes_back_and_tasks_take_effect_once(
             tenant=tenant, action="records.reencrypt.done", target=f"DEK v{job.target_dek.version}"
         )
         assert done_events.count() == 1, job.target_dek.version
-    print(f"broker: {redis_server.restarts} Redis restarts, {len(jobs)} tasks each run once")
+    print(
+        f"broker: {redis_server.restarts} Redis restarts ({in_flight} under a running task), "
+        f"{len(jobs)} tasks each with its effect once"
+    )
