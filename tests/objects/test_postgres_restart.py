@@ -61,9 +61,9 @@ pytestmark = pytest.mark.faults
 
 T = TypeVar("T")
 
-OBJECTS = scale(300, 2000)
+OBJECTS = scale(200, 2000)
 MOVE_RESTARTS = scale(1, 6)
-RECORDS = scale(2000, 20000)
+RECORDS = scale(1000, 20000)
 REENCRYPT_RESTARTS = scale(1, 6)
 RESTARTS: dict[str, int] = {}  # by kind, for the figures
 
