@@ -89,11 +89,43 @@ class DbStateSource:
         return state_from_db(tenant_id)
 
 
+def _order(state: TenantKeyState) -> tuple[int, int]:
+    return state.epoch, state.current_dek_id or 0
+
+
 class RedisStateSource:
+    """Tenant key state from Redis, which holds a copy of the database's.
+
+    A Redis that restarts may come back with less than it held: empty (no
+    persistence; harmless, a missing entry is read from the database) or with
+    its last snapshot, older than a revoke published since, or missing a
+    revoke published while it was down (that publish failed). Trusting such an
+    entry would forget the revoke: the process would see the old epoch and
+    status and decrypt again. So the copy is trusted only once this process
+    has checked it against the database on the current connection: every
+    connection made to Redis (a restart makes every client connect again)
+    starts a new generation, and a tenant's first read in a generation is
+    taken from the database and published forward (the write never moves
+    Redis backwards). A publish that failed is retried by the flusher thread,
+    for a Redis that was cut off from this process without restarting.
+    """
+
     PREFIX = "keyward:tks:"
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._generation = 0  # connections made to Redis so far
+        self._checked: dict[str, int] = {}  # tenant -> generation it was checked in
+        self._unpublished: set[str] = set()
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            redis_connect_func=self._connected,
+        )
+
+    def _connected(self, connection: Any) -> None:
+        connection.on_connect()  # what redis-py does when no function is given
+        self._generation += 1
 
     def fetch(self, tenant_id: str) -> TenantKeyState:
         try:
@@ -104,17 +136,36 @@ class RedisStateSource:
         if not raw:
             return self.publish(tenant_id)
         dek = raw.get(b"dek", b"")
-        return TenantKeyState(
+        held = TenantKeyState(
             epoch=int(raw[b"epoch"]),
             current_dek_id=int(dek) if dek else None,
             status=raw[b"status"].decode(),
         )
+        if self._checked.get(tenant_id) == self._generation:
+            return held
+        state = self.publish(tenant_id)
+        # Redis ahead of the database read: a change committed since, published by
+        # its process. Never go back from it (the rule of _WRITE).
+        return held if _order(held) > _order(state) else state
 
     def publish(self, tenant_id: str) -> TenantKeyState:
         """Copy the tenant's committed key state from the database to Redis."""
+        generation = self._generation
         state = state_from_db(tenant_id)
-        self.write(tenant_id, state)
+        if self.write(tenant_id, state) or self._holds_newer(tenant_id):
+            # A reconnect during the write bumped the generation: then the
+            # next read checks again, which costs one query and is safe.
+            self._checked[tenant_id] = generation
         return state
+
+    def _holds_newer(self, tenant_id: str) -> bool:
+        """The write was refused as older than what Redis holds (not failed)."""
+        return tenant_id not in self._unpublished
+
+    def publish_pending(self) -> None:
+        """Publish again what could not be published while Redis was unreachable."""
+        for tenant_id in list(self._unpublished):
+            self.publish(tenant_id)
 
     # Never moves the state backwards: a reader that loaded the database just
     # before a revoke must not overwrite the revoke's newer epoch (or a rotation's
@@ -144,7 +195,9 @@ class RedisStateSource:
             )
         except redis.RedisError:
             logger.warning("Redis unreachable; key state not published")
+            self._unpublished.add(tenant_id)
             return False
+        self._unpublished.discard(tenant_id)
         return bool(written)
 
 
@@ -277,6 +330,9 @@ def _flusher() -> None:
     while not stop.wait(interval):
         flush_counts()
         publish_cache_metrics()
+        source = _state_source
+        if isinstance(source, RedisStateSource) and _pid == os.getpid():
+            source.publish_pending()
         connection.close()
 
 

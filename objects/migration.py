@@ -121,6 +121,11 @@ AHEAD = 2
 # up to this many times; further rounds wait for the next resume.
 PASSES = 3
 RUNNING_ELSEWHERE = "running elsewhere"
+# The run's lock went with its connection (a database restart, a network cut):
+# it stopped, changing nothing, and nothing else holds the lock now, so the
+# task sends the run again (objects/tasks.py) rather than leaving the move
+# to the beat's resume job minutes later.
+LOCK_LOST = "lock lost"
 _LOCK_NAMESPACE = 0x4B574F4D  # "KWOM": object migrations, in pg_advisory_lock(int, int)
 
 
@@ -392,8 +397,8 @@ def _run(run: _Run) -> str:
     except _Stop as exc:
         return run.stop(str(exc))
     except _LostLock as exc:
-        logger.warning("object migration %s: %s; leaving it as it is", run.m.pk, exc)
-        return RUNNING_ELSEWHERE
+        logger.warning("object migration %s: %s; stopped, to be sent again", run.m.pk, exc)
+        return LOCK_LOST
     return str(run.state)
 
 

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from django.db import InterfaceError, OperationalError
 
 from keys.providers.base import KeyUnavailable
-from objects.migration import RUN_MIGRATION, migration_run
+from objects.migration import LOCK_LOST, RUN_MIGRATION, migration_run
 from objects.models import OPEN_MIGRATION_STATES, MigrationState, ObjectMigration
 from objects.services import objects_sweep_orphans
 from objects.storage import StorageError
@@ -14,16 +16,36 @@ from tenants.models import MIGRATING_STATES, Tenant
 logger = logging.getLogger(__name__)
 
 
+def _after_lost_database(retries: int) -> int:
+    return get_exponential_backoff_interval(factor=1, retries=retries, maximum=10, full_jitter=True)
+
+
+# A database restart or a cut connection ends the run with OperationalError
+# (or InterfaceError on a connection already closed under it), or with its lock
+# lost. Without retrying here the move waited for the beat's resume job (up to
+# its five-minute period) though the database was back within seconds. The run
+# is idempotent and resumes from its items' states, so these retries have no
+# limit and wait at most 10 s: a long move that lives through several restarts
+# must not spend the budget of the other retries, nor wait minutes each time.
 @shared_task(
+    bind=True,
     name=RUN_MIGRATION,
     autoretry_for=(KeyUnavailable, StorageError, ConnectionError, TimeoutError),
     retry_backoff=True,
     retry_jitter=True,
     max_retries=10,
 )
-def run_migration(migration_id: str) -> str:
+def run_migration(self: Task, migration_id: str) -> str:
     """Run or resume a move of a tenant's objects (idempotent: see migration_run)."""
-    return migration_run(migration_id)
+    try:
+        result = migration_run(migration_id)
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(
+            exc=exc, countdown=_after_lost_database(self.request.retries), max_retries=None
+        ) from exc
+    if result == LOCK_LOST:
+        raise self.retry(countdown=_after_lost_database(self.request.retries), max_retries=None)
+    return result
 
 
 @shared_task(name="objects.resume_migrations")

@@ -8,8 +8,9 @@ binary COPY instead.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -28,12 +29,20 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def raw_cursor() -> psycopg.Cursor[Any]:
-    """A server-binding psycopg cursor on Django's connection (and transaction)."""
+@contextlib.contextmanager
+def raw_cursor() -> Iterator[psycopg.Cursor[Any]]:
+    """A server-binding psycopg cursor on Django's connection (and transaction).
+
+    psycopg's errors pass through Django's wrapper as Django's own cursors'
+    do: a connection lost under a statement (a database restart) is then the
+    OperationalError that the tasks retry on, and marks the connection so
+    that the next task's start closes it instead of reusing it dead.
+    """
     connection.ensure_connection()
     pg = connection.connection
     assert isinstance(pg, psycopg.Connection)
-    return psycopg.Cursor(pg)
+    with connection.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+        yield cursor
 
 
 def _logged(sql: str, started: float) -> None:

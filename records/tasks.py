@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from crypto.envelope import KeyRevoked
@@ -17,14 +19,30 @@ from records.reencryption import RUN_REENCRYPTION, reencryption_run
 logger = logging.getLogger(__name__)
 
 
+def _after_lost_database(retries: int) -> int:
+    return get_exponential_backoff_interval(factor=1, retries=retries, maximum=10, full_jitter=True)
+
+
+# A database restart ends a run with OperationalError (InterfaceError on a
+# connection already closed under it). Without retrying here the job waited for
+# the beat's resume job (ten minutes). Each batch commits with its checkpoint,
+# so a retry resumes after the last committed one; these retries have no limit
+# and wait at most 10 s, so that a long job living through several restarts
+# neither spends the budget of the other retries nor waits minutes each time.
 @shared_task(
+    bind=True,
     name=RUN_REENCRYPTION,
     autoretry_for=(ConnectionError, TimeoutError),
     retry_backoff=True,
     max_retries=10,
 )
-def run_reencryption(job_id: str) -> None:
-    reencryption_run(job_id=job_id)
+def run_reencryption(self: Task, job_id: str) -> None:
+    try:
+        reencryption_run(job_id=job_id)
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(
+            exc=exc, countdown=_after_lost_database(self.request.retries), max_retries=None
+        ) from exc
 
 
 @shared_task(

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from django.db.models import F
@@ -97,3 +98,45 @@ def test_a_stale_reader_never_moves_the_published_state_backwards(db, settings) 
     assert not source.write(tid, TenantKeyState(epoch=2, current_dek_id=6, status="active"))
     assert source.fetch(tid) == TenantKeyState(epoch=2, current_dek_id=7, status="revoked")
     assert source.write(tid, TenantKeyState(epoch=2, current_dek_id=8, status="revoked"))
+
+
+def test_an_older_state_found_after_reconnecting_is_not_trusted(db, settings) -> None:
+    """Redis back from a snapshot older than a revoke: the process reads the database again."""
+    from crypto.envelope import TenantKeyState
+
+    source = RedisStateSource(settings.REDIS_URL)
+    tenant = tenant_create(name="Snapshot", slug="snapshot", actor=Actor.system("tests"))
+    tid = str(tenant.pk)
+    active = source.fetch(tid)
+    assert active.status == "active"
+    Tenant.objects.filter(pk=tid).update(state=ServiceState.REVOKED, key_epoch=F("key_epoch") + 1)
+    revoked = source.publish(tid)
+    assert revoked.status == "revoked" and revoked.epoch == active.epoch + 1
+    # What a restart from the older snapshot leaves: the active state, and every
+    # connection cut.
+    source.client.delete(RedisStateSource.PREFIX + tid)
+    assert source.write(tid, active)
+    source.client.connection_pool.disconnect()
+    assert source.fetch(tid) == revoked
+    raw: Any = source.client.hgetall(RedisStateSource.PREFIX + tid)  # published forward
+    assert TenantKeyState(int(raw[b"epoch"]), active.current_dek_id, raw[b"status"].decode()) == (
+        revoked
+    )
+    assert source.fetch(tid) == revoked
+
+
+def test_a_publish_that_failed_is_made_again(db, settings) -> None:
+    """Revoked while Redis was cut off from this process: published once it answers."""
+    tenant = tenant_create(name="Cutoff", slug="cutoff", actor=Actor.system("tests"))
+    tid = str(tenant.pk)
+    source = RedisStateSource(settings.REDIS_URL)
+    assert source.fetch(tid).status == "active"
+    unreachable = RedisStateSource("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    Tenant.objects.filter(pk=tid).update(state=ServiceState.REVOKED, key_epoch=F("key_epoch") + 1)
+    unreachable.publish(tid)
+    raw: Any = source.client.hgetall(RedisStateSource.PREFIX + tid)
+    assert raw[b"status"] == b"active"  # not published: the revoke is pending
+    unreachable.client = source.client  # the network is back
+    unreachable.publish_pending()
+    raw = source.client.hgetall(RedisStateSource.PREFIX + tid)
+    assert raw[b"status"] == b"revoked"

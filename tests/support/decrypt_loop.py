@@ -1,8 +1,10 @@
 """A separate process that keeps decrypting one record and reports what happens.
 
-Prints `ok` after each success and `denied <monotonic time> <error>` at the
-first failure, then exits. Used to measure how fast a revoke reaches another
-process.
+Prints `ok` after each success and `denied <time> <error>` at the first
+failure, then exits. Used to measure how fast a revoke reaches another
+process. With a fourth argument `keep` it goes on after a failure, printing
+`ok <time>` or `denied <time> <error>` for every attempt: to show that a
+revoke stays enforced (across a Redis restart, for one).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from records.services import record_fields  # noqa: E402
 from tenants.models import Tenant  # noqa: E402
 
 
-def main(slug: str, uid: str, interval: float) -> None:
+def main(slug: str, uid: str, interval: float, keep: bool = False) -> None:
     tenant = Tenant.objects.get(slug=slug)
     record = Record.objects.get(uid=uid)
     while True:
@@ -35,10 +37,12 @@ def main(slug: str, uid: str, interval: float) -> None:
             record_fields(tenant, record)
         except Exception as exc:
             print(f"denied {time.time():.6f} {type(exc).__name__}", flush=True)
-            return
-        print("ok", flush=True)
+            if not keep:
+                return
+        else:
+            print(f"ok {time.time():.6f}" if keep else "ok", flush=True)
         time.sleep(interval)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:] == ["keep"])
