@@ -18,7 +18,10 @@ echo "== mypy"
 echo "== lint-imports"
 .venv/bin/lint-imports
 echo "== pytest"
-.venv/bin/pytest "$@"
+# Two processes: most tests wait on a server, a browser or a worker, so two
+# keep both cores busy. Each has its own test database, data folder and Redis
+# database (tests/support/parallel.py, loaded before the settings are read).
+.venv/bin/python -m pytest -n 2 -p tests.support.parallel "$@"
 
 # The whole suite (no arguments) ends with a minute of the load test: Locust
 # against a production deployment, with a rotation, a revoke and a restore.
