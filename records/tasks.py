@@ -12,7 +12,12 @@ from crypto.envelope import KeyRevoked
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
 from records.indexkeys import REBUILD_BLIND_INDEX, index_rebuild
 from records.models import IndexKey, IndexKeyState, JobState, ReencryptionJob
-from records.reencryption import RUN_REENCRYPTION, reencryption_run
+from records.reencryption import (
+    RUN_REENCRYPTION,
+    RUN_REENCRYPTION_PART,
+    reencryption_run_part,
+    reencryption_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +29,19 @@ logger = logging.getLogger(__name__)
     max_retries=10,
 )
 def run_reencryption(job_id: str) -> None:
-    reencryption_run(job_id=job_id)
+    """Cut the job into parts and hand each unfinished one to a worker."""
+    for part_id in reencryption_split(job_id=job_id):
+        run_reencryption_part.delay(part_id)
+
+
+@shared_task(
+    name=RUN_REENCRYPTION_PART,
+    autoretry_for=(ConnectionError, TimeoutError),
+    retry_backoff=True,
+    max_retries=10,
+)
+def run_reencryption_part(part_id: int) -> None:
+    reencryption_run_part(part_id=part_id)
 
 
 @shared_task(
