@@ -108,6 +108,19 @@ def main() -> None:
         )
         print("## UPDATE\n" + "\n".join(r[0] for r in cursor.fetchall()))
         transaction.set_rollback(True)
+    # The same UPDATE with the transition table in memory (work_mem), rolled back.
+    with transaction.atomic(), raw_cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(reencrypt._CREATE_BATCH_TABLE)
+        with cursor.copy("COPY reencrypt_batch (id, pii, version) FROM STDIN (FORMAT BINARY)") as c:
+            c.set_types(["int8", "bytea", "text"])
+            for row in zip(batch.ids, batch.values, batch.versions, strict=True):
+                c.write_row(row)
+        cursor.execute(
+            explain + reencrypt._UPDATE_FROM_BATCH, [target.pk, batch.ids[0], batch.last_id]
+        )
+        print("## UPDATE, work_mem 64MB\n" + "\n".join(r[0] for r in cursor.fetchall()))
+        transaction.set_rollback(True)
     # The same UPDATE without the statement trigger's transition table (which
     # keeps a copy of every new row), rolled back: what the DEK check costs.
     with transaction.atomic(), raw_cursor() as cursor:

@@ -34,7 +34,7 @@ from crypto.ciphertext import (
     CiphertextUnauthentic,
     binding_prefix,
     header,
-    next_nonce,
+    random_nonces,
 )
 from keys.models import DataKey, DekState
 from keys.runtime import envelope
@@ -113,7 +113,7 @@ def reencrypt_rows(
     and seals format 2 only: re-encrypting moves format 1 data to format 2.
     """
     env = envelope()
-    target = env.key_for(tenant_id, target_id).sealing
+    encrypt = env.key_for(tenant_id, target_id).sealing.encrypt
     head = header(target_id)
     # Per source DEK, the key for each header its rows can carry: one lookup
     # of a blob's header checks its format and DEK id and picks its key.
@@ -121,7 +121,10 @@ def reencrypt_rows(
     prefixes: dict[str, bytes] = {}
     ids: list[int] = []
     values: list[bytes] = []
-    for pk, uid, kind, dek_id, pii, *_ in rows:
+    add_id, add_value = ids.append, values.append
+    # One read of the OS's generator per batch rather than a call per row.
+    nonces = random_nonces(len(rows))
+    for (pk, uid, kind, dek_id, pii, *_), nonce in zip(rows, nonces, strict=True):
         by_header = openers.get(dek_id)
         if by_header is None:
             by_header = openers[dek_id] = env.key_for(tenant_id, dek_id).by_header(dek_id)
@@ -131,7 +134,8 @@ def reencrypt_rows(
         uid_bytes = str(uid).encode()
         bound = prefix + len(uid_bytes).to_bytes(2, "big") + uid_bytes
         blob = bytes(pii)
-        aead = by_header.get(blob[:HEADER_SIZE]) if len(blob) >= OVERHEAD else None
+        blob_head = blob[:HEADER_SIZE]
+        aead = by_header.get(blob_head) if len(blob) >= OVERHEAD else None
         if aead is None:
             raise CiphertextMalformed(
                 f"record {pk}: sealed fields are not a ciphertext of a known format under "
@@ -141,13 +145,12 @@ def reencrypt_rows(
             plain = aead.decrypt(
                 blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
                 blob[HEADER_SIZE + NONCE_SIZE :],
-                blob[:HEADER_SIZE] + bound,
+                blob_head + bound,
             )
         except InvalidTag:
             raise CiphertextUnauthentic(f"record {pk}: {UNAUTHENTIC}") from None
-        nonce = next_nonce()
-        ids.append(pk)
-        values.append(head + nonce + target.encrypt(nonce, plain, head + bound))
+        add_id(pk)
+        add_value(head + nonce + encrypt(nonce, plain, head + bound))
     return ids, values
 
 
