@@ -253,13 +253,16 @@ def _run_part(job: ReencryptionJob, part: ReencryptionPart) -> ReencryptionJob:
             == 1
         )
 
-    after = ReencryptionPart.objects.values_list("last_record_id", flat=True).get(pk=part.pk)
-    run = ReencryptionPass(
-        tenant=tenant, target=target, after_id=after, until_id=part.until_id, save=save
-    )
-    run.run()
-    if run.halted:
-        return ReencryptionJob.objects.get(pk=job.pk)
+    # A part delivered again once finished (its worker died before finishing
+    # the job) has nothing to read: it only checks whether the job is done.
+    if not part.finished:
+        after = ReencryptionPart.objects.values_list("last_record_id", flat=True).get(pk=part.pk)
+        run = ReencryptionPass(
+            tenant=tenant, target=target, after_id=after, until_id=part.until_id, save=save
+        )
+        run.run()
+        if run.halted:
+            return ReencryptionJob.objects.get(pk=job.pk)
     with transaction.atomic():
         locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
         ReencryptionPart.objects.filter(pk=part.pk).update(finished=True)

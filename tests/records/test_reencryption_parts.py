@@ -385,3 +385,29 @@ def test_two_workers_killed_mid_job_finish_every_part_once_restarted(tmp_path: P
         SealedFields.objects.filter(record__tenant=tenant).values_list("dek_id", flat=True)
     ) == {job.target_dek_id}
     assert snapshot(tenant) == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_part_delivered_again_finishes_the_job(settings) -> None:
+    """Its worker died after marking it finished, before finishing the job."""
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    settings.KEYWARD_REENCRYPT_PARTS = 2
+    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
+    records_create(tenant=tenant, items=list(synthetic_records(300)))
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+    envelope().forget(str(tenant.pk))
+    before = snapshot(tenant)
+    job = reencryption_start(tenant=tenant, actor=SYSTEM)
+    first, second = reencryption_split(job_id=str(job.pk))
+    assert reencryption_run_part(part_id=first).state == JobState.RUNNING
+    # The second part marked finished with its rows not moved: the final
+    # sweep must find them, so nothing depends on a part's own pass alone.
+    ReencryptionPart.objects.filter(pk=second).update(finished=True)
+    job = reencryption_run_part(part_id=second)
+    assert job.state == JobState.DONE and job.done == 300
+    assert ReencryptionPart.objects.get(pk=second).done == 0  # no second pass of its own
+    assert set(
+        SealedFields.objects.filter(record__tenant=tenant).values_list("dek_id", flat=True)
+    ) == {current_dek(tenant).pk}
+    assert snapshot(tenant) == before
+    assert reencryption_split(job_id=str(job.pk)) == []  # a done job gives nothing out
