@@ -605,6 +605,10 @@ KEYWARD_DESTROY_WAIT_DAYS = env.integer("KEYWARD_DESTROY_WAIT_DAYS", 7, minimum=
 KEYWARD_REENCRYPT_BATCH = env.integer(
     "KEYWARD_REENCRYPT_BATCH", 10_000, minimum=100, maximum=100_000
 )
+# Record-id ranges a re-encryption job is cut into, each a Celery task with its
+# own checkpoint: as many workers as there are parts can run one job at once.
+# More parts than workers evens out ranges that hold more rows than others.
+KEYWARD_REENCRYPT_PARTS = env.integer("KEYWARD_REENCRYPT_PARTS", 8, minimum=1, maximum=256)
 
 # --- Encrypted objects -------------------------------------------------------------
 # Where blobs live: folders under KEYWARD_OBJECT_ROOT (embedded default) or S3.

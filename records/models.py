@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from keys.models import DataKey, KekVersion
 from tenants.models import Tenant
@@ -239,3 +239,32 @@ class DekRecordCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.records} records under DEK {self.dek_id} (slot {self.slot})"
+
+
+class ReencryptionPart(models.Model):
+    """One record-id range of a re-encryption job, run by one worker at a time.
+
+    It covers the sealed rows with `after_id < record_id <= until_id`; the
+    parts of a job cover its range once, without overlap. `last_record_id` is
+    the part's own checkpoint, `done` the rows it rewrote.
+    """
+
+    job = models.ForeignKey(ReencryptionJob, on_delete=models.CASCADE, related_name="parts")
+    number = models.PositiveIntegerField()
+    after_id = models.BigIntegerField()
+    until_id = models.BigIntegerField()
+    last_record_id = models.BigIntegerField()
+    done = models.BigIntegerField(default=0)
+    finished = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "number"], name="one_part_number_per_job"),
+            models.CheckConstraint(
+                condition=Q(after_id__lt=F("until_id")), name="part_range_not_empty"
+            ),
+        ]
+        ordering = ["job", "number"]
+
+    def __str__(self) -> str:
+        return f"part {self.number} ({self.after_id}, {self.until_id}] of {self.job_id}"

@@ -34,7 +34,7 @@ from crypto.ciphertext import (
     CiphertextUnauthentic,
     binding_prefix,
     header,
-    next_nonce,
+    random_nonces,
 )
 from keys.models import DataKey, DekState
 from keys.runtime import envelope
@@ -45,14 +45,15 @@ from tenants.models import Tenant
 _SELECT = (
     "SELECT s.record_id, r.uid, r.kind, s.dek_id, s.pii "
     "FROM archive_sealedfields AS s JOIN archive_record AS r ON r.id = s.record_id "
-    "WHERE s.dek_id IN ({deks}) AND s.record_id > %s ORDER BY s.record_id LIMIT %s"
+    "WHERE s.dek_id IN ({deks}) AND s.record_id > %s AND s.record_id <= %s "
+    "ORDER BY s.record_id LIMIT %s"
 )
 # PostgreSQL: one index range per older DEK, merged in record order (a Merge
 # Append), each stopping after a batch; an IN list over the (dek, record)
 # index would sort every remaining row of those DEKs on every batch.
 _PG_BRANCH = (
     "(SELECT record_id, dek_id, pii, xmin::text AS version FROM archive_sealedfields "
-    "WHERE dek_id = %s AND record_id > %s ORDER BY record_id LIMIT %s)"
+    "WHERE dek_id = %s AND record_id > %s AND record_id <= %s ORDER BY record_id LIMIT %s)"
 )
 _PG_SELECT = (
     "SELECT s.record_id, r.uid::text, r.kind, s.dek_id, s.pii, s.version "
@@ -89,7 +90,7 @@ _analyzed: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 WORKERS = 2
 
 
-def _older_deks(tenant: Tenant, target: DataKey) -> list[int]:
+def older_deks(tenant: Tenant, target: DataKey) -> list[int]:
     """The tenant's decrypt-only DEKs: data under them moves to the target.
 
     Never the active DEK: data written under it is already where it should be.
@@ -112,7 +113,7 @@ def reencrypt_rows(
     and seals format 2 only: re-encrypting moves format 1 data to format 2.
     """
     env = envelope()
-    target = env.key_for(tenant_id, target_id).sealing
+    encrypt = env.key_for(tenant_id, target_id).sealing.encrypt
     head = header(target_id)
     # Per source DEK, the key for each header its rows can carry: one lookup
     # of a blob's header checks its format and DEK id and picks its key.
@@ -120,7 +121,10 @@ def reencrypt_rows(
     prefixes: dict[str, bytes] = {}
     ids: list[int] = []
     values: list[bytes] = []
-    for pk, uid, kind, dek_id, pii, *_ in rows:
+    add_id, add_value = ids.append, values.append
+    # One read of the OS's generator per batch rather than a call per row.
+    nonces = random_nonces(len(rows))
+    for (pk, uid, kind, dek_id, pii, *_), nonce in zip(rows, nonces, strict=True):
         by_header = openers.get(dek_id)
         if by_header is None:
             by_header = openers[dek_id] = env.key_for(tenant_id, dek_id).by_header(dek_id)
@@ -130,7 +134,8 @@ def reencrypt_rows(
         uid_bytes = str(uid).encode()
         bound = prefix + len(uid_bytes).to_bytes(2, "big") + uid_bytes
         blob = bytes(pii)
-        aead = by_header.get(blob[:HEADER_SIZE]) if len(blob) >= OVERHEAD else None
+        blob_head = blob[:HEADER_SIZE]
+        aead = by_header.get(blob_head) if len(blob) >= OVERHEAD else None
         if aead is None:
             raise CiphertextMalformed(
                 f"record {pk}: sealed fields are not a ciphertext of a known format under "
@@ -140,13 +145,12 @@ def reencrypt_rows(
             plain = aead.decrypt(
                 blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
                 blob[HEADER_SIZE + NONCE_SIZE :],
-                blob[:HEADER_SIZE] + bound,
+                blob_head + bound,
             )
         except InvalidTag:
             raise CiphertextUnauthentic(f"record {pk}: {UNAUTHENTIC}") from None
-        nonce = next_nonce()
-        ids.append(pk)
-        values.append(head + nonce + target.encrypt(nonce, plain, head + bound))
+        add_id(pk)
+        add_value(head + nonce + encrypt(nonce, plain, head + bound))
     return ids, values
 
 
@@ -163,21 +167,28 @@ class Batch:
         return self.ids[-1]
 
 
-def read_rows(*, older: list[int], after_id: int, size: int) -> list[tuple[Any, ...]]:
-    """The next `size` sealed rows after `after_id` under any of the `older` DEKs."""
+# The upper bound of a pass that covers every record id.
+LAST_ID = 2**63 - 1
+
+
+def read_rows(
+    *, older: list[int], after_id: int, size: int, until_id: int = LAST_ID
+) -> list[tuple[Any, ...]]:
+    """The next `size` sealed rows after `after_id` (up to `until_id`) under any of
+    the `older` DEKs."""
     if not older:
         return []
     if is_postgres():
         branches = " UNION ALL ".join([_PG_BRANCH] * len(older))
         params: list[int] = []
         for dek_id in older:
-            params += [dek_id, after_id, size]
+            params += [dek_id, after_id, until_id, size]
         with raw_cursor() as cursor:
             cursor.execute(_PG_SELECT.format(branches=branches), [*params, size], binary=True)
             return cursor.fetchall()
     deks = ", ".join(["%s"] * len(older))
     with connection.cursor() as django_cursor:
-        django_cursor.execute(_SELECT.format(deks=deks), [*older, after_id, size])
+        django_cursor.execute(_SELECT.format(deks=deks), [*older, after_id, until_id, size])
         # SQLite keeps UUIDs as 32 hex digits; the binding uses the usual form.
         return [
             (pk, str(uuid.UUID(uid)), kind, dek_id, pii)
@@ -199,7 +210,7 @@ def reseal(*, tenant: Tenant, target: DataKey, rows: list[tuple[Any, ...]]) -> B
 def read_batch(*, tenant: Tenant, target: DataKey, after_id: int) -> Batch | None:
     """Read the next rows after `after_id` under an older DEK and re-seal them (no writes)."""
     rows = read_rows(
-        older=_older_deks(tenant, target),
+        older=older_deks(tenant, target),
         after_id=after_id,
         size=settings.KEYWARD_REENCRYPT_BATCH,
     )
@@ -250,7 +261,8 @@ SaveProgress = Callable[[int, int], bool]
 
 
 class ReencryptionPass:
-    """One pass over the records after a checkpoint, batches written in parallel.
+    """One pass over the records after a checkpoint (up to `until_id`), batches
+    written in parallel.
 
     1. A worker takes the next batch under a lock: one SELECT, in record order,
        after the previous batch taken. Batches never overlap.
@@ -276,9 +288,11 @@ class ReencryptionPass:
         target: DataKey,
         after_id: int,
         save: SaveProgress,
+        until_id: int = LAST_ID,
     ) -> None:
         self._tenant, self._target, self._save = tenant, target, save
-        self._older = _older_deks(tenant, target)
+        self._until = until_id
+        self._older = older_deks(tenant, target)
         self._size = settings.KEYWARD_REENCRYPT_BATCH
         self._lock = threading.Lock()
         self._after = after_id  # where the next batch starts
@@ -342,7 +356,9 @@ class ReencryptionPass:
         with self._lock:
             if self._stop.is_set():
                 return None
-            rows = read_rows(older=self._older, after_id=self._after, size=self._size)
+            rows = read_rows(
+                older=self._older, after_id=self._after, size=self._size, until_id=self._until
+            )
             if not rows:
                 self._stop.set()
                 return None

@@ -14,7 +14,12 @@ from crypto.envelope import KeyRevoked
 from keys.providers.base import KeyAccessDenied, KeyUnavailable
 from records.indexkeys import REBUILD_BLIND_INDEX, index_rebuild
 from records.models import IndexKey, IndexKeyState, JobState, ReencryptionJob
-from records.reencryption import RUN_REENCRYPTION, reencryption_run
+from records.reencryption import (
+    RUN_REENCRYPTION,
+    RUN_REENCRYPTION_PART,
+    reencryption_run_part,
+    reencryption_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +42,28 @@ def _after_lost_database(retries: int) -> int:
     max_retries=10,
 )
 def run_reencryption(self: Task, job_id: str) -> None:
+    """Cut the job into parts and hand each unfinished one to a worker."""
     try:
-        reencryption_run(job_id=job_id)
+        part_ids = reencryption_split(job_id=job_id)
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(
+            exc=exc, countdown=_after_lost_database(self.request.retries), max_retries=None
+        ) from exc
+    for part_id in part_ids:
+        run_reencryption_part.delay(part_id)
+
+
+@shared_task(
+    bind=True,
+    name=RUN_REENCRYPTION_PART,
+    autoretry_for=(ConnectionError, TimeoutError),
+    retry_backoff=True,
+    max_retries=10,
+)
+def run_reencryption_part(self: Task, part_id: int) -> None:
+    # Each part commits with its own checkpoint: a retry resumes the part there.
+    try:
+        reencryption_run_part(part_id=part_id)
     except (OperationalError, InterfaceError) as exc:
         raise self.retry(
             exc=exc, countdown=_after_lost_database(self.request.retries), max_retries=None

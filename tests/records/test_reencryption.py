@@ -22,7 +22,7 @@ from keys.runtime import envelope, reset_for_tests
 from keys.services.deks import dek_rotate
 from objects.keyring import dek_material
 from records.fields import PII_FIELD
-from records.models import JobState, Record, ReencryptionJob, SealedFields
+from records.models import JobState, Record, ReencryptionJob, ReencryptionPart, SealedFields
 from records.pii import decode_fields
 from records.reencryption import reencryption_run, reencryption_start
 from records.services import record_fields, records_create
@@ -88,6 +88,7 @@ def test_reencryption_moves_everything_and_retires_old_deks(settings) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> None:
     settings.KEYWARD_REENCRYPT_BATCH = 50
+    settings.KEYWARD_REENCRYPT_PARTS = 2  # 200 rows each, run one after the other here
     tenant = tenant_with_old_data("initech", 400)
     before = snapshot(tenant)
     target = DataKey.objects.get(tenant=tenant, state="active")
@@ -115,11 +116,15 @@ def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> N
     assert job.done in (100, 150)
     moved = SealedFields.objects.filter(record__tenant=tenant, dek=target)
     assert moved.count() == job.done  # progress and data committed together
-    assert 0 < job.last_record_id < calls[2]  # the checkpoint is before the lost batch
+    first, second = ReencryptionPart.objects.filter(job=job)
+    assert first.done == job.done and not first.finished
+    assert 0 < first.last_record_id < calls[2]  # the checkpoint is before the lost batch
+    assert (second.done, second.last_record_id) == (0, second.after_id)  # not started
     assert not moved.filter(record_id__gte=calls[2], record_id__lt=calls[2] + 50).exists()
     monkeypatch.setattr(records.reencrypt, "write_batch", real)
     job = reencryption_run(job_id=str(job.pk))
     assert job.done == 400  # nothing redone, nothing skipped
+    assert [p.done for p in ReencryptionPart.objects.filter(job=job)] == [200, 200]
     assert_all_under_current(tenant)
     assert snapshot(tenant) == before
 

@@ -36,10 +36,13 @@ class Worker:
 
 
 @contextmanager
-def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Worker]:
-    """Run a worker on a queue of its own; stop it (gently) afterwards."""
+def celery_worker(
+    log_path: Path, extra_env: dict[str, str] | None = None, queue: str | None = None
+) -> Iterator[Worker]:
+    """Run a worker on a queue of its own (or on `queue`, shared with other workers);
+    stop it (gently) afterwards."""
     assert settings.REDIS_URL, "the worker tests need REDIS_URL"
-    queue = f"test-{uuid.uuid4().hex[:8]}"
+    queue = queue or f"test-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
         "DATABASE_URL": worker_database_url(),
@@ -53,7 +56,7 @@ def celery_worker(log_path: Path, extra_env: dict[str, str] | None = None) -> It
             [
                 sys.executable, "-m", "celery", "-A", "console", "worker",
                 "--pool", "solo", "--queues", queue, "--loglevel", "INFO",
-                "--hostname", f"{queue}@%h", "--without-mingle", "--without-gossip",
+                "--hostname", f"{log_path.stem}-{queue}@%h", "--without-mingle", "--without-gossip",
             ],
             cwd=ROOT,
             env=env,
