@@ -79,6 +79,9 @@ def _settings_in_use() -> str:
             settings.KEYWARD_AZURE_VAULT_SUFFIXES,
             settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT,
             settings.KEYWARD_KMIP_ALLOWED_NETWORKS,
+            settings.KEYWARD_AWS_TIMEOUT_SECONDS,
+            settings.KEYWARD_AZURE_TIMEOUT_SECONDS,
+            settings.KEYWARD_KMIP_TIMEOUT_SECONDS,
             _circuit_settings(),
         )
     )

@@ -36,6 +36,12 @@ class StoreSetup:
     # The customer makes a new version of the tenant's key in their own store
     # (directly, not through the proxy); None where only Keyward can (KMIP).
     rotate: Callable[[TenantUsers], None] | None = None
+    settings: Any = None
+
+    def short_timeouts(self) -> None:
+        """Timeouts for the faults: a stall is waited out in seconds (new providers are built
+        with them). Setup runs with the usual ones, so a busy machine does not fail a test."""
+        _timeouts(self.settings, 2)
 
     def enable(self, users: TenantUsers, *, run: bool = True) -> KeySource:
         """Save and Test, Enable (the page's button), and the move when `run`."""
@@ -116,10 +122,10 @@ def _azure(
     return register, rotate
 
 
-def _short_timeouts(settings: Any) -> None:
-    settings.KEYWARD_AWS_TIMEOUT_SECONDS = 1
-    settings.KEYWARD_KMIP_TIMEOUT_SECONDS = 1
-    settings.KEYWARD_AZURE_TIMEOUT_SECONDS = 1
+def _timeouts(settings: Any, seconds: int) -> None:
+    settings.KEYWARD_AWS_TIMEOUT_SECONDS = seconds
+    settings.KEYWARD_KMIP_TIMEOUT_SECONDS = seconds
+    settings.KEYWARD_AZURE_TIMEOUT_SECONDS = seconds
 
 
 def _source(tenant: Tenant, kind: str) -> KeySource:
@@ -128,32 +134,32 @@ def _source(tenant: Tenant, kind: str) -> KeySource:
 
 @contextmanager
 def proxied_store(kind: str, request: Any, settings: Any) -> Iterator[StoreSetup]:
-    """The key store `kind` behind a fault proxy, with short timeouts (the faults wait them out)."""
+    """The key store `kind` behind a fault proxy (`short_timeouts` before stalling it)."""
     if kind == "aws_kms":
         from tests.support.aws import aws_endpoint
 
         request.getfixturevalue("aws_env")
-        _short_timeouts(settings)
+        _timeouts(settings, 5)
         upstream = urlsplit(aws_endpoint())
         with FaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 80) as proxy:
             register, rotate = _aws(settings, proxy)
             reset_for_tests()
-            yield StoreSetup(kind, proxy, register, rotate)
+            yield StoreSetup(kind, proxy, register, rotate, settings)
     elif kind == "kmip":
         from tests.support.kmip import kmip_settings
 
         server = kmip_settings()
-        _short_timeouts(settings)
+        _timeouts(settings, 5)
         with FaultProxy(server.host, server.port) as proxy:
             reset_for_tests()
-            yield StoreSetup(kind, proxy, _kmip(proxy))
+            yield StoreSetup(kind, proxy, _kmip(proxy), settings=settings)
     else:
         azure = request.getfixturevalue("azure")
-        _short_timeouts(settings)
+        _timeouts(settings, 5)
         with FaultProxy("127.0.0.1", azure.server.port) as proxy:
             register, rotate = _azure(settings, azure, proxy)
             reset_for_tests()
-            yield StoreSetup(kind, proxy, register, rotate)
+            yield StoreSetup(kind, proxy, register, rotate, settings)
 
 
 def dek_materials(tenant: Tenant) -> dict[int, bytes]:

@@ -45,8 +45,9 @@ OUTCOMES = {
     "cut": "ok",
     "slow": "ok",  # latency well under the timeouts
 }
-# A stall waits out the timeouts and retries: bounded, whatever the store does.
-STALL_BOUND_SECONDS = 12.0
+# A stall waits out the timeouts and retries (2 s here; AWS makes three attempts):
+# bounded, whatever the store does.
+STALL_BOUND_SECONDS = 15.0
 
 
 def inject(proxy: Any, fault: str) -> None:
@@ -74,14 +75,18 @@ def test_a_failing_store_degrades_never_revokes_serves_from_cache_and_recovers(
     kind: str, acme: Any, request: Any, settings: Any
 ) -> None:
     rng = seeded(f"health faults {kind}")
-    faults = list(OUTCOMES) * scale(1, 4)
-    rng.shuffle(faults)
+    if FULL:
+        faults = list(OUTCOMES) * 4
+        rng.shuffle(faults)
+    else:  # a stall (the slowest) and two others, a different two each run
+        faults = ["stall", *rng.sample([f for f in OUTCOMES if f != "stall"], 2)]
     tenant = acme.tenant
     records = records_create(tenant=tenant, items=list(synthetic_records(4)))
     with proxied_store(kind, request, settings) as store:
         store.enable(acme)
         assert state(tenant) == ServiceState.BYOK_ACTIVE
         expected = record_fields(tenant, fresh(records[0]))  # the DEK is now cached here
+        store.short_timeouts()
         degraded = 0
         for fault in faults:
             inject(store.proxy, fault)
@@ -113,7 +118,7 @@ def test_a_failing_store_degrades_never_revokes_serves_from_cache_and_recovers(
         .values_list("action", flat=True)
     )
     assert trail == ["key.degraded", "key.recovered"] * degraded
-    assert degraded == scale(1, 4) * sum(o == "degraded" for o in OUTCOMES.values())
+    assert degraded == sum(OUTCOMES[f] == "degraded" for f in faults)
 
 
 def test_cached_keys_serve_until_their_ttl_then_stop_and_come_back_with_the_store(
@@ -169,6 +174,7 @@ def test_a_round_over_many_tenants_on_one_dead_store_reaches_it_a_bounded_number
             tenant = tenant_create(name=f"Tenant {i}", slug=f"tenant-{i}", actor=SYSTEM)
             enable_aws(tenant, key_arn)
             tenants.append(tenant)
+        store.short_timeouts()
         endpoints = {endpoint_of(KeySource.objects.get(tenant=t, state="active")) for t in tenants}
         assert len(endpoints) == 1, endpoints  # one store for everyone
         inject(store.proxy, fault)
