@@ -89,6 +89,8 @@ class FaultProxy:
         self._trip_at: int | None = None
         self._trip_deliver = False
         self._muted = False  # a trip delivered its chunk: answers are lost until the cut
+        self._settled = threading.Event()  # clear while a trip is cutting: heal waits for it
+        self._settled.set()
         self._links: set[_Link] = set()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -151,6 +153,8 @@ class FaultProxy:
 
     def heal(self) -> None:
         """Forward again, listening again if `down()` closed the port."""
+        # A trip still cutting would otherwise reset the connections made after the heal.
+        self._settled.wait(timeout=5)
         with self._lock:
             self._mode = "pass"
             self._latency = 0.0
@@ -286,6 +290,7 @@ class FaultProxy:
                         self._trip_at = None
                         self._mode = "refuse"
                         self._muted = True
+                        self._settled.clear()
                 delay = self._latency if self._latency_per == "chunk" else 0.0
             if trip:
                 self._count("trip")
@@ -296,6 +301,7 @@ class FaultProxy:
                 self.cut()
                 with self._lock:
                     self._muted = False
+                self._settled.set()
                 return
             if delay:
                 self._count("latency")
