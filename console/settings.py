@@ -548,6 +548,25 @@ KEYWARD_KMIP_ALLOWED_NETWORKS = _allowed_networks(
 )
 KEYWARD_KMIP_TIMEOUT_SECONDS = env.integer("KEYWARD_KMIP_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
 
+# --- Customer keys: every key store ---------------------------------------------
+# A circuit per key store endpoint (AWS region, vault, KMIP server): this many
+# calls failing in a row stop this process calling it for a back-off that
+# starts at KEYWARD_KEY_STORE_BACKOFF_SECONDS and doubles up to the maximum
+# (with jitter); calls meanwhile fail at once (tenant degraded, never revoked).
+KEYWARD_KEY_STORE_CIRCUIT_FAILURES = env.integer(
+    "KEYWARD_KEY_STORE_CIRCUIT_FAILURES", 5, minimum=1, maximum=1000
+)
+KEYWARD_KEY_STORE_BACKOFF_SECONDS = env.integer(
+    "KEYWARD_KEY_STORE_BACKOFF_SECONDS", 2, minimum=1, maximum=600
+)
+KEYWARD_KEY_STORE_BACKOFF_MAX_SECONDS = env.integer(
+    "KEYWARD_KEY_STORE_BACKOFF_MAX_SECONDS", 60, minimum=1, maximum=3600
+)
+if KEYWARD_KEY_STORE_BACKOFF_MAX_SECONDS < KEYWARD_KEY_STORE_BACKOFF_SECONDS:
+    raise ImproperlyConfigured(
+        "KEYWARD_KEY_STORE_BACKOFF_MAX_SECONDS must be at least KEYWARD_KEY_STORE_BACKOFF_SECONDS"
+    )
+
 # --- Audit streaming to a tenant's SIEM ---------------------------------------
 # Destinations are checked like KMIP hosts: loopback, private and link-local
 # addresses are refused unless in one of these networks (same forms as above).

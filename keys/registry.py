@@ -7,6 +7,7 @@ import threading
 from django.conf import settings
 from django.db import DatabaseError
 
+from keys.circuit import CircuitSettings, circuit_for, guarded
 from keys.credentials import credentials_of
 from keys.models import KekVersion, KeySource, SourceKind
 from keys.providers.aws_kms import AwsKmsConfig, AwsKmsProvider
@@ -25,7 +26,8 @@ def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvide
 
     Reuse keeps clients and assumed-role credentials warm; a changed
     configuration (another digest) builds a new one. Its key-store calls are
-    counted for the source's tenant (keys.usage).
+    counted for the source's tenant (keys.usage) and go through the circuit of
+    the store's endpoint (keys.circuit), which every tenant on it shares.
     """
     tenant_id = str(source.tenant_id)
     if source.kind == SourceKind.LOCAL:
@@ -39,8 +41,32 @@ def provider_for(source: KeySource, *, version: str | None = None) -> KeyProvide
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
-            provider = _providers[key] = counted(_build(source), tenant_id)
+            circuit = circuit_for(endpoint_of(source), _circuit_settings())
+            provider = _providers[key] = guarded(counted(_build(source), tenant_id), circuit)
         return provider
+
+
+def endpoint_of(source: KeySource) -> str:
+    """What a key store's circuit is per: the AWS region (and endpoint), the vault, the
+    KMIP server. Tenants on one endpoint share its fate when it goes away."""
+    config = source.config
+    if source.kind == SourceKind.AWS_KMS or config.get("store") == "aws_kms":
+        parts = str(config.get("key_arn", "")).split(":")
+        region = parts[3] if len(parts) > 3 else ""
+        return f"aws_kms {region} {settings.KEYWARD_AWS_ENDPOINT_URL or 'regional'}"
+    if source.kind == SourceKind.AZURE_KEYVAULT:
+        return f"azure_keyvault {str(config.get('vault_url', '')).rstrip('/').lower()}"
+    if source.kind == SourceKind.KMIP:
+        return f"kmip {str(config.get('host', '')).lower()}:{config.get('port', '')}"
+    return f"{source.kind} {source.pk}"
+
+
+def _circuit_settings() -> CircuitSettings:
+    return CircuitSettings(
+        failures=int(settings.KEYWARD_KEY_STORE_CIRCUIT_FAILURES),
+        base=float(settings.KEYWARD_KEY_STORE_BACKOFF_SECONDS),
+        ceiling=float(settings.KEYWARD_KEY_STORE_BACKOFF_MAX_SECONDS),
+    )
 
 
 def _settings_in_use() -> str:
@@ -53,6 +79,10 @@ def _settings_in_use() -> str:
             settings.KEYWARD_AZURE_VAULT_SUFFIXES,
             settings.KEYWARD_AZURE_LOOPBACK_VAULT_PORT,
             settings.KEYWARD_KMIP_ALLOWED_NETWORKS,
+            settings.KEYWARD_AWS_TIMEOUT_SECONDS,
+            settings.KEYWARD_AZURE_TIMEOUT_SECONDS,
+            settings.KEYWARD_KMIP_TIMEOUT_SECONDS,
+            _circuit_settings(),
         )
     )
 

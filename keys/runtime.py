@@ -36,6 +36,7 @@ from crypto.ciphertext import UnknownDataKey
 from crypto.dekcache import DekCache, LoadedKey
 from crypto.envelope import ACTIVE, Envelope, TenantKeyState
 from keys import usage
+from keys.circuit import reset_circuits
 from keys.models import DataKey, DekState
 from keys.registry import provider_for
 from telemetry.metrics import (
@@ -379,8 +380,10 @@ def _report_cache_use() -> None:
 
 
 def reset_for_tests() -> None:
-    """Forget this process's envelope and its unflushed counts (as a restart would)."""
+    """Forget this process's envelope, its unflushed counts and its key stores'
+    circuits (as a restart would)."""
     global _envelope, _pid
+    reset_circuits()
     with _lock:
         _envelope = None
         _pid = 0

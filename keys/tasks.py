@@ -14,7 +14,7 @@ from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.utils import timezone
 
-from audit.models import Outcome
+from audit.models import AuditEvent, Outcome
 from audit.services import Actor, record
 from keys.errors import KeyActionRefused
 from keys.expiry import warn_expiring_keys as warn
@@ -47,6 +47,29 @@ def _record_stall(source_id: str, action: str, reason: str) -> None:
         action=action,
         outcome=Outcome.FAILURE,
         reason=f"stopped, will resume when the key works again: {reason}",
+    )
+
+
+def _record_waiting(tenant: Tenant, action: str, exc: KeyUnavailable) -> None:
+    """A move stopped because the key store did not answer: said once per outage.
+
+    The task retries with back-off and the beat resumes it; each failed attempt
+    would otherwise add the same line to the tenant's trail.
+    """
+    last = (
+        AuditEvent.objects.filter(tenant=tenant)
+        .order_by("-seq")
+        .values_list("action", "outcome")
+        .first()
+    )
+    if last == (action, Outcome.FAILURE):
+        return
+    record(
+        tenant=tenant,
+        actor=Actor.system("key jobs"),
+        action=action,
+        outcome=Outcome.FAILURE,
+        reason=f"stopped, resumes by itself when the key store answers again: {exc}",
     )
 
 
@@ -98,6 +121,9 @@ def _flush_counts_on_shutdown(**_: object) -> None:
 def run_byok_enable(source_id: str) -> None:
     try:
         byok_enable_run(source_id=source_id)
+    except KeyUnavailable as exc:
+        _record_waiting(KeySource.objects.get(pk=source_id).tenant, "byok.enable", exc)
+        raise
     except (KeyAccessDenied, KeyMaterialInvalid, KeyActionRefused) as exc:
         # Not transient: say so in the tenant's trail; the beat resumes the move
         # once the administrator fixed the key (resume_key_jobs).
@@ -162,6 +188,9 @@ def rewrap_old_formats() -> int:
 def run_kek_rewrap(source_id: str) -> str:
     try:
         return kek_rewrap_run(source_id=source_id)
+    except KeyUnavailable as exc:
+        _record_waiting(KeySource.objects.get(pk=source_id).tenant, "kek.rewrap", exc)
+        raise
     except (KeyAccessDenied, KeyMaterialInvalid) as exc:
         _record_stall(source_id, "kek.rewrap", str(exc))
         return "stalled"
@@ -181,7 +210,11 @@ def run_due_destructions() -> int:
     max_retries=10,
 )
 def run_byok_remove(tenant_id: str) -> str:
-    return byok_remove_run(tenant_id=tenant_id)
+    try:
+        return byok_remove_run(tenant_id=tenant_id)
+    except KeyUnavailable as exc:
+        _record_waiting(Tenant.objects.get(pk=tenant_id), "byok.remove", exc)
+        raise
 
 
 @shared_task(name="keys.resume_key_jobs")

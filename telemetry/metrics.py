@@ -34,6 +34,17 @@ KEY_STORE_DURATION = Histogram(
     buckets=_KEY_STORE_BUCKETS,
 )
 
+KEY_STORE_CIRCUIT_OPENED = Counter(
+    "keyward_key_store_circuit_opened",
+    "Times a key store endpoint failed often enough that this process stopped calling it "
+    "for a back-off",
+)
+KEY_STORE_SHORT_CIRCUITED = Counter(
+    "keyward_key_store_short_circuited",
+    "Key store calls failed at once, without reaching the store, while its circuit was open",
+    ["provider", "operation"],
+)
+
 DEK_CACHE_HITS = Counter("keyward_dek_cache_hits", "Data keys served from the process cache")
 DEK_CACHE_MISSES = Counter("keyward_dek_cache_misses", "Data key lookups the cache did not hold")
 DEK_CACHE_UNWRAPS = Counter(

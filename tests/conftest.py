@@ -123,6 +123,14 @@ def _byok_addon_for_new_tenants(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _closed_key_store_circuits() -> None:
+    # Circuits are per process: one test's unreachable store must not fail the next at once.
+    from keys.circuit import reset_circuits
+
+    reset_circuits()
+
+
+@pytest.fixture(autouse=True)
 def _retire_without_grace(settings: Any) -> None:
     # Production waits an hour before retiring a DEK; tests that want it say so.
     settings.KEYWARD_DEK_RETIRE_GRACE_SECONDS = 0
@@ -186,3 +194,12 @@ def azure(_keyvault_server: Any, settings: Any) -> Any:
     server.create_key(setup.key_name)
     reset_for_tests()
     return setup
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The faults the fault proxy injected in this run, by kind (the reliability figures)."""
+    from tests.support.faultproxy import TOTALS
+
+    if TOTALS:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(TOTALS.items()))
+        terminalreporter.write_line(f"fault proxy: faults injected and survived: {counts}")

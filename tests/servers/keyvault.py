@@ -353,6 +353,8 @@ class _TLSServer(ThreadingHTTPServer):
 _ENTRA_PATH = re.compile(
     r"^/(?P<tenant>[0-9A-Za-z.-]+)/(?P<op>v2\.0/\.well-known/openid-configuration|oauth2/v2\.0/token)$"
 )
+# The Host header a loopback client sends (the server itself, or a proxy in front of it).
+_LOOPBACK_HOST = re.compile(r"(?:127\.0\.0\.1|localhost):[0-9]{1,5}")
 _PATH = re.compile(r"^/keys/(?P<name>[0-9A-Za-z-]+)(?:/(?P<rest>[^/]*)(?:/(?P<action>[^/]+))?)?$")
 
 
@@ -402,6 +404,7 @@ class KeyVaultServer:
         self.host = host
         self._port = port
         self._lock = threading.RLock()
+        self._request = threading.local()  # per handler thread: the URL the client addressed
         self._keys: dict[str, list[KeyVersion]] = {}
         self._faults: list[_Fault] = []
         self._release = threading.Event()
@@ -765,7 +768,14 @@ class KeyVaultServer:
 
     # -- request handling ------------------------------------------------------------------
 
+    def _addressed(self) -> str:
+        """The vault's URL as the client addressed it: key ids name it, as Key Vault's
+        name the vault's own host (a client behind a proxy keeps using the proxy)."""
+        return getattr(self._request, "base", None) or self.url
+
     def _handle(self, handler: _Handler, raw: bytes) -> None:
+        host = handler.headers.get("Host", "")
+        self._request.base = f"https://{host}" if _LOOPBACK_HOST.fullmatch(host) else None
         parts = urlsplit(handler.path)
         query = parse_qs(parts.query)
         path = parts.path
@@ -1207,7 +1217,10 @@ class KeyVaultServer:
                 result = key.private_key.decrypt(value, pad[alg])
         except ValueError:
             raise KeyVaultError(400, "BadParameter", "The parameter is incorrect.") from None
-        return {"kid": f"{self.url}/keys/{key.name}/{key.version}", "value": b64url(result)}
+        return {
+            "kid": f"{self._addressed()}/keys/{key.name}/{key.version}",
+            "value": b64url(result),
+        }
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -1227,7 +1240,7 @@ class KeyVaultServer:
 
     def _jwk(self, key: KeyVersion) -> dict[str, Any]:
         jwk: dict[str, Any] = {
-            "kid": f"{self.url}/keys/{key.name}/{key.version}",
+            "kid": f"{self._addressed()}/keys/{key.name}/{key.version}",
             "kty": key.kty,
             "key_ops": list(key.key_ops),
         }
@@ -1253,7 +1266,7 @@ class KeyVaultServer:
 
     def _item_json(self, key: KeyVersion) -> dict[str, Any]:
         return {
-            "kid": f"{self.url}/keys/{key.name}/{key.version}",
+            "kid": f"{self._addressed()}/keys/{key.name}/{key.version}",
             "attributes": self._attributes_json(key),
             "tags": dict(key.tags),
         }
