@@ -768,3 +768,29 @@ def test_a_refused_assume_role_denies_access(fake_aws: FakeAws) -> None:
     assert "acme-7f3e" not in role.message
     assert_not_run(results, ALL_CHECKS)
     assert provider.assumed_credentials is None
+
+
+def test_providers_of_one_vendor_identity_share_a_session_and_still_work() -> None:
+    """A session per provider cost a fresh worker minutes on its first round of 2,000 keys."""
+    first, second = (provider_for(create_kms_key(ACCOUNT_ID)) for _ in range(2))
+    assert first._base_session() is second._base_session()
+    other = AwsKmsProvider(
+        AwsKmsConfig(KEY_ARN),
+        endpoint_url=aws_endpoint(),
+        vendor_credentials=VendorCredentials("111111111111", "another vendor secret"),
+    )
+    assert other._base_session() is not first._base_session()
+    # Clients made from the shared session at once, from many threads, all work.
+    results: list[bool] = []
+
+    def use(provider: AwsKmsProvider) -> None:
+        wrapped = provider.wrap(b"\x01" * 32, CONTEXT)
+        results.append(provider.unwrap(wrapped.blob, CONTEXT, wrapped.version) == b"\x01" * 32)
+
+    providers = [provider_for(create_kms_key(ACCOUNT_ID)) for _ in range(6)]
+    threads = [threading.Thread(target=use, args=(p,)) for p in providers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [True] * len(providers)

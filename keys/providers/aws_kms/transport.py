@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,16 @@ def botocore_config(*, connect_timeout: float, read_timeout: float, max_attempts
     )
 
 
+# One boto3 session per vendor identity in a process, shared by every
+# tenant's provider. Making a session loads botocore's service models again
+# (about 0.1 to 0.5 s of CPU each): with a session per provider, a fresh
+# worker's first health round over 2,000 keys spent most of its time there.
+# A session is not safe to use from two threads at once, so clients are made
+# from it under the lock; the clients themselves are thread-safe.
+_SESSIONS: dict[VendorCredentials | None, boto3.session.Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
 def vendor_session(
     session_factory: Callable[[], boto3.session.Session] | None,
     vendor_credentials: VendorCredentials | None,
@@ -40,14 +51,20 @@ def vendor_session(
     """A session with the vendor's own identity: the factory's, the credentials', or boto3's."""
     if session_factory is not None:
         return session_factory()
-    if vendor_credentials is not None:
-        creds = vendor_credentials
-        return boto3.session.Session(
-            aws_access_key_id=creds.access_key_id,
-            aws_secret_access_key=creds.secret_access_key,
-            aws_session_token=creds.session_token,
-        )
-    return boto3.session.Session()
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(vendor_credentials)
+        if session is None:
+            if vendor_credentials is not None:
+                creds = vendor_credentials
+                session = boto3.session.Session(
+                    aws_access_key_id=creds.access_key_id,
+                    aws_secret_access_key=creds.secret_access_key,
+                    aws_session_token=creds.session_token,
+                )
+            else:
+                session = boto3.session.Session()
+            _SESSIONS[vendor_credentials] = session
+        return session
 
 
 def make_client(
@@ -68,13 +85,14 @@ def make_client(
             "aws_session_token": credentials.session_token,
         }
     make_client: Any = session.client
-    return make_client(
-        service,
-        region_name=region,
-        endpoint_url=endpoint_url,
-        config=config,
-        **extra,
-    )
+    with _SESSIONS_LOCK:
+        return make_client(
+            service,
+            region_name=region,
+            endpoint_url=endpoint_url,
+            config=config,
+            **extra,
+        )
 
 
 def endpoint_for(service: str, region: str, *, partition: str, endpoint_url: str | None) -> str:
