@@ -203,7 +203,10 @@ def kek_rewrap_vendor_deks(*, actor: Actor) -> dict[str, int]:
         .exclude(kek_version__provider_version=newest)
         .exclude(state__in=[DekState.RETIRED, DekState.DESTROYED])
     )
-    for tenant_id in stale.values_list("tenant_id", flat=True).distinct():
+    # order_by() first: DataKey's default ordering (by version) would put the
+    # version into the SELECT DISTINCT, listing a tenant once per stale DEK, and
+    # each repeat recorded another (empty) rewrap in the tenant's audit trail.
+    for tenant_id in stale.order_by().values_list("tenant_id", flat=True).distinct():
         with transaction.atomic():
             tenant = Tenant.objects.select_for_update().get(pk=tenant_id)
             source = active_or_local_source(tenant)

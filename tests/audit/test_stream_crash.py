@@ -76,6 +76,7 @@ def check_received(received: list[str], expected: list[str], cut: list[str]) -> 
         assert received[end : end + len(repeated)] == repeated
 
 
+@pytest.mark.faults
 @pytest.mark.django_db(transaction=True)
 def test_killed_workers_lose_nothing_and_keep_the_order(
     acme: TenantUsers,

@@ -11,11 +11,16 @@ from django.db import connections
 from audit.services import Actor
 from keys.models import DataKey, KeySource, SourceKind
 from keys.registry import provider_for
+from keys.services.deks import dek_rotate
 from keys.services.health import key_health_check
 from keys.services.rotation import kek_confirm_rotation, kek_rewrap_run
+from keys.tasks import resume_key_jobs, run_kek_rewrap
 from tenants.models import ServiceState, Tenant
 from tests.keys.conftest import CUSTOMER_ACCOUNT
+from tests.support import invariants
 from tests.support.aws import create_kms_key
+from tests.support.faults import scale, seeded
+from tests.support.kills import kill_repeatedly, spread_marks, task_on_worker
 
 
 def move_alias(byok: Any) -> str:
@@ -56,8 +61,6 @@ def test_two_administrators_confirm_at_once_one_wins(byok) -> None:
 def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
     byok, monkeypatch
 ) -> None:
-    from keys.services.deks import dek_rotate
-
     tenant = byok["acme"].tenant
     for _ in range(5):  # more DEKs to move
         dek_rotate(tenant=tenant, actor=Actor.system("tests"), reason="more keys")
@@ -94,14 +97,11 @@ def test_a_rewrap_killed_midway_resumes_and_every_dek_ends_under_one_version(
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
 
 
+@pytest.mark.faults
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_path) -> None:
-    import time
-
-    from keys.services.deks import dek_rotate
-    from keys.tasks import run_kek_rewrap
-    from tests.support.worker import celery_worker
-
+    """Killed at random points (one kill in `make test`, ten in `make faults`),
+    each time sent again by the beat's resume job (`keys.resume_key_jobs`)."""
     tenant = byok["acme"].tenant
     for _ in range(150):  # enough data keys for the rewrap to take a while
         dek_rotate(tenant=tenant, actor=Actor.system("tests"), reason="more keys")
@@ -109,29 +109,38 @@ def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_p
     kek_confirm_rotation(tenant=tenant, actor=Actor.for_user(byok["acme"].owner))
     source = KeySource.objects.get(tenant=tenant, kind=SourceKind.AWS_KMS)
     deks = DataKey.objects.filter(tenant=tenant)
-    env = {"KEYWARD_AWS_ENDPOINT_URL": settings.KEYWARD_AWS_ENDPOINT_URL}
-    with celery_worker(tmp_path / "w1.log", env) as worker:
-        run_kek_rewrap.apply_async(args=(str(source.pk),), queue=worker.queue)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if deks.filter(kek_version__provider_version=new_key).count() >= 20:
-                break
-            time.sleep(0.02)
-        worker.kill()
-    moved = deks.filter(kek_version__provider_version=new_key).count()
-    assert 0 < moved < deks.count(), "the rewrap must be killed mid-way"
-    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {
-        byok["key_arn"],
-        new_key,
-    }  # every DEK under exactly one version while stopped
-    with celery_worker(tmp_path / "w2.log", env) as worker:
-        run_kek_rewrap.apply_async(args=(str(source.pk),), queue=worker.queue)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE:
-                break
-            time.sleep(0.2)
-    assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE, (
-        tmp_path / "w2.log"
-    ).read_text()[-2000:]
+    count = deks.count()
+    before = invariants.snapshot_records(tenant)
+    rng = seeded("confirmed rotation rewrap kills")
+    kills = scale(1, 10)
+
+    def one_version_each() -> None:
+        assert set(deks.values_list("kek_version__provider_version", flat=True)) == {
+            byok["key_arn"],
+            new_key,
+        }  # every DEK under exactly one of the two versions while stopped
+        assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.REWRAPPING
+        invariants.deks_unwrap(tenant)
+
+    landed = kill_repeatedly(
+        tmp_path,
+        rng,
+        name="kek-rewrap",
+        marks=spread_marks(rng, kills, 1, count - 15),
+        total=count,
+        job=task_on_worker(
+            {"KEYWARD_AWS_ENDPOINT_URL": str(settings.KEYWARD_AWS_ENDPOINT_URL)},
+            first=lambda w: run_kek_rewrap.apply_async(args=(str(source.pk),), queue=w.queue),
+            resume=lambda w: resume_key_jobs.apply_async(queue=w.queue),
+        ),
+        progress=lambda: deks.filter(kek_version__provider_version=new_key).count(),
+        finished=lambda: Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE,
+        after_kill=one_version_each,
+    )
+    landed.report()
+    assert len(landed.landed) == kills and all(0 < n < count for n in landed.landed)
     assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
+    invariants.deks_settled(tenant, count)
+    invariants.records_decrypt(tenant, before)
+    invariants.audit_chains_verify()
+    invariants.none_transient()

@@ -212,3 +212,19 @@ def test_a_rewrap_interrupted_part_way_is_finished_by_a_rerun(acme, monkeypatch)
     assert root_key_dependents(1) == {}
     root_key_retire(number=1, actor=SYSTEM)
     _readable(acme.tenant, records)
+
+
+def test_each_tenant_rewrap_is_recorded_once(acme, globex) -> None:
+    """A tenant with many stale DEKs was listed once per DEK (the default ordering
+    in a SELECT DISTINCT) and got one empty rewrap event per extra listing."""
+    from keys.services.deks import dek_rotate
+    from keys.services.rootkeys import root_key_rewrap, root_key_rotate
+
+    for _ in range(3):
+        dek_rotate(tenant=acme.tenant, actor=SYSTEM, reason="tests")
+    root_key_rotate(actor=SYSTEM)
+    report = root_key_rewrap(actor=SYSTEM)
+    assert report.data_keys == {"acme": 4, "globex": 1}
+    for tenant, moved in ((acme.tenant, 4), (globex.tenant, 1)):
+        events = AuditEvent.objects.filter(tenant=tenant, action="kek.rewrap")
+        assert [e.details["data_keys"] for e in events] == [moved]

@@ -1,5 +1,8 @@
 """A real Celery worker moving 2,000 objects, killed with SIGKILL at random points.
 
+Three kills each way in `make test`, ten in `make faults`; the seeds are
+printed (tests/support/faults.py).
+
 Each run of the worker is killed once the migration's progress (copied +
 verified + deleted items) passed a random mark, the marks spread over the
 copy, verify and delete phases; the task is then sent again to a fresh
@@ -39,10 +42,14 @@ from objects.tasks import run_migration
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
 from tests.objects.conftest import SYSTEM, new_target_dek, random_blobs, set_state
+from tests.support import invariants
+from tests.support.faults import scale, seeded
 from tests.support.worker import celery_worker
 
+pytestmark = pytest.mark.faults
+
 OBJECTS = 2000
-KILLS = 5
+KILLS = scale(3, 10)  # at least one in each of the copy, verify and delete phases
 
 
 @pytest.fixture
@@ -175,7 +182,8 @@ def test_moves_survive_sigkill_both_ways(tmp_path: Path, object_root: Path) -> N
     there = migration_start(
         tenant=tenant, direction=Direction.TO_DEDICATED, target_dek_id=target.pk
     )
-    states = crash_and_finish(tmp_path, object_root, tenant, there, blobs, seed=1)
+    rng = seeded("object move kills")
+    states = crash_and_finish(tmp_path, object_root, tenant, there, blobs, seed=rng.getrandbits(32))
     assert_phases(states)
     check_moved(tenant, there, blobs)
 
@@ -183,6 +191,7 @@ def test_moves_survive_sigkill_both_ways(tmp_path: Path, object_root: Path) -> N
     back_dek = new_target_dek(tenant)
     set_state(tenant, ServiceState.MIGRATING_BACK)
     back = migration_start(tenant=tenant, direction=Direction.TO_SHARED, target_dek_id=back_dek.pk)
-    states = crash_and_finish(tmp_path, object_root, tenant, back, blobs, seed=2)
+    states = crash_and_finish(tmp_path, object_root, tenant, back, blobs, seed=rng.getrandbits(32))
     assert_phases(states)
     check_moved(tenant, back, blobs)
+    invariants.audit_chains_verify()

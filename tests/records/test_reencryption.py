@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.urls import reverse
+from django.utils import timezone
 
 import records.reencrypt
 from audit.models import AuditEvent
@@ -27,11 +28,13 @@ from records.pii import decode_fields
 from records.reencryption import reencryption_run, reencryption_start
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
-from records.tasks import run_reencryption
+from records.tasks import resume_reencryptions, run_reencryption
 from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests.conftest import login
-from tests.support.worker import celery_worker
+from tests.support import invariants
+from tests.support.faults import scale, seeded
+from tests.support.kills import kill_repeatedly, spread_marks, task_on_worker
 
 SYSTEM = Actor.system("tests")
 
@@ -143,40 +146,55 @@ def test_the_checkpoint_covers_only_batches_committed_in_order() -> None:
     assert run._checkpoint_with(3) == 400
 
 
+@pytest.mark.faults
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None:
+    """Killed at random points (one kill in `make test`, ten in `make faults`),
+    each time sent again by the beat's resume job."""
     tenant = tenant_with_old_data("initech", 3000)
     before = snapshot(tenant)
     job = ReencryptionJob.objects.create(
         tenant=tenant, target_dek=DataKey.objects.get(tenant=tenant, state="active"), total=3000
     )
-    env = {"KEYWARD_REENCRYPT_BATCH": "100"}
-    with celery_worker(tmp_path / "w1.log", env) as worker:
-        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            if job.done >= 300:
-                break
-            time.sleep(0.02)
-        worker.kill()
+    # Old enough for the beat's resume job (records.resume_reencryptions).
+    ReencryptionJob.objects.filter(pk=job.pk).update(created=timezone.now() - timedelta(minutes=11))
+    rng = seeded("re-encryption kills")
+    kills = scale(1, 10)
+
+    def progress() -> int:
+        job.refresh_from_db()
+        return job.done
+
+    def check_after_kill() -> None:
+        job.refresh_from_db()
+        assert job.state == JobState.RUNNING
+        # Progress and data committed together (the checkpoint counts the rows moved).
+        assert SealedFields.objects.filter(record__tenant=tenant, dek=job.target_dek).count() == (
+            job.done
+        )
+
+    landed = kill_repeatedly(
+        tmp_path,
+        rng,
+        name="reencryption",
+        marks=spread_marks(rng, kills, 100, 2500),
+        total=3000,
+        job=task_on_worker(
+            {"KEYWARD_REENCRYPT_BATCH": "100"},
+            first=lambda w: run_reencryption.apply_async(args=(str(job.pk),), queue=w.queue),
+            resume=lambda w: resume_reencryptions.apply_async(queue=w.queue),
+        ),
+        progress=progress,
+        finished=lambda: ReencryptionJob.objects.get(pk=job.pk).state == JobState.DONE,
+        after_kill=check_after_kill,
+    )
+    landed.report()
+    assert len(landed.landed) == kills and all(0 < n < 3000 for n in landed.landed)
     job.refresh_from_db()
-    assert 0 < job.done < 3000, "the job must be killed mid-way; use more records"
-    assert job.state == JobState.RUNNING
-    # The broker would redeliver the unacknowledged task after its visibility
-    # timeout; the test does not wait that long and enqueues it again instead.
-    with celery_worker(tmp_path / "w2.log", env) as worker:
-        run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            if job.state == JobState.DONE:
-                break
-            time.sleep(0.2)
-    assert job.state == JobState.DONE, (tmp_path / "w2.log").read_text()[-3000:]
     assert job.done == 3000
     assert_all_under_current(tenant)
     assert snapshot(tenant) == before
+    invariants.audit_chains_verify()
 
 
 def test_keys_page_shows_real_figures(db) -> None:
