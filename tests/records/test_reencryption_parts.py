@@ -175,9 +175,11 @@ def test_reencryption_is_complete_under_concurrent_writes(settings, monkeypatch)
         try:
             made = 0
             while not stop.is_set():
-                record = records_by_id[rng.choice(old_ids)]
-                if record.pk in touched or record.pk in late:
+                # By id: a deleted instance's pk is None, so it cannot say it was touched.
+                chosen = rng.choice(old_ids)
+                if chosen in touched or chosen in late:
                     continue
+                record = records_by_id[chosen]
                 action = rng.choice(["create", "change", "delete", "late"])
                 if action == "create":
                     items = list(synthetic_records(1, seed=made, prefix=f"during-{made}-"))
