@@ -22,11 +22,11 @@ app.autodiscover_tasks()
 class BrokerWatchdog(bootsteps.StartStopStep):
     """Ends a worker whose consumer has had no broker connection for too long.
 
-    Celery's consumer reconnects by itself after a broker restart, but an error
-    inside that reconnect (kombu's Redis channel closing after its transport
-    was dropped raises AttributeError, celery/celery#10205) can leave a worker
-    that is up yet never takes a task again. Exiting lets the supervisor start
-    a fresh one; messages it had not acknowledged are delivered again.
+    Celery's consumer reconnects by itself after a broker restart, retrying for
+    a long time, and an error inside that reconnect (celery/celery#10205) ends
+    the reconnect for good: a worker up without a consumer takes no task.
+    Exiting lets the supervisor start a fresh one; messages it had not
+    acknowledged are delivered again.
     """
 
     requires = ("celery.worker.consumer.connection:Connection",)
