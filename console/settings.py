@@ -357,6 +357,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env.integer("KEYWARD_TASK_SOFT_TIME_LIMIT", 3300, minimum=10)
 CELERY_TASK_TIME_LIMIT = env.integer("KEYWARD_TASK_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_IGNORE_RESULT = True
+# A worker whose consumer has had no broker connection this long exits, for its
+# supervisor to start a fresh one (console/celery.py, BrokerWatchdog).
+KEYWARD_WORKER_BROKER_LOST_EXIT_SECONDS = env.integer(
+    "KEYWARD_WORKER_BROKER_LOST_EXIT_SECONDS", 300, minimum=5, maximum=86400
+)
 # Workers log through LOGGING below (JSON lines) instead of Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Beat's state, in the data folder rather than the working directory.

@@ -203,6 +203,24 @@ def test_key_store_concurrency_is_bounded_at_startup(
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("4", "is below the minimum 5"),
+        ("86401", "is above the maximum 86400"),
+        ("5m", "is not an integer"),
+    ],
+)
+def test_the_worker_broker_watchdog_limit_is_checked_at_startup(
+    production_env: dict[str, str], value: str, message: str
+) -> None:
+    name = "KEYWARD_WORKER_BROKER_LOST_EXIT_SECONDS"
+    result = run_manage({**production_env, name: value}, "check")
+    assert result.returncode != 0
+    assert name in result.stderr
+    assert message in result.stderr
+
+
 def test_site_url_must_be_an_address(production_env: dict[str, str]) -> None:
     result = run_manage({**production_env, "KEYWARD_SITE_URL": "keyward.example.com"}, "check")
     assert result.returncode != 0

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +74,48 @@ def celery_worker(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+class Supervised:
+    """A worker started again whenever it exits, as the deployment's supervisor does
+    (README: systemd `Restart=always`). Each run logs to a file of its own."""
+
+    def __init__(self, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.extra_env = extra_env
+        self.stack = ExitStack()
+        self.exits: list[int] = []
+        self.worker = self._start()
+
+    def _start(self) -> Worker:
+        log = self.log_path.with_name(f"{self.log_path.stem}-{len(self.exits)}.log")
+        queue = self.worker.queue if self.exits else None
+        return self.stack.enter_context(celery_worker(log, self.extra_env, queue=queue))
+
+    @property
+    def queue(self) -> str:
+        return self.worker.queue
+
+    def check(self) -> None:
+        status = self.worker.process.poll()
+        if status is not None:
+            self.exits.append(status)
+            self.worker = self._start()
+
+    def logs(self, tail: int = 3000) -> str:
+        runs = sorted(self.log_path.parent.glob(f"{self.log_path.stem}-*.log"))
+        return "\n".join(f"{run.name}: {run.read_text()[-tail:]}" for run in runs)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@contextmanager
+def supervised_worker(
+    log_path: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Supervised]:
+    supervised = Supervised(log_path, extra_env)
+    try:
+        yield supervised
+    finally:
+        supervised.close()
