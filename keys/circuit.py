@@ -92,6 +92,14 @@ class Circuit:
         self._probing = False
         self.backoffs: list[float] = []  # each back-off chosen (figures and tests)
 
+    def close(self) -> None:
+        """Back to closed, with no failure counted."""
+        with self._lock:
+            self._failures = 0
+            self._openings = 0
+            self._open_until = None
+            self._probing = False
+
     @property
     def is_open(self) -> bool:
         with self._lock:
@@ -212,6 +220,12 @@ def guarded(provider: KeyProvider, circuit: Circuit) -> KeyProvider:
 
 
 def reset_circuits() -> None:
-    """Forget every circuit (as a restart would)."""
+    """Forget every circuit (as a restart would).
+
+    Providers cached in the registry hold their circuit: each is closed too,
+    not only dropped from the table.
+    """
     with _lock:
+        for circuit in _circuits.values():
+            circuit.close()
         _circuits.clear()

@@ -20,6 +20,7 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import Actor
+from keys.circuit import reset_circuits
 from keys.errors import KeyActionRefused
 from keys.models import DataKey, KekState, KeySource, SourceKind
 from keys.providers.base import KeyUnavailable
@@ -183,6 +184,9 @@ def test_a_store_lost_mid_job_leaves_every_key_wrapped_once_and_the_job_finishes
             cuts += 1
             assert state(tenant) not in (job.done, ServiceState.REVOKED)
             store.proxy.heal()
+            # The cut failed several concurrent calls, which may have opened the
+            # endpoint's circuit: its back-off (seconds, with jitter) has passed.
+            reset_circuits()
             # Stopped mid-way: every DEK under the old key or the new one, and
             # each still unwraps to the very same bytes.
             assert dek_materials(tenant) == before
