@@ -150,3 +150,38 @@ def test_a_change_made_elsewhere_reaches_an_open_page(
     assert time.monotonic() - changed <= 3.5  # the slow pace is 2 s
     expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data")
     expect(page.get_by_test_id("rotate-dek")).to_have_count(0)
+
+
+def test_a_form_being_filled_in_is_not_wiped_by_a_change_made_elsewhere(
+    page: Page, sign_in: Any, tmp_path: Path
+) -> None:
+    """A file chosen in the upload form survives a change of the tenant: the live
+    refresh waits rather than re-render the form under the person's hands."""
+    acme = make_tenant("Acme", "acme")
+    sign_in(acme.owner.username, PASSWORD)
+    page.get_by_role("link", name="Keys", exact=True).click()
+    page.get_by_test_id("bring-upload").click()
+    chosen = tmp_path / "CustomerEncryptionKey.bin"
+    chosen.write_bytes(b"\x01" * 512)
+    field = page.get_by_label("CustomerEncryptionKey.bin (your wrapped key)")
+    field.set_input_files(str(chosen))
+    with page.expect_request(lambda r: "/live" in r.url, timeout=8_000):
+        tenant_transition(
+            tenant=acme.tenant,
+            to=ServiceState.MIGRATING,
+            actor=Actor.for_user(acme.key_admin),
+            action="byok.enable",
+        )
+    page.wait_for_timeout(3_000)  # past the next polls, which saw the change
+    assert field.evaluate("input => input.files.length") == 1
+    # With nothing chosen, the page follows the next change: the form is new.
+    field.set_input_files([])
+    field.evaluate("input => { input.dataset.seen = 'before'; input.blur(); }")
+    tenant_transition(
+        tenant=acme.tenant,
+        to=ServiceState.BYOK_ACTIVE,
+        actor=Actor.system("tests"),
+        action="byok.enabled",
+    )
+    expect(page.locator("input[data-seen=before]")).to_have_count(0, timeout=8_000)
+    expect(field).to_have_count(1)
