@@ -115,10 +115,13 @@ def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_p
     kills = scale(1, 10)
 
     def one_version_each() -> None:
-        assert set(deks.values_list("kek_version__provider_version", flat=True)) == {
+        # Every DEK under exactly one of the two versions while stopped; a kill
+        # that lands after the last DEK but before the state changes finds
+        # them all under the new one (the rewrap runs several at a time).
+        assert set(deks.values_list("kek_version__provider_version", flat=True)) <= {
             byok["key_arn"],
             new_key,
-        }  # every DEK under exactly one of the two versions while stopped
+        }
         assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.REWRAPPING
         invariants.deks_unwrap(tenant)
 

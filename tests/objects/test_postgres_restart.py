@@ -44,7 +44,7 @@ from objects.locations import storage_for
 from objects.migration import migration_start
 from objects.models import Direction, MigrationState, ObjectMigration, key_of_blob
 from objects.tasks import run_migration
-from records.models import JobState, Record, ReencryptionJob, SealedFields
+from records.models import JobState, Record, ReencryptionJob, ReencryptionPart, SealedFields
 from records.reencryption import reencryption_start
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
@@ -182,24 +182,47 @@ def test_an_object_move_survives_postgres_restarts(pg: PrivatePostgres, tmp_path
 # -- the re-encryption ---------------------------------------------------------------
 
 
-def reencryption_invariants(tenant: Tenant, job: ReencryptionJob, target: DataKey) -> int:
-    """Checked at every restart; returns the checkpoint."""
+def reencryption_invariants(
+    tenant: Tenant, job: ReencryptionJob, target: DataKey
+) -> tuple[int, ...]:
+    """Checked at every restart; returns the checkpoints: the parts' in order, then the job's.
 
-    def read() -> tuple[int, int, int, int]:
-        # One snapshot: the job row and the sealed rows in the same transaction.
+    Each part's checkpoint covers its own range: every record after the
+    part's start and up to its checkpoint is under the new DEK. The job's own
+    checkpoint is the final sweep's, over the whole range.
+    """
+
+    def read() -> tuple[int, tuple[int, ...], int, int]:
+        # One snapshot: the job row, its parts and the sealed rows in the same transaction.
         with transaction.atomic():
             with connections["default"].cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = ReencryptionJob.objects.values_list("done", "last_record_id").get(pk=job.pk)
+            done, swept = ReencryptionJob.objects.values_list("done", "last_record_id").get(
+                pk=job.pk
+            )
+            parts = list(
+                ReencryptionPart.objects.filter(job=job)
+                .order_by("number")
+                .values_list("after_id", "last_record_id", "done")
+            )
             sealed = SealedFields.objects.filter(record__tenant=tenant)
             moved = sealed.filter(dek=target).count()
-            behind = sealed.exclude(dek=target).filter(record_id__lte=row[1]).count()
-        return row[0], row[1], moved, behind
+            behind_sweep = sealed.exclude(dek=target).filter(record_id__lte=swept).count()
+            behind_parts = sum(
+                sealed.exclude(dek=target)
+                .filter(record_id__gt=after, record_id__lte=checkpoint)
+                .count()
+                for after, checkpoint, _ in parts
+            )
+        parts_done = sum(part_done for *_, part_done in parts)
+        assert parts_done <= done, f"the parts rewrote {parts_done}, the job counts {done}"
+        checkpoints = (*(checkpoint for _, checkpoint, _ in parts), swept)
+        return done, checkpoints, moved, behind_sweep + behind_parts
 
-    done, checkpoint, moved, behind = retrying(read)
+    done, checkpoints, moved, behind = retrying(read)
     assert moved == done, f"{moved} records under the new DEK, the job says {done}"
-    assert behind == 0, f"{behind} records at or before the checkpoint not re-encrypted"
-    return checkpoint
+    assert behind == 0, f"{behind} records at or before a checkpoint not re-encrypted"
+    return checkpoints
 
 
 def decrypted(tenant: Tenant) -> dict[str, dict[str, str]]:
@@ -223,7 +246,7 @@ def test_a_reencryption_survives_postgres_restarts(
     )
     env = {"KEYWARD_REENCRYPT_BATCH": "100"}
     log = tmp_path / "worker.log"
-    checkpoints: list[int] = []
+    checkpoints: list[tuple[int, ...]] = []
     with celery_worker(log, env) as worker:
         run_reencryption.apply_async(args=(str(job.pk),), queue=worker.queue)
         for mark in marks:
@@ -233,7 +256,12 @@ def test_a_reencryption_survives_postgres_restarts(
                 time.sleep(0.002)
             restart(pg, "re-encryption", down_for=rng.random() * 2)
             checkpoint = reencryption_invariants(tenant, job, target)
-            assert not checkpoints or checkpoint >= checkpoints[-1], (checkpoints, checkpoint)
+            # No part's checkpoint goes back. (The parts exist once the job is
+            # split; the sweep's checkpoint starts again at each of its passes.)
+            then = checkpoints[-1][:-1] if checkpoints else ()
+            if len(then) == len(checkpoint) - 1:
+                now = checkpoint[:-1]
+                assert all(a >= b for a, b in zip(now, then, strict=True)), checkpoints
             checkpoints.append(checkpoint)
         deadline = time.monotonic() + 300  # retries back off up to 10 s on a busy machine
         while (state := retrying(lambda: ReencryptionJob.objects.get(pk=job.pk)).state) not in (

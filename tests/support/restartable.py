@@ -122,7 +122,7 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of this test's own, made like the suite's (durability off)."""
+    """A PostgreSQL cluster of this test's own: fsync off like the suite's, commits synchronous."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -143,9 +143,16 @@ class PrivatePostgres:
         )  # fmt: skip
 
     def _ctl(self, *args: str) -> None:
+        # Commits are synchronous, as production runs them: a restart here is
+        # a crash of the server process (the kernel keeps what it wrote, so
+        # fsync can stay off), and it must lose no acknowledged commit. With
+        # synchronous_commit off a crash drops the last commits the clients
+        # were told about, a job's bookkeeping among them, which no correctly
+        # configured server does. Batches that ask for an asynchronous commit
+        # themselves (re-encryption) still get one.
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-c fsync=off -c full_page_writes=off"
         )
         subprocess.run(
             _as_postgres([
