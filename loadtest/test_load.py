@@ -51,9 +51,11 @@ from django.contrib.auth import get_user_model
 from api.tokens import api_token_create
 from keys.models import SourceKind
 from keys.services.sources import byok_enable, key_source_register, key_source_test
-from tenants.services import membership_add, tenant_create
+from tenants.services import membership_add, tenant_addon_enable, tenant_create
 system = Actor.system("load test")
 tenant = tenant_create(name="Load", slug="%(slug)s", actor=system)
+# BYOK is a licensed add-on: the vendor turns it on before the customer brings a key.
+tenant = tenant_addon_enable(tenant=tenant, actor=system)
 owner = get_user_model().objects.create_user(
     username="%(owner)s", email="%(owner)s", password="%(password)s")
 membership_add(tenant=tenant, user=owner, role="owner", actor=system)
