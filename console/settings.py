@@ -378,6 +378,11 @@ KEYWARD_HEALTH_CHECK_SECONDS = env.integer(
 KEYWARD_KEK_REWRAP_CONCURRENCY = env.integer(
     "KEYWARD_KEK_REWRAP_CONCURRENCY", 8, minimum=1, maximum=32
 )
+# Data keys the rewrap after a confirmed rotation writes per transaction: few
+# enough that the tenant's row lock is held for milliseconds, many enough that
+# 10,000 data keys are a hundred short transactions rather than 10,000. Also how
+# far a stopped rewrap has got: it resumes after the last batch written.
+KEYWARD_KEK_REWRAP_BATCH = env.integer("KEYWARD_KEK_REWRAP_BATCH", 100, minimum=1, maximum=1000)
 KEYWARD_HEALTH_CHECK_CONCURRENCY = env.integer(
     "KEYWARD_HEALTH_CHECK_CONCURRENCY", 8, minimum=1, maximum=32
 )

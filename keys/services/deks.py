@@ -336,12 +336,6 @@ def rewrap_one(
     return True
 
 
-# DEKs written per transaction by `rewrap_many`: few enough that the tenant's
-# row lock is held for milliseconds, many enough that a rewrap of 10,000 DEKs
-# is a hundred short transactions rather than 10,000.
-REWRAP_BATCH = 100
-
-
 def rewrap_many(
     *,
     tenant: Tenant,
@@ -351,7 +345,8 @@ def rewrap_many(
     while_state: str,
     concurrency: int,
 ) -> bool:
-    """Move DEKs under `target`, in batches; False when the tenant left `while_state` (stop).
+    """Move DEKs under `target`, in batches of KEYWARD_KEK_REWRAP_BATCH; False when
+    the tenant left `while_state` (stop).
 
     1. Before each batch the tenant must still be in `while_state`; the batch's
        rows are read, and the provider of each KEK they are under is built here
@@ -369,12 +364,13 @@ def rewrap_many(
        written: a rerun (the task's retry, the beat's resume) picks up the rest
        and moves each remaining DEK once.
     """
-    for start in range(0, len(dek_ids), REWRAP_BATCH):
+    size = settings.KEYWARD_KEK_REWRAP_BATCH
+    for start in range(0, len(dek_ids), size):
         if Tenant.objects.get(pk=tenant.pk).state != while_state:
             return False
         batch = list(
             DataKey.objects.select_related("kek_version__source").filter(
-                pk__in=dek_ids[start : start + REWRAP_BATCH]
+                pk__in=dek_ids[start : start + size]
             )
         )
         unwrappers: dict[object, KeyProvider] = {}

@@ -192,6 +192,8 @@ def test_invitation_lifetime_is_checked_at_startup(
         ("KEYWARD_KEK_REWRAP_CONCURRENCY", "33", "is above the maximum 32"),
         ("KEYWARD_KEK_REWRAP_CONCURRENCY", "eight", "is not an integer"),
         ("KEYWARD_HEALTH_CHECK_CONCURRENCY", "0", "is below the minimum 1"),
+        ("KEYWARD_KEK_REWRAP_BATCH", "0", "is below the minimum 1"),
+        ("KEYWARD_KEK_REWRAP_BATCH", "1001", "is above the maximum 1000"),
     ],
 )
 def test_key_store_concurrency_is_bounded_at_startup(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connections
@@ -19,6 +20,7 @@ from tenants.models import ServiceState, Tenant
 from tests.keys.conftest import CUSTOMER_ACCOUNT
 from tests.support import invariants
 from tests.support.aws import create_kms_key
+from tests.support.faultproxy import FaultProxy
 from tests.support.faults import scale, seeded
 from tests.support.kills import kill_repeatedly, spread_marks, task_on_worker
 
@@ -125,21 +127,29 @@ def test_a_worker_killed_mid_rewrap_resumes_once_restarted(byok, settings, tmp_p
         assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.REWRAPPING
         invariants.deks_unwrap(tenant)
 
-    landed = kill_repeatedly(
-        tmp_path,
-        rng,
-        name="kek-rewrap",
-        marks=spread_marks(rng, kills, 1, count - 15),
-        total=count,
-        job=task_on_worker(
-            {"KEYWARD_AWS_ENDPOINT_URL": str(settings.KEYWARD_AWS_ENDPOINT_URL)},
-            first=lambda w: run_kek_rewrap.apply_async(args=(str(source.pk),), queue=w.queue),
-            resume=lambda w: resume_key_jobs.apply_async(queue=w.queue),
-        ),
-        progress=lambda: deks.filter(kek_version__provider_version=new_key).count(),
-        finished=lambda: Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE,
-        after_kill=one_version_each,
-    )
+    # The rewrap makes its key-store calls several at a time and commits them a
+    # batch at a time: against a local LocalStack it ends between two polls, in
+    # two commits. The workers write ten data keys per batch and reach KMS
+    # through a proxy that delays each request, as a key store across a network
+    # would, so that every kill lands inside the rewrap.
+    upstream = urlsplit(str(settings.KEYWARD_AWS_ENDPOINT_URL))
+    with FaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 80) as proxy:
+        proxy.add_latency(0.05)
+        landed = kill_repeatedly(
+            tmp_path,
+            rng,
+            name="kek-rewrap",
+            marks=spread_marks(rng, kills, 1, count - 15),
+            total=count,
+            job=task_on_worker(
+                {"KEYWARD_AWS_ENDPOINT_URL": proxy.url("http"), "KEYWARD_KEK_REWRAP_BATCH": "10"},
+                first=lambda w: run_kek_rewrap.apply_async(args=(str(source.pk),), queue=w.queue),
+                resume=lambda w: resume_key_jobs.apply_async(queue=w.queue),
+            ),
+            progress=lambda: deks.filter(kek_version__provider_version=new_key).count(),
+            finished=lambda: Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE,
+            after_kill=one_version_each,
+        )
     landed.report()
     assert len(landed.landed) == kills and all(0 < n < count for n in landed.landed)
     assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
