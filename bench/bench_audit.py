@@ -420,41 +420,14 @@ def measure(client: Client, url: str, scenario: Scenario, page_size: int) -> lis
     return timings
 
 
-def signed_in_client(user: User) -> Client:
-    """A client signed in as `user`, without adding an auth.login event to the chain.
-
-    The benchmark's own sign-in is not part of the data set: it would grow the
-    chain past EVENTS on every run and stop the next run from reusing it.
-    """
-    from django.contrib.auth.signals import user_logged_in
-    from django.test import Client
-
-    from tenants.signals import _on_login
-
-    client = Client(HTTP_HOST=client_host())
-    user_logged_in.disconnect(dispatch_uid="audit_login")
-    try:
-        client.force_login(user)
-    finally:
-        user_logged_in.connect(_on_login, dispatch_uid="audit_login")
-    return client
-
-
-def client_host() -> str:
-    from django.conf import settings
-
-    for host in settings.ALLOWED_HOSTS:
-        if host and host != "*" and not host.startswith("."):
-            return str(host)
-    return "localhost"
-
-
 def main() -> int:
     setup_django()
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
     from django.urls import reverse
+
+    from bench.clients import signed_in_client
 
     if connection.vendor != "postgresql":
         print(
@@ -468,7 +441,7 @@ def main() -> int:
         tenant, user = prepare()
         page_size = int(settings.KEYWARD_AUDIT_PAGE_SIZE)
         cases = scenarios(tenant)
-        client = signed_in_client(user)
+        client = signed_in_client(user, record_login=False)
         url = reverse("audit:list", args=[tenant.slug])
         print(f"# {WARMUP} warm-up + {RUNS} timed requests each, page size {page_size}")
         missed: list[str] = []

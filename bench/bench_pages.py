@@ -243,24 +243,6 @@ def prepare() -> tuple[Any, Any]:
     return tenant, get_user_model()._default_manager.get(username=OWNER)
 
 
-def signed_in_client(user: Any) -> Any:
-    from django.conf import settings
-    from django.test import Client
-
-    from console.mfa.session import SIGNED_IN_KEY, WITH_SECOND_FACTOR
-
-    host = next(
-        (h for h in settings.ALLOWED_HOSTS if h and h != "*" and not h.startswith(".")),
-        "localhost",
-    )
-    client = Client(HTTP_HOST=host)
-    client.force_login(user)
-    session = client.session
-    session[SIGNED_IN_KEY] = WITH_SECOND_FACTOR
-    session.save()
-    return client
-
-
 def timed(run: Callable[[], None]) -> tuple[list[float], list[float]]:
     """Wall-clock milliseconds per request, and this process's CPU milliseconds (the
     client, the middleware, the view and the template: everything but the database)."""
@@ -283,6 +265,8 @@ def main() -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext, override_settings
     from django.urls import reverse
+
+    from bench.clients import signed_in_client
 
     if connection.vendor != "postgresql":
         print(

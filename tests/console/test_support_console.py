@@ -6,6 +6,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,9 +23,11 @@ from keys.models import (
     SourceKind,
     SourceState,
 )
+from keys.services.deks import dek_rotate
 from objects.models import Direction, Location, MigrationState, ObjectMigration
+from objects.services import object_put
 from records.fields import NewRecord
-from records.services import records_create
+from records.services import record_delete, records_create
 from tenants.models import ServiceState, Tenant
 from tenants.services import tenant_create
 from tests.conftest import TenantUsers, login
@@ -86,6 +90,30 @@ def test_every_tenant_in_one_table_with_its_columns(acme, globex, support) -> No
     assert "degraded" in body  # globex's last check
     assert "Vendor-managed key" in body  # acme's active source
     assert "Tenants by state, last 30 days" in body  # the chart above the table
+
+
+def test_counts_come_from_the_counters_not_the_data(acme, support) -> None:
+    """Records under two data keys, one deleted, and an object: the list shows the
+    exact figures, and the page's queries never read the tenants' data tables."""
+    created = records_create(
+        tenant=acme.tenant,
+        items=[NewRecord("user", f"a-{i}", {"email": f"a{i}@example.com"}) for i in range(4)],
+    )
+    dek_rotate(tenant=acme.tenant, actor=SYSTEM, reason="a second data key")
+    records_create(
+        tenant=acme.tenant,
+        items=[NewRecord("user", f"b-{i}", {"email": f"b{i}@example.com"}) for i in range(3)],
+    )
+    record_delete(tenant=acme.tenant, record=created[0], actor=SYSTEM)
+    object_put(tenant=acme.tenant, key="reports/q1.csv", chunks=[b"a,b\n1,2\n"])
+    client = login(support)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(LIST)
+    assert response.status_code == 200
+    assert "6 · 1" in response.content.decode()
+    read = " ".join(q["sql"] for q in queries.captured_queries)
+    for table in ("archive_record", "archive_sealedfields", "objects_storedobject"):
+        assert table not in read, f"the list read {table}"
 
 
 def test_filters_by_state_source_and_attention(support) -> None:
