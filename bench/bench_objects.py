@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
+from bench.summary import bound  # noqa: E402
 from crypto.segments import (  # noqa: E402
     DEFAULT_SEGMENT_SIZE,
     Digest,
@@ -56,8 +57,8 @@ CHUNK = 1024 * 1024
 SEGMENT = DEFAULT_SEGMENT_SIZE
 DEK_ID = 4_242
 BINDING = b"tenant 3f1e0c9a-5b7d-4c52-9a61-0d8e2f4b7a10\x00objects/invoices/2024/0001.pdf"
-TARGET = 0.80
-MIGRATE_TARGET = 0.70
+TARGET = bound("object_encrypt_vs_raw_gcm")
+MIGRATE_TARGET = bound("migrate_vs_plain_copy")
 MIGRATE_REPEATS = 3
 WORKERS = int(os.environ.get("KEYWARD_BENCH_MIGRATE_WORKERS", "2"))
 MB = 1024 * 1024

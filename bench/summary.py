@@ -56,6 +56,12 @@ TARGETS = (
 )
 
 
+def bound(pattern: str) -> float:
+    """The bound of the target `pattern`: what each benchmark prints its own verdict
+    against, so that its line and this table never disagree."""
+    return next(target.bound for target in TARGETS if target.pattern == pattern)
+
+
 def figures(lines: Iterable[str]) -> dict[str, tuple[float, str]]:
     """The last value of each BENCH line (a benchmark run twice reports its last run)."""
     found: dict[str, tuple[float, str]] = {}
