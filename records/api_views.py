@@ -70,6 +70,25 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(400, "invalid_field", message, field=field)
 
 
+def _storable(value: str) -> bool:
+    """Whether a string can be stored and encrypted as UTF-8 text.
+
+    JSON lets a client send what PostgreSQL's text cannot hold (NUL, `\\u0000`)
+    and what UTF-8 cannot encode (an unpaired surrogate, `\\ud800`): both are
+    refused here as the field's error, before anything is written.
+    """
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "must be text: no NUL character (\\u0000) and no unpaired surrogate."
+
+
 def parse_new_record(data: dict[str, Any]) -> NewRecord:
     for name in sorted(set(data) - CREATE_KEYS):
         raise _invalid(name, f"Unknown member {name!r}; send kind, external_id and fields.")
@@ -84,6 +103,8 @@ def parse_new_record(data: dict[str, Any]) -> NewRecord:
     external_id = data.get("external_id")
     if not isinstance(external_id, str) or not 1 <= len(external_id) <= 255:
         raise _invalid("external_id", "Give an external_id string of 1 to 255 characters.")
+    if not _storable(external_id):
+        raise _invalid("external_id", f"external_id {_NOT_TEXT}")
     fields = data.get("fields", {})
     if not isinstance(fields, dict):
         raise _invalid("fields", "fields must be an object of field names to strings.")
@@ -93,6 +114,8 @@ def parse_new_record(data: dict[str, Any]) -> NewRecord:
             raise _invalid(f"fields.{name}", f"Unknown field {name!r} for kind {kind}.")
         if not isinstance(fields[name], str):
             raise _invalid(f"fields.{name}", f"Field {name!r} must be a string.")
+        if not _storable(fields[name]):
+            raise _invalid(f"fields.{name}", f"Field {name!r} {_NOT_TEXT}")
     return NewRecord(kind=kind, external_id=external_id, fields=dict(fields))
 
 

@@ -69,6 +69,20 @@ def test_an_unknown_id_is_404(api) -> None:
             "fields.email",
         ),
         ({"kind": "user", "external_id": "x", "colour": "red"}, "invalid_field", "colour"),
+        # Valid JSON that PostgreSQL's text cannot hold (NUL) or UTF-8 cannot
+        # encode (an unpaired surrogate): the field's error, not a 500.
+        ({"kind": "user", "external_id": "a\x00b"}, "invalid_field", "external_id"),
+        ({"kind": "user", "external_id": "\ud800"}, "invalid_field", "external_id"),
+        (
+            {"kind": "user", "external_id": "x", "fields": {"email": "a\x00@b.c"}},
+            "invalid_field",
+            "fields.email",
+        ),
+        (
+            {"kind": "user", "external_id": "x", "fields": {"email": "\udfff"}},
+            "invalid_field",
+            "fields.email",
+        ),
     ],
 )
 def test_bad_bodies_are_400_naming_the_field(acme, api, body, code, field) -> None:

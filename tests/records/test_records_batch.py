@@ -48,6 +48,15 @@ def test_an_invalid_record_is_named_and_nothing_is_stored(acme, api) -> None:
     assert not Record.objects.filter(tenant=acme.tenant).exists()
 
 
+def test_a_nul_in_one_external_id_is_named_and_nothing_is_stored(acme, api) -> None:
+    bad = user_record("u-\x009")
+    response = api.post("records/batch", batch(*users(2), bad))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_field", "records[2].external_id")
+    assert not Record.objects.filter(tenant=acme.tenant).exists()
+
+
 def test_duplicates_in_the_batch_or_already_stored_are_refused_whole(acme, api) -> None:
     twice = api.post("records/batch", batch(*users(2), users(1)[0]))
     assert twice.status_code == 400
