@@ -12,6 +12,7 @@ beat's resume do, finishes once; the trail says it stopped and how it ended.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,25 @@ def _unmoved(job: Job) -> int:
     ).count()
 
 
+def materials_once_answering(tenant: Any, seconds: float = 30.0) -> dict[int, bytes]:
+    """`dek_materials` once the healed store answers again.
+
+    Right after a heal, calls on connections the cut left half-open can still
+    fail, and five in a row open the endpoint's circuit again: what is checked
+    here is that every data key unwraps to the same bytes, not how soon the
+    store is back (test_keystore_faults covers the recovery).
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return dek_materials(tenant)
+        except KeyUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            reset_circuits()
+            time.sleep(0.5)
+
+
 @pytest.mark.parametrize(("job_name", "kind"), CASES)
 def test_a_store_lost_mid_job_leaves_every_key_wrapped_once_and_the_job_finishes_once(
     job_name: str, kind: str, acme: Any, request: Any, settings: Any
@@ -189,7 +209,7 @@ def test_a_store_lost_mid_job_leaves_every_key_wrapped_once_and_the_job_finishes
             reset_circuits()
             # Stopped mid-way: every DEK under the old key or the new one, and
             # each still unwraps to the very same bytes.
-            assert dek_materials(tenant) == before
+            assert materials_once_answering(tenant) == before
             assert kek_versions(tenant) <= versions_before | _versions(job.source)
         print(f"{job_name} on {kind}: {cuts} cuts, faults {dict(store.proxy.faults)}")
         job.run()  # the store is back: the retry (or the beat's resume) finishes it
