@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
@@ -86,7 +87,13 @@ def recent_audit_events(tenant: Model, limit: int = 10) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(chain=chain_key(tenant)).order_by("-seq")[:limit])
 
 
+def chain_length(tenant: Model) -> QuerySet[AuditChain, Any]:
+    """The tenant's chain head as a one-column query (`last_seq`), to run alone or
+    inside another query."""
+    return AuditChain.objects.filter(key=chain_key(tenant)).values("last_seq")
+
+
 def chain_position(tenant: Model) -> int:
     """How many events the tenant's chain holds: it grows with every recorded action."""
-    seq = AuditChain.objects.filter(key=chain_key(tenant)).values_list("last_seq", flat=True)
+    seq = chain_length(tenant).values_list("last_seq", flat=True)
     return int(seq.first() or 0)

@@ -50,12 +50,15 @@ def audit_list(request: HttpRequest, access: TenantAccess) -> HttpResponse:
         "events": events,
         "next_before": next_before,
         "filter_query": query.urlencode(),
-        "known_actions": KNOWN_ACTIONS,
         "tenant": access.tenant,
-        "stream": stream_destination(access.tenant),
     }
-    template = "audit/audit_list.html#results" if request.htmx else "audit/audit_list.html"  # type: ignore[attr-defined]
-    return render(request, template, context)
+    # The filter form and the pager swap the table alone; any other request, the
+    # live refresh of the page's region included, gets the whole page.
+    if request.htmx and request.htmx.target == "results":  # type: ignore[attr-defined]
+        return render(request, "audit/audit_list.html#results", context)
+    context["known_actions"] = KNOWN_ACTIONS
+    context["stream"] = stream_destination(access.tenant)
+    return render(request, "audit/audit_list.html", context)
 
 
 def _export(request: HttpRequest, access: TenantAccess, fmt: str) -> HttpResponseBase:

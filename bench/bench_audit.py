@@ -410,16 +410,27 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def measure(client: Client, url: str, scenario: Scenario, page_size: int) -> list[float]:
+# What htmx sends when the filter form is submitted or the pager followed in a
+# browser: the page answers with the table alone (the `results` partial).
+SWAP_HEADERS = {"HX-Request": "true", "HX-Target": "results"}
+
+
+def measure(
+    client: Client, url: str, scenario: Scenario, page_size: int, *, swap: bool = False
+) -> list[float]:
     from urllib.parse import urlencode
 
     target = f"{url}?{urlencode(scenario.query)}" if scenario.query else url
+    headers = SWAP_HEADERS if swap else {}
     timings: list[float] = []
     for i in range(WARMUP + RUNS):
         started = time.perf_counter()
-        response = client.get(target)
+        response = client.get(target, headers=headers)
         elapsed = (time.perf_counter() - started) * 1000.0
-        check(scenario, response.status_code, response.content.decode(), page_size)
+        body = response.content.decode()
+        check(scenario, response.status_code, body, page_size)
+        if swap != (not body.lstrip().startswith("<!doctype")):
+            raise BenchError(f"{scenario.name}: swap={swap} but the answer is not that")
         if i >= WARMUP:
             timings.append(elapsed)
     return timings
@@ -450,14 +461,18 @@ def main() -> int:
         url = reverse("audit:list", args=[tenant.slug])
         print(f"# {WARMUP} warm-up + {RUNS} timed requests each, page size {page_size}")
         missed: list[str] = []
-        for scenario in cases:
-            timings = measure(client, url, scenario, page_size)
+        # Each scenario as a whole page (a link followed, a URL opened), then, but
+        # for the first page, as the swap the page's own form and pager ask for.
+        runs = [(s, False) for s in cases] + [(s, True) for s in cases if s.query]
+        for scenario, swap in runs:
+            name = f"{scenario.name}_swap" if swap else scenario.name
+            timings = measure(client, url, scenario, page_size, swap=swap)
             p50 = statistics.median(timings)
             p95 = percentile(timings, 0.95)
-            print(f"BENCH audit_{scenario.name}_p50 {p50:.1f} ms", flush=True)
-            print(f"BENCH audit_{scenario.name}_p95 {p95:.1f} ms", flush=True)
+            print(f"BENCH audit_{name}_p50 {p50:.1f} ms", flush=True)
+            print(f"BENCH audit_{name}_p95 {p95:.1f} ms", flush=True)
             if p95 >= TARGET_P95_MS:
-                missed.append(f"{scenario.name} ({p95:.1f} ms)")
+                missed.append(f"{name} ({p95:.1f} ms)")
     except BenchError as exc:
         print(f"bench_audit: {exc}", file=sys.stderr)
         return 1

@@ -1,19 +1,31 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject, lazy
 
 from audit.streaming.selectors import paused_stream
-from console.live import live_fingerprint, live_pace
+from console.live import fingerprint_of, pace_of
+from console.shell import ShellFacts, shell_facts
 from keys.expiry import expiring_version
 from keys.selectors.overview import rotation_cause
 from objects.selectors import migration_progress
 from tenants.display import Banner, allowed_acts, display_of
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 from tenants.permissions import is_support_staff
-from tenants.selectors import memberships_for_user, support_access_now
+from tenants.selectors import SupportAccessNow, memberships_for_user, support_access_now
+
+
+def _call(make: Callable[[], str]) -> str:
+    return make()
+
+
+# Text computed when a template first renders it.
+lazy_text = lazy(_call, str)
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:
@@ -32,20 +44,36 @@ def shell(request: HttpRequest) -> dict[str, Any]:
         return context
     tenant = access.tenant
     display = display_of(tenant)
+    # What needs the database is read when a template first uses it, and then once
+    # for all of it (console/shell.py): a partial that htmx swaps into a page (a
+    # page of the audit trail, a progress section) shows none of it and reads none.
+    @cache
+    def facts() -> ShellFacts:
+        return shell_facts(tenant)
+
+    def support_access() -> SupportAccessNow | None:
+        if access.is_support or not facts().support_access:
+            return None
+        return support_access_now(tenant)
+
     return {
         **context,
-        "expiring_key": expiring_version(tenant),
-        "paused_stream": paused_stream(tenant),
+        "expiring_key": SimpleLazyObject(
+            lambda: expiring_version(tenant) if facts().key_expiring else None
+        ),
+        "paused_stream": SimpleLazyObject(
+            lambda: paused_stream(tenant) if facts().stream_paused else None
+        ),
         "state_display": display,
         # The state-dependent actions the tenant's state allows (tenants/display.py);
         # a page shows one only if the person's role allows it too.
         "allowed": allowed_acts(tenant),
-        "banner": _banner(display.banner, tenant),
+        "banner": SimpleLazyObject(lambda: _banner(display.banner, tenant)),
         # Vendor support's pending requests and open grants, for the tenant's members.
-        "support_access": None if access.is_support else support_access_now(tenant),
+        "support_access": SimpleLazyObject(support_access),
         "live_tenant": tenant,
-        "live_fingerprint": live_fingerprint(tenant),
-        "live_pace": live_pace(tenant),
+        "live_fingerprint": lazy_text(lambda: fingerprint_of(tenant, facts().chain_position)),
+        "live_pace": lazy_text(lambda: str(pace_of(tenant, jobs_open=facts().jobs_open))),
         # Only a page fetched with GET can be fetched again when the tenant changes.
         "live_url": request.get_full_path() if request.method == "GET" else "",
     }

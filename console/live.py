@@ -20,7 +20,7 @@ read, cheap enough for every open tab.
 from __future__ import annotations
 
 from audit.selectors import chain_position
-from keys.consumers import data_jobs
+from keys.consumers import open_data_jobs
 from tenants.display import display_of
 from tenants.models import Tenant
 
@@ -28,11 +28,19 @@ FAST_SECONDS = 1
 SLOW_SECONDS = 2
 
 
+def fingerprint_of(tenant: Tenant, position: int) -> str:
+    """The fingerprint, given the length of the tenant's chain."""
+    return f"{tenant.state}.{tenant.key_epoch}.{position}"
+
+
+def pace_of(tenant: Tenant, *, jobs_open: bool) -> int:
+    """Seconds between polls: fast while the tenant's keys or data move."""
+    return FAST_SECONDS if display_of(tenant).moving or jobs_open else SLOW_SECONDS
+
+
 def live_fingerprint(tenant: Tenant) -> str:
-    return f"{tenant.state}.{tenant.key_epoch}.{chain_position(tenant)}"
+    return fingerprint_of(tenant, chain_position(tenant))
 
 
 def live_pace(tenant: Tenant) -> int:
-    """Seconds between polls: fast while the tenant's keys or data move."""
-    moving = display_of(tenant).moving or any(job.is_open for job in data_jobs(tenant)[:3])
-    return FAST_SECONDS if moving else SLOW_SECONDS
+    return pace_of(tenant, jobs_open=any(jobs.exists() for jobs in open_data_jobs(tenant)))

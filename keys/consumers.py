@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.db.models import QuerySet
+
 from keys.models import DataKey, KekVersion, KeySource
 from keys.providers.base import KeyProvider
 from tenants.models import Tenant
@@ -109,6 +111,8 @@ class DataConsumer:
     shred: Callable[[Tenant], int] | None = None
     # The consumer's long jobs over a tenant's data, newest first (the Keys page).
     jobs: Callable[[Tenant], Sequence[Any]] | None = None
+    # Those of its jobs that are queued or running, as a query (the live poller's pace).
+    open_jobs: Callable[[Tenant], QuerySet[Any]] | None = None
 
 
 _consumers: dict[str, DataConsumer] = {}
@@ -214,6 +218,11 @@ def data_move_summaries(tenant: Tenant) -> list[str]:
         if c.data_move is not None and c.data_move.summary is not None
     )
     return [text for text in found if text]
+
+
+def open_data_jobs(tenant: Tenant) -> list[QuerySet[Any]]:
+    """Every consumer's query for its open jobs over the tenant's data."""
+    return [c.open_jobs(tenant) for c in consumers() if c.open_jobs is not None]
 
 
 def data_jobs(tenant: Tenant) -> list[Any]:

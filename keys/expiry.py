@@ -12,6 +12,7 @@ from functools import partial
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import Actor, record
@@ -21,22 +22,25 @@ from tenants.models import Membership, Role, Tenant
 WARN_DAYS = (30, 7, 1)
 
 
+def expiring_versions(
+    tenant: Tenant, *, within: timedelta = timedelta(days=30)
+) -> QuerySet[KekVersion]:
+    """The tenant's uploaded key versions in use that expire within `within`, soonest first."""
+    now = timezone.now()
+    return KekVersion.objects.filter(
+        source__tenant=tenant,
+        source__state=SourceState.ACTIVE,
+        state__in=[KekState.ACTIVE, KekState.PENDING],
+        material_expires_at__gt=now,
+        material_expires_at__lte=now + within,
+    ).order_by("material_expires_at")
+
+
 def expiring_version(
     tenant: Tenant, *, within: timedelta = timedelta(days=30)
 ) -> KekVersion | None:
     """The tenant's uploaded key version in use that expires soonest, if within `within`."""
-    now = timezone.now()
-    return (
-        KekVersion.objects.filter(
-            source__tenant=tenant,
-            source__state=SourceState.ACTIVE,
-            state__in=[KekState.ACTIVE, KekState.PENDING],
-            material_expires_at__gt=now,
-            material_expires_at__lte=now + within,
-        )
-        .order_by("material_expires_at")
-        .first()
-    )
+    return expiring_versions(tenant, within=within).first()
 
 
 def _due(expires_at: datetime, sent: list[int], now: datetime) -> int | None:

@@ -11,7 +11,12 @@ from records.indexkeys import (
     index_keys_wrapped,
 )
 from records.reencryption import CONSUMER
-from records.selectors import record_counts_by_dek, reencryption_jobs, sealed_under
+from records.selectors import (
+    open_reencryption_jobs,
+    record_counts_by_dek,
+    reencryption_jobs,
+    sealed_under,
+)
 
 
 def _depends_on(dek: DataKey) -> bool:
@@ -29,4 +34,5 @@ RECORDS = DataConsumer(
     wrapped_keys=OwnWrappedKeys(of=index_keys_wrapped, replace=index_key_replace),
     shred=index_keys_shred,
     jobs=reencryption_jobs,
+    open_jobs=open_reencryption_jobs,
 )

@@ -156,6 +156,9 @@ class JobState(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
 class ReencryptionJob(models.Model):
     """Re-encrypting a tenant's records from older DEKs to the current one.
 
@@ -189,7 +192,7 @@ class ReencryptionJob(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.state in (JobState.QUEUED, JobState.RUNNING)
+        return self.state in OPEN_JOB_STATES
 
     @property
     def percent(self) -> int:

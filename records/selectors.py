@@ -5,7 +5,14 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet, Sum
 
 from keys.models import DataKey, DekState
-from records.models import DekRecordCount, IndexKey, Record, ReencryptionJob, SealedFields
+from records.models import (
+    OPEN_JOB_STATES,
+    DekRecordCount,
+    IndexKey,
+    Record,
+    ReencryptionJob,
+    SealedFields,
+)
 from tenants.models import Tenant
 
 
@@ -74,6 +81,10 @@ def records_overview(tenant: Tenant) -> RecordsOverview:
 
 def reencryption_job_for_tenant(tenant: Tenant) -> ReencryptionJob | None:
     return ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek").first()
+
+
+def open_reencryption_jobs(tenant: Tenant) -> QuerySet[ReencryptionJob]:
+    return ReencryptionJob.objects.filter(tenant=tenant, state__in=OPEN_JOB_STATES)
 
 
 def reencryption_jobs(tenant: Tenant) -> list[ReencryptionJob]:

@@ -72,14 +72,19 @@ class SupportAccessNow:
     open_until: datetime | None  # the latest end of the grants open now
 
 
-def support_access_now(tenant: Tenant) -> SupportAccessNow | None:
-    """What the tenant's banner says about vendor support's access, if anything."""
+def support_access_open(tenant: Tenant) -> QuerySet[AccessRequest]:
+    """Vendor support's requests to the tenant waiting for an answer or granted now."""
     now = timezone.now()
-    rows = AccessRequest.objects.filter(
+    return AccessRequest.objects.filter(
         Q(state=AccessState.PENDING, answer_by__gt=now)
         | Q(state=AccessState.APPROVED, ends_at__gt=now),
         tenant=tenant,
-    ).values_list("state", "ends_at")
+    )
+
+
+def support_access_now(tenant: Tenant) -> SupportAccessNow | None:
+    """What the tenant's banner says about vendor support's access, if anything."""
+    rows = support_access_open(tenant).values_list("state", "ends_at")
     pending = sum(1 for state, _ in rows if state == AccessState.PENDING)
     ends = [end for state, end in rows if state == AccessState.APPROVED and end]
     if not pending and not ends:

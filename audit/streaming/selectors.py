@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
+
 from audit.models import AuditChain, StreamDestination, StreamState
 from audit.services import chain_key
 
@@ -10,9 +12,13 @@ def stream_destination(tenant: Any) -> StreamDestination | None:
     return StreamDestination.objects.filter(tenant=tenant).first()
 
 
+def paused_streams(tenant: Any) -> QuerySet[StreamDestination]:
+    return StreamDestination.objects.filter(tenant=tenant, state=StreamState.PAUSED)
+
+
 def paused_stream(tenant: Any) -> StreamDestination | None:
     """The tenant's destination if it is paused (every page shows a banner)."""
-    return StreamDestination.objects.filter(tenant=tenant, state=StreamState.PAUSED).first()
+    return paused_streams(tenant).first()
 
 
 def stream_backlog(destination: StreamDestination) -> int:

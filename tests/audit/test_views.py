@@ -6,7 +6,9 @@ import itertools
 import json
 
 import pytest
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from audit.models import AuditEvent, Outcome
@@ -111,13 +113,34 @@ def test_the_actor_filter_finds_a_person_by_email_whatever_their_role_was(trail)
     assert bare.context["events"]  # events recorded before roles were shown
 
 
-def test_htmx_gets_only_the_results_partial(trail) -> None:
-    response = login(trail.auditor).get(
-        reverse("audit:list", args=["acme"]), {"outcome": "failure"}, HTTP_HX_REQUEST="true"
-    )
+def test_the_filter_form_and_the_pager_get_only_the_results_partial(trail) -> None:
+    """What htmx sends for them: the request and its target, `#results`."""
+    client = login(trail.auditor)
+    with CaptureQueriesContext(connection) as run:
+        response = client.get(
+            reverse("audit:list", args=["acme"]),
+            {"outcome": "failure"},
+            headers={"HX-Request": "true", "HX-Target": "results"},
+        )
     body = response.content.decode()
     assert body.lstrip().startswith('<div id="results">')
     assert "<html" not in body
+    assert len(rows(response)) == 6
+    # Session, user, membership, the page of events: none of the page's shell
+    # (banners, live poller, stream state) is read for a partial that shows none.
+    assert len(run) == 4, [q["sql"] for q in run]
+
+
+def test_the_live_refresh_gets_the_whole_page(trail) -> None:
+    """The page's live region asks with its own target; a table alone would wipe it."""
+    response = login(trail.auditor).get(
+        reverse("audit:list", args=["acme"]),
+        headers={"HX-Request": "true", "HX-Target": "live-root"},
+    )
+    body = response.content.decode()
+    assert 'id="live-root"' in body
+    assert 'id="results"' in body
+    assert 'data-testid="live-poll"' in body
 
 
 def test_bad_filters_show_errors_and_no_rows(trail) -> None:

@@ -185,3 +185,24 @@ def test_a_form_being_filled_in_is_not_wiped_by_a_change_made_elsewhere(
     )
     expect(page.locator("input[data-seen=before]")).to_have_count(0, timeout=8_000)
     expect(field).to_have_count(1)
+
+
+def test_the_audit_trail_page_follows_a_change_and_keeps_its_table(
+    page: Page, sign_in: Any
+) -> None:
+    """Every recorded event changes the tenant's fingerprint: the open audit page is
+    fetched again whole (its live region), never replaced by the table's partial."""
+    acme = make_tenant("Acme", "acme")
+    sign_in(acme.owner.username, PASSWORD)
+    page.get_by_role("link", name="Audit trail", exact=True).click()
+    expect(page.get_by_test_id("audit-row").first).to_be_visible()
+    tenant_transition(
+        tenant=acme.tenant,
+        to=ServiceState.MIGRATING,
+        actor=Actor.for_user(acme.key_admin),
+        action="byok.enable",
+    )
+    expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data", timeout=8_000)
+    expect(page.get_by_test_id("audit-row").filter(has_text="byok.enable")).to_have_count(1)
+    expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
+    expect(page.get_by_test_id("export-csv")).to_be_visible()

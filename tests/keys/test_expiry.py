@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from console.shell import shell_facts
 from crypto.envelope import KeyRevoked
 from keys.expiry import warn_expiring_keys
 from keys.models import KekVersion, KeySource, SourceKind
@@ -74,8 +75,10 @@ def test_warnings_go_out_once_per_threshold(uploaded, django_capture_on_commit_c
 def test_the_banner_warns_within_30_days(uploaded) -> None:
     version, client = uploaded["version"], uploaded["client"]
     assert 'data-testid="expiry-banner"' not in client.get("/t/acme/").content.decode()
+    assert not shell_facts(version.source.tenant).key_expiring
     version.material_expires_at = timezone.now() + timedelta(days=6)
     version.save()
+    assert shell_facts(version.source.tenant).key_expiring
     body = client.get("/t/acme/").content.decode()
     assert 'data-testid="expiry-banner"' in body and "Upload a new key before then" in body
 

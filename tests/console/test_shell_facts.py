@@ -1,0 +1,84 @@
+"""The page shell's facts, read in one query, say what each app's own selector says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from audit.models import StreamDestination, StreamKind, StreamState
+from audit.services import Actor, record
+from audit.streaming.selectors import paused_stream
+from console.live import FAST_SECONDS, SLOW_SECONDS, fingerprint_of, live_fingerprint, live_pace
+from console.shell import ShellFacts, shell_facts
+from keys.models import DataKey, DekState
+from records.models import JobState, ReencryptionJob
+from tenants.selectors import support_access_now
+from tests.conftest import login
+from tests.tenants.test_access import ask
+
+pytestmark = pytest.mark.django_db
+
+
+def agrees(tenant: Any) -> ShellFacts:
+    with CaptureQueriesContext(connection) as run:
+        facts = shell_facts(tenant)
+    assert len(run) == 1
+    assert fingerprint_of(tenant, facts.chain_position) == live_fingerprint(tenant)
+    assert (FAST_SECONDS if facts.jobs_open else SLOW_SECONDS) == live_pace(tenant)
+    assert facts.stream_paused == (paused_stream(tenant) is not None)
+    assert facts.support_access == (support_access_now(tenant) is not None)
+    return facts
+
+
+def test_nothing_to_show(acme) -> None:
+    facts = agrees(acme.tenant)
+    assert facts == ShellFacts(facts.chain_position, False, False, False, False)
+
+
+def test_the_chain_position_follows_every_event(acme) -> None:
+    before = agrees(acme.tenant).chain_position
+    assert before > 0  # the tenant's creation and its members are in the trail
+    record(tenant=acme.tenant, actor=Actor.system("tests"), action="key.test")
+    assert agrees(acme.tenant).chain_position == before + 1
+
+
+def test_a_paused_stream(acme) -> None:
+    destination = StreamDestination.objects.create(
+        tenant=acme.tenant, kind=StreamKind.SYSLOG, host="siem.acme.test", port=6514
+    )
+    assert not agrees(acme.tenant).stream_paused  # active
+    destination.state = StreamState.PAUSED
+    destination.save()
+    assert agrees(acme.tenant).stream_paused
+
+
+def test_support_access_asked_and_granted(acme, globex, support) -> None:
+    ask(globex.tenant, support)  # another tenant's request is not this one's banner
+    assert not agrees(acme.tenant).support_access
+    ask(acme.tenant, support)
+    assert agrees(acme.tenant).support_access
+    assert agrees(globex.tenant).support_access
+
+
+def test_an_open_data_job_makes_the_poller_fast(acme) -> None:
+    dek = DataKey.objects.get(tenant=acme.tenant, state=DekState.ACTIVE)
+    job = ReencryptionJob.objects.create(tenant=acme.tenant, target_dek=dek)
+    assert agrees(acme.tenant).jobs_open  # queued
+    states = ((JobState.RUNNING, True), (JobState.DONE, False), (JobState.FAILED, False))
+    for state, open_ in states:
+        job.state = state
+        job.save()
+        assert agrees(acme.tenant).jobs_open is open_, state
+
+
+def test_a_tenant_page_reads_the_shell_in_one_query(acme) -> None:
+    client = login(acme.owner)
+    client.get("/t/acme/")
+    with CaptureQueriesContext(connection) as run:
+        body = client.get("/t/acme/").content.decode()
+    shell = [q["sql"] for q in run if "audit_auditchain" in q["sql"] and "EXISTS" in q["sql"]]
+    assert len(shell) == 1, [q["sql"] for q in run]
+    assert 'data-testid="live-poll"' in body
