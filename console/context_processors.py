@@ -44,6 +44,7 @@ def shell(request: HttpRequest) -> dict[str, Any]:
         return context
     tenant = access.tenant
     display = display_of(tenant)
+
     # What needs the database is read when a template first uses it, and then once
     # for all of it (console/shell.py): a partial that htmx swaps into a page (a
     # page of the audit trail, a progress section) shows none of it and reads none.
