@@ -1,7 +1,7 @@
 """What every page of a tenant asks before its content, in one query.
 
 Every page carries the live poller (the chain's length, whether a data job
-runs) and four banners that are almost always absent (an uploaded key about
+runs) and three banners that are almost always absent (an uploaded key about
 to expire, a paused audit stream, vendor support's access). Asked one by one
 they were five round trips and about 4 ms of every page view; here each app's
 own selector is a subquery of one SELECT, and only a banner that is there is

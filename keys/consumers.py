@@ -119,6 +119,9 @@ _consumers: dict[str, DataConsumer] = {}
 
 
 def consumer_register(consumer: DataConsumer) -> None:
+    if consumer.jobs is not None and consumer.open_jobs is None:
+        # The live poller would never speed up for its jobs (console/live.py).
+        raise ValueError(f"consumer {consumer.name!r} lists jobs but not which are open")
     _consumers[consumer.name] = consumer
 
 

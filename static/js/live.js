@@ -2,11 +2,25 @@
 // the person is filling in (a file chosen, a field typed in, a field in focus)
 // would be wiped by it: the refresh waits for the next change instead, and
 // submitting the form loads the fresh page anyway.
+//
+// A page whose table htmx swapped (a filter applied, an older page followed)
+// pushed the new address: the refresh asks for that address, not the one the
+// page was first loaded with, and a search form (method GET) whose fields say
+// what the address says is not being filled in.
 (function () {
   "use strict";
 
+  function asked(field) {
+    var form = field.form;
+    if (!form || (form.getAttribute("method") || "get").toLowerCase() !== "get") return null;
+    if (field.type === "checkbox" || field.type === "radio" || field.type === "file") return null;
+    return new URLSearchParams(window.location.search).get(field.name) || "";
+  }
+
   function inUse(field) {
     if (field === document.activeElement) return true;
+    var inAddress = asked(field);
+    if (inAddress !== null) return field.value !== inAddress;
     if (field.type === "file") return field.files !== null && field.files.length > 0;
     if (field.type === "checkbox" || field.type === "radio") {
       return field.checked !== field.defaultChecked;
@@ -18,6 +32,12 @@
     }
     return field.value !== field.defaultValue;
   }
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    var region = event.detail.elt;
+    if (!region || region.id !== "live-root") return;
+    event.detail.path = window.location.pathname + window.location.search;
+  });
 
   document.addEventListener("htmx:beforeRequest", function (event) {
     var region = event.detail.elt;

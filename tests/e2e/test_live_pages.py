@@ -206,3 +206,33 @@ def test_the_audit_trail_page_follows_a_change_and_keeps_its_table(
     expect(page.get_by_test_id("audit-row").filter(has_text="byok.enable")).to_have_count(1)
     expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
     expect(page.get_by_test_id("export-csv")).to_be_visible()
+
+
+def test_a_filtered_audit_trail_stays_filtered_when_the_tenant_changes(
+    page: Page, sign_in: Any
+) -> None:
+    """The filter swaps the table and pushes its address; a change made elsewhere
+    then refreshes that address (not the one first loaded), and the applied
+    filter does not count as a form being filled in."""
+    acme = make_tenant("Acme", "acme")
+    sign_in(acme.owner.username, PASSWORD)
+    page.get_by_role("link", name="Audit trail", exact=True).click()
+    page.get_by_label("Action").fill("membership.add")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**action=membership.add**")
+    rows = page.get_by_test_id("audit-row")
+    expect(rows.first).to_contain_text("membership.add")
+    shown = rows.count()
+    page.locator("body").click()  # the field is no longer in focus
+    tenant_transition(
+        tenant=acme.tenant,
+        to=ServiceState.MIGRATING,
+        actor=Actor.for_user(acme.key_admin),
+        action="byok.enable",
+    )
+    expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data", timeout=8_000)
+    expect(rows).to_have_count(shown)
+    expect(rows.filter(has_text="byok.enable")).to_have_count(0)
+    expect(page.get_by_label("Action")).to_have_value("membership.add")
+    assert "action=membership.add" in page.url
+    assert page.locator("#results").count() == 1
