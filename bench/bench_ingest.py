@@ -197,14 +197,14 @@ def main() -> None:
     print(f"# {CLIENTS} clients, {WORKERS} gunicorn workers, {PER_ROUND} records per round")
     print(f"BENCH ingest_records_per_s {rate:.0f} records/s")
     print(f"BENCH ingest_nocrypto_records_per_s {plain_rate:.0f} records/s")
-    print(f"BENCH ingest_vs_nocrypto {rate / plain_rate:.2f} x")
+    print(f"BENCH ingest_vs_nocrypto {rate / plain_rate:.3f} x")
     bare_rate = max(bare)
     print(f"BENCH ingest_bare_records_per_s {bare_rate:.0f} records/s")
-    print(f"BENCH ingest_vs_bare {rate / bare_rate:.2f} x")
+    print(f"BENCH ingest_vs_bare {rate / bare_rate:.3f} x")
     batch_rate, plain_batch_rate = max(crypto_batch), max(plain_batch)
     print(f"BENCH ingest_batch_records_per_s {batch_rate:.0f} records/s")
     print(f"BENCH ingest_batch_nocrypto_records_per_s {plain_batch_rate:.0f} records/s")
-    print(f"BENCH ingest_batch_vs_nocrypto {batch_rate / plain_batch_rate:.2f} x")
+    print(f"BENCH ingest_batch_vs_nocrypto {batch_rate / plain_batch_rate:.3f} x")
     met = rate / plain_rate >= TARGET_RATIO
     print(f"# target (>= {TARGET_RATIO} of no-crypto): {'met' if met else 'MISSED'}")
     met = rate / bare_rate >= TARGET_BARE

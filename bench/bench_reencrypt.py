@@ -337,7 +337,7 @@ def main() -> None:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"BENCH reencrypt_rows_per_s {rate:.0f} rows/s")
     print(f"BENCH reencrypt_nocrypto_rows_per_s {plain_rate:.0f} rows/s")
-    print(f"BENCH reencrypt_vs_nocrypto {rate / plain_rate:.2f} x")
+    print(f"BENCH reencrypt_vs_nocrypto {rate / plain_rate:.3f} x")
     print(f"BENCH reencrypt_api_p95_ms {p95_ms(api.latencies.get('crypto', [])):.1f} ms")
     print(f"BENCH reencrypt_api_idle_p95_ms {p95_ms(api.latencies.get('idle', [])):.1f} ms")
     print(f"# API requests: {({k: len(v) for k, v in api.latencies.items()})}, "

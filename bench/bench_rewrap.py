@@ -253,14 +253,14 @@ def main() -> int:
     ratio = full / empty
     print(f"BENCH kek_rewrap_deks_per_s {rate:.0f} DEKs/s")
     print(f"BENCH kek_rewrap_with_1m_records_deks_per_s {DEKS / full:.0f} DEKs/s")
-    print(f"BENCH kek_rewrap_with_1m_records_ratio {ratio:.2f} x")
+    print(f"BENCH kek_rewrap_with_1m_records_ratio {ratio:.3f} x")
     print(f"BENCH kek_rewrap_baseline_bare_kms_pairs_per_s {threaded:.0f} pairs/s")
     print(f"BENCH kek_rewrap_baseline_bare_kms_sequential_pairs_per_s {single:.0f} pairs/s")
-    print(f"BENCH kek_rewrap_vs_bare_kms {rate / threaded:.2f} x")
+    print(f"BENCH kek_rewrap_vs_bare_kms {rate / threaded:.3f} x")
     met = "met" if rate >= TARGET_PER_S else "MISSED"
     print(f"# target >= {TARGET_PER_S:.0f} DEKs/s: {met} ({rate:.0f})")
     met = "met" if ratio <= TARGET_RATIO else "MISSED"
-    print(f"# target: with records within {TARGET_RATIO - 1:.0%}: {met} ({ratio:.2f})")
+    print(f"# target: with records within {TARGET_RATIO - 1:.0%}: {met} ({ratio:.3f})")
     return 0
 
 
