@@ -14,7 +14,9 @@ start_servers
 
 status=0
 output=$(mktemp)
-trap 'rm -f "$output"' EXIT
+# One EXIT trap for both: a second `trap ... EXIT` would replace start_servers'
+# own, and leave the servers running after the benchmarks.
+trap 'rm -f "$output"; stop_servers' EXIT
 for bench in bench/bench_*.py; do
     [ -e "$bench" ] || continue
     echo "== $bench"
