@@ -7,6 +7,9 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.segments import (
     DEFAULT_SEGMENT_SIZE,
@@ -332,3 +335,63 @@ def test_digest_tee_passes_chunks_through() -> None:
     assert list(digest.tee(chunks)) == chunks
     assert digest.size == 7
     assert digest.hexdigest() == hashlib.sha256(b"abcdefg").hexdigest()
+
+
+# The format as written down, opened and sealed with bare AES-GCM: stored objects
+# must keep opening whatever the implementation does to go faster.
+SPEC_SUBKEY_INFO = b"keyward object v1 segment key"
+
+
+def spec_subkey(salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=SPEC_SUBKEY_INFO).derive(DEK)
+
+
+def spec_context(packed_header: bytes) -> bytes:
+    digest = hashlib.sha256()
+    for part in (packed_header, BINDING):
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
+def spec_nonce_and_ad(context: bytes, index: int, final: bool) -> tuple[bytes, bytes]:
+    counter = index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
+    return bytes(3) + counter, context + counter
+
+
+@pytest.mark.parametrize("size", [0, 1, S - 1, S, 3 * S, 3 * S + 5])
+def test_the_written_format_opens_with_bare_aes_gcm(size: int) -> None:
+    data = os.urandom(size)
+    blob = b"".join(encrypt_stream([data], dek=DEK, dek_id=DEK_ID, binding=BINDING, segment_size=S))
+    header = read_header(blob[:HEADER_SIZE])
+    aead = AESGCM(spec_subkey(header.salt))
+    context = spec_context(blob[:HEADER_SIZE])
+    body = blob[HEADER_SIZE:]
+    records = [body[o : o + RECORD] for o in range(0, len(body), RECORD)]
+    if len(records[-1]) == RECORD:  # a multiple of S ends with an empty final segment
+        records.append(b"")
+    opened = []
+    for index, record in enumerate(records):
+        if record:
+            nonce, ad = spec_nonce_and_ad(context, index, index == len(records) - 1)
+            opened.append(aead.decrypt(nonce, record, ad))
+    assert b"".join(opened) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, S, 3 * S + 5])
+def test_an_object_sealed_by_the_written_format_opens(size: int) -> None:
+    data = os.urandom(size)
+    reference = b"".join(
+        encrypt_stream([b""], dek=DEK, dek_id=DEK_ID, binding=BINDING, segment_size=S)
+    )
+    packed = reference[:HEADER_SIZE]  # a header as the format writes it
+    aead = AESGCM(spec_subkey(read_header(packed).salt))
+    context = spec_context(packed)
+    segments = [data[o : o + S] for o in range(0, len(data), S)]
+    if len(data) % S == 0:
+        segments.append(b"")
+    sealed = []
+    for index, segment in enumerate(segments):
+        nonce, ad = spec_nonce_and_ad(context, index, index == len(segments) - 1)
+        sealed.append(aead.encrypt(nonce, segment, ad))
+    blob = packed + b"".join(sealed)
+    assert b"".join(decrypt_stream([blob], key_for=keyring, binding=BINDING)) == data
