@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from typing import Any
 
 from django.http import HttpRequest
-from django.utils.functional import SimpleLazyObject, lazy
+from django.utils.functional import SimpleLazyObject
 
 from audit.streaming.selectors import paused_stream
 from console.live import fingerprint_of, pace_of
@@ -18,14 +17,6 @@ from tenants.display import Banner, allowed_acts, display_of
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 from tenants.permissions import is_support_staff
 from tenants.selectors import SupportAccessNow, memberships_for_user, support_access_now
-
-
-def _call(make: Callable[[], str]) -> str:
-    return make()
-
-
-# Text computed when a template first renders it.
-lazy_text = lazy(_call, str)
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:
@@ -73,8 +64,10 @@ def shell(request: HttpRequest) -> dict[str, Any]:
         # Vendor support's pending requests and open grants, for the tenant's members.
         "support_access": SimpleLazyObject(support_access),
         "live_tenant": tenant,
-        "live_fingerprint": lazy_text(lambda: fingerprint_of(tenant, facts().chain_position)),
-        "live_pace": lazy_text(lambda: str(pace_of(tenant, jobs_open=facts().jobs_open))),
+        "live_fingerprint": SimpleLazyObject(
+            lambda: fingerprint_of(tenant, facts().chain_position)
+        ),
+        "live_pace": SimpleLazyObject(lambda: str(pace_of(tenant, jobs_open=facts().jobs_open))),
         # Only a page fetched with GET can be fetched again when the tenant changes.
         "live_url": request.get_full_path() if request.method == "GET" else "",
     }

@@ -130,6 +130,24 @@ def test_the_walkthrough_needs_no_reload_and_no_typed_url(
     assert _state(acme.tenant) == ServiceState.BYOK_ACTIVE
 
 
+def _enable_elsewhere(acme: Any) -> None:
+    """Another administrator enables the customer's key: the state moves on."""
+    tenant_transition(
+        tenant=acme.tenant,
+        to=ServiceState.MIGRATING,
+        actor=Actor.for_user(acme.key_admin),
+        action="byok.enable",
+    )
+
+
+def _open_audit_trail(page: Page, sign_in: Any) -> Any:
+    """A new tenant's owner, signed in, on the audit trail page."""
+    acme = make_tenant("Acme", "acme")
+    sign_in(acme.owner.username, PASSWORD)
+    page.get_by_role("link", name="Audit trail", exact=True).click()
+    return acme
+
+
 def test_a_change_made_elsewhere_reaches_an_open_page(
     page: Page, sign_in: Any, tmp_path: Path
 ) -> None:
@@ -139,12 +157,7 @@ def test_a_change_made_elsewhere_reaches_an_open_page(
     sign_in(acme.owner.username, PASSWORD)
     page.get_by_role("link", name="Keys", exact=True).click()
     expect(page.get_by_test_id("state-badge")).to_have_text("Vendor-managed key")
-    tenant_transition(
-        tenant=acme.tenant,
-        to=ServiceState.MIGRATING,
-        actor=Actor.for_user(acme.key_admin),
-        action="byok.enable",
-    )
+    _enable_elsewhere(acme)
     changed = time.monotonic()
     expect(page.get_by_test_id("state-badge")).to_have_text("Moving to your key", timeout=8_000)
     assert time.monotonic() - changed <= 3.5  # the slow pace is 2 s
@@ -192,16 +205,9 @@ def test_the_audit_trail_page_follows_a_change_and_keeps_its_table(
 ) -> None:
     """Every recorded event changes the tenant's fingerprint: the open audit page is
     fetched again whole (its live region), never replaced by the table's partial."""
-    acme = make_tenant("Acme", "acme")
-    sign_in(acme.owner.username, PASSWORD)
-    page.get_by_role("link", name="Audit trail", exact=True).click()
+    acme = _open_audit_trail(page, sign_in)
     expect(page.get_by_test_id("audit-row").first).to_be_visible()
-    tenant_transition(
-        tenant=acme.tenant,
-        to=ServiceState.MIGRATING,
-        actor=Actor.for_user(acme.key_admin),
-        action="byok.enable",
-    )
+    _enable_elsewhere(acme)
     expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data", timeout=8_000)
     expect(page.get_by_test_id("audit-row").filter(has_text="byok.enable")).to_have_count(1)
     expect(page.get_by_role("heading", name="Audit trail")).to_be_visible()
@@ -214,9 +220,7 @@ def test_a_filtered_audit_trail_stays_filtered_when_the_tenant_changes(
     """The filter swaps the table and pushes its address; a change made elsewhere
     then refreshes that address (not the one first loaded), and the applied
     filter does not count as a form being filled in."""
-    acme = make_tenant("Acme", "acme")
-    sign_in(acme.owner.username, PASSWORD)
-    page.get_by_role("link", name="Audit trail", exact=True).click()
+    acme = _open_audit_trail(page, sign_in)
     page.get_by_label("Action").fill("membership.add")
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url("**action=membership.add**")
@@ -224,12 +228,7 @@ def test_a_filtered_audit_trail_stays_filtered_when_the_tenant_changes(
     expect(rows.first).to_contain_text("membership.add")
     shown = rows.count()
     page.locator("body").click()  # the field is no longer in focus
-    tenant_transition(
-        tenant=acme.tenant,
-        to=ServiceState.MIGRATING,
-        actor=Actor.for_user(acme.key_admin),
-        action="byok.enable",
-    )
+    _enable_elsewhere(acme)
     expect(page.get_by_test_id("state-banner")).to_contain_text("Moving your data", timeout=8_000)
     expect(rows).to_have_count(shown)
     expect(rows.filter(has_text="byok.enable")).to_have_count(0)
