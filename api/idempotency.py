@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -151,6 +152,84 @@ def _insert_new(
     row._state.adding = False
     row._state.db = connection.alias
     return row
+
+
+class KeyClaimed(Exception):
+    """The Idempotency-Key's row exists already: nothing was written, `run_once` decides."""
+
+
+# In INSERT ... SELECT a parameter takes its type from the SELECT, not from the
+# column it goes into: each is cast to its column's type. `{source}`: a CTE's name.
+_CLAIM_INSERT = (
+    "INSERT INTO api_idempotencykey "
+    "(tenant_id, key, request_sha256, status, response, created, expires_at) "
+    "SELECT %(claim_tenant)s::uuid, %(claim_key)s::text, %(claim_sha256)s::bytea, "
+    "%(claim_status)s::int4, %(claim_response)s::jsonb, %(claim_created)s::timestamptz, "
+    "%(claim_expires)s::timestamptz FROM {source} "
+    "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1"
+)
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """A new Idempotency-Key row holding the outcome its create will have, written
+    by the same statement as the create: both are written or neither is.
+
+    For the single create, one statement instead of a transaction around two
+    (records.bulk.insert_one_record): the key's row is inserted only where the
+    record is, and the record only where the key's row is new. A concurrent
+    request holding the key waits on the unique index exactly as in `run_once`;
+    a row found there makes the statement write nothing and the caller raise
+    KeyClaimed, and `run_once` then replays, refuses or runs again.
+    """
+
+    tenant_id: Any
+    key: str
+    fingerprint: bytes
+    outcome: Outcome
+    created: datetime
+    expires_at: datetime
+
+    def insert_sql(self, source: str) -> tuple[str, dict[str, Any]]:
+        """PostgreSQL: the INSERT of the row for each row of the CTE `source` (one, or
+        none to write nothing), doing nothing on a conflict, RETURNING 1 when it
+        inserted; with its parameters, named claim_*."""
+        status, body = self.outcome
+        return _CLAIM_INSERT.format(source=source), {
+            "claim_tenant": self.tenant_id,
+            "claim_key": self.key,
+            "claim_sha256": self.fingerprint,
+            "claim_status": status,
+            "claim_response": json.dumps(body),
+            "claim_created": self.created,
+            "claim_expires": self.expires_at,
+        }
+
+    def insert(self) -> None:
+        """Insert the row now, in the caller's transaction; KeyClaimed if it exists."""
+        row = _insert_new(
+            tenant=Tenant(pk=self.tenant_id),
+            key=self.key,
+            fingerprint=self.fingerprint,
+            now=self.created,
+            expires=self.expires_at,
+            planned=self.outcome,
+        )
+        if row is None:
+            raise KeyClaimed(self.key)
+
+
+def key_claim(*, tenant: Tenant, key: str, fingerprint: bytes, outcome: Outcome) -> KeyClaim:
+    """The claim of `key` (checked by `check_key`) for a create that will answer `outcome`."""
+    now = timezone.now()
+    return KeyClaim(
+        tenant_id=tenant.pk,
+        key=key,
+        fingerprint=fingerprint,
+        outcome=outcome,
+        created=now,
+        expires_at=now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS),
+    )
 
 
 def purge_expired() -> int:

@@ -16,10 +16,11 @@ import uuid
 from collections.abc import Sequence
 from functools import cache
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.urls import URLPattern, URLResolver, path
 
 from api.auth import by_method
+from api.idempotency import KeyClaim
 from keys.models import DataKey, DekState
 from records.api_views import record_create_batch_view, record_create_view, record_list
 from records.blindindex import INDEXED_FIELDS
@@ -62,15 +63,27 @@ def _dek_id(tenant_pk: uuid.UUID) -> int:
 
 
 def records_create_plain(
-    *, tenant: Tenant, items: Sequence[NewRecord], savepoint: bool = True
+    *,
+    tenant: Tenant,
+    items: Sequence[NewRecord],
+    savepoint: bool = True,
+    claim: KeyClaim | None = None,
 ) -> list[Record]:
+    if len(items) == 1 and is_postgres():
+        # One statement, all or nothing on its own: no transaction of its own.
+        # In a caller's, a savepoint keeps a failure from spoiling it, unless
+        # the caller ends it on any error (savepoint=False).
+        if connection.in_atomic_block and savepoint:
+            with transaction.atomic():
+                return [_create_one_plain(tenant, items[0], claim)]
+        return [_create_one_plain(tenant, items[0], claim)]
     with transaction.atomic(savepoint=savepoint):
-        if len(items) == 1 and is_postgres():
-            return [_create_one_plain(tenant, items[0])]
+        if claim is not None:
+            claim.insert()
         return _create_many_plain(tenant, items)
 
 
-def _create_one_plain(tenant: Tenant, item: NewRecord) -> Record:
+def _create_one_plain(tenant: Tenant, item: NewRecord, claim: KeyClaim | None) -> Record:
     """One statement, like the product's single create (records.services._create_one)."""
     row = Record(
         uid=item.uid or uuid.uuid4(), tenant=tenant, kind=item.kind, external_id=item.external_id
@@ -82,6 +95,7 @@ def _create_one_plain(tenant: Tenant, item: NewRecord) -> Record:
         paused=PAUSED_STATES,
         key_versions=None,
         key_states=(),
+        claim=claim,
     ):
         raise ServicePaused("paused")
     return row

@@ -19,7 +19,14 @@ from django.http.response import HttpResponseBase
 
 from api.auth import api_endpoint, no_content
 from api.errors import ApiError
-from api.idempotency import check_key, request_fingerprint, run_once
+from api.idempotency import (
+    KeyClaim,
+    KeyClaimed,
+    check_key,
+    key_claim,
+    request_fingerprint,
+    run_once,
+)
 from api.models import ApiToken
 from api.tokens import token_actor
 from keys.runtime import envelope
@@ -167,13 +174,21 @@ CreateRecords = Callable[..., list[Record]]
 
 
 def _create(
-    tenant: Tenant, item: NewRecord, made: list[Record], create: CreateRecords
+    tenant: Tenant,
+    item: NewRecord,
+    made: list[Record],
+    create: CreateRecords,
+    *,
+    claim: KeyClaim | None = None,
+    in_key_transaction: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     # No look first: the unique (tenant, kind, external_id) index answers a
-    # duplicate. No savepoint either: every error below leaves the transaction
-    # (the Idempotency-Key's, or the create's own), which is rolled back whole.
+    # duplicate. In the Idempotency-Key's transaction no savepoint either: every
+    # error below leaves that transaction, which is rolled back whole.
     try:
-        (created,) = create(tenant=tenant, items=[item], savepoint=False)
+        (created,) = create(
+            tenant=tenant, items=[item], savepoint=not in_key_transaction, claim=claim
+        )
     except (IntegrityError, psycopg.errors.UniqueViolation):
         raise _conflict() from None
     except ValidationError as exc:  # records_create's own checks, after ours
@@ -321,14 +336,23 @@ def _record_create(request: HttpRequest, create: CreateRecords) -> HttpResponse:
     if key is None:
         status, created = _create(tenant, item, made, create)
     else:
+        key = check_key(key)
+        fingerprint = request_fingerprint("POST", "/records", data)
         named = replace(item, uid=uuid.uuid4())
-        status, created, _ = run_once(
-            tenant=tenant,
-            key=check_key(key),
-            fingerprint=request_fingerprint("POST", "/records", data),
-            create=lambda: _create(tenant, named, made, create),
-            planned=(201, _created_json(named)),
-        )
+        planned = (201, _created_json(named))
+        try:
+            # The usual case, a key not seen before: its row and the record in
+            # one statement.
+            claim = key_claim(tenant=tenant, key=key, fingerprint=fingerprint, outcome=planned)
+            status, created = _create(tenant, named, made, create, claim=claim)
+        except KeyClaimed:  # a retry: replayed, refused, or run again if expired
+            status, created, _ = run_once(
+                tenant=tenant,
+                key=key,
+                fingerprint=fingerprint,
+                create=lambda: _create(tenant, named, made, create, in_key_transaction=True),
+                planned=planned,
+            )
     replayed = not made
     if made:
         body = record_json(made[0], item.fields)

@@ -17,6 +17,7 @@ import psycopg
 from django.db import connection
 from django.utils import timezone
 
+from api.idempotency import KeyClaim, KeyClaimed
 from records.models import Record, SealedFields
 
 RECORD_COLUMNS = ("id", "uid", "tenant_id", "kind", "external_id", "created")
@@ -108,23 +109,25 @@ def insert_records(rows: Sequence[Record]) -> list[Record]:
 
 
 # One record (a single API create): one statement, one round trip, for the
-# tenant's state, the record, its sealed fields and its lookup rows. The CTEs
-# that write run whether or not the final SELECT reads them (PostgreSQL runs
-# every data-modifying WITH exactly once); they write nothing when the tenant
-# is paused, since everything hangs off `open`.
+# tenant's state, the record, its sealed fields and its lookup rows, and with
+# an Idempotency-Key its row ({claim}). The CTEs that write run whether or not
+# the final SELECT reads them (PostgreSQL runs every data-modifying WITH
+# exactly once); they write nothing when the tenant is paused, since
+# everything hangs off `open`, and with a claim the record hangs off the
+# claim's row being new ({gate}).
 _INSERT_ONE = """
 WITH open AS (
     SELECT 1 FROM tenants_tenant WHERE id = %(tenant)s AND NOT (state = ANY(%(paused)s))
     AND (
         %(key_versions)s::int4[] IS NULL
         OR %(key_versions)s::int4[] = (
-            SELECT coalesce(array_agg(version ORDER BY version), '{}')
+            SELECT coalesce(array_agg(version ORDER BY version), '{{}}')
             FROM api_indexkey WHERE tenant_id = %(tenant)s AND state = ANY(%(key_states)s)
         )
     )
-), record AS (
+){claim}, record AS (
     INSERT INTO archive_record (uid, tenant_id, kind, external_id, created)
-    SELECT %(uid)s, %(tenant)s, %(kind)s, %(external_id)s, %(now)s FROM open
+    SELECT %(uid)s, %(tenant)s, %(kind)s, %(external_id)s, %(now)s FROM open{gate}
     RETURNING id
 ), sealed AS (
     INSERT INTO archive_sealedfields (record_id, dek_id, pii)
@@ -136,8 +139,9 @@ WITH open AS (
         unnest(%(fields)s::text[], %(versions)s::int4[], %(digests)s::bytea[])
         AS f(field, version, digest)
 )
-SELECT id FROM record
+SELECT (SELECT id FROM record), EXISTS (SELECT FROM open)
 """
+_INSERT_ONE_UNCLAIMED = _INSERT_ONE.format(claim="", gate="")
 
 
 def insert_one_record(
@@ -147,38 +151,50 @@ def insert_one_record(
     paused: Iterable[str],
     key_versions: list[int] | None,
     key_states: Iterable[str],
+    claim: KeyClaim | None = None,
 ) -> bool:
     """Insert one record, its sealed fields (`record.sealed`) and its lookup rows
     (index_keys.LookupValues; their record id is ignored), unless the tenant is
     in one of the `paused` states or, with `key_versions`, the versions of its
     index keys in `key_states` are not exactly those. True if written (the
-    record has its id then)."""
+    record has its id then).
+
+    With a `claim`, its Idempotency-Key row is written by the same statement,
+    and nothing is if the row exists already: KeyClaimed then.
+    """
     now = timezone.now()
     started = time.monotonic()
-    with raw_cursor() as cursor:
-        cursor.execute(
-            _INSERT_ONE,
-            {
-                "tenant": record.tenant_id,
-                "paused": sorted(paused),
-                "key_versions": key_versions,
-                "key_states": sorted(key_states),
-                "uid": record.uid,
-                "kind": record.kind,
-                "external_id": record.external_id,
-                "now": now,
-                "dek": record.sealed.dek_id,
-                "pii": record.sealed.pii,
-                "fields": [row[1] for row in lookup],
-                "versions": [row[2] for row in lookup],
-                "digests": [row[3] for row in lookup],
-            },
+    params = {
+        "tenant": record.tenant_id,
+        "paused": sorted(paused),
+        "key_versions": key_versions,
+        "key_states": sorted(key_states),
+        "uid": record.uid,
+        "kind": record.kind,
+        "external_id": record.external_id,
+        "now": now,
+        "dek": record.sealed.dek_id,
+        "pii": record.sealed.pii,
+        "fields": [row[1] for row in lookup],
+        "versions": [row[2] for row in lookup],
+        "digests": [row[3] for row in lookup],
+    }
+    sql = _INSERT_ONE_UNCLAIMED
+    if claim is not None:
+        claim_sql, claim_params = claim.insert_sql("open")
+        sql = _INSERT_ONE.format(
+            claim=f", claim AS ({claim_sql})", gate=" WHERE EXISTS (SELECT FROM claim)"
         )
-        row = cursor.fetchone()
-    _logged(_INSERT_ONE, started)
-    if row is None:
+        params |= claim_params
+    with raw_cursor() as cursor:
+        cursor.execute(sql, params)
+        record_id, open_ = cursor.fetchone() or (None, False)
+    _logged(sql, started)
+    if record_id is None:
+        if open_ and claim is not None:
+            raise KeyClaimed(claim.key)
         return False
-    record.pk = row[0]
+    record.pk = record_id
     record.created = now
     _mark_saved([record])
     return True

@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Sequence
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpRequest
 
+from api.idempotency import KeyClaim
 from audit.services import Actor
 from audit.services import record as audit
 from crypto.ciphertext import dek_id_of
@@ -76,19 +77,31 @@ def records_create(
     items: Sequence[NewRecord],
     batch_size: int = 2000,
     savepoint: bool = True,
+    claim: KeyClaim | None = None,
 ) -> list[Record]:
     """Encrypt and insert records in batches (COPY or one INSERT per batch, never per row).
 
-    In one transaction. `savepoint=False` for a caller already in a transaction
-    that it ends on any error from here (the API's Idempotency-Key transaction):
-    no savepoint round trips, and an error spoils that whole transaction.
+    All or nothing: one record on PostgreSQL is one statement (`_create_one`),
+    more are one transaction. `savepoint=False` for a caller already in a
+    transaction that it ends on any error from here (the API's Idempotency-Key
+    transaction): no savepoint round trips, and an error spoils that whole
+    transaction. `claim`: an Idempotency-Key row written with the records, or
+    KeyClaimed and nothing written if it exists.
     """
+    if len(items) == 1 and is_postgres():
+        # One statement, all or nothing on its own: no transaction of its own.
+        # In a caller's, a savepoint keeps a failure from spoiling it, unless
+        # the caller ends it on any error (savepoint=False).
+        if connection.in_atomic_block and savepoint:
+            with transaction.atomic():
+                return [_create_one(tenant, items[0], claim)]
+        return [_create_one(tenant, items[0], claim)]
     with transaction.atomic(savepoint=savepoint):
-        if len(items) == 1 and is_postgres():
-            return [_create_one(tenant, items[0])]
         _check_not_paused(tenant)
         for item in items:
             _validate(item)
+        if claim is not None:
+            claim.insert()
         created: list[Record] = []
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
@@ -100,10 +113,12 @@ def records_create(
         return created
 
 
-def _create_one(tenant: Tenant, item: NewRecord) -> Record:
+def _create_one(tenant: Tenant, item: NewRecord, claim: KeyClaim | None) -> Record:
     """One record in one statement that checks that the tenant is not paused and that
     its index keys are those the lookup rows were made with, and writes the record,
-    its sealed fields and its lookup rows (records.bulk.insert_one_record).
+    its sealed fields, its lookup rows and the claim's row if any
+    (records.bulk.insert_one_record). Nothing before it writes, so it needs no
+    transaction of its own: outside one, it commits on its own.
 
     The same checks in the same order as for many records: paused first, then
     the record's own (validation runs first here, and the state is read when
@@ -121,7 +136,12 @@ def _create_one(tenant: Tenant, item: NewRecord) -> Record:
             lookup_rows_to_check(tenant, item.fields, fresh=attempt > 0) if indexed else (None, [])
         )
         written = insert_one_record(
-            row, lookup, paused=PAUSED_STATES, key_versions=versions, key_states=WRITING_STATES
+            row,
+            lookup,
+            paused=PAUSED_STATES,
+            key_versions=versions,
+            key_states=WRITING_STATES,
+            claim=claim,
         )
         if written:
             return row

@@ -12,6 +12,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crypto.ciphertext import (
     CiphertextMalformed,
@@ -607,3 +609,139 @@ def test_nonces_of_the_envelope_are_distinct_in_a_forked_child():
     os.waitpid(pid, 0)
     child = {data[i : i + 12] for i in range(0, len(data), 12)}
     assert len(child) == 50 and not parent & child
+
+
+# -- pages: the shortcut for a page of one kind and field ---------------------
+
+_PAGE_IDS = (RECORD, OTHER, "r" * 40, "short", "")
+_FAILURES = (CiphertextMalformed, CiphertextUnauthentic, UnknownDataKey)
+
+
+def _outcome(call):
+    try:
+        return call()
+    except _FAILURES as exc:
+        return type(exc)
+
+
+def _sealed_world() -> tuple[World, list[tuple[str, str, str, bytes]]]:
+    """A tenant with blobs under two DEKs (a rotation in between), uuid and other ids."""
+    w = make()
+    pool = []
+    for dek in (1, 2):
+        w.states.set(TENANT, dek=dek)
+        w.clock.advance(INTERVAL)
+        page = [("user", "email", r, f"{dek} {r}".encode()) for r in _PAGE_IDS]
+        blobs = w.env.encrypt_many(TENANT, page)
+        pool += [(k, f, r, b) for (k, f, r, _), b in zip(page, blobs, strict=True)]
+    return w, pool
+
+
+_damage = st.one_of(
+    st.just(("none", 0)),
+    st.tuples(st.just("flip"), st.integers(0, 200)),
+    st.tuples(st.just("cut"), st.integers(0, 60)),
+    st.tuples(st.sampled_from(["format", "dek", "kind", "field", "id", "unknown dek"]), st.just(0)),
+)
+
+
+def _damaged(item: tuple[str, str, str, bytes], how: str, at: int):
+    kind, field_, record_id, blob = item
+    if how == "flip":
+        at %= len(blob)
+        return kind, field_, record_id, blob[:at] + bytes([blob[at] ^ 1]) + blob[at + 1 :]
+    if how == "cut":
+        return kind, field_, record_id, blob[: at % (len(blob) + 1)]
+    if how == "format":
+        return kind, field_, record_id, bytes([3 - blob[0]]) + blob[1:]
+    if how == "dek":  # the other DEK of the same tenant
+        return (
+            kind,
+            field_,
+            record_id,
+            bytes([blob[0]]) + struct.pack(">Q", 3 - dek_id_of(blob)) + blob[9:],
+        )
+    if how == "unknown dek":
+        return kind, field_, record_id, bytes([blob[0]]) + struct.pack(">Q", 77) + blob[9:]
+    if how == "kind":
+        return "device", field_, record_id, blob
+    if how == "field":
+        return kind, "phone", record_id, blob
+    if how == "id":
+        return kind, field_, RECORD if record_id != RECORD else OTHER, blob
+    return item
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 9), _damage), min_size=1, max_size=8),
+)
+def test_decrypt_many_opens_and_refuses_exactly_what_decrypt_does(picks):
+    """Whatever a page holds (DEKs and formats mixed, ids of other lengths, one blob
+    altered, cut, relabelled or moved), the page's answer is the per-blob answer:
+    every value, or the error of the first blob that does not open."""
+    w, pool = _sealed_world()
+    page = [_damaged(pool[i], how, at) for i, (how, at) in picks]
+    single = [_outcome(lambda item=item: w.env.decrypt(TENANT, *item)) for item in page]
+    first_error = next((o for o in single if isinstance(o, type)), None)
+    expected = first_error if first_error is not None else single
+    assert _outcome(lambda: w.env.decrypt_many(TENANT, page)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    page=st.lists(
+        st.tuples(
+            st.sampled_from(["user", "device"]),
+            st.sampled_from(["email", "phone"]),
+            st.sampled_from(_PAGE_IDS),
+            st.binary(max_size=40),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_encrypt_many_writes_what_decrypt_opens_under_each_binding(page):
+    w = make()
+    blobs = w.env.encrypt_many(TENANT, page)
+    assert len({b[9:21] for b in blobs}) == len(page)  # a nonce of its own each
+    for (kind, field_, record_id, value), blob in zip(page, blobs, strict=True):
+        assert w.env.decrypt(TENANT, kind, field_, record_id, blob) == value
+        for other in {"user", "device"} - {kind}:
+            with pytest.raises(CiphertextUnauthentic):
+                w.env.decrypt(TENANT, other, field_, record_id, blob)
+    assert w.env.take_counts() == {1: len(page)}
+
+
+def test_a_page_of_one_binding_is_opened_whole_and_a_moved_blob_still_refused():
+    w = make()
+    records = [f"{n:036d}" for n in range(50)]
+    page = [("user", "email", r, r.encode()) for r in records]
+    sealed = [
+        (k, f, r, b) for (k, f, r, _), b in zip(page, w.env.encrypt_many(TENANT, page), strict=True)
+    ]
+    assert w.env.decrypt_many(TENANT, sealed) == [r.encode() for r in records]
+    # Two blobs swapped between records of the same length: the page's own
+    # associated data carries each record's id, so neither opens.
+    swapped = [*sealed[:10], (*sealed[10][:3], sealed[11][3]), *sealed[11:]]
+    with pytest.raises(CiphertextUnauthentic):
+        w.env.decrypt_many(TENANT, swapped)
+    # The same blob under another tenant never opens, page or not.
+    with pytest.raises((CiphertextUnauthentic, UnknownDataKey)):
+        w.env.decrypt_many(OTHER, sealed)
+
+
+def test_a_cut_blob_is_malformed_or_unauthentic_with_the_key_in_hand():
+    """With the blob's key already in use (no check before the key is tried),
+    a blob cut short of a ciphertext is still malformed and a longer cut one
+    unauthentic, one at a time and in a page."""
+    w = make()
+    blob = w.env.encrypt(TENANT, "user", "email", RECORD, VALUE)
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+    for length in range(len(blob)):
+        expected = CiphertextMalformed if length < 37 else CiphertextUnauthentic
+        with pytest.raises(expected):
+            w.env.decrypt(TENANT, "user", "email", RECORD, blob[:length])
+        with pytest.raises(expected):
+            w.env.decrypt_many(TENANT, [("user", "email", RECORD, blob[:length])])
+    assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE

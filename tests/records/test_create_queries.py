@@ -20,13 +20,18 @@ from tenants.models import ServiceState, Tenant
 from tenants.states import ServicePaused
 from tests.api.conftest import user_record
 
-# The token and its tenant (one join); BEGIN; the Idempotency-Key's row with
-# its outcome; one statement checking the tenant's state and index keys and
-# writing the record, its sealed fields and lookup rows; COMMIT. (Under the
-# test's own transaction, BEGIN and COMMIT are a savepoint and its release.)
-SINGLE_CREATE_STATEMENTS = 5
+# The token and its tenant (one join); one statement checking the tenant's
+# state and index keys and writing the Idempotency-Key's row with its outcome,
+# the record, its sealed fields and lookup rows. No transaction around them:
+# the one statement that writes is all or nothing on its own.
+SINGLE_CREATE_STATEMENTS = ["SELECT", "WITH"]
 
 
+def _sent(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"].split(None, 1)[0].upper() for q in queries.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)  # as in production: no transaction is open
 def test_one_create_with_an_idempotency_key_and_an_indexed_field(acme, api) -> None:
     assert api.post("records", user_record("warm")).status_code == 201  # caches warm
     with CaptureQueriesContext(connection) as queries:
@@ -36,11 +41,33 @@ def test_one_create_with_an_idempotency_key_and_an_indexed_field(acme, api) -> N
             headers={"Idempotency-Key": "k-2"},
         )
     assert response.status_code == 201
-    sent = [q["sql"].split(None, 1)[0].upper() for q in queries.captured_queries]
-    assert len(sent) == SINGLE_CREATE_STATEMENTS, sent
+    assert _sent(queries) == SINGLE_CREATE_STATEMENTS
     record = Record.objects.get(tenant=acme.tenant, uid=response.json()["id"])
     assert LookupRow.objects.filter(record_id=record.pk).count() == 1
+    key = IdempotencyKey.objects.get(tenant=acme.tenant, key="k-2")
+    assert (key.status, key.response) == (
+        201,
+        {"id": str(record.uid), "kind": "user", "external_id": "u-2"},
+    )
     assert api.get(f"records/{record.uid}").json()["fields"] == {"email": "Ada@Example.com"}
+    # Without a key, the same single statement.
+    with CaptureQueriesContext(connection) as queries:
+        assert api.post("records", user_record("u-3")).status_code == 201
+    assert _sent(queries) == SINGLE_CREATE_STATEMENTS
+
+
+def test_in_a_callers_transaction_a_failed_create_leaves_it_usable(acme, api) -> None:
+    """Inside a transaction (here the test's), the one statement runs in a savepoint:
+    a duplicate is a 409 and the transaction goes on."""
+    body = user_record("u-9", email="d@example.com")
+    assert api.post("records", body, headers={"Idempotency-Key": "k-9"}).status_code == 201
+    with CaptureQueriesContext(connection) as queries:
+        duplicate = api.post("records", body, headers={"Idempotency-Key": "k-10"})
+    assert duplicate.status_code == 409
+    # The failed statement itself is not in the log: it logs what completed.
+    assert _sent(queries) == ["SELECT", "SAVEPOINT", "ROLLBACK", "RELEASE"]
+    assert Record.objects.filter(tenant=acme.tenant, external_id="u-9").count() == 1
+    assert not IdempotencyKey.objects.filter(tenant=acme.tenant, key="k-10").exists()
 
 
 def test_a_create_after_an_index_key_rotation_indexes_under_both_keys(acme, api) -> None:
