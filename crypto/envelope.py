@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from operator import itemgetter, length_hint
+from operator import countOf, itemgetter, length_hint
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -427,11 +427,10 @@ class Envelope:
         uniform = _uniform(items)
         if uniform is not None:
             kind, field, rids, values = uniform
-            lengths = list(map(len, rids))
-            n = lengths[0]
+            n = len(rids[0])
             # The length of the record id is in the associated data's prefix:
             # one prefix serves the page only if every id has that length.
-            if lengths.count(n) == count:
+            if countOf(map(len, rids), n) == count:
                 prefix = prefixes.get((kind, field, n)) or self._seal_prefix(
                     hot, tenant_id, kind, field, n
                 )
@@ -471,8 +470,8 @@ class Envelope:
             found = openers.get((head, kind, field, n))
             if (
                 found is not None
-                and list(map(len, rids)).count(n) == count
-                and list(map(_HEAD, blobs)).count(head) == count
+                and countOf(map(len, rids), n) == count
+                and countOf(map(_HEAD, blobs), head) == count
             ):
                 open_, prefix = found
                 try:

@@ -14,7 +14,9 @@ from tenants.models import Tenant
 # Operations that carry an encryption context: only these can be limited to the
 # tenant by a kms:EncryptionContext condition. Any other operation under such a
 # condition is denied outright (DescribeKey carries no context).
-WITH_CONTEXT = ("kms:Encrypt", "kms:Decrypt")
+# kms:ReEncrypt* lets a rotation rewrap inside KMS (ReEncrypt): without it, a
+# rotation falls back to Decrypt and Encrypt.
+WITH_CONTEXT = ("kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*")
 # What Save and Test and the health check read about the key itself.
 WITHOUT_CONTEXT = ("kms:DescribeKey", "kms:ListKeyRotations")
 

@@ -53,6 +53,7 @@ GUARDED = frozenset(
         "describe",
         "current_version",
         "rewrap",
+        "reencrypt",
         "rotate_now",
         "prepare_enable",
     }

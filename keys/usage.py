@@ -48,6 +48,7 @@ KEY_STORE_OPERATIONS = {
     "describe": "Describe",
     "current_version": "Version",
     "rewrap": "Rewrap",
+    "reencrypt": "Re-encrypt",
     "rotate_now": "Rotate",
     "prepare_enable": "Prepare",
 }

@@ -39,7 +39,7 @@ from crypto.envelope import ACTIVE, KeyRevoked
 from keys.consumers import WrappedKey
 from keys.errors import KeyActionRefused
 from keys.models import KeySource
-from keys.providers.base import KeyProvider
+from keys.providers.base import KeyProvider, move_wrapped
 from keys.registry import provider_for
 from keys.runtime import envelope
 from keys.selectors.sources import active_source
@@ -422,9 +422,13 @@ def index_keys_move(
             return False
         before = bytes(key.wrapped)
         context = index_context(str(tenant.pk), key.version)
-        material = provider_for(kek.source).unwrap(before, context, kek.provider_version)
-        wrapped = wrapper.wrap(material, context)
-        del material
+        wrapped = move_wrapped(
+            before,
+            context,
+            kek.provider_version,
+            source=provider_for(kek.source),
+            into=wrapper,
+        )
         with transaction.atomic():
             if Tenant.objects.select_for_update().get(pk=tenant.pk).state != while_state:
                 return False

@@ -150,6 +150,14 @@ class KeyProvider(abc.ABC):
         """Enable was refused after `prepare_enable`: undo what it made, if anything."""
         return None
 
+    def reencrypt(
+        self, wrapped: bytes, context: Context, version: str, *, into: KeyProvider
+    ) -> Wrapped | None:
+        """`wrapped` (under this provider's `version`) wrapped under `into`'s key by the
+        key store itself, the DEK never leaving it, where the store can do that
+        between these two; None where it cannot, and the caller unwraps and wraps."""
+        return None
+
     def needs_rewrap(self, wrapped: bytes) -> bool:
         """A blob in a format that is read but no longer written: a task rewraps
         it under the same key version (`rewrap`)."""
@@ -203,3 +211,19 @@ class KeyProvider(abc.ABC):
 
 def all_required_passed(results: list[CheckResult]) -> bool:
     return bool(results) and all(r.passed for r in results if r.required)
+
+
+def move_wrapped(
+    wrapped: bytes, context: Context, version: str, *, source: KeyProvider, into: KeyProvider
+) -> Wrapped:
+    """`wrapped` (under `source`'s `version`) wrapped under `into`'s key: inside the key
+    store where it can (`reencrypt`), else unwrapped and wrapped again here, the
+    plaintext held by this frame only."""
+    moved = source.reencrypt(wrapped, context, version, into=into)
+    if moved is not None:
+        return moved
+    material = source.unwrap(wrapped, context, version)
+    try:
+        return into.wrap(material, context)
+    finally:
+        del material

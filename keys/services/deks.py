@@ -31,6 +31,7 @@ from keys.models import (
 from keys.providers.base import (
     KeyProvider,
     Wrapped,
+    move_wrapped,
 )
 from keys.registry import provider_for
 from keys.rootkey import local_provider
@@ -351,8 +352,10 @@ def rewrap_many(
     1. Before each batch the tenant must still be in `while_state`; the batch's
        rows are read, and the provider of each KEK they are under is built here
        (building one may read the database; the calls below never do).
-    2. Each DEK is unwrapped and wrapped again in one call of `_rewrapped`, so
-       its plaintext never leaves that frame. Up to `concurrency` such calls are
+    2. Each DEK is moved in one call of `_rewrapped`: by the key store itself
+       where it can (`KeyProvider.reencrypt`: AWS KMS between two keys of one
+       principal and region), else unwrapped and wrapped again there, so its
+       plaintext never leaves that frame. Up to `concurrency` such calls are
        in flight when both providers say their calls only wait on a remote key
        store (`remote`); otherwise one at a time here, since an in-process
        provider (uploaded keys read their material from the database) gains
@@ -409,11 +412,13 @@ def _rewrapped(
     context = dek_context(str(tenant.pk), dek.version)
     unwrapper = unwrappers[dek.kek_version.source.pk]
     try:
-        material = unwrapper.unwrap(bytes(dek.wrapped), context, dek.kek_version.provider_version)
-        try:
-            return wrapper.wrap(material, context)
-        finally:
-            del material
+        return move_wrapped(
+            bytes(dek.wrapped),
+            context,
+            dek.kek_version.provider_version,
+            source=unwrapper,
+            into=wrapper,
+        )
     except Exception as exc:
         return exc
 

@@ -171,8 +171,9 @@ def kek_rewrap_run(*, source_id: str) -> str:
     Only DEKs are read and written: the data under them is never touched, so
     the job takes as long with a million records as with none.
 
-    The calls overlap, KEYWARD_KEK_REWRAP_CONCURRENCY at most: each DEK is two
-    round trips (unwrap, wrap) that mostly wait on the network. The bound is
+    The calls overlap, KEYWARD_KEK_REWRAP_CONCURRENCY at most: each DEK is one
+    round trip (AWS KMS ReEncrypt) or two (unwrap, wrap) that mostly wait on the
+    network. The bound is
     the customer's: their key store's request quota (AWS KMS: a few thousand
     cryptographic calls per second, per account and region, shared with
     everything else they run) must not be spent by one tenant's rotation, and

@@ -8,9 +8,7 @@ import pytest
 from tests.keys.test_aws_kms_provider import fake_aws  # noqa: F401
 
 
-@pytest.fixture
-def byok(acme, aws_env) -> Any:
-    """A tenant protected by a customer's AWS KMS key, through an alias (LocalStack)."""
+def _byok(acme: Any, role_arn: str) -> Any:
     from records.services import records_create
     from records.synthetic import synthetic_records
     from tenants.models import ServiceState
@@ -23,10 +21,23 @@ def byok(acme, aws_env) -> Any:
     kms.create_alias(AliasName=alias, TargetKeyId=key_arn.rsplit("/", 1)[1])
     alias_arn = f"arn:aws:kms:eu-west-1:{CUSTOMER_ACCOUNT}:{alias}"
     records = records_create(tenant=acme.tenant, items=list(synthetic_records(5)))
-    enable_aws(acme.tenant, alias_arn)
+    enable_aws(acme.tenant, alias_arn, role_arn)
     acme.tenant.refresh_from_db()
     assert acme.tenant.state == ServiceState.BYOK_ACTIVE
     return {"acme": acme, "kms": kms, "key_arn": key_arn, "alias": alias, "records": records}
+
+
+@pytest.fixture
+def byok(acme, aws_env) -> Any:
+    """A tenant protected by a customer's AWS KMS key, through an alias (LocalStack),
+    used by the vendor's own AWS principal."""
+    return _byok(acme, "")
+
+
+@pytest.fixture
+def byok_role(acme, aws_env) -> Any:
+    """The same, used through a role in the customer's account (Keyward assumes it)."""
+    return _byok(acme, f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role/keyward-access")
 
 
 @pytest.fixture

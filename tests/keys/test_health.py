@@ -23,11 +23,11 @@ SYSTEM = Actor.system("tests")
 ADMIN = Actor("user", "0", "key admin (tests)")
 
 
-def enable_aws(tenant: Tenant, key_arn: str) -> KeySource:
+def enable_aws(tenant: Tenant, key_arn: str, role_arn: str = "") -> KeySource:
     source = key_source_register(
         tenant=tenant,
         kind=SourceKind.AWS_KMS,
-        config={"key_arn": key_arn, "role_arn": "", "external_id": "keyward-test"},
+        config={"key_arn": key_arn, "role_arn": role_arn, "external_id": "keyward-test"},
         actor=SYSTEM,
     )
     source = key_source_test(source=source, actor=SYSTEM)

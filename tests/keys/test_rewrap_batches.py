@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.faults
 
 
 class Wraps:
-    """Counts AWS KMS wraps per data key and the most calls in flight at once."""
+    """Counts each data key's moves under the new key (AWS KMS ReEncrypt, or Encrypt
+    after Decrypt) and the most such calls in flight at once."""
 
     def __init__(self, fail_at: int = 0) -> None:
         self.lock = threading.Lock()
@@ -38,30 +40,45 @@ class Wraps:
         self.in_flight = 0
         self.most_in_flight = 0
         self.fail_at = fail_at
+        self.by: Counter[str] = Counter()  # "reencrypt" or "wrap"
+
+    def counted(self, name: str, call: Any, context: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            failing = self.calls == self.fail_at
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if failing:
+                raise KeyUnavailable("injected: the key store dropped this call")
+            result = call()
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if result is not None and context.get("keyward:purpose") == "dek":  # not other keys
+            with self.lock:
+                self.done[context["keyward:dek"]] += 1
+                self.by[name] += 1
+        return result
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real_wrap = AwsKmsProvider.wrap
+        real_wrap, real_reencrypt = AwsKmsProvider.wrap, AwsKmsProvider.reencrypt
         wraps = self
 
         def counted_wrap(provider: AwsKmsProvider, dek: bytes, context: Any) -> Any:
-            with wraps.lock:
-                wraps.calls += 1
-                failing = wraps.calls == wraps.fail_at
-                wraps.in_flight += 1
-                wraps.most_in_flight = max(wraps.most_in_flight, wraps.in_flight)
-            try:
-                if failing:
-                    raise KeyUnavailable("injected: the key store dropped this call")
-                wrapped = real_wrap(provider, dek, context)
-            finally:
-                with wraps.lock:
-                    wraps.in_flight -= 1
-            if context.get("keyward:purpose") == "dek":  # not the tenant's other keys
-                with wraps.lock:
-                    wraps.done[context["keyward:dek"]] += 1
-            return wrapped
+            return wraps.counted("wrap", lambda: real_wrap(provider, dek, context), context)
+
+        def counted_reencrypt(
+            provider: AwsKmsProvider, wrapped: bytes, context: Any, version: str, *, into: Any
+        ) -> Any:
+            return wraps.counted(
+                "reencrypt",
+                lambda: real_reencrypt(provider, wrapped, context, version, into=into),
+                context,
+            )
 
         monkeypatch.setattr(AwsKmsProvider, "wrap", counted_wrap)
+        monkeypatch.setattr(AwsKmsProvider, "reencrypt", counted_reencrypt)
 
 
 def rotated(byok: Any, deks: int) -> tuple[Tenant, KeySource, str]:
@@ -75,8 +92,9 @@ def rotated(byok: Any, deks: int) -> tuple[Tenant, KeySource, str]:
 
 
 def test_each_dek_is_wrapped_once_with_calls_overlapping_within_the_bound(
-    byok, settings, monkeypatch
+    byok_role, settings, monkeypatch
 ) -> None:
+    byok = byok_role
     settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 4
     tenant, source, new_key = rotated(byok, 24)
     wraps = Wraps()
@@ -85,6 +103,7 @@ def test_each_dek_is_wrapped_once_with_calls_overlapping_within_the_bound(
     deks = DataKey.objects.filter(tenant=tenant)
     assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
     assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+    assert wraps.by == {"reencrypt": 24}  # inside KMS: one call per data key
     assert 1 < wraps.most_in_flight <= 4
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
     assert AuditEvent.objects.filter(tenant=tenant, action="kek.rotation_done").count() == 1
@@ -92,9 +111,11 @@ def test_each_dek_is_wrapped_once_with_calls_overlapping_within_the_bound(
     assert record_fields(tenant, byok["records"][0])
 
 
+@pytest.mark.parametrize("principal", ["byok", "byok_role"])
 def test_a_call_failing_mid_batch_keeps_what_moved_and_a_rerun_moves_the_rest_once(
-    byok, settings, monkeypatch
+    principal, request, settings, monkeypatch
 ) -> None:
+    byok = request.getfixturevalue(principal)
     settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 4
     count = scale(12, 40)
     tenant, source, new_key = rotated(byok, count)
@@ -111,3 +132,103 @@ def test_a_call_failing_mid_batch_keeps_what_moved_and_a_rerun_moves_the_rest_on
     assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
     assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
     assert AuditEvent.objects.filter(tenant=tenant, action="kek.rotation_done").count() == 1
+
+
+def test_a_rotation_inside_one_key_source_never_brings_a_dek_here(
+    byok_role, settings, monkeypatch
+) -> None:
+    """KMS ReEncrypt moves every data key and index key: not one is decrypted to Keyward."""
+    byok = byok_role
+    tenant, source, new_key = rotated(byok, 6)
+    real_unwrap = AwsKmsProvider.unwrap
+
+    def no_unwrap(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a key was unwrapped during the rewrap")
+
+    monkeypatch.setattr(AwsKmsProvider, "unwrap", no_unwrap)
+    assert kek_rewrap_run(source_id=str(source.pk)) == "done"
+    monkeypatch.setattr(AwsKmsProvider, "unwrap", real_unwrap)
+    deks = DataKey.objects.filter(tenant=tenant)
+    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
+    reset_for_tests()
+    for record in byok["records"]:
+        assert record_fields(tenant, record)
+
+
+def _kms_answers(monkeypatch: pytest.MonkeyPatch, operation: str, code: str) -> list[str]:
+    """Every KMS `operation` Keyward sends gets AWS's `code` error instead of going out
+    (injected in botocore, between Keyward and LocalStack); returns the calls refused."""
+    refused: list[str] = []
+    real_client = AwsKmsProvider._client
+
+    def refuse(**kwargs: Any) -> Any:
+        refused.append(operation)
+        http = SimpleNamespace(status_code=400, headers={})
+        return http, {
+            "Error": {"Code": code, "Message": f"injected {code}"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+
+    def client(provider: AwsKmsProvider, service: str, region: str, **kwargs: Any) -> Any:
+        made = real_client(provider, service, region, **kwargs)
+        made.meta.events.register(
+            f"before-call.kms.{operation}", refuse, unique_id=f"refuse-{operation}"
+        )
+        return made
+
+    monkeypatch.setattr(AwsKmsProvider, "_client", client)
+    return refused
+
+
+def test_a_key_policy_without_reencrypt_rotates_with_decrypt_and_encrypt(
+    byok_role, settings, monkeypatch
+) -> None:
+    """A policy written before kms:ReEncrypt* was asked for: the rotation still
+    completes, each provider trying ReEncrypt once before it falls back."""
+    settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 1
+    settings.KEYWARD_KEK_REWRAP_BATCH = 4
+    byok = byok_role
+    tenant, source, new_key = rotated(byok, 10)
+    refused = _kms_answers(monkeypatch, "ReEncrypt", "AccessDeniedException")
+    wraps = Wraps()
+    wraps.install(monkeypatch)
+    assert kek_rewrap_run(source_id=str(source.pk)) == "done"
+    deks = DataKey.objects.filter(tenant=tenant)
+    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
+    assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+    assert wraps.by == {"wrap": 10}
+    assert len(refused) == 1  # the provider is reused: it asks once
+    reset_for_tests()
+    assert record_fields(tenant, byok["records"][0])
+
+
+@pytest.mark.parametrize(
+    "code", ["DisabledException", "NotFoundException", "IncorrectKeyException"]
+)
+def test_any_refusal_of_reencrypt_leaves_the_verdict_to_decrypt_and_encrypt(
+    byok_role, settings, monkeypatch, code
+) -> None:
+    """A refused ReEncrypt is not a failed rotation: Decrypt and Encrypt run, and
+    say what is wrong if anything is (here nothing: the key is fine)."""
+    settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 1
+    tenant, source, new_key = rotated(byok_role, 3)
+    refused = _kms_answers(monkeypatch, "ReEncrypt", code)
+    assert kek_rewrap_run(source_id=str(source.pk)) == "done"
+    assert len(refused) == 1
+    assert set(
+        DataKey.objects.filter(tenant=tenant).values_list(
+            "kek_version__provider_version", flat=True
+        )
+    ) == {new_key}
+
+
+def test_a_throttled_reencrypt_fails_the_batch_for_a_retry(
+    byok_role, settings, monkeypatch
+) -> None:
+    settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 1
+    tenant, source, new_key = rotated(byok_role, 3)
+    _kms_answers(monkeypatch, "ReEncrypt", "ThrottlingException")
+    with pytest.raises(KeyUnavailable, match=r"ReEncrypt .* ThrottlingException"):
+        kek_rewrap_run(source_id=str(source.pk))
+    assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.REWRAPPING
+    assert not DataKey.objects.filter(tenant=tenant, kek_version__provider_version=new_key).exists()

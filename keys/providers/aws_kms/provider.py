@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import boto3.session
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,10 +17,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from keys.providers.aws_kms.config import (
     AwsKmsConfig,
     InvalidArn,
+    ParsedArn,
     VendorCredentials,
     parse_kms_arn,
 )
-from keys.providers.aws_kms.errors import ACCESS_DENIED, EXPIRED, aws_code, aws_error, aws_message
+from keys.providers.aws_kms.errors import (
+    ACCESS_DENIED,
+    EXPIRED,
+    AwsKeyAccessDenied,
+    AwsKeyMaterialInvalid,
+    aws_code,
+    aws_error,
+    aws_message,
+)
 from keys.providers.aws_kms.transport import (
     AssumedCredentials,
     assume_role,
@@ -129,6 +138,8 @@ class AwsKmsProvider(KeyProvider):
         self._assumed_refresh_at = 0.0
         self._resolved_key_arn: str | None = None if self._parsed.is_alias else config.key_arn
         self.credential_refreshes = 0
+        # Set once KMS refused a ReEncrypt (see `reencrypt`).
+        self._reencrypt_denied = False
 
     def __repr__(self) -> str:
         role = f" role={self.config.role_arn}" if self.config.role_arn else ""
@@ -262,16 +273,10 @@ class AwsKmsProvider(KeyProvider):
                 KeyId=target, Plaintext=bytes(dek), EncryptionContext=encryption_context
             ),
         )
-        key_arn = str(response.get("KeyId", ""))
-        try:
-            parse_kms_arn(key_arn, allowed_partitions=self.config.allowed_partitions)
-        except InvalidArn:
-            raise KeyMaterialInvalid(
-                f"AWS KMS Encrypt on {target} did not name the key ARN that encrypted"
-            ) from None
-        return Wrapped(bytes(response["CiphertextBlob"]), key_arn)
+        return self._wrapped(response, "Encrypt", target)
 
-    def unwrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
+    def _recorded_key(self, wrapped: bytes, version: str) -> ParsedArn:
+        """The key ARN a wrapped key was recorded under, checked before any call."""
         try:
             key = parse_kms_arn(version, allowed_partitions=self.config.allowed_partitions)
         except InvalidArn as exc:
@@ -287,6 +292,70 @@ class AwsKmsProvider(KeyProvider):
             )
         if not isinstance(wrapped, bytes | bytearray) or not 1 <= len(wrapped) <= _MAX_CIPHERTEXT:
             raise KeyMaterialInvalid(f"a wrapped key is 1 to {_MAX_CIPHERTEXT} bytes")
+        return key
+
+    def reencrypt(
+        self, wrapped: bytes, context: Context, version: str, *, into: KeyProvider
+    ) -> Wrapped | None:
+        """KMS ReEncrypt: one call instead of Decrypt and Encrypt, and the DEK is
+        decrypted and encrypted again inside KMS, never sent to Keyward.
+
+        Only between two keys the same principal reaches (the same role and
+        external id, or the vendor's own principal for both) in one region,
+        which is what a rotation of one key source is. A key policy written
+        before Keyward asked for kms:ReEncrypt* denies it: after any refusal
+        this provider says None from here on, and the rotation goes on with
+        Decrypt and Encrypt, which that policy allows.
+        """
+        if self._reencrypt_denied or into.kind != self.kind:
+            return None
+        # `into` may be the registry's wrapper around the provider (circuit, usage):
+        # its attributes are the provider's.
+        other = cast(AwsKmsProvider, into)
+        if (other.config.role_arn, other.config.external_id, other.endpoint_url) != (
+            self.config.role_arn,
+            self.config.external_id,
+            self.endpoint_url,
+        ):
+            return None
+        key = self._recorded_key(wrapped, version)
+        target = other.config.key_arn
+        if other.config.region != key.region:
+            return None
+        encryption_context = _encryption_context(context)
+        try:
+            response = self._call(
+                "ReEncrypt",
+                version,
+                key.region,
+                lambda kms: kms.re_encrypt(
+                    CiphertextBlob=bytes(wrapped),
+                    SourceKeyId=version,
+                    SourceEncryptionContext=encryption_context,
+                    DestinationKeyId=target,
+                    DestinationEncryptionContext=encryption_context,
+                ),
+            )
+        except (AwsKeyAccessDenied, AwsKeyMaterialInvalid):
+            # Refused, not failed: Decrypt and Encrypt then say what is wrong, if
+            # anything (a disabled key is refused by both; a policy without
+            # kms:ReEncrypt* only by this). A transient error is raised as usual.
+            self._reencrypt_denied = True
+            return None
+        return other._wrapped(response, "ReEncrypt", target)
+
+    def _wrapped(self, response: dict[str, Any], operation: str, target: str) -> Wrapped:
+        key_arn = str(response.get("KeyId", ""))
+        try:
+            parse_kms_arn(key_arn, allowed_partitions=self.config.allowed_partitions)
+        except InvalidArn:
+            raise KeyMaterialInvalid(
+                f"AWS KMS {operation} on {target} did not name the key ARN that encrypted"
+            ) from None
+        return Wrapped(bytes(response["CiphertextBlob"]), key_arn)
+
+    def unwrap(self, wrapped: bytes, context: Context, version: str) -> bytes:
+        key = self._recorded_key(wrapped, version)
         encryption_context = _encryption_context(context)
         response = self._call(
             "Decrypt",
