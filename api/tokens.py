@@ -122,7 +122,9 @@ def api_token_authenticate(text: str) -> ApiToken | None:
     if match is None:
         return None
     prefix, secret = match.groups()
-    token = ApiToken.objects.select_related("tenant").filter(prefix=prefix).first()
+    # The prefix is unique: no ORDER BY (first() would add one, for nothing).
+    found = list(ApiToken.objects.select_related("tenant").filter(prefix=prefix)[:1])
+    token = found[0] if found else None
     stored = bytes(token.secret_sha256) if token is not None else _DUMMY_HASH
     if not hmac.compare_digest(stored, _hash(secret)) or token is None:
         return None
