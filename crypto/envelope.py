@@ -38,13 +38,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from operator import countOf, itemgetter, length_hint
+from operator import countOf, length_hint
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 
 from crypto.ciphertext import (
+    BODY_OF,
+    HEAD_OF,
     HEADER_SIZE,
+    NONCE_OF,
     NONCE_SIZE,
     NONCES,
     OVERHEAD,
@@ -471,12 +474,14 @@ class Envelope:
             if (
                 found is not None
                 and countOf(map(len, rids), n) == count
-                and countOf(map(_HEAD, blobs), head) == count
+                and countOf(map(HEAD_OF, blobs), head) == count
             ):
                 open_, prefix = found
                 try:
                     return list(
-                        map(open_, map(_NONCE, blobs), map(_BODY, blobs), _aads(prefix, rids, n))
+                        map(
+                            open_, map(NONCE_OF, blobs), map(BODY_OF, blobs), _aads(prefix, rids, n)
+                        )
                     )
                 except (InvalidTag, ValueError):
                     pass  # ValueError: a nonce cut short by a truncated blob
@@ -506,12 +511,6 @@ class Envelope:
             ]
         except InvalidTag:
             raise CiphertextUnauthentic(UNAUTHENTIC) from None
-
-
-# Slicing every blob of a page in C (map over an itemgetter), not per blob in Python.
-_HEAD = itemgetter(slice(0, HEADER_SIZE))
-_NONCE = itemgetter(slice(HEADER_SIZE, HEADER_SIZE + NONCE_SIZE))
-_BODY = itemgetter(slice(HEADER_SIZE + NONCE_SIZE, None))
 
 
 def _aads(prefix: bytes, rids: list[bytes], n: int) -> tuple[bytes, ...]:
