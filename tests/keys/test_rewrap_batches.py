@@ -81,6 +81,13 @@ class Wraps:
         monkeypatch.setattr(AwsKmsProvider, "reencrypt", counted_reencrypt)
 
 
+def assert_each_moved_once(tenant: Tenant, new_key: str, wraps: Wraps) -> None:
+    """Every data key of the tenant is under `new_key`, moved by exactly one call."""
+    deks = DataKey.objects.filter(tenant=tenant)
+    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
+    assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+
+
 def rotated(byok: Any, deks: int) -> tuple[Tenant, KeySource, str]:
     """`deks` data keys under the old key, the alias moved and the rotation confirmed."""
     tenant = byok["acme"].tenant
@@ -100,9 +107,7 @@ def test_each_dek_is_wrapped_once_with_calls_overlapping_within_the_bound(
     wraps = Wraps()
     wraps.install(monkeypatch)
     assert kek_rewrap_run(source_id=str(source.pk)) == "done"
-    deks = DataKey.objects.filter(tenant=tenant)
-    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
-    assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+    assert_each_moved_once(tenant, new_key, wraps)
     assert wraps.by == {"reencrypt": 24}  # inside KMS: one call per data key
     assert 1 < wraps.most_in_flight <= 4
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.BYOK_ACTIVE
@@ -129,8 +134,7 @@ def test_a_call_failing_mid_batch_keeps_what_moved_and_a_rerun_moves_the_rest_on
     assert moved == sum(wraps.done.values())  # every successful wrap was kept
     assert Tenant.objects.get(pk=tenant.pk).state == ServiceState.REWRAPPING
     assert kek_rewrap_run(source_id=str(source.pk)) == "done"
-    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
-    assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+    assert_each_moved_once(tenant, new_key, wraps)
     assert AuditEvent.objects.filter(tenant=tenant, action="kek.rotation_done").count() == 1
 
 
@@ -193,9 +197,7 @@ def test_a_key_policy_without_reencrypt_rotates_with_decrypt_and_encrypt(
     wraps = Wraps()
     wraps.install(monkeypatch)
     assert kek_rewrap_run(source_id=str(source.pk)) == "done"
-    deks = DataKey.objects.filter(tenant=tenant)
-    assert set(deks.values_list("kek_version__provider_version", flat=True)) == {new_key}
-    assert wraps.done == {str(v): 1 for v in deks.values_list("version", flat=True)}
+    assert_each_moved_once(tenant, new_key, wraps)
     assert wraps.by == {"wrap": 10}
     assert len(refused) == 1  # the provider is reused: it asks once
     reset_for_tests()
