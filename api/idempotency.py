@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -109,6 +109,12 @@ def run_once(
         return status, body, False
 
 
+def _prep(name: str, value: Any) -> Any:
+    field = IdempotencyKey._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field.get_db_prep_value(value, connection)
+
+
 def _insert_new(
     *,
     tenant: Tenant,
@@ -126,14 +132,16 @@ def _insert_new(
             f"INSERT INTO {table} (tenant_id, key, request_sha256, status, response, "  # noqa: S608 (the model's own table name)
             "created, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING id",
+            # Each value as its column's field makes it for this database: SQLite's
+            # driver takes neither a UUID nor an aware datetime as they are.
             [
-                tenant.pk,
+                _prep("tenant", tenant.pk),
                 key,
-                fingerprint,
+                _prep("request_sha256", fingerprint),
                 status,
                 None if response is None else json.dumps(response),
-                now,
-                expires,
+                _prep("created", now),
+                _prep("expires_at", expires),
             ],
         )
         inserted = cursor.fetchone()

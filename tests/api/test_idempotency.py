@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +133,36 @@ def test_two_concurrent_retries_store_once(acme) -> None:
         assert results[0].json() == results[1].json()
         assert sorted(r.has_header("Idempotent-Replayed") for r in results) == [False, True]
         assert Record.objects.filter(tenant=acme.tenant).count() == 1
+
+
+def test_keys_work_on_the_embedded_sqlite_database(tmp_path) -> None:
+    """`make run`'s database: a create with a key once answered 500 there (the driver
+    takes no UUID as it is)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "KEYWARD_"))},
+        "KEYWARD_MODE": "embedded",
+        "KEYWARD_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'keyward.sqlite3'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.api.embedded_idempotency"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout)
+    assert answers["vendor"] == "sqlite"
+    status, replayed, first_id = answers["first"]
+    assert (status, replayed) == (201, None)
+    assert answers["retry"] == [201, "true", first_id]
+    assert answers["other body"] == 409
+    assert answers["duplicate"] == 409
+    status, replayed, batch_ids = answers["batch"]
+    assert (status, replayed, len(batch_ids)) == (201, None, 3)
+    assert answers["batch retry"] == [201, "true", batch_ids]
+    assert answers["records"] == 4  # one and three: no retry stored twice, no failure stored
+    assert answers["keys"] == ["k-1", "k-3"]
