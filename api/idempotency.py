@@ -178,6 +178,12 @@ _CLAIM_INSERT = (
 )
 
 
+_CLAIM_EXISTED = (
+    "EXISTS (SELECT 1 FROM api_idempotencykey "
+    "WHERE tenant_id = %(claim_tenant)s::uuid AND key = %(claim_key)s::text)"
+)
+
+
 @dataclass(frozen=True)
 class KeyClaim:
     """A new Idempotency-Key row holding the outcome its create will have, written
@@ -212,6 +218,12 @@ class KeyClaim:
             "claim_created": self.created,
             "claim_expires": self.expires_at,
         }
+
+    def existed_sql(self) -> str:
+        """PostgreSQL: true when the key's row was there before the statement began (a
+        retry), whatever the rest of the statement may do; with `insert_sql`'s
+        parameters."""
+        return _CLAIM_EXISTED
 
     def insert(self) -> None:
         """Insert the row now, in the caller's transaction; KeyClaimed if it exists."""

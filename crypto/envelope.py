@@ -457,26 +457,30 @@ class Envelope:
         """Decrypt a page of one tenant's blobs, of any DEKs and formats: one state check.
 
         A page of one kind and field, with record ids of one length, whose
-        blobs all carry the header of a key already in use (the usual page) is
-        opened with no Python code per blob: every blob of it would take the
-        same key and associated data prefix on the per-blob path. A blob there
-        that is cut short or altered fails to authenticate, and the page is
-        opened again blob by blob, which opens what is sound and says what is
-        wrong exactly as `decrypt` does: the shortcut can fail, never accept more.
+        blobs all carry one header (the usual page) is opened with no Python
+        code per blob: every blob of it would take the same key and associated
+        data prefix on the per-blob path. A blob there that is cut short or
+        altered fails to authenticate, and the page is opened again blob by
+        blob, which opens what is sound and says what is wrong exactly as
+        `decrypt` does: the shortcut can fail, never accept more.
         """
         hot = self._fresh_hot(tenant_id)
         openers = hot.opening
+
+        def opener(kind: str, field: str, n: int, blob: bytes) -> tuple[Open, bytes]:
+            parse_header(blob)  # malformed: before any key is looked up
+            return self._opener(hot, tenant_id, kind, field, n, blob)
+
         uniform = _uniform(items)
         if uniform is not None:
             kind, field, rids, blobs = uniform
             head, n, count = blobs[0][:HEADER_SIZE], len(rids[0]), len(blobs)
-            found = openers.get((head, kind, field, n))
-            if (
-                found is not None
-                and countOf(map(len, rids), n) == count
-                and countOf(map(HEAD_OF, blobs), head) == count
-            ):
-                open_, prefix = found
+            if countOf(map(len, rids), n) == count and countOf(map(HEAD_OF, blobs), head) == count:
+                # The first blob's key, looked up as the per-blob path looks it up
+                # first (and raising what it would raise for that blob).
+                open_, prefix = openers.get((head, kind, field, n)) or opener(
+                    kind, field, n, blobs[0]
+                )
                 try:
                     return list(
                         map(
@@ -485,10 +489,6 @@ class Envelope:
                     )
                 except (InvalidTag, ValueError):
                     pass  # ValueError: a nonce cut short by a truncated blob
-
-        def opener(kind: str, field: str, n: int, blob: bytes) -> tuple[Open, bytes]:
-            parse_header(blob)  # malformed: before any key is looked up
-            return self._opener(hot, tenant_id, kind, field, n, blob)
 
         # `for x in [expr]` is an assignment inside a comprehension (CPython 3.9+).
         try:

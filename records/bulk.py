@@ -139,9 +139,9 @@ WITH open AS (
         unnest(%(fields)s::text[], %(versions)s::int4[], %(digests)s::bytea[])
         AS f(field, version, digest)
 )
-SELECT (SELECT id FROM record), EXISTS (SELECT FROM open)
+SELECT (SELECT id FROM record), EXISTS (SELECT FROM open), {existed}
 """
-_INSERT_ONE_UNCLAIMED = _INSERT_ONE.format(claim="", gate="")
+_INSERT_ONE_UNCLAIMED = _INSERT_ONE.format(claim="", gate="", existed="false")
 
 
 def insert_one_record(
@@ -160,7 +160,7 @@ def insert_one_record(
     record has its id then).
 
     With a `claim`, its Idempotency-Key row is written by the same statement,
-    and nothing is if the row exists already: KeyClaimed then.
+    and nothing is if the row exists already: KeyClaimed then, paused or not.
     """
     now = timezone.now()
     started = time.monotonic()
@@ -183,15 +183,19 @@ def insert_one_record(
     if claim is not None:
         claim_sql, claim_params = claim.insert_sql("open")
         sql = _INSERT_ONE.format(
-            claim=f", claim AS ({claim_sql})", gate=" WHERE EXISTS (SELECT FROM claim)"
+            claim=f", claim AS ({claim_sql})",
+            gate=" WHERE EXISTS (SELECT FROM claim)",
+            existed=claim.existed_sql(),
         )
         params |= claim_params
     with raw_cursor() as cursor:
         cursor.execute(sql, params)
-        record_id, open_ = cursor.fetchone() or (None, False)
+        record_id, open_, existed = cursor.fetchone() or (None, False, False)
     _logged(sql, started)
     if record_id is None:
-        if open_ and claim is not None:
+        # The key's row was there (a retry: replayed even while the tenant is
+        # paused, as before), or came in while this statement waited on it.
+        if claim is not None and (existed or open_):
             raise KeyClaimed(claim.key)
         return False
     record.pk = record_id

@@ -54,8 +54,8 @@ def _encrypt_rows(tenant: Tenant, items: Sequence[NewRecord]) -> list[Record]:
         dek_rotate(
             tenant=tenant, actor=Actor.system("encryption limit"), reason="encryption limit reached"
         )
-        # Other processes learn of the new DEK once this transaction commits;
-        # this one uses it right away.
+        # Other processes learn of the new DEK once the rotation commits (with the
+        # caller's transaction, if there is one); this one uses it right away.
         env.prime(tenant_id, state_from_db(tenant_id))
         sealed = env.encrypt_many(tenant_id, plain)
     for row, blob in zip(rows, sealed, strict=True):
@@ -117,8 +117,10 @@ def _create_one(tenant: Tenant, item: NewRecord, claim: KeyClaim | None) -> Reco
     """One record in one statement that checks that the tenant is not paused and that
     its index keys are those the lookup rows were made with, and writes the record,
     its sealed fields, its lookup rows and the claim's row if any
-    (records.bulk.insert_one_record). Nothing before it writes, so it needs no
-    transaction of its own: outside one, it commits on its own.
+    (records.bulk.insert_one_record). It needs no transaction of its own: outside
+    one, it commits on its own. What may write before it (the DEK's encryption
+    count reserved, a rotation at the count's limit, the tenant's first index
+    key) is nothing a failed create must take back.
 
     The same checks in the same order as for many records: paused first, then
     the record's own (validation runs first here, and the state is read when

@@ -150,12 +150,22 @@ class KeyProvider(abc.ABC):
         """Enable was refused after `prepare_enable`: undo what it made, if anything."""
         return None
 
+    def can_reencrypt(self, version: str, into: KeyProvider) -> bool:
+        """Can the key store itself move a key wrapped under this provider's `version`
+        under `into`'s key (`reencrypt`)? Asks nothing of the store."""
+        return False
+
     def reencrypt(
         self, wrapped: bytes, context: Context, version: str, *, into: KeyProvider
-    ) -> Wrapped | None:
+    ) -> Wrapped:
         """`wrapped` (under this provider's `version`) wrapped under `into`'s key by the
-        key store itself, the DEK never leaving it, where the store can do that
-        between these two; None where it cannot, and the caller unwraps and wraps."""
+        key store itself, the DEK never leaving it; only where `can_reencrypt` says so.
+        A refusal is KeyAccessDenied or KeyMaterialInvalid, like any other call's."""
+        raise KeyMaterialInvalid(f"{self.kind} keys are not re-encrypted by their key store")
+
+    def reencrypt_refused(self, error: KeyProviderError) -> None:
+        """The store refused a `reencrypt` (`error`): a provider that learns from it
+        (a key policy without the permission) stops asking for a while."""
         return None
 
     def needs_rewrap(self, wrapped: bytes) -> bool:
@@ -218,10 +228,18 @@ def move_wrapped(
 ) -> Wrapped:
     """`wrapped` (under `source`'s `version`) wrapped under `into`'s key: inside the key
     store where it can (`reencrypt`), else unwrapped and wrapped again here, the
-    plaintext held by this frame only."""
-    moved = source.reencrypt(wrapped, context, version, into=into)
-    if moved is not None:
-        return moved
+    plaintext held by this frame only.
+
+    A refused re-encryption is not a failed move: Decrypt and Encrypt then say
+    what is wrong, if anything (a disabled key refuses both; a policy without
+    the re-encrypt permission only the first). A key store that did not answer
+    fails the move, as any call does.
+    """
+    if source.can_reencrypt(version, into):
+        try:
+            return source.reencrypt(wrapped, context, version, into=into)
+        except (KeyAccessDenied, KeyMaterialInvalid) as refused:
+            source.reencrypt_refused(refused)
     material = source.unwrap(wrapped, context, version)
     try:
         return into.wrap(material, context)

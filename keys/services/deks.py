@@ -407,7 +407,8 @@ def rewrap_many(
 def _rewrapped(
     dek: DataKey, *, tenant: Tenant, unwrappers: dict[object, KeyProvider], wrapper: KeyProvider
 ) -> Wrapped | Exception:
-    """`dek` unwrapped and wrapped again; a failure is returned, to be raised after the
+    """`dek` under `wrapper`'s key (`move_wrapped`: re-encrypted by the key store, or
+    unwrapped and wrapped again); a failure is returned, to be raised after the
     batch's successes are written."""
     context = dek_context(str(tenant.pk), dek.version)
     unwrapper = unwrappers[dek.kek_version.source.pk]

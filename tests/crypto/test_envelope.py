@@ -745,3 +745,25 @@ def test_a_cut_blob_is_malformed_or_unauthentic_with_the_key_in_hand():
         with pytest.raises(expected):
             w.env.decrypt_many(TENANT, [("user", "email", RECORD, blob[:length])])
     assert w.env.decrypt(TENANT, "user", "email", RECORD, blob) == VALUE
+
+
+def test_a_usual_page_is_opened_and_sealed_whole_from_the_first_call(monkeypatch):
+    """The page path is taken on the first page after a state re-read too (the
+    memo of keys is empty then), for sealing and for opening."""
+    import crypto.envelope
+
+    cut: list[int] = []
+    real = crypto.envelope._aads
+
+    def counted(prefix: bytes, rids: list[bytes], n: int) -> tuple[bytes, ...]:
+        cut.append(len(rids))
+        return real(prefix, rids, n)
+
+    monkeypatch.setattr(crypto.envelope, "_aads", counted)
+    w = make()
+    page = [("user", "email", f"{n:036d}", b"v%d" % n) for n in range(20)]
+    blobs = w.env.encrypt_many(TENANT, page)
+    w.clock.advance(INTERVAL)  # the state is read again: a fresh, empty memo
+    sealed = [(k, f, r, b) for (k, f, r, _), b in zip(page, blobs, strict=True)]
+    assert w.env.decrypt_many(TENANT, sealed) == [v for *_, v in page]
+    assert cut == [20, 20]  # one cut for the seal, one for the open

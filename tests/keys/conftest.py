@@ -8,7 +8,8 @@ import pytest
 from tests.keys.test_aws_kms_provider import fake_aws  # noqa: F401
 
 
-def _byok(acme: Any, role_arn: str) -> Any:
+def byok_with(acme: Any, role_arn: str) -> Any:
+    """`acme` on a new customer AWS KMS key through an alias, with five records."""
     from records.services import records_create
     from records.synthetic import synthetic_records
     from tenants.models import ServiceState
@@ -31,13 +32,13 @@ def _byok(acme: Any, role_arn: str) -> Any:
 def byok(acme, aws_env) -> Any:
     """A tenant protected by a customer's AWS KMS key, through an alias (LocalStack),
     used by the vendor's own AWS principal."""
-    return _byok(acme, "")
+    return byok_with(acme, "")
 
 
 @pytest.fixture
 def byok_role(acme, aws_env) -> Any:
     """The same, used through a role in the customer's account (Keyward assumes it)."""
-    return _byok(acme, f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role/keyward-access")
+    return byok_with(acme, f"arn:aws:iam::{CUSTOMER_ACCOUNT}:role/keyward-access")
 
 
 @pytest.fixture

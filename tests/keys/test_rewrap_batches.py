@@ -7,6 +7,7 @@ more calls in flight than the bound, and a failure mid-batch keeps what moved.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -17,12 +18,17 @@ from audit.models import AuditEvent
 from audit.services import Actor
 from keys.models import DataKey, KeySource, SourceKind
 from keys.providers.aws_kms import AwsKmsProvider
+from keys.providers.aws_kms import provider as aws_provider
+from keys.providers.aws_kms.errors import AwsKeyAccessDenied
 from keys.providers.base import KeyUnavailable
+from keys.registry import provider_for
 from keys.runtime import reset_for_tests
 from keys.services.deks import dek_rotate
 from keys.services.rotation import kek_confirm_rotation, kek_rewrap_run
+from keys.usage import take_pending
 from records.services import record_fields
 from tenants.models import ServiceState, Tenant
+from tests.keys.conftest import byok_with
 from tests.keys.test_lifecycle_races import move_alias
 from tests.support.faults import scale, seeded
 
@@ -211,17 +217,47 @@ def test_any_refusal_of_reencrypt_leaves_the_verdict_to_decrypt_and_encrypt(
     byok_role, settings, monkeypatch, code
 ) -> None:
     """A refused ReEncrypt is not a failed rotation: Decrypt and Encrypt run, and
-    say what is wrong if anything is (here nothing: the key is fine)."""
+    say what is wrong if anything is (here nothing: the key is fine). A refusal
+    about one key does not stop the provider from asking for the next."""
     settings.KEYWARD_KEK_REWRAP_CONCURRENCY = 1
     tenant, source, new_key = rotated(byok_role, 3)
     refused = _kms_answers(monkeypatch, "ReEncrypt", code)
+    wraps = Wraps()
+    wraps.install(monkeypatch)
     assert kek_rewrap_run(source_id=str(source.pk)) == "done"
-    assert len(refused) == 1
-    assert set(
-        DataKey.objects.filter(tenant=tenant).values_list(
-            "kek_version__provider_version", flat=True
-        )
-    ) == {new_key}
+    assert_each_moved_once(tenant, new_key, wraps)
+    assert wraps.by == {"wrap": 3}
+    assert len(refused) >= 3  # every data key asked, and its index keys
+
+
+def test_a_denied_reencrypt_is_believed_for_an_hour(byok_role, monkeypatch) -> None:
+    source = KeySource.objects.get(tenant=byok_role["acme"].tenant, kind=SourceKind.AWS_KMS)
+    provider = provider_for(source)
+    version = byok_role["key_arn"]
+    assert provider.can_reencrypt(version, provider)
+    provider.reencrypt_refused(AwsKeyAccessDenied("injected", "DisabledException"))
+    assert provider.can_reencrypt(version, provider)  # about that key, not the policy
+    provider.reencrypt_refused(AwsKeyAccessDenied("injected", "AccessDeniedException"))
+    assert not provider.can_reencrypt(version, provider)
+    later = time.monotonic() + 3601
+    monkeypatch.setattr(aws_provider, "time", SimpleNamespace(monotonic=lambda: later))
+    assert provider.can_reencrypt(version, provider)
+
+
+def test_moving_keys_between_stores_never_asks_for_a_reencrypt(acme, aws_env, monkeypatch) -> None:
+    """Enable (the vendor's key to AWS KMS): the stores differ, so no ReEncrypt is
+    sent, counted or charged against the circuit; Decrypt and Encrypt are."""
+
+    def no_reencrypt(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("ReEncrypt asked between two key stores")
+
+    monkeypatch.setattr(AwsKmsProvider, "reencrypt", no_reencrypt)
+    take_pending()  # what came before is not this test's
+    byok = byok_with(acme, "")
+    counted = {(kind, outcome) for (_, _, kind, outcome) in take_pending()}
+    assert ("wrap", "ok") in counted
+    assert not {c for c in counted if c[0] == "reencrypt"}
+    assert DataKey.objects.filter(tenant=byok["acme"].tenant).exists()
 
 
 def test_a_throttled_reencrypt_fails_the_batch_for_a_retry(

@@ -24,8 +24,6 @@ from keys.providers.aws_kms.config import (
 from keys.providers.aws_kms.errors import (
     ACCESS_DENIED,
     EXPIRED,
-    AwsKeyAccessDenied,
-    AwsKeyMaterialInvalid,
     aws_code,
     aws_error,
     aws_message,
@@ -58,6 +56,8 @@ CHECK_ROUND_TRIP = "Round trip"
 
 _MAX_PLAINTEXT = 4096  # KMS Encrypt accepts at most 4096 bytes of plaintext
 _MAX_CIPHERTEXT = 6144  # and Decrypt at most 6144 bytes of ciphertext
+# How long a key policy that denied kms:ReEncrypt is believed (`reencrypt_refused`).
+_REENCRYPT_DENIED_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ class AwsKmsProvider(KeyProvider):
         self._assumed_refresh_at = 0.0
         self._resolved_key_arn: str | None = None if self._parsed.is_alias else config.key_arn
         self.credential_refreshes = 0
-        # Set once KMS refused a ReEncrypt (see `reencrypt`).
-        self._reencrypt_denied = False
+        # Until then, no ReEncrypt: the key policy denied it (`reencrypt_refused`).
+        self._reencrypt_denied_until = 0.0
 
     def __repr__(self) -> str:
         role = f" role={self.config.role_arn}" if self.config.role_arn else ""
@@ -294,21 +294,13 @@ class AwsKmsProvider(KeyProvider):
             raise KeyMaterialInvalid(f"a wrapped key is 1 to {_MAX_CIPHERTEXT} bytes")
         return key
 
-    def reencrypt(
-        self, wrapped: bytes, context: Context, version: str, *, into: KeyProvider
-    ) -> Wrapped | None:
-        """KMS ReEncrypt: one call instead of Decrypt and Encrypt, and the DEK is
-        decrypted and encrypted again inside KMS, never sent to Keyward.
-
-        Only between two keys the same principal reaches (the same role and
-        external id, or the vendor's own principal for both) in one region,
-        which is what a rotation of one key source is. A key policy written
-        before Keyward asked for kms:ReEncrypt* denies it: after any refusal
-        this provider says None from here on, and the rotation goes on with
-        Decrypt and Encrypt, which that policy allows.
-        """
-        if self._reencrypt_denied or into.kind != self.kind:
-            return None
+    def can_reencrypt(self, version: str, into: KeyProvider) -> bool:
+        """KMS ReEncrypt works between two keys that one principal reaches (the same
+        role and external id, or the vendor's own principal for both) in one
+        region: a rotation of one key source, or a move between two sources of
+        the tenant on the same role."""
+        if time.monotonic() < self._reencrypt_denied_until or into.kind != self.kind:
+            return False
         # `into` may be the registry's wrapper around the provider (circuit, usage):
         # its attributes are the provider's.
         other = cast(AwsKmsProvider, into)
@@ -317,32 +309,42 @@ class AwsKmsProvider(KeyProvider):
             self.config.external_id,
             self.endpoint_url,
         ):
-            return None
-        key = self._recorded_key(wrapped, version)
-        target = other.config.key_arn
-        if other.config.region != key.region:
-            return None
-        encryption_context = _encryption_context(context)
+            return False
         try:
-            response = self._call(
-                "ReEncrypt",
-                version,
-                key.region,
-                lambda kms: kms.re_encrypt(
-                    CiphertextBlob=bytes(wrapped),
-                    SourceKeyId=version,
-                    SourceEncryptionContext=encryption_context,
-                    DestinationKeyId=target,
-                    DestinationEncryptionContext=encryption_context,
-                ),
-            )
-        except (AwsKeyAccessDenied, AwsKeyMaterialInvalid):
-            # Refused, not failed: Decrypt and Encrypt then say what is wrong, if
-            # anything (a disabled key is refused by both; a policy without
-            # kms:ReEncrypt* only by this). A transient error is raised as usual.
-            self._reencrypt_denied = True
-            return None
+            key = parse_kms_arn(version, allowed_partitions=self.config.allowed_partitions)
+        except InvalidArn:
+            return False  # `unwrap` says what is wrong with it
+        return key.region == other.config.region
+
+    def reencrypt(
+        self, wrapped: bytes, context: Context, version: str, *, into: KeyProvider
+    ) -> Wrapped:
+        """KMS ReEncrypt: one call instead of Decrypt and Encrypt, and the DEK is
+        decrypted and encrypted again inside KMS, never sent to Keyward."""
+        key = self._recorded_key(wrapped, version)
+        other = cast(AwsKmsProvider, into)
+        target = other.config.key_arn
+        encryption_context = _encryption_context(context)
+        response = self._call(
+            "ReEncrypt",
+            version,
+            key.region,
+            lambda kms: kms.re_encrypt(
+                CiphertextBlob=bytes(wrapped),
+                SourceKeyId=version,
+                SourceEncryptionContext=encryption_context,
+                DestinationKeyId=target,
+                DestinationEncryptionContext=encryption_context,
+            ),
+        )
         return other._wrapped(response, "ReEncrypt", target)
+
+    def reencrypt_refused(self, error: KeyProviderError) -> None:
+        """A key policy written before Keyward asked for kms:ReEncrypt* denies it: no
+        ReEncrypt for an hour, then it is tried again (the customer may have added
+        it). Any other refusal is about one key, and says nothing of the next."""
+        if aws_code(error) in ACCESS_DENIED:
+            self._reencrypt_denied_until = time.monotonic() + _REENCRYPT_DENIED_SECONDS
 
     def _wrapped(self, response: dict[str, Any], operation: str, target: str) -> Wrapped:
         key_arn = str(response.get("KeyId", ""))
