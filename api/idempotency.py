@@ -76,7 +76,7 @@ def run_once(
     expires = now + timedelta(hours=settings.KEYWARD_API_IDEMPOTENCY_HOURS)
     with transaction.atomic():
         row = _insert_new(
-            tenant=tenant,
+            tenant_id=tenant.pk,
             key=key,
             fingerprint=fingerprint,
             now=now,
@@ -115,9 +115,13 @@ def _prep(name: str, value: Any) -> Any:
     return field.get_db_prep_value(value, connection)
 
 
+# The columns of a new key's row, in the order both inserts below give them.
+_COLUMNS = "tenant_id, key, request_sha256, status, response, created, expires_at"
+
+
 def _insert_new(
     *,
-    tenant: Tenant,
+    tenant_id: Any,
     key: str,
     fingerprint: bytes,
     now: datetime,
@@ -129,13 +133,12 @@ def _insert_new(
     status, response = planned if planned is not None else (None, None)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (tenant_id, key, request_sha256, status, response, "  # noqa: S608 (the model's own table name)
-            "created, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO {table} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "  # noqa: S608 (the model's own table and columns)
             "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING id",
             # Each value as its column's field makes it for this database: SQLite's
             # driver takes neither a UUID nor an aware datetime as they are.
             [
-                _prep("tenant", tenant.pk),
+                _prep("tenant", tenant_id),
                 key,
                 _prep("request_sha256", fingerprint),
                 status,
@@ -149,7 +152,7 @@ def _insert_new(
         return None
     row = IdempotencyKey(
         pk=inserted[0],
-        tenant=tenant,
+        tenant_id=tenant_id,
         key=key,
         request_sha256=fingerprint,
         status=status,
@@ -166,19 +169,21 @@ class KeyClaimed(Exception):
     """The Idempotency-Key's row exists already: nothing was written, `run_once` decides."""
 
 
-# In INSERT ... SELECT a parameter takes its type from the SELECT, not from the
-# column it goes into: each is cast to its column's type. `{source}`: a CTE's name.
-_CLAIM_INSERT = (
-    "INSERT INTO api_idempotencykey "
-    "(tenant_id, key, request_sha256, status, response, created, expires_at) "
+# PostgreSQL, for records.bulk's single-create statement, with `KeyClaim.params`.
+# CLAIM_INSERT: the key's row for each row of the CTE `{source}` (one, or none
+# to write nothing), nothing on a conflict, RETURNING 1 when it inserted. In
+# INSERT ... SELECT a parameter takes its type from the SELECT, not from the
+# column it goes into: each is cast to its column's type.
+CLAIM_INSERT = (
+    f"INSERT INTO api_idempotencykey ({_COLUMNS}) "  # noqa: S608 (constants only)
     "SELECT %(claim_tenant)s::uuid, %(claim_key)s::text, %(claim_sha256)s::bytea, "
     "%(claim_status)s::int4, %(claim_response)s::jsonb, %(claim_created)s::timestamptz, "
     "%(claim_expires)s::timestamptz FROM {source} "
     "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1"
 )
-
-
-_CLAIM_EXISTED = (
+# CLAIM_EXISTED: the key's row was there before the statement began (a retry),
+# whatever the rest of the statement does.
+CLAIM_EXISTED = (
     "EXISTS (SELECT 1 FROM api_idempotencykey "
     "WHERE tenant_id = %(claim_tenant)s::uuid AND key = %(claim_key)s::text)"
 )
@@ -189,12 +194,13 @@ class KeyClaim:
     """A new Idempotency-Key row holding the outcome its create will have, written
     by the same statement as the create: both are written or neither is.
 
-    For the single create, one statement instead of a transaction around two
-    (records.bulk.insert_one_record): the key's row is inserted only where the
-    record is, and the record only where the key's row is new. A concurrent
-    request holding the key waits on the unique index exactly as in `run_once`;
-    a row found there makes the statement write nothing and the caller raise
-    KeyClaimed, and `run_once` then replays, refuses or runs again.
+    For the single create on PostgreSQL, one statement instead of a transaction
+    around two (records.bulk.insert_one_record, with CLAIM_INSERT): the key's
+    row is inserted only where the record is, and the record only where the
+    key's row is new. A concurrent request holding the key waits on the unique
+    index exactly as in `run_once`; a row found there makes the statement write
+    nothing and the caller raise KeyClaimed, and `run_once` then replays,
+    refuses or runs again.
     """
 
     tenant_id: Any
@@ -204,12 +210,10 @@ class KeyClaim:
     created: datetime
     expires_at: datetime
 
-    def insert_sql(self, source: str) -> tuple[str, dict[str, Any]]:
-        """PostgreSQL: the INSERT of the row for each row of the CTE `source` (one, or
-        none to write nothing), doing nothing on a conflict, RETURNING 1 when it
-        inserted; with its parameters, named claim_*."""
+    def params(self) -> dict[str, Any]:
+        """The parameters of CLAIM_INSERT and CLAIM_EXISTED."""
         status, body = self.outcome
-        return _CLAIM_INSERT.format(source=source), {
+        return {
             "claim_tenant": self.tenant_id,
             "claim_key": self.key,
             "claim_sha256": self.fingerprint,
@@ -219,16 +223,10 @@ class KeyClaim:
             "claim_expires": self.expires_at,
         }
 
-    def existed_sql(self) -> str:
-        """PostgreSQL: true when the key's row was there before the statement began (a
-        retry), whatever the rest of the statement may do; with `insert_sql`'s
-        parameters."""
-        return _CLAIM_EXISTED
-
     def insert(self) -> None:
         """Insert the row now, in the caller's transaction; KeyClaimed if it exists."""
         row = _insert_new(
-            tenant=Tenant(pk=self.tenant_id),
+            tenant_id=self.tenant_id,
             key=self.key,
             fingerprint=self.fingerprint,
             now=self.created,

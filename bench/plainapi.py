@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from functools import cache
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.urls import URLPattern, URLResolver, path
 
 from api.auth import by_method
@@ -24,7 +24,7 @@ from api.idempotency import KeyClaim
 from keys.models import DataKey, DekState
 from records.api_views import record_create_batch_view, record_create_view, record_list
 from records.blindindex import INDEXED_FIELDS
-from records.bulk import insert_one_record, insert_records, is_postgres
+from records.bulk import insert_one_record, insert_records, is_postgres, one_statement
 from records.fields import NewRecord
 from records.indexkeys import LookupValues, lookup_rows_insert
 from records.models import Record, SealedFields
@@ -70,13 +70,8 @@ def records_create_plain(
     claim: KeyClaim | None = None,
 ) -> list[Record]:
     if len(items) == 1 and is_postgres():
-        # One statement, all or nothing on its own: no transaction of its own.
-        # In a caller's, a savepoint keeps a failure from spoiling it, unless
-        # the caller ends it on any error (savepoint=False).
-        if connection.in_atomic_block and savepoint:
-            with transaction.atomic():
-                return [_create_one_plain(tenant, items[0], claim)]
-        return [_create_one_plain(tenant, items[0], claim)]
+        with one_statement(savepoint=savepoint):
+            return [_create_one_plain(tenant, items[0], claim)]
     with transaction.atomic(savepoint=savepoint):
         if claim is not None:
             claim.insert()

@@ -14,16 +14,26 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from api.idempotency import KeyClaim, KeyClaimed
+from api.idempotency import CLAIM_EXISTED, CLAIM_INSERT, KeyClaim, KeyClaimed
 from records.models import Record, SealedFields
 
 RECORD_COLUMNS = ("id", "uid", "tenant_id", "kind", "external_id", "created")
 RECORD_TYPES = ["int8", "uuid", "uuid", "text", "text", "timestamptz"]
 SEALED_COLUMNS = ("record_id", "dek_id", "pii")
 SEALED_TYPES = ["int8", "int8", "bytea"]
+
+
+def one_statement(*, savepoint: bool) -> contextlib.AbstractContextManager[Any]:
+    """Where a write that is one statement runs: all or nothing on its own, so no
+    transaction of its own. In a caller's transaction, a savepoint keeps its
+    failure from spoiling that transaction, unless the caller ends it on any
+    error (`savepoint=False`)."""
+    if connection.in_atomic_block and savepoint:
+        return transaction.atomic()
+    return contextlib.nullcontext()
 
 
 def is_postgres() -> bool:
@@ -142,6 +152,11 @@ WITH open AS (
 SELECT (SELECT id FROM record), EXISTS (SELECT FROM open), {existed}
 """
 _INSERT_ONE_UNCLAIMED = _INSERT_ONE.format(claim="", gate="", existed="false")
+_INSERT_ONE_CLAIMED = _INSERT_ONE.format(
+    claim=f", claim AS ({CLAIM_INSERT.format(source='open')})",
+    gate=" WHERE EXISTS (SELECT FROM claim)",
+    existed=CLAIM_EXISTED,
+)
 
 
 def insert_one_record(
@@ -181,13 +196,8 @@ def insert_one_record(
     }
     sql = _INSERT_ONE_UNCLAIMED
     if claim is not None:
-        claim_sql, claim_params = claim.insert_sql("open")
-        sql = _INSERT_ONE.format(
-            claim=f", claim AS ({claim_sql})",
-            gate=" WHERE EXISTS (SELECT FROM claim)",
-            existed=claim.existed_sql(),
-        )
-        params |= claim_params
+        sql = _INSERT_ONE_CLAIMED
+        params |= claim.params()
     with raw_cursor() as cursor:
         cursor.execute(sql, params)
         record_id, open_, existed = cursor.fetchone() or (None, False, False)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import HttpRequest
 
 from api.idempotency import KeyClaim
@@ -17,7 +17,7 @@ from crypto.envelope import DataKeyExhausted
 from keys.runtime import envelope, state_from_db
 from keys.services.deks import dek_rotate
 from records.blindindex import INDEXED_FIELDS
-from records.bulk import insert_one_record, insert_records, is_postgres
+from records.bulk import insert_one_record, insert_records, is_postgres, one_statement
 from records.fields import FIELDS_BY_KIND, PII_FIELD, NewRecord
 from records.indexkeys import WRITING_STATES, index_new_records, lookup_rows_to_check
 from records.models import Record, SealedFields
@@ -89,13 +89,8 @@ def records_create(
     KeyClaimed and nothing written if it exists.
     """
     if len(items) == 1 and is_postgres():
-        # One statement, all or nothing on its own: no transaction of its own.
-        # In a caller's, a savepoint keeps a failure from spoiling it, unless
-        # the caller ends it on any error (savepoint=False).
-        if connection.in_atomic_block and savepoint:
-            with transaction.atomic():
-                return [_create_one(tenant, items[0], claim)]
-        return [_create_one(tenant, items[0], claim)]
+        with one_statement(savepoint=savepoint):
+            return [_create_one(tenant, items[0], claim)]
     with transaction.atomic(savepoint=savepoint):
         _check_not_paused(tenant)
         for item in items:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from django.utils import timezone
 from api.models import IdempotencyKey
 from records.models import Record
 from tests.api.conftest import Api, issue, user_record
+from tests.support.embedded import sqlite_env
 
 
 def test_a_retry_returns_the_first_result_and_stores_once(acme, api) -> None:
@@ -139,16 +139,10 @@ def test_keys_work_on_the_embedded_sqlite_database(tmp_path) -> None:
     """`make run`'s database: a create with a key once answered 500 there (the driver
     takes no UUID as it is)."""
     root = Path(__file__).resolve().parents[2]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "KEYWARD_"))},
-        "KEYWARD_MODE": "embedded",
-        "KEYWARD_DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'keyward.sqlite3'}",
-    }
     done = subprocess.run(
         [sys.executable, "-m", "tests.api.embedded_idempotency"],
         cwd=root,
-        env=env,
+        env=sqlite_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,

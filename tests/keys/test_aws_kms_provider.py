@@ -725,6 +725,42 @@ def test_aws_errors_map_onto_the_contract(
     assert base64.b64encode(blob).decode() not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "raised"),
+    [
+        (400, "AccessDeniedException", KeyAccessDenied),
+        (400, "IncorrectKeyException", KeyMaterialInvalid),
+        (400, "ThrottlingException", KeyUnavailable),
+    ],
+)
+def test_reencrypt_errors_map_onto_the_contract_and_show_no_key(
+    fake_aws: FakeAws, status: int, code: str, raised: type[Exception]
+) -> None:
+    fake_aws.kms_error("ReEncrypt", status, code, "what AWS said")
+    blob = b"\xa5" * 64
+    provider = provider_for(KEY_ARN, fake_aws.url)
+    assert provider.can_reencrypt(KEY_ARN, provider)
+    with pytest.raises(
+        raised, match=f"AWS KMS ReEncrypt on {KEY_ARN} failed with {code}"
+    ) as caught:
+        provider.reencrypt(blob, CONTEXT, KEY_ARN, into=provider)
+    assert blob.hex() not in str(caught.value)
+    assert base64.b64encode(blob).decode() not in str(caught.value)
+    assert fake_aws.requests == ["ReEncrypt"]
+
+
+def test_reencrypt_is_offered_only_within_one_principal_and_region() -> None:
+    provider = provider_for(KEY_ARN)
+    assert provider.can_reencrypt(KEY_ARN, provider)
+    other_region = KEY_ARN.replace("eu-west-1", "us-east-1")
+    assert not provider.can_reencrypt(other_region, provider)
+    assert not provider.can_reencrypt("not an arn", provider)
+    with_role = provider_for(KEY_ARN, role_arn=ROLE_ARN, external_id="acme-7f3e")
+    assert not provider.can_reencrypt(KEY_ARN, with_role)
+    assert not with_role.can_reencrypt(KEY_ARN, provider)
+    assert not provider.can_reencrypt(KEY_ARN, provider_for(KEY_ARN, "http://127.0.0.1:9"))
+
+
 def test_retries_are_botocores_and_bounded(fake_aws: FakeAws) -> None:
     fake_aws.kms_error("Encrypt", 500, "KMSInternalException")
     with pytest.raises(KeyUnavailable, match="KMSInternalException"):

@@ -7,7 +7,6 @@ database) and on SQLite (the embedded default, migrated in a subprocess).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from records.services import records_create
 from records.synthetic import synthetic_records
 from tenants.models import Tenant
 from tenants.services import tenant_create
+from tests.support.embedded import sqlite_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = Actor.system("tests")
@@ -140,12 +140,7 @@ def test_a_dek_being_written_under_cannot_be_deleted_when_the_writer_commits() -
 def test_the_embedded_database_has_the_same_checks(tmp_path: Path) -> None:
     """`make run`'s SQLite database, migrated from scratch, refuses the same writes."""
     database = tmp_path / "keyward.sqlite3"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "KEYWARD_"))},
-        "KEYWARD_MODE": "embedded",
-        "KEYWARD_DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": f"sqlite:///{database}",
-    }
+    env = sqlite_env(tmp_path)
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
         cwd=ROOT,
