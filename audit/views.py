@@ -15,7 +15,7 @@ from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
 from audit.services import record
 from audit.streaming.address import InvalidDestination
 from audit.streaming.forms import StreamDestinationForm
-from audit.streaming.selectors import stream_backlog, stream_destination
+from audit.streaming.selectors import stream_backlog, stream_destination, stream_state
 from audit.streaming.services import (
     StreamRefused,
     stream_configure,
@@ -57,7 +57,9 @@ def audit_list(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     if request.htmx and request.htmx.target == "results":  # type: ignore[attr-defined]
         return render(request, "audit/audit_list.html#results", context)
     context["known_actions"] = KNOWN_ACTIONS
-    context["stream"] = stream_destination(access.tenant)
+    # Its state only, for the link to the streaming page: the destination's
+    # row holds its sealed secret, which this page has no business reading.
+    context["stream_state"] = stream_state(access.tenant)
     return render(request, "audit/audit_list.html", context)
 
 

@@ -25,8 +25,10 @@ def shell(request: HttpRequest) -> dict[str, Any]:
     if user is None or not user.is_authenticated:
         return {}
     access = getattr(request, "tenant_access", None)
+    # A tenant's page read them already, for its tenant check (tenant_for_request).
+    switcher = getattr(request, "user_memberships", None)
     context: dict[str, Any] = {
-        "switcher": memberships_for_user(user),
+        "switcher": memberships_for_user(user) if switcher is None else switcher,
         "is_support": is_support_staff(user),
         "access": access,
         "current_tenant": access.tenant if access else None,

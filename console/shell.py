@@ -6,18 +6,31 @@ to expire, a paused audit stream, vendor support's access). Asked one by one
 they were five round trips and about 4 ms of every page view; here each app's
 own selector is a subquery of one SELECT, and only a banner that is there is
 read again, whole, by that selector.
+
+Building and compiling that SELECT through the ORM cost three times what the
+database takes to answer it, on every page. So it is built once per process,
+for a probe tenant that exists nowhere, with the database's own clock (`Now()`)
+as the selectors' now: the tenant is then the statement's only variable, and
+each page puts its tenant's id where the probe's stands, in whichever form
+the statement carries it (the UUID, or its text as the audit chain's key).
+tests/console/test_shell_facts.py checks that this gives exactly the
+statement the ORM builds for the tenant itself.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from functools import lru_cache
+from typing import Any
 
-from django.db.models import Exists, Subquery
+from django.db import connection
+from django.db.models import Exists, QuerySet, Subquery
+from django.db.models.functions import Now
 
 from audit.selectors import chain_length
 from audit.streaming.selectors import paused_streams
-from keys.consumers import open_data_jobs
+from keys.consumers import consumers, open_data_jobs
 from keys.expiry import expiring_versions
 from tenants.models import Tenant
 from tenants.selectors import support_access_open
@@ -32,26 +45,69 @@ class ShellFacts:
     support_access: bool
 
 
-def shell_facts(tenant: Tenant) -> ShellFacts:
+@dataclass(frozen=True)
+class _Statement:
+    sql: str
+    params: tuple[Any, ...]
+    probe: uuid.UUID
+
+    def bind(self, tenant_id: uuid.UUID) -> tuple[Any, ...]:
+        """The parameters with `tenant_id` where the probe's id stands, in each form."""
+        probe = self.probe
+        forms: dict[Any, Any] = {probe: tenant_id, str(probe): str(tenant_id)}
+        forms[probe.hex] = tenant_id.hex  # how SQLite stores a UUID
+        return tuple(forms.get(p, p) if isinstance(p, str | uuid.UUID) else p for p in self.params)
+
+
+def shell_query(tenant: Tenant) -> QuerySet[Any]:
+    """The one SELECT of the shell's facts, built by the ORM from each app's selector."""
+    now = Now()
     jobs = {f"jobs_{n}": Exists(query) for n, query in enumerate(open_data_jobs(tenant))}
-    row = cast(
-        "dict[str, Any] | None",
+    return (
         Tenant.objects.filter(pk=tenant.pk)
+        .order_by()
         .values(
             position=Subquery(chain_length(tenant)[:1]),
-            key_expiring=Exists(expiring_versions(tenant)),
+            key_expiring=Exists(expiring_versions(tenant, now=now)),
             stream_paused=Exists(paused_streams(tenant)),
-            support_open=Exists(support_access_open(tenant)),
+            support_open=Exists(support_access_open(tenant, now=now)),
             **jobs,
-        )
-        .first(),
+        )[:1]
     )
+
+
+def compiled(query: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
+    sql, params = query.query.get_compiler(connection=connection).as_sql()
+    return sql, tuple(params)
+
+
+@lru_cache(maxsize=4)
+def _statement(vendor: str, with_jobs: tuple[str, ...]) -> _Statement:
+    """The statement for this database and these data consumers (they register at start)."""
+    probe = uuid.uuid4()
+    sql, params = compiled(shell_query(Tenant(pk=probe)))
+    return _Statement(sql, params, probe)
+
+
+def statement_for() -> _Statement:
+    """The statement for the database in use and the data consumers registered."""
+    with_jobs = tuple(c.name for c in consumers() if c.open_jobs is not None)
+    return _statement(connection.vendor, with_jobs)
+
+
+def shell_facts(tenant: Tenant) -> ShellFacts:
+    statement = statement_for()
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, statement.bind(uuid.UUID(str(tenant.pk))))
+        row = cursor.fetchone()
+        names = [column[0] for column in cursor.description]
     if row is None:  # the tenant was deleted under the request
         return ShellFacts(0, False, False, False, False)
+    facts = dict(zip(names, row, strict=True))
     return ShellFacts(
-        chain_position=int(row["position"] or 0),
-        jobs_open=any(row[name] for name in jobs),
-        key_expiring=row["key_expiring"],
-        stream_paused=row["stream_paused"],
-        support_access=row["support_open"],
+        chain_position=int(facts["position"] or 0),
+        jobs_open=any(value for name, value in facts.items() if name.startswith("jobs_")),
+        key_expiring=bool(facts["key_expiring"]),
+        stream_paused=bool(facts["stream_paused"]),
+        support_access=bool(facts["support_open"]),
     )

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import QuerySet
+from django.db.models.expressions import Combinable
 from django.utils import timezone
 
 from audit.services import Actor, record
@@ -23,10 +24,16 @@ WARN_DAYS = (30, 7, 1)
 
 
 def expiring_versions(
-    tenant: Tenant, *, within: timedelta = timedelta(days=30)
+    tenant: Tenant,
+    *,
+    within: timedelta = timedelta(days=30),
+    now: datetime | Combinable | None = None,
 ) -> QuerySet[KekVersion]:
-    """The tenant's uploaded key versions in use that expire within `within`, soonest first."""
-    now = timezone.now()
+    """The tenant's uploaded key versions in use that expire within `within`, soonest first.
+
+    `now` may be the database's clock (`Now()`), for a statement compiled once.
+    """
+    now = timezone.now() if now is None else now
     return KekVersion.objects.filter(
         source__tenant=tenant,
         source__state=SourceState.ACTIVE,

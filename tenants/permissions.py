@@ -6,7 +6,7 @@ never for a role name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import wraps
@@ -76,20 +76,29 @@ def is_support_staff(user: AbstractBaseUser | AnonymousUser) -> bool:
 
 
 def get_tenant_for_user(
-    user: AbstractBaseUser | AnonymousUser, slug: str, perm: Perm = Perm.VIEW_STATUS
+    user: AbstractBaseUser | AnonymousUser,
+    slug: str,
+    perm: Perm = Perm.VIEW_STATUS,
+    *,
+    memberships: Sequence[Membership] | None = None,
 ) -> TenantAccess:
     """The tenant `slug` as `user` may see it.
 
     A tenant the user has no business with is a 404 (its existence does not
     leak); a tenant they belong to but may not act on in this way is a 403.
+    `memberships`, when given, are all of the user's (`user_memberships`):
+    the tenant is looked for among them instead of asked for again.
     """
     if not user.is_authenticated:
         raise Http404
-    membership = (
-        Membership.objects.select_related("tenant")
-        .filter(user_id=user.pk, tenant__slug=slug)
-        .first()
-    )
+    if memberships is None:
+        membership = (
+            Membership.objects.select_related("tenant")
+            .filter(user_id=user.pk, tenant__slug=slug)
+            .first()
+        )
+    else:
+        membership = next((m for m in memberships if m.tenant.slug == slug), None)
     if membership is not None:
         access = TenantAccess(membership.tenant, membership.role, ROLE_PERMS[membership.role])
     elif is_support_staff(user):
@@ -107,10 +116,23 @@ def get_tenant_for_user(
 def tenant_for_request(
     request: HttpRequest, slug: str, perm: Perm = Perm.VIEW_STATUS
 ) -> TenantAccess:
-    """`get_tenant_for_user` for a view; remembers the result for the page shell."""
-    access = get_tenant_for_user(request.user, slug, perm)
+    """`get_tenant_for_user` for a view; remembers the result for the page shell.
+
+    The user's memberships are read once, whole, and remembered too: the shell's
+    tenant switcher lists them, so a page asks for them once, not twice.
+    """
+    memberships = user_memberships(request.user)
+    request.user_memberships = memberships  # type: ignore[attr-defined]
+    access = get_tenant_for_user(request.user, slug, perm, memberships=memberships)
     request.tenant_access = access  # type: ignore[attr-defined]
     return access
+
+
+def user_memberships(user: AbstractBaseUser | AnonymousUser) -> list[Membership]:
+    """All of `user`'s memberships, with their tenants (a handful per person)."""
+    if not user.is_authenticated:
+        return []
+    return list(Membership.objects.filter(user_id=user.pk).select_related("tenant"))
 
 
 def with_tenant(

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import Combinable
 from django.utils import timezone
 
 from tenants.models import (
@@ -72,9 +73,14 @@ class SupportAccessNow:
     open_until: datetime | None  # the latest end of the grants open now
 
 
-def support_access_open(tenant: Tenant) -> QuerySet[AccessRequest]:
-    """Vendor support's requests to the tenant waiting for an answer or granted now."""
-    now = timezone.now()
+def support_access_open(
+    tenant: Tenant, *, now: datetime | Combinable | None = None
+) -> QuerySet[AccessRequest]:
+    """Vendor support's requests to the tenant waiting for an answer or granted now.
+
+    `now` may be the database's clock (`Now()`), for a statement compiled once.
+    """
+    now = timezone.now() if now is None else now
     return AccessRequest.objects.filter(
         Q(state=AccessState.PENDING, answer_by__gt=now)
         | Q(state=AccessState.APPROVED, ends_at__gt=now),

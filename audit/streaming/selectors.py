@@ -12,6 +12,11 @@ def stream_destination(tenant: Any) -> StreamDestination | None:
     return StreamDestination.objects.filter(tenant=tenant).first()
 
 
+def stream_state(tenant: Any) -> str | None:
+    """The state of the tenant's destination (a StreamState), None without one."""
+    return StreamDestination.objects.filter(tenant=tenant).values_list("state", flat=True).first()
+
+
 def paused_streams(tenant: Any) -> QuerySet[StreamDestination]:
     return StreamDestination.objects.filter(tenant=tenant, state=StreamState.PAUSED)
 

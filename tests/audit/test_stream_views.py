@@ -197,3 +197,21 @@ def test_resume_and_remove(acme: TenantUsers, allow_loopback: None) -> None:
     assert client.post(url("stream_remove")).status_code == 302
     assert not StreamDestination.objects.exists()
     assert events("audit.stream_remove")[0].details == {"delivered_to": 7}
+
+
+def test_the_trail_links_to_streaming_with_its_state(acme: TenantUsers) -> None:
+    client = login(acme.auditor)
+
+    def link() -> str:
+        body = client.get(url("list")).content.decode()
+        start = body.index('data-testid="stream-link"')
+        return body[body.index(">", start) + 1 : body.index("</a>", start)]
+
+    assert link() == "Streaming: off"
+    destination = StreamDestination.objects.create(
+        tenant=acme.tenant, kind=StreamKind.SYSLOG, host="siem.acme.test", port=6514
+    )
+    assert link() == "Streaming: on"
+    destination.state = StreamState.PAUSED
+    destination.save()
+    assert link() == "Streaming: paused"

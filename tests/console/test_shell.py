@@ -86,3 +86,36 @@ def test_no_banner_in_a_healthy_state(acme) -> None:
 
 def test_healthz(client, db) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_tenant_page_reads_the_users_memberships_once(acme, globex) -> None:
+    """The tenant check and the switcher share one read; the switcher still lists both."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.services import Actor
+    from tenants.services import membership_add
+
+    membership_add(tenant=globex.tenant, user=acme.owner, role="viewer", actor=Actor.system())
+    client = login(acme.owner)
+    client.get("/t/globex/")
+    with CaptureQueriesContext(connection) as run:
+        body = client.get("/t/globex/").content.decode()
+    reads = [q["sql"] for q in run if q["sql"].startswith('SELECT "tenants_membership"')]
+    assert len(reads) == 1, reads
+    assert 'href="/t/acme/"' in body and 'href="/t/globex/"' in body
+    # A slug the user is not a member of is still a 404, and a role's limits hold.
+    assert client.get("/t/initech/").status_code == 404
+    assert login(acme.viewer).get(reverse("audit:list", args=["acme"])).status_code == 403
+
+
+def test_support_staff_pages_read_no_membership_twice(acme, support) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = login(support)
+    client.get("/t/acme/")
+    with CaptureQueriesContext(connection) as run:
+        assert client.get("/t/acme/").status_code == 200
+    reads = [q["sql"] for q in run if q["sql"].startswith('SELECT "tenants_membership"')]
+    assert len(reads) == 1, reads

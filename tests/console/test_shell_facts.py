@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,11 +16,12 @@ from audit.models import StreamDestination, StreamKind, StreamState
 from audit.services import Actor, record
 from audit.streaming.selectors import paused_stream
 from console.live import FAST_SECONDS, SLOW_SECONDS, fingerprint_of, live_fingerprint, live_pace
-from console.shell import ShellFacts, shell_facts
+from console.shell import ShellFacts, compiled, shell_facts, shell_query, statement_for
 from keys.models import DataKey, DekState
 from records.models import JobState, ReencryptionJob
 from tenants.selectors import support_access_now
 from tests.conftest import login
+from tests.support.embedded import sqlite_env
 from tests.tenants.test_access import ask
 
 pytestmark = pytest.mark.django_db
@@ -82,3 +87,58 @@ def test_a_tenant_page_reads_the_shell_in_one_query(acme) -> None:
     shell = [q["sql"] for q in run if "audit_auditchain" in q["sql"] and "EXISTS" in q["sql"]]
     assert len(shell) == 1, [q["sql"] for q in run]
     assert 'data-testid="live-poll"' in body
+
+
+def test_the_statement_compiled_once_is_the_one_the_orm_builds(acme, globex) -> None:
+    """Each tenant's parameters put where the probe's stand give exactly the ORM's own
+    statement for that tenant: no parameter still names the probe, none is missed."""
+    statement = statement_for()
+    for tenant in (acme.tenant, globex.tenant):
+        sql, params = compiled(shell_query(tenant))
+        assert statement.sql == sql
+        assert statement.bind(tenant.pk) == params
+        assert str(tenant.pk) in map(str, params)
+    probe = statement.probe
+    assert any(str(p) in (str(probe), probe.hex) for p in statement.params)
+    assert not {str(acme.tenant.pk), acme.tenant.pk.hex} & set(map(str, statement.params))
+
+
+def test_one_tenants_facts_are_not_anothers(acme, globex) -> None:
+    """The cached statement serves both tenants, each with its own answers."""
+    destination = StreamDestination.objects.create(
+        tenant=globex.tenant, kind=StreamKind.SYSLOG, host="siem.globex.test", port=6514
+    )
+    destination.state = StreamState.PAUSED
+    destination.save()
+    dek = DataKey.objects.get(tenant=acme.tenant, state=DekState.ACTIVE)
+    ReencryptionJob.objects.create(tenant=acme.tenant, target_dek=dek)
+    record(tenant=globex.tenant, actor=Actor.system("tests"), action="key.test")
+    first, second = agrees(acme.tenant), agrees(globex.tenant)
+    assert (first.jobs_open, first.stream_paused) == (True, False)
+    assert (second.jobs_open, second.stream_paused) == (False, True)
+    assert second.chain_position != first.chain_position
+
+
+def test_the_facts_on_the_embedded_sqlite_database(tmp_path) -> None:
+    """`make run`'s database keeps UUIDs as hex and times as text: the statement
+    compiled once still answers what the selectors answer there, the database's
+    clock included (a key 6 days from expiry warns, 40 days does not)."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.console.embedded_shell"],
+        cwd=root,
+        env=sqlite_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found["vendor"] == "sqlite"
+    for moment in ("before", "after"):
+        for slug, seen in found[moment].items():
+            assert seen["facts"] == seen["selectors"], (moment, slug)
+            assert seen["same_statement"], (moment, slug)
+    assert found["before"]["acme"]["facts"][1:] == [True, False, False]
+    assert found["after"]["acme"]["facts"][1:] == [False, False, False]
+    assert found["before"]["globex"]["facts"][1:] == [False, True, True]
