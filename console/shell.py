@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.models import Exists, QuerySet, Subquery
 from django.db.models.functions import Now
@@ -86,7 +87,17 @@ def _statement(vendor: str, with_jobs: tuple[str, ...]) -> _Statement:
     """The statement for this database and these data consumers (they register at start)."""
     probe = uuid.uuid4()
     sql, params = compiled(shell_query(Tenant(pk=probe)))
-    return _Statement(sql, params, probe)
+    statement = _Statement(sql, params, probe)
+    # A selector that came to depend on more of the tenant than its id (or
+    # carried it in another form) would make a page show another tenant's
+    # answers, here the probe's: refuse to serve rather than be wrong.
+    other = uuid.uuid4()
+    if compiled(shell_query(Tenant(pk=other))) != (sql, statement.bind(other)):
+        raise ImproperlyConfigured(
+            "the page shell's statement depends on more than the tenant's id; "
+            "console/shell.py cannot bind it once for every tenant"
+        )
+    return statement
 
 
 def statement_for() -> _Statement:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -142,3 +143,18 @@ def test_the_facts_on_the_embedded_sqlite_database(tmp_path) -> None:
     assert found["before"]["acme"]["facts"][1:] == [True, False, False]
     assert found["after"]["acme"]["facts"][1:] == [False, False, False]
     assert found["before"]["globex"]["facts"][1:] == [False, True, True]
+
+
+def test_a_statement_that_cannot_be_bound_once_is_refused(acme, monkeypatch) -> None:
+    """Were a selector to read more of the tenant than its id, the shell would say so
+    at its first page instead of showing the probe's answers."""
+    from console import shell
+
+    real = shell.chain_length
+    monkeypatch.setattr(shell, "chain_length", lambda t: real(t).filter(key__gt=t.pk.hex[:8]))
+    shell._statement.cache_clear()
+    try:
+        with pytest.raises(ImproperlyConfigured, match="more than the tenant's id"):
+            shell_facts(acme.tenant)
+    finally:
+        shell._statement.cache_clear()
