@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Model, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from audit.models import AuditChain, AuditEvent
@@ -37,18 +37,22 @@ def audit_events_for_tenant(tenant: Model, filters: AuditFilters) -> QuerySet[Au
         )
     if filters.outcome:
         events = events.filter(outcome=filters.outcome)
-    # Times never decrease along a chain (see `record`), so a date range is a
-    # range of sequence numbers: two one-row index lookups turn it into one,
-    # and the page query walks only the days asked for.
+    # Times never decrease along a chain (`record` holds the head's last time),
+    # so a date range is a range of sequence numbers: two one-row index lookups,
+    # subqueries of the page's own statement, turn it into one, and the page
+    # walks only the days asked for. A bound no event reaches gives NULL, and so
+    # no rows. The times are not compared again: the bounds imply them, and with
+    # them the planner, not knowing the bounds, reads the whole range by time
+    # and sorts it.
     chain = AuditEvent.objects.filter(chain=chain_key(tenant))
     if filters.date_from:
         start = _start_of(filters.date_from)
-        first = chain.filter(time__gte=start).order_by("time").values_list("seq", flat=True)[:1]
-        events = events.filter(time__gte=start, seq__gte=first[0]) if first else events.none()
+        first = chain.filter(time__gte=start).order_by("time").values("seq")[:1]
+        events = events.filter(seq__gte=Subquery(first))
     if filters.date_to:
         end = _start_of(filters.date_to + timedelta(days=1))
-        last = chain.filter(time__lt=end).order_by("-time").values_list("seq", flat=True)[:1]
-        events = events.filter(time__lt=end, seq__lte=last[0]) if last else events.none()
+        last = chain.filter(time__lt=end).order_by("-time").values("seq")[:1]
+        events = events.filter(seq__lte=Subquery(last))
     return events.order_by("-seq")
 
 

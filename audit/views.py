@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.export import csv_stream, jsonl_stream
-from audit.forms import KNOWN_ACTIONS, AuditFilterForm
+from audit.forms import KNOWN_ACTION_OPTIONS, AuditFilterForm
 from audit.models import AuditEvent, StreamKind
 from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
 from audit.services import record
@@ -56,7 +56,7 @@ def audit_list(request: HttpRequest, access: TenantAccess) -> HttpResponse:
     # live refresh of the page's region included, gets the whole page.
     if request.htmx and request.htmx.target == "results":  # type: ignore[attr-defined]
         return render(request, "audit/audit_list.html#results", context)
-    context["known_actions"] = KNOWN_ACTIONS
+    context["known_action_options"] = KNOWN_ACTION_OPTIONS
     # Its state only, for the link to the streaming page: the destination's
     # row holds its sealed secret, which this page has no business reading.
     context["stream_state"] = stream_state(access.tenant)

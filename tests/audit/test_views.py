@@ -154,6 +154,26 @@ def test_bad_filters_show_errors_and_no_rows(trail) -> None:
     assert not rows(response)
 
 
+def test_the_filter_form_shows_what_was_asked(trail) -> None:
+    """The form comes back as it was sent: the outcome chosen, the dates typed, a bad
+    one marked invalid, every action offered as a suggestion."""
+    client = login(trail.auditor)
+    url = reverse("audit:list", args=["acme"])
+    body = client.get(url).content.decode()
+    assert '<option value="" selected>Any outcome</option>' in body
+    assert '<option value="failure">Failure</option>' in body
+    assert '<input type="date" name="date_from" id="id_date_from" value="">' in body
+    assert '<option value="byok.enable">' in body and '<option value="tenant.update">' in body
+    sent = {"outcome": "failure", "date_from": "2026-01-02", "date_to": "2026-13-45"}
+    body = client.get(url, sent).content.decode()
+    assert '<option value="failure" selected>Failure</option>' in body
+    assert '<option value="" selected>' not in body
+    assert 'id="id_date_from" value="2026-01-02">' in body
+    assert 'id="id_date_to" value="2026-13-45" aria-invalid="true">' in body
+    body = client.get(url, {"date_from": '"><script>x</script>'}).content.decode()
+    assert "<script>x</script>" not in body and "&lt;script&gt;" in body
+
+
 def test_date_range(trail) -> None:
     today = AuditEvent.objects.filter(tenant=trail.tenant).latest("seq").time.date()
     client = login(trail.auditor)
@@ -162,6 +182,50 @@ def test_date_range(trail) -> None:
         "events"
     ]
     assert not client.get(url, {"date_to": "2000-01-01"}).context["events"]
+
+
+def test_date_ranges_over_days_in_one_statement(acme, monkeypatch) -> None:
+    """Events on five days: each range gives exactly its days' events, newest
+    first, alone or with another filter, read by the page's one statement."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from django.utils import timezone
+
+    from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
+
+    days = [date(2027, 3, d) for d in (2, 3, 5, 6, 9)]  # after the fixture's own events
+    for day in days:
+        for hour in (0, 12, 23):
+            at = datetime(day.year, day.month, day.day, hour, 30, tzinfo=UTC)
+            monkeypatch.setattr(timezone, "now", lambda at=at: at)
+            action = "key.enable" if hour == 12 else "key.test"
+            record(tenant=acme.tenant, actor=Actor.system("tests"), action=action)
+    monkeypatch.undo()
+    mine = AuditEvent.objects.filter(tenant=acme.tenant, action__in=["key.enable", "key.test"])
+
+    def expected(start: date | None, end: date | None, action: str = "") -> list[int]:
+        return [
+            e.seq
+            for e in mine.order_by("-seq")
+            if (start is None or e.time.date() >= start)
+            and (end is None or e.time.date() <= end)
+            and (not action or e.action == action)
+        ]
+
+    one = timedelta(days=1)
+    ranges = [(days[1], days[3]), (days[0], days[0]), (days[2] + one, days[2] + one),
+              (days[4], None), (None, days[0]), (days[4] + one, None), (None, days[0] - one),
+              (days[3], days[1])]  # fmt: skip
+    for start, end in ranges:
+        for action in ("", "key.enable"):
+            filters = AuditFilters(action=action, date_from=start, date_to=end)
+            with CaptureQueriesContext(connection) as run:
+                page = audit_page(audit_events_for_tenant(acme.tenant, filters), before=None,
+                                  size=100)  # fmt: skip
+            got = [e.seq for e in page.events if e.action in ("key.enable", "key.test")]
+            assert got == expected(start, end, action), (start, end, action)
+            assert len(run) == 1, (start, end)
+    assert len(expected(days[1], days[3])) == 9  # three days of three
 
 
 def test_csv_export_streams_every_matching_event_and_is_audited(trail) -> None:
