@@ -47,11 +47,12 @@ HEADER_SIZE = HEADER.size  # 9
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+BODY_AT = HEADER_SIZE + NONCE_SIZE  # where a blob's ciphertext (and tag) begins
 # A blob's header, nonce and ciphertext with its tag, for slicing every blob of a
 # page in C (map over them) rather than one Python slice per blob.
 HEAD_OF = itemgetter(slice(0, HEADER_SIZE))
-NONCE_OF = itemgetter(slice(HEADER_SIZE, HEADER_SIZE + NONCE_SIZE))
-BODY_OF = itemgetter(slice(HEADER_SIZE + NONCE_SIZE, None))
+NONCE_OF = itemgetter(slice(HEADER_SIZE, BODY_AT))
+BODY_OF = itemgetter(slice(BODY_AT, None))
 
 # Distinct from every other label anything derives from a DEK: the object
 # segment subkeys' ("keyward object v1 segment key", crypto.segments) and the

@@ -44,11 +44,11 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 
 from crypto.ciphertext import (
+    BODY_AT,
     BODY_OF,
     HEAD_OF,
     HEADER_SIZE,
     NONCE_OF,
-    NONCE_SIZE,
     NONCES,
     OVERHEAD,
     UNAUTHENTIC,
@@ -382,15 +382,12 @@ class Envelope:
         if hot is not None and self._clock() < hot.until:
             found = hot.opening.get((blob[:HEADER_SIZE], kind, field, len(rid)))
             if found is not None:
+                open_, prefix = found
                 # No length check first: a blob too short to be a ciphertext
                 # fails here (a nonce cut short is a ValueError), and the slow
                 # path says what is wrong with it.
                 try:
-                    return found[0](
-                        blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
-                        blob[HEADER_SIZE + NONCE_SIZE :],
-                        found[1] + rid,
-                    )
+                    return open_(blob[HEADER_SIZE:BODY_AT], blob[BODY_AT:], prefix + rid)
                 except (InvalidTag, ValueError):
                     pass
         return self._decrypt_checked(tenant_id, kind, field, rid, blob)
@@ -407,8 +404,8 @@ class Envelope:
         # other format changes both, so it fails to authenticate.
         try:
             return open_(
-                blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
-                blob[HEADER_SIZE + NONCE_SIZE :],
+                blob[HEADER_SIZE:BODY_AT],
+                blob[BODY_AT:],
                 prefix + rid,
             )
         except InvalidTag:
@@ -494,8 +491,8 @@ class Envelope:
         try:
             return [
                 open_(
-                    blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
-                    blob[HEADER_SIZE + NONCE_SIZE :],
+                    blob[HEADER_SIZE:BODY_AT],
+                    blob[BODY_AT:],
                     prefix + rid,
                 )
                 for kind, field, record_id, blob in items
