@@ -1,11 +1,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +12,7 @@ from django.utils import timezone
 from api.models import IdempotencyKey
 from records.models import Record
 from tests.api.conftest import Api, issue, user_record
-from tests.support.embedded import sqlite_env
+from tests.support.embedded import run_embedded
 
 
 def test_a_retry_returns_the_first_result_and_stores_once(acme, api) -> None:
@@ -37,7 +34,6 @@ def test_what_a_key_keeps_holds_no_personal_data(acme, api) -> None:
     assert "fields" not in (row.response or {})
     # The fingerprint is keyed: a plain SHA-256 of the request does not match it.
     import hashlib
-    import json
 
     plain = json.dumps(["POST", "/records", user_record()], sort_keys=True, separators=(",", ":"))
     assert hashlib.sha256(plain.encode()).hexdigest() not in kept
@@ -138,17 +134,7 @@ def test_two_concurrent_retries_store_once(acme) -> None:
 def test_keys_work_on_the_embedded_sqlite_database(tmp_path) -> None:
     """`make run`'s database: a create with a key once answered 500 there (the driver
     takes no UUID as it is)."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.api.embedded_idempotency"],
-        cwd=root,
-        env=sqlite_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    answers = json.loads(done.stdout)
+    answers = run_embedded("tests.api.embedded_idempotency", tmp_path)
     assert answers["vendor"] == "sqlite"
     status, replayed, first_id = answers["first"]
     assert (status, replayed) == (201, None)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +18,7 @@ from keys.models import DataKey, DekState
 from records.models import JobState, ReencryptionJob
 from tenants.selectors import support_access_now
 from tests.conftest import login
-from tests.support.embedded import sqlite_env
+from tests.support.embedded import run_embedded
 from tests.tenants.test_access import ask
 
 pytestmark = pytest.mark.django_db
@@ -124,17 +120,7 @@ def test_the_facts_on_the_embedded_sqlite_database(tmp_path) -> None:
     """`make run`'s database keeps UUIDs as hex and times as text: the statement
     compiled once still answers what the selectors answer there, the database's
     clock included (a key 6 days from expiry warns, 40 days does not)."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.console.embedded_shell"],
-        cwd=root,
-        env=sqlite_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout)
+    found = run_embedded("tests.console.embedded_shell", tmp_path)
     assert found["vendor"] == "sqlite"
     for moment in ("before", "after"):
         for slug, seen in found[moment].items():

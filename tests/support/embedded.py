@@ -3,8 +3,12 @@ for tests that run the project in a process of its own."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def sqlite_env(folder: Path) -> dict[str, str]:
@@ -16,3 +20,18 @@ def sqlite_env(folder: Path) -> dict[str, str]:
         "KEYWARD_DATA_DIR": str(folder / "data"),
         "DATABASE_URL": f"sqlite:///{folder / 'keyward.sqlite3'}",
     }
+
+
+def run_embedded(module: str, folder: Path) -> Any:
+    """Run `python -m module` from the repository root on a new embedded SQLite
+    database under `folder`; what it printed to stdout, read as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=Path(__file__).resolve().parents[2],
+        env=sqlite_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
