@@ -37,8 +37,9 @@ def audit_events_for_tenant(tenant: Model, filters: AuditFilters) -> QuerySet[Au
         )
     if filters.outcome:
         events = events.filter(outcome=filters.outcome)
-    # Times never decrease along a chain (`record` holds the head's last time),
-    # so a date range is a range of sequence numbers: two one-row index lookups,
+    # Times never decrease along a chain (`record` holds the head's last time;
+    # events of one time are told apart by seq), so a date range is a range of
+    # sequence numbers: two one-row index lookups,
     # subqueries of the page's own statement, turn it into one, and the page
     # walks only the days asked for. A bound no event reaches gives NULL, and so
     # no rows. The times are not compared again: the bounds imply them, and with
@@ -47,11 +48,11 @@ def audit_events_for_tenant(tenant: Model, filters: AuditFilters) -> QuerySet[Au
     chain = AuditEvent.objects.filter(chain=chain_key(tenant))
     if filters.date_from:
         start = _start_of(filters.date_from)
-        first = chain.filter(time__gte=start).order_by("time").values("seq")[:1]
+        first = chain.filter(time__gte=start).order_by("time", "seq").values("seq")[:1]
         events = events.filter(seq__gte=Subquery(first))
     if filters.date_to:
         end = _start_of(filters.date_to + timedelta(days=1))
-        last = chain.filter(time__lt=end).order_by("-time").values("seq")[:1]
+        last = chain.filter(time__lt=end).order_by("-time", "-seq").values("seq")[:1]
         events = events.filter(seq__lte=Subquery(last))
     return events.order_by("-seq")
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 from functools import cache
 from typing import Any
 
+from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
@@ -41,6 +42,8 @@ def shell(request: HttpRequest) -> dict[str, Any]:
     # What needs the database is read when a template first uses it, and then once
     # for all of it (console/shell.py): a partial that htmx swaps into a page (a
     # page of the audit trail, a progress section) shows none of it and reads none.
+    # A banner that is there is read again whole, on the same clock as the facts
+    # (the database's), so that the two agree at an expiry's very moment.
     @cache
     def facts() -> ShellFacts:
         return shell_facts(tenant)
@@ -48,12 +51,12 @@ def shell(request: HttpRequest) -> dict[str, Any]:
     def support_access() -> SupportAccessNow | None:
         if access.is_support or not facts().support_access:
             return None
-        return support_access_now(tenant)
+        return support_access_now(tenant, now=Now())
 
     return {
         **context,
         "expiring_key": SimpleLazyObject(
-            lambda: expiring_version(tenant) if facts().key_expiring else None
+            lambda: expiring_version(tenant, now=Now()) if facts().key_expiring else None
         ),
         "paused_stream": SimpleLazyObject(
             lambda: paused_stream(tenant) if facts().stream_paused else None

@@ -12,7 +12,10 @@ database takes to answer it, on every page. So it is built once per process,
 for a probe tenant that exists nowhere, with the database's own clock (`Now()`)
 as the selectors' now: the tenant is then the statement's only variable, and
 each page puts its tenant's id where the probe's stands, in whichever form
-the statement carries it (the UUID, or its text as the audit chain's key).
+the statement carries it (the UUID; its text, as the audit chain's key; its
+hex digits, as SQLite stores a UUID). The probe is a tenant with its id alone,
+so a selector that reads any other field of it fails the first build, as does
+one that carries the id in another form.
 tests/console/test_shell_facts.py checks that this gives exactly the
 statement the ORM builds for the tenant itself.
 """
@@ -82,28 +85,38 @@ def compiled(query: QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
     return sql, tuple(params)
 
 
+def _probe(tenant_id: uuid.UUID) -> Tenant:
+    """A tenant that is its id alone: any other field a selector reads is fetched
+    from the database, where no such tenant is, and fails the build."""
+    return Tenant.from_db(connection.alias, ["id"], [tenant_id])
+
+
 @lru_cache(maxsize=4)
-def _statement(vendor: str, with_jobs: tuple[str, ...]) -> _Statement:
-    """The statement for this database and these data consumers (they register at start)."""
+def compile_statement(vendor: str, with_jobs: tuple[Any, ...]) -> _Statement:
+    """The statement for this database and these data consumers' open-jobs queries
+    (they register at start); `cache_clear` forgets it."""
     probe = uuid.uuid4()
-    sql, params = compiled(shell_query(Tenant(pk=probe)))
-    statement = _Statement(sql, params, probe)
-    # A selector that came to depend on more of the tenant than its id (or
-    # carried it in another form) would make a page show another tenant's
-    # answers, here the probe's: refuse to serve rather than be wrong.
-    other = uuid.uuid4()
-    if compiled(shell_query(Tenant(pk=other))) != (sql, statement.bind(other)):
+    try:
+        sql, params = compiled(shell_query(_probe(probe)))
+        statement = _Statement(sql, params, probe)
+        # A selector that came to depend on the tenant's id in another form
+        # would make a page show another tenant's answers, here the probe's:
+        # refuse to serve rather than be wrong.
+        other = uuid.uuid4()
+        if compiled(shell_query(_probe(other))) != (sql, statement.bind(other)):
+            raise ImproperlyConfigured("it carries the tenant's id in a form it cannot bind")
+    except (Tenant.DoesNotExist, ImproperlyConfigured) as exc:
         raise ImproperlyConfigured(
             "the page shell's statement depends on more than the tenant's id; "
-            "console/shell.py cannot bind it once for every tenant"
-        )
+            f"console/shell.py cannot bind it once for every tenant ({exc})"
+        ) from None
     return statement
 
 
 def statement_for() -> _Statement:
     """The statement for the database in use and the data consumers registered."""
-    with_jobs = tuple(c.name for c in consumers() if c.open_jobs is not None)
-    return _statement(connection.vendor, with_jobs)
+    with_jobs = tuple((c.name, c.open_jobs) for c in consumers() if c.open_jobs is not None)
+    return compile_statement(connection.vendor, with_jobs)
 
 
 def shell_facts(tenant: Tenant) -> ShellFacts:

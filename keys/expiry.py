@@ -44,10 +44,13 @@ def expiring_versions(
 
 
 def expiring_version(
-    tenant: Tenant, *, within: timedelta = timedelta(days=30)
+    tenant: Tenant,
+    *,
+    within: timedelta = timedelta(days=30),
+    now: datetime | Combinable | None = None,
 ) -> KekVersion | None:
     """The tenant's uploaded key version in use that expires soonest, if within `within`."""
-    return expiring_versions(tenant, within=within).first()
+    return expiring_versions(tenant, within=within, now=now).first()
 
 
 def _due(expires_at: datetime, sent: list[int], now: datetime) -> int | None:

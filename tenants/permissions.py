@@ -98,7 +98,9 @@ def get_tenant_for_user(
             .first()
         )
     else:
-        membership = next((m for m in memberships if m.tenant.slug == slug), None)
+        membership = next(
+            (m for m in memberships if m.user_id == user.pk and m.tenant.slug == slug), None
+        )
     if membership is not None:
         access = TenantAccess(membership.tenant, membership.role, ROLE_PERMS[membership.role])
     elif is_support_staff(user):

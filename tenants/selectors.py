@@ -88,9 +88,11 @@ def support_access_open(
     )
 
 
-def support_access_now(tenant: Tenant) -> SupportAccessNow | None:
+def support_access_now(
+    tenant: Tenant, *, now: datetime | Combinable | None = None
+) -> SupportAccessNow | None:
     """What the tenant's banner says about vendor support's access, if anything."""
-    rows = support_access_open(tenant).values_list("state", "ends_at")
+    rows = support_access_open(tenant, now=now).values_list("state", "ends_at")
     pending = sum(1 for state, _ in rows if state == AccessState.PENDING)
     ends = [end for state, end in rows if state == AccessState.APPROVED and end]
     if not pending and not ends:

@@ -163,3 +163,22 @@ def test_audit_verify_notices_time_running_backwards(tenant: Tenant) -> None:
     )
     link = audit_verify_chain(chain_key(tenant))
     assert link is not None and link.seq == 3
+
+
+def test_a_chain_from_before_last_time_is_held_to_its_newest_event(
+    tenant: Tenant, monkeypatch
+) -> None:
+    """Migration 0005 fills the head's last time of a chain made before it existed,
+    so the chain's next event cannot go below its newest one."""
+    from datetime import timedelta
+    from importlib import import_module
+
+    from django.utils import timezone
+
+    newest = record(tenant=tenant, actor=Actor.system(), action="test.one")
+    AuditChain.objects.filter(key=chain_key(tenant)).update(last_time=None)  # as before 0003
+    with connection.cursor() as cursor:
+        cursor.execute(import_module("audit.migrations.0005_chain_last_time_filled").FILL)
+    assert AuditChain.objects.get(key=chain_key(tenant)).last_time == newest.time
+    monkeypatch.setattr(timezone, "now", lambda: newest.time - timedelta(hours=1))
+    assert record(tenant=tenant, actor=Actor.system(), action="test.two").time == newest.time

@@ -4,14 +4,17 @@ import csv
 import io
 import itertools
 import json
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.models import AuditEvent, Outcome
+from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
 from audit.services import Actor, record
 from tests.conftest import login
 
@@ -185,20 +188,17 @@ def test_date_range(trail) -> None:
 
 
 def test_date_ranges_over_days_in_one_statement(acme, monkeypatch) -> None:
-    """Events on five days: each range gives exactly its days' events, newest
-    first, alone or with another filter, read by the page's one statement."""
-    from datetime import UTC, date, datetime, timedelta
-
-    from django.utils import timezone
-
-    from audit.selectors import AuditFilters, audit_events_for_tenant, audit_page
-
-    days = [date(2027, 3, d) for d in (2, 3, 5, 6, 9)]  # after the fixture's own events
+    """Events on five days, three of each day's at one same instant (midnight, the
+    edge of a range): each range gives exactly its days' events, newest first,
+    alone or with another filter, read by the page's one statement."""
+    # Days to come: `record` never writes a time before the chain's last one.
+    first_day = timezone.now().date() + timedelta(days=400)
+    days = [first_day + timedelta(days=d) for d in (0, 1, 3, 4, 7)]
     for day in days:
-        for hour in (0, 12, 23):
-            at = datetime(day.year, day.month, day.day, hour, 30, tzinfo=UTC)
+        for hour, minute, action in ((0, 0, "key.test"), (0, 0, "key.enable"), (0, 0, "key.test"),
+                                     (12, 30, "key.enable"), (23, 59, "key.test")):  # fmt: skip
+            at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
             monkeypatch.setattr(timezone, "now", lambda at=at: at)
-            action = "key.enable" if hour == 12 else "key.test"
             record(tenant=acme.tenant, actor=Actor.system("tests"), action=action)
     monkeypatch.undo()
     mine = AuditEvent.objects.filter(tenant=acme.tenant, action__in=["key.enable", "key.test"])
@@ -213,9 +213,10 @@ def test_date_ranges_over_days_in_one_statement(acme, monkeypatch) -> None:
         ]
 
     one = timedelta(days=1)
-    ranges = [(days[1], days[3]), (days[0], days[0]), (days[2] + one, days[2] + one),
-              (days[4], None), (None, days[0]), (days[4] + one, None), (None, days[0] - one),
-              (days[3], days[1])]  # fmt: skip
+    empty = days[1] + one  # a day with no events between two that have some
+    ranges = [(days[1], days[3]), (days[0], days[0]), (empty, empty), (empty, days[2]),
+              (days[1], empty), (days[4], None), (None, days[0]), (days[4] + one, None),
+              (None, days[0] - one), (days[3], days[1])]  # fmt: skip
     for start, end in ranges:
         for action in ("", "key.enable"):
             filters = AuditFilters(action=action, date_from=start, date_to=end)
@@ -225,7 +226,7 @@ def test_date_ranges_over_days_in_one_statement(acme, monkeypatch) -> None:
             got = [e.seq for e in page.events if e.action in ("key.enable", "key.test")]
             assert got == expected(start, end, action), (start, end, action)
             assert len(run) == 1, (start, end)
-    assert len(expected(days[1], days[3])) == 9  # three days of three
+    assert len(expected(days[1], days[3])) == 15  # three days of five
 
 
 def test_csv_export_streams_every_matching_event_and_is_audited(trail) -> None:

@@ -23,8 +23,10 @@ def main() -> None:
     from audit.selectors import chain_position
     from audit.services import Actor, record
     from console.shell import compiled, shell_facts, shell_query, statement_for
+    from keys.consumers import open_data_jobs
     from keys.expiry import expiring_version
-    from keys.models import KekState, KekVersion, KeySource, SourceState
+    from keys.models import DataKey, DekState, KekState, KekVersion, KeySource, SourceState
+    from records.models import ReencryptionJob
     from tenants.selectors import support_access_now
     from tenants.services import tenant_create
     from tests.tenants.test_access import ask
@@ -51,6 +53,10 @@ def main() -> None:
         username="support@vendor.test", email="support@vendor.test", is_staff=True
     )
     ask(globex, support)
+    # A re-encryption of acme's data, queued: the live poller goes fast.
+    ReencryptionJob.objects.create(
+        tenant=acme, target_dek=DataKey.objects.get(tenant=acme, state=DekState.ACTIVE)
+    )
 
     def facts() -> dict[str, object]:
         found: dict[str, object] = {}
@@ -62,6 +68,7 @@ def main() -> None:
                     got.key_expiring,
                     got.stream_paused,
                     got.support_access,
+                    got.jobs_open,
                 ],
                 "selectors": [
                     chain_position(tenant),
@@ -70,6 +77,7 @@ def main() -> None:
                         tenant=tenant, state=StreamState.PAUSED
                     ).exists(),
                     support_access_now(tenant) is not None,
+                    any(jobs.exists() for jobs in open_data_jobs(tenant)),
                 ],
                 "same_statement": compiled(shell_query(tenant))
                 == (statement_for().sql, statement_for().bind(tenant.pk)),
@@ -81,7 +89,15 @@ def main() -> None:
     soon.material_expires_at = timezone.now() + timedelta(days=40)
     soon.save()
     after = facts()
-    print(json.dumps({"vendor": connection.vendor, "before": before, "after": after}))
+    # Expired a second ago: not "expiring" (the key is gone, the health check says so).
+    soon.material_expires_at = timezone.now() - timedelta(seconds=1)
+    soon.save()
+    expired = facts()
+    print(
+        json.dumps(
+            {"vendor": connection.vendor, "before": before, "after": after, "expired": expired}
+        )
+    )
 
 
 if __name__ == "__main__":

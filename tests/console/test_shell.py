@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from audit.services import Actor
 from tenants.models import ServiceState
-from tests.conftest import login
+from tenants.services import membership_add
+from tests.conftest import login, make_tenant
 
 
 def test_anonymous_is_sent_to_login(client, db) -> None:
@@ -34,9 +38,6 @@ def test_single_tenant_users_land_on_their_dashboard(acme) -> None:
 
 
 def test_switcher_lists_every_tenant_of_the_user(acme, globex) -> None:
-    from audit.services import Actor
-    from tenants.services import membership_add
-
     membership_add(tenant=globex.tenant, user=acme.owner, role="viewer", actor=Actor.system())
     response = login(acme.owner).get("/")
     body = response.content.decode()
@@ -90,12 +91,7 @@ def test_healthz(client, db) -> None:
 
 def test_a_tenant_page_reads_the_users_memberships_once(acme, globex) -> None:
     """The tenant check and the switcher share one read; the switcher still lists both."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from audit.services import Actor
-    from tenants.services import membership_add
-
+    initech = make_tenant("Initech", "initech")
     membership_add(tenant=globex.tenant, user=acme.owner, role="viewer", actor=Actor.system())
     client = login(acme.owner)
     client.get("/t/globex/")
@@ -104,15 +100,14 @@ def test_a_tenant_page_reads_the_users_memberships_once(acme, globex) -> None:
     reads = [q["sql"] for q in run if q["sql"].startswith('SELECT "tenants_membership"')]
     assert len(reads) == 1, reads
     assert 'href="/t/acme/"' in body and 'href="/t/globex/"' in body
-    # A slug the user is not a member of is still a 404, and a role's limits hold.
-    assert client.get("/t/initech/").status_code == 404
+    # A tenant the user is not a member of is still a 404, as is one that does not
+    # exist, and a role's limits hold.
+    assert client.get(f"/t/{initech.tenant.slug}/").status_code == 404
+    assert client.get("/t/nope/").status_code == 404
     assert login(acme.viewer).get(reverse("audit:list", args=["acme"])).status_code == 403
 
 
 def test_support_staff_pages_read_no_membership_twice(acme, support) -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     client = login(support)
     client.get("/t/acme/")
     with CaptureQueriesContext(connection) as run:

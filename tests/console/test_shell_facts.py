@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import StreamDestination, StreamKind, StreamState
 from audit.services import Actor, record
 from audit.streaming.selectors import paused_stream
+from console import shell
 from console.live import FAST_SECONDS, SLOW_SECONDS, fingerprint_of, live_fingerprint, live_pace
 from console.shell import ShellFacts, compiled, shell_facts, shell_query, statement_for
 from keys.models import DataKey, DekState
@@ -122,25 +123,36 @@ def test_the_facts_on_the_embedded_sqlite_database(tmp_path) -> None:
     clock included (a key 6 days from expiry warns, 40 days does not)."""
     found = run_embedded("tests.console.embedded_shell", tmp_path)
     assert found["vendor"] == "sqlite"
-    for moment in ("before", "after"):
+    for moment in ("before", "after", "expired"):
         for slug, seen in found[moment].items():
             assert seen["facts"] == seen["selectors"], (moment, slug)
             assert seen["same_statement"], (moment, slug)
-    assert found["before"]["acme"]["facts"][1:] == [True, False, False]
-    assert found["after"]["acme"]["facts"][1:] == [False, False, False]
-    assert found["before"]["globex"]["facts"][1:] == [False, True, True]
+    # expiring, stream paused, support access, a job open
+    assert found["before"]["acme"]["facts"][1:] == [True, False, False, True]
+    assert found["after"]["acme"]["facts"][1:] == [False, False, False, True]
+    assert found["expired"]["acme"]["facts"][1:] == [False, False, False, True]
+    assert found["before"]["globex"]["facts"][1:] == [False, True, True, False]
 
 
-def test_a_statement_that_cannot_be_bound_once_is_refused(acme, monkeypatch) -> None:
-    """Were a selector to read more of the tenant than its id, the shell would say so
-    at its first page instead of showing the probe's answers."""
-    from console import shell
-
+@pytest.mark.parametrize(
+    "reads",
+    [
+        pytest.param(lambda t: {"key__gt": t.pk.hex[:8]}, id="the id in another form"),
+        pytest.param(lambda t: {"key__gt": t.slug}, id="another field of the tenant"),
+        pytest.param(lambda t: {"key__gt": str(t.state)}, id="the tenant's state"),
+    ],
+)
+def test_a_statement_that_cannot_be_bound_once_is_refused(acme, monkeypatch, reads) -> None:
+    """Were a selector to read more of the tenant than its id, or the id in a form
+    the binding does not know, the shell would say so at its first page instead
+    of showing every tenant the probe's answers."""
     real = shell.chain_length
-    monkeypatch.setattr(shell, "chain_length", lambda t: real(t).filter(key__gt=t.pk.hex[:8]))
-    shell._statement.cache_clear()
+    monkeypatch.setattr(shell, "chain_length", lambda t: real(t).filter(**reads(t)))
+    shell.compile_statement.cache_clear()
     try:
         with pytest.raises(ImproperlyConfigured, match="more than the tenant's id"):
             shell_facts(acme.tenant)
     finally:
-        shell._statement.cache_clear()
+        monkeypatch.undo()
+        shell.compile_statement.cache_clear()
+    assert shell_facts(acme.tenant).chain_position > 0  # built again, as it should be
