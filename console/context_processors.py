@@ -16,8 +16,8 @@ from keys.selectors.overview import rotation_cause
 from objects.selectors import migration_progress
 from tenants.display import Banner, allowed_acts, display_of
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
-from tenants.permissions import is_support_staff
 from tenants.selectors import SupportAccessNow, memberships_for_user, support_access_now
+from tenants.staff import is_support_staff
 
 
 def shell(request: HttpRequest) -> dict[str, Any]:

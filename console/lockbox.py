@@ -34,7 +34,7 @@ from tenants.access import (
     active_grant,
 )
 from tenants.models import AccessReason, AccessScope, SupportAccess, Tenant
-from tenants.permissions import is_support_staff
+from tenants.staff import is_support_staff
 
 PAGE = 50
 

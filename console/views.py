@@ -23,8 +23,9 @@ from keys.selectors.usage import revocation_chart, usage_charts
 from records.blindindex import INDEXED_FIELDS
 from records.fields import FIELDS_BY_KIND
 from tenants.models import Tenant
-from tenants.permissions import Perm, TenantAccess, is_support_staff, with_tenant
+from tenants.permissions import Perm, TenantAccess, with_tenant
 from tenants.selectors import memberships_for_user, tenants_for_user
+from tenants.staff import is_support_staff
 from tenants.sudo import safe_next, sudo_grant
 
 

@@ -19,6 +19,8 @@ from django.http.response import HttpResponseBase
 
 from audit.services import Actor
 from tenants.models import Membership, Role, Tenant
+from tenants.selectors import memberships_for_user
+from tenants.staff import is_support_staff
 
 
 class Perm(StrEnum):
@@ -69,10 +71,6 @@ class TenantAccess:
         if self.role is None:
             return Actor.for_user(user, support=True)
         return Actor.for_user(user, role=Role(self.role).label)
-
-
-def is_support_staff(user: AbstractBaseUser | AnonymousUser) -> bool:
-    return bool(user.is_authenticated and getattr(user, "is_staff", False))
 
 
 def get_tenant_for_user(
@@ -132,9 +130,7 @@ def tenant_for_request(
 
 def user_memberships(user: AbstractBaseUser | AnonymousUser) -> list[Membership]:
     """All of `user`'s memberships, with their tenants (a handful per person)."""
-    if not user.is_authenticated:
-        return []
-    return list(Membership.objects.filter(user_id=user.pk).select_related("tenant"))
+    return list(memberships_for_user(user))
 
 
 def with_tenant(

@@ -18,7 +18,7 @@ from tenants.models import (
     Membership,
     Tenant,
 )
-from tenants.permissions import is_support_staff
+from tenants.staff import is_support_staff
 
 
 def tenants_for_user(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Tenant]:

@@ -46,8 +46,8 @@ from objects.models import MigrationState
 from objects.moves import objects_move_retry
 from tenants.display import display_of
 from tenants.models import ServiceState, Tenant
-from tenants.permissions import is_support_staff
 from tenants.services import AddonRefused, tenant_addon_disable, tenant_addon_enable
+from tenants.staff import is_support_staff
 
 View = Callable[..., HttpResponseBase]
 
