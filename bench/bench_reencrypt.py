@@ -211,7 +211,8 @@ def p95_ms(values: list[float]) -> float:
 def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int]) -> tuple[float, ...]:
     """The real task on the workers of `queue`, from enqueueing to the job's end.
 
-    Returns (seconds, rows moved, machine busy CPU seconds, workers' CPU seconds).
+    Returns (seconds, rows moved, machine busy CPU seconds, workers' CPU seconds,
+    parts the job was cut into).
     """
     ReencryptionJob.objects.filter(tenant=tenant).delete()
     job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=RECORDS)
@@ -230,7 +231,7 @@ def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int]) -> tuple[f
     job.refresh_from_db()
     assert job.state == JobState.DONE, job.error
     assert job.done >= RECORDS, f"moved {job.done} of {RECORDS}"
-    return elapsed, job.done, machine, own
+    return elapsed, job.done, machine, own, job.parts.count()
 
 
 def vacuum() -> None:
@@ -328,11 +329,11 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     # The best round of each: these machines are shared, and a slower round
     # measures the neighbours, not the job.
-    seconds, rows, machine, own = max(cryptos, key=lambda r: r[1] / r[0])
-    p_seconds, p_rows, p_machine, p_own = max(plains, key=lambda r: r[1] / r[0])
+    seconds, rows, machine, own, parts = max(cryptos, key=lambda r: r[1] / r[0])
+    p_seconds, p_rows, p_machine, p_own, _ = max(plains, key=lambda r: r[1] / r[0])
     rate, plain_rate = rows / seconds, p_rows / p_seconds
     cores = os.cpu_count() or 1
-    print(f"# {WORKERS} workers, {settings.KEYWARD_REENCRYPT_PARTS} parts, batches of "
+    print(f"# {WORKERS} workers, {parts} parts, batches of "
           f"{settings.KEYWARD_REENCRYPT_BATCH}; {cores} cores; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"BENCH reencrypt_rows_per_s {rate:.0f} rows/s")

@@ -638,6 +638,12 @@ KEYWARD_REENCRYPT_BATCH = env.integer(
 # own checkpoint: as many workers as there are parts can run one job at once.
 # More parts than workers evens out ranges that hold more rows than others.
 KEYWARD_REENCRYPT_PARTS = env.integer("KEYWARD_REENCRYPT_PARTS", 8, minimum=1, maximum=256)
+# A job is cut into fewer parts when it has fewer rows: each part gets at least
+# this many batches, so that a part's fixed costs (its task, its pass's start
+# and drain, its second worker's connection) stay small against its rows.
+KEYWARD_REENCRYPT_PART_BATCHES = env.integer(
+    "KEYWARD_REENCRYPT_PART_BATCHES", 10, minimum=1, maximum=1000
+)
 
 # --- Encrypted objects -------------------------------------------------------------
 # Where blobs live: folders under KEYWARD_OBJECT_ROOT (embedded default) or S3.

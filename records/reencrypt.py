@@ -278,7 +278,7 @@ class ReencryptionPass:
     4. A row changed by another writer since it was read is not overwritten
        (the xmin check in `write_batch`); the caller's next pass redoes it.
 
-    On SQLite (one writer) a single worker runs in the caller's thread.
+    The caller's thread is a worker too; on SQLite (one writer) it is the only one.
     """
 
     def __init__(
@@ -305,18 +305,27 @@ class ReencryptionPass:
         self.halted = False  # `save` said stop
 
     def run(self) -> None:
-        """Run the pass to its end (or until `save` says stop); raise a worker's error."""
-        if not is_postgres() or WORKERS == 1:
-            self._work()
-        else:
-            threads = [
+        """Run the pass to its end (or until `save` says stop); raise a worker's error.
+
+        The caller's thread is one of the workers. Its connection outlives the
+        pass (CONN_MAX_AGE), and with it the batch table, its statistics and
+        the backend's warm caches: a worker on a new connection pays for all
+        of them again (about 40 ms of PostgreSQL's CPU per connection, which
+        a job cut into parts paid on every worker of every part).
+        """
+        helpers = (
+            [
                 threading.Thread(target=self._thread, name=f"reencrypt-{n}", daemon=True)
-                for n in range(WORKERS)
+                for n in range(1, WORKERS)
             ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            if is_postgres()
+            else []
+        )
+        for thread in helpers:
+            thread.start()
+        self._work()
+        for thread in helpers:
+            thread.join()
         if self._errors:
             raise self._errors[0]
 

@@ -2,10 +2,19 @@
 under an older DEK is rewritten under the current one, so old DEKs can retire.
 
 The job is a row (`ReencryptionJob`) cut into parts (`ReencryptionPart`): the
-record-id range of the rows under older DEKs, split into
-KEYWARD_REENCRYPT_PARTS ranges of equal width, each with its own checkpoint.
-Each part is a Celery task (`records.tasks`), so as many workers as parts
-share one job; the hot loop is in `records.reencrypt`.
+record-id range of the rows under older DEKs, split into ranges of equal
+width, each with its own checkpoint. Each part is a Celery task
+(`records.tasks`), so as many workers as parts share one job; the hot loop is
+in `records.reencrypt`.
+
+How many parts (`part_count`): KEYWARD_REENCRYPT_PARTS at most, and no more
+than leaves each at least KEYWARD_REENCRYPT_PART_BATCHES batches of the rows
+to move (the DEK counters give their number exactly). A part has fixed costs
+that rows do not share: a task's round trip, a pass that starts with one
+batch in flight and drains to one, a second worker's new connection with its
+batch table and statistics. Against a part of two or three batches they were
+a quarter of the job's time: 200,000 rows in 8 parts moved at 74k rows/s on
+two workers, in 2 parts at 94k.
 
 Why key ranges rather than rewriting the table and swapping it in:
 
@@ -27,8 +36,8 @@ Why key ranges rather than rewriting the table and swapping it in:
   DEK.
 - Equal widths cost two index probes per older DEK to compute, however large
   the table; uneven ranges (ids are shared by all tenants) even out because
-  there are more parts than workers, and a worker that finishes early takes
-  the next part.
+  a large job has more parts than workers, and a worker that finishes early
+  takes the next part.
 
 A part runs and commits like the whole job did before: batches with their
 progress in one transaction, its checkpoint the end of the longest run of
@@ -61,7 +70,7 @@ from keys.providers.base import KeyProviderError
 from keys.services.deks import NOT_ROTATABLE, dek_retire_unused
 from records.models import JobState, ReencryptionJob, ReencryptionPart, SealedFields
 from records.reencrypt import ReencryptionPass, older_deks
-from records.selectors import records_not_under
+from records.selectors import record_counts_by_dek, records_not_under
 from tenants.models import Tenant
 from tenants.states import ServicePaused
 
@@ -114,6 +123,18 @@ def split_range(after_id: int, until_id: int, parts: int) -> list[tuple[int, int
     return list(pairwise(bounds))
 
 
+def part_count(rows: int) -> int:
+    """Parts for a job with `rows` rows to move (see the module's docstring)."""
+    per_part = settings.KEYWARD_REENCRYPT_PART_BATCHES * settings.KEYWARD_REENCRYPT_BATCH
+    return max(1, min(settings.KEYWARD_REENCRYPT_PARTS, rows // per_part))
+
+
+def _rows_to_move(tenant: Tenant, target: DataKey) -> int:
+    """Rows under the tenant's older DEKs, exactly, from the DEK counters."""
+    counts = record_counts_by_dek(tenant)
+    return sum(counts.get(dek_id, 0) for dek_id in older_deks(tenant, target))
+
+
 def _rows_id_range(tenant: Tenant, target: DataKey) -> tuple[int, int] | None:
     """(first, last) record id of the rows under older DEKs; two index probes per DEK."""
     first: int | None = None
@@ -150,7 +171,7 @@ def reencryption_split(*, job_id: str) -> list[int]:
                 split_range(
                     max(span[0] - 1, locked.last_record_id),
                     span[1],
-                    settings.KEYWARD_REENCRYPT_PARTS,
+                    part_count(_rows_to_move(job.tenant, job.target_dek)),
                 )
                 if span
                 else []

@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -89,9 +90,40 @@ def test_reencryption_moves_everything_and_retires_old_deks(settings) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_callers_thread_writes_batches_on_the_connection_it_keeps(
+    settings, monkeypatch
+) -> None:
+    """Each pass runs one worker in the caller's thread, on its own connection
+    (kept after the pass), and the others in threads of their own."""
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    settings.KEYWARD_REENCRYPT_PARTS = 3
+    settings.KEYWARD_REENCRYPT_PART_BATCHES = 1
+    tenant = tenant_with_old_data("initech", 900)
+    connection.ensure_connection()
+    caller = (threading.get_ident(), connection.connection.info.backend_pid)
+    writers: list[tuple[int, int]] = []
+    real = records.reencrypt.write_batch
+
+    def watched(batch: records.reencrypt.Batch, target: DataKey) -> int:
+        writers.append((threading.get_ident(), connection.connection.info.backend_pid))
+        return real(batch, target)
+
+    monkeypatch.setattr(records.reencrypt, "write_batch", watched)
+    target = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=900)
+    assert reencryption_run(job_id=str(job.pk)).done == 900
+    assert caller in writers
+    assert len(writers) >= 9  # 3 parts of 3 batches
+    assert all(pid != caller[1] for thread, pid in writers if thread != caller[0])
+    assert connection.connection.info.backend_pid == caller[1]  # still open
+    assert_all_under_current(tenant)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> None:
     settings.KEYWARD_REENCRYPT_BATCH = 50
     settings.KEYWARD_REENCRYPT_PARTS = 2  # 200 rows each, run one after the other here
+    settings.KEYWARD_REENCRYPT_PART_BATCHES = 1
     tenant = tenant_with_old_data("initech", 400)
     before = snapshot(tenant)
     target = DataKey.objects.get(tenant=tenant, state="active")

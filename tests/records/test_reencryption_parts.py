@@ -20,6 +20,7 @@ from records.fields import PII_FIELD
 from records.models import JobState, Record, ReencryptionJob, ReencryptionPart, SealedFields
 from records.pii import encode_fields
 from records.reencryption import (
+    part_count,
     reencryption_run,
     reencryption_run_part,
     reencryption_split,
@@ -44,6 +45,13 @@ def _fresh_envelope():
     reset_for_tests()
     yield
     reset_for_tests()
+
+
+@pytest.fixture(autouse=True)
+def _small_parts(settings):
+    # These jobs are small: a part of one batch is allowed, so that they get
+    # the parts they ask for (part_count's own test covers the minimum).
+    settings.KEYWARD_REENCRYPT_PART_BATCHES = 1
 
 
 def snapshot(tenant: Tenant) -> dict[str, dict[str, str]]:
@@ -80,6 +88,7 @@ def test_split_ranges_cover_every_id_once() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_jobs_parts_hold_every_old_row_exactly_once(settings) -> None:
     settings.KEYWARD_REENCRYPT_PARTS = 5
+    settings.KEYWARD_REENCRYPT_BATCH = 20  # a part of one batch: 20 rows at least
     tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
     other = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
     for n in range(4):  # the tenant's ids interleaved with another tenant's
@@ -105,6 +114,38 @@ def test_a_jobs_parts_hold_every_old_row_exactly_once(settings) -> None:
     job = reencryption_run(job_id=str(job.pk))
     assert job.state == JobState.DONE and job.done == 148
     assert sum(ReencryptionPart.objects.filter(job=job).values_list("done", flat=True)) == 148
+
+
+def test_part_count_gives_each_part_its_minimum_of_batches(settings) -> None:
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    settings.KEYWARD_REENCRYPT_PART_BATCHES = 10  # a part: 1,000 rows at least
+    settings.KEYWARD_REENCRYPT_PARTS = 8
+    cases = {0: 1, 1: 1, 999: 1, 1_000: 1, 1_999: 1, 2_000: 2, 7_999: 7, 8_000: 8, 10**9: 8}
+    assert {rows: part_count(rows) for rows in cases} == cases
+    settings.KEYWARD_REENCRYPT_PARTS = 3
+    assert part_count(10**9) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_small_job_is_cut_into_fewer_parts(settings) -> None:
+    """The rows to move, counted by the DEK counters (the tenant's only: another
+    tenant's rows interleave), decide how many parts there are."""
+    settings.KEYWARD_REENCRYPT_BATCH = 100
+    settings.KEYWARD_REENCRYPT_PART_BATCHES = 2  # a part: 200 rows at least
+    settings.KEYWARD_REENCRYPT_PARTS = 8
+    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
+    other = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
+    for n in range(3):
+        records_create(tenant=tenant, items=list(synthetic_records(210, prefix=f"{n}-")))
+        records_create(tenant=other, items=list(synthetic_records(300, prefix=f"{n}-")))
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+    envelope().forget(str(tenant.pk))
+    records_create(tenant=tenant, items=list(synthetic_records(500, prefix="new-")))
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=current_dek(tenant), total=630)
+    reencryption_split(job_id=str(job.pk))
+    assert ReencryptionPart.objects.filter(job=job).count() == 3  # 630 // 200
+    job = reencryption_run(job_id=str(job.pk))
+    assert job.state == JobState.DONE and job.done == 630
 
 
 @pytest.mark.django_db(transaction=True)
@@ -339,7 +380,11 @@ def test_two_workers_killed_mid_job_finish_every_part_once_restarted(tmp_path: P
     envelope().forget(str(tenant.pk))
     before = snapshot(tenant)
     job = ReencryptionJob.objects.create(tenant=tenant, target_dek=current_dek(tenant), total=n)
-    env = {"KEYWARD_REENCRYPT_BATCH": "100", "KEYWARD_REENCRYPT_PARTS": "4"}
+    env = {
+        "KEYWARD_REENCRYPT_BATCH": "100",
+        "KEYWARD_REENCRYPT_PARTS": "4",
+        "KEYWARD_REENCRYPT_PART_BATCHES": "1",
+    }
     queue = f"test-{rng.randrange(16**8):08x}"
     kills = scale(1, 5)
     for round_ in range(kills):
