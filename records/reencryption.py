@@ -13,8 +13,8 @@ to move (the DEK counters give their number exactly). A part has fixed costs
 that rows do not share: a task's round trip, a pass that starts with one
 batch in flight and drains to one, a second worker's new connection with its
 batch table and statistics. Against a part of two or three batches they were
-a quarter of the job's time: 200,000 rows in 8 parts moved at 74k rows/s on
-two workers, in 2 parts at 94k.
+a fifth of the job's time: 200,000 rows in 8 parts moved at 74k rows/s on two
+workers, in 2 parts at 94k.
 
 Why key ranges rather than rewriting the table and swapping it in:
 
