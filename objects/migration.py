@@ -94,7 +94,7 @@ from objects.models import (
     blob_name,
     key_of_blob,
 )
-from objects.services import object_binding
+from objects.services import OBJECT_READS, object_binding
 from objects.storage import ObjectMissing, Storage, StorageDenied
 from tenants.models import MIGRATING_STATES, ServiceState, Tenant
 
@@ -540,7 +540,9 @@ class _Run:
             binding = object_binding(self.tenant_id, key, version)
             name = blob_name(key, version)
             try:
-                plain = decrypt_stream(source.get(name), key_for=key_for, binding=binding)
+                plain = decrypt_stream(
+                    source.get(name, sizes=OBJECT_READS), key_for=key_for, binding=binding
+                )
                 pieces = encrypt_stream(
                     _checked(plain, sha256, size), dek=target_key, dek_id=target_dek_id,
                     binding=binding,
@@ -681,7 +683,9 @@ class _Run:
             _item_id, key, version, sha256, size, _source, salt = item
             binding = object_binding(self.tenant_id, key, version)
             try:
-                header, pieces = peek_header(target.get(blob_name(key, version)))
+                header, pieces = peek_header(
+                    target.get(blob_name(key, version), sizes=OBJECT_READS)
+                )
                 if not salt:
                     # Copied before salts were recorded: hash the plaintext again.
                     plain = decrypt_stream(pieces, key_for=key_for, binding=binding)

@@ -29,6 +29,7 @@ from crypto.segments import (
     Digest,
     ObjectFormatError,
     ObjectUnauthentic,
+    aligned_reads,
     decrypt_stream,
     encrypt_stream,
 )
@@ -45,7 +46,14 @@ from objects.models import (
     blob_name,
     split_blob,
 )
-from objects.storage import InvalidKey, ObjectMissing, Storage, StorageError, validate_key
+from objects.storage import (
+    InvalidKey,
+    ObjectMissing,
+    ReadSizes,
+    Storage,
+    StorageError,
+    validate_key,
+)
 from tenants.models import MIGRATING_STATES, PAUSED_STATES, ServiceState, Tenant
 from tenants.states import ServicePaused
 
@@ -54,6 +62,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,255}")
 _BINDING_PREFIX = b"keyward object v1\x00"
+# Every read of a stored object asks for pieces that end where its segments'
+# records end (objects are written with the default segment size).
+OBJECT_READS = ReadSizes(*aligned_reads())
 _BINDING_PREFIX_V2 = b"keyward object v2\x00"
 
 
@@ -270,7 +281,7 @@ def object_open(*, tenant: Tenant, key: str) -> tuple[StoredObject, Iterator[byt
     obj = object_head(tenant=tenant, key=key)
     tenant_id = str(tenant.pk)
     key_for = _row_key(tenant_id, obj)
-    pieces = storage_for(tenant, obj.location).get(obj.blob)
+    pieces = storage_for(tenant, obj.location).get(obj.blob, sizes=OBJECT_READS)
     binding = object_binding(tenant_id, key, obj.version)
     return obj, decrypt_stream(pieces, key_for=key_for, binding=binding)
 
@@ -310,7 +321,7 @@ def object_reencrypt(*, tenant: Tenant, key: str, version: str) -> bool:
         _hold_dek(dek.dek_id)
         storage = storage_for(tenant, obj.location)
         plain = decrypt_stream(
-            storage.get(obj.blob),
+            storage.get(obj.blob, sizes=OBJECT_READS),
             key_for=_row_key(tenant_id, obj),
             binding=object_binding(tenant_id, key, version),
         )

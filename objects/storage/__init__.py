@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from objects.storage.base import (
     InvalidKey,
     ObjectMissing,
+    ReadSizes,
     Storage,
     StorageDenied,
     StorageError,
@@ -27,6 +28,7 @@ __all__ = [
     "FilesystemStorage",
     "InvalidKey",
     "ObjectMissing",
+    "ReadSizes",
     "S3Storage",
     "Storage",
     "StorageDenied",

@@ -14,6 +14,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 MAX_KEY_BYTES = 1024
+# Pieces a get hands over: 1 MiB each unless the caller asks for other sizes.
+READ_SIZE = 1024 * 1024
+MAX_READ_SIZE = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 2048  # S3's limit for all user metadata, names and values together
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -33,6 +36,26 @@ class StorageDenied(StorageError):
 
     Retrying does not help until someone changes a permission or a key.
     """
+
+
+@dataclass(frozen=True)
+class ReadSizes:
+    """How a get cuts an object: `first` bytes, then `rest` bytes per piece.
+
+    An object format can ask for pieces that end where its records end (the
+    segments' `aligned_reads`), so that no record is copied together from two.
+    """
+
+    first: int
+    rest: int
+
+    def __post_init__(self) -> None:
+        for name, value in (("first", self.first), ("rest", self.rest)):
+            if not 1 <= value <= MAX_READ_SIZE:
+                raise ValueError(f"a read size ({name}) is 1 byte to {MAX_READ_SIZE} bytes")
+
+
+DEFAULT_READS = ReadSizes(READ_SIZE, READ_SIZE)
 
 
 class InvalidKey(ValueError):
@@ -131,8 +154,13 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get(self, key: str) -> Iterator[bytes]:
-        """The object's bytes, streamed. ObjectMissing is raised by this call, not later."""
+    def get(self, key: str, *, sizes: ReadSizes | None = None) -> Iterator[bytes]:
+        """The object's bytes, streamed. ObjectMissing is raised by this call, not later.
+
+        Pieces of `sizes` (READ_SIZE each by default), the last one shorter;
+        a storage may hand over a shorter piece anywhere (a network read), so
+        the sizes are for speed, never for correctness.
+        """
 
     @abc.abstractmethod
     def head(self, key: str) -> StoredObject:

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from objects.storage.base import (
+    DEFAULT_READS,
     ObjectMissing,
+    ReadSizes,
     Storage,
     StorageDenied,
     StorageError,
@@ -48,7 +50,6 @@ MAGIC = b"KWFS"
 FORMAT_V1 = 1
 _PREAMBLE = struct.Struct(">4sBI")
 MAX_HEADER = 64 * 1024
-READ_SIZE = 1024 * 1024
 LONG_SEGMENT = 200
 OBJECT_SUFFIX = ".obj"
 FOLDER_SUFFIX = ".dir"
@@ -101,7 +102,7 @@ class FilesystemStorage(Storage):
         self._sync_folder(path.parent, key)
         return StoredObject(key=key, size=size, metadata=meta)
 
-    def get(self, key: str) -> Iterator[bytes]:
+    def get(self, key: str, *, sizes: ReadSizes | None = None) -> Iterator[bytes]:
         self.check_key(key)
         handle = self._open(key)
         try:
@@ -109,7 +110,7 @@ class FilesystemStorage(Storage):
         except BaseException:
             handle.close()
             raise
-        return _stream(handle, key)
+        return _stream(handle, key, sizes or DEFAULT_READS)
 
     def head(self, key: str) -> StoredObject:
         self.check_key(key)
@@ -280,11 +281,13 @@ def _write_all(handle: BinaryIO, data: bytes) -> None:
         view = view[written:]
 
 
-def _stream(handle: BinaryIO, key: str) -> Iterator[bytes]:
+def _stream(handle: BinaryIO, key: str, sizes: ReadSizes) -> Iterator[bytes]:
     with handle:
+        size = sizes.first
         while True:
             try:
-                chunk = handle.read(READ_SIZE)
+                chunk = handle.read(size)
+                size = sizes.rest
             except OSError as error:
                 raise _mapped(error, key) from error
             if not chunk:

@@ -26,8 +26,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from objects.storage.base import (
+    DEFAULT_READS,
     MAX_KEY_BYTES,
     ObjectMissing,
+    ReadSizes,
     Storage,
     StorageDenied,
     StorageError,
@@ -40,7 +42,6 @@ from objects.storage.base import (
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
 MAX_PARTS = 10_000
-READ_SIZE = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {
     "AccessDenied",
@@ -152,13 +153,13 @@ class S3Storage(Storage):
             raise
         return StoredObject(key=key, size=size, metadata=meta)
 
-    def get(self, key: str) -> Iterator[bytes]:
+    def get(self, key: str, *, sizes: ReadSizes | None = None) -> Iterator[bytes]:
         self.check_key(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         except (BotoCoreError, ClientError) as error:
             raise _mapped(error, self._where(key)) from error
-        return _stream(response["Body"], self._where(key))
+        return _stream(response["Body"], self._where(key), sizes or DEFAULT_READS)
 
     def head(self, key: str) -> StoredObject:
         self.check_key(key)
@@ -271,9 +272,12 @@ class S3Storage(Storage):
         return f"{self.location}{key}"
 
 
-def _stream(body: Any, where: str) -> Iterator[bytes]:
+def _stream(body: Any, where: str, sizes: ReadSizes) -> Iterator[bytes]:
     try:
-        yield from body.iter_chunks(READ_SIZE)
+        first = body.read(sizes.first)
+        if first:
+            yield first
+            yield from body.iter_chunks(sizes.rest)
     except (BotoCoreError, ClientError) as error:
         raise _mapped(error, where) from error
     finally:

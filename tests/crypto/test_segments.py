@@ -14,10 +14,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from crypto.segments import (
     DEFAULT_SEGMENT_SIZE,
     HEADER_SIZE,
+    MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
     TAG_SIZE,
     Digest,
     ObjectFormatError,
     ObjectUnauthentic,
+    aligned_reads,
     ciphertext_size,
     decrypt_stream,
     encrypt_stream,
@@ -141,6 +144,28 @@ def test_a_multiple_of_the_segment_size_ends_with_an_empty_final_segment() -> No
     blob = seal(bytes(2 * S))
     _header, segments = segments_of(blob)
     assert [len(s) for s in segments] == [RECORD, RECORD, TAG_SIZE]
+
+
+@pytest.mark.parametrize("segment", [MIN_SEGMENT_SIZE, 1_000, DEFAULT_SEGMENT_SIZE, 2 * 1024**2])
+def test_aligned_reads_end_every_piece_at_a_record(segment: int) -> None:
+    record = segment + TAG_SIZE
+    first, rest = aligned_reads(segment)
+    assert (first - HEADER_SIZE) % record == 0 and rest % record == 0
+    assert first - HEADER_SIZE == rest >= record
+    assert rest <= 1024 * 1024 or rest == record  # near 1 MiB, one record at least
+    assert rest + record > 1024 * 1024  # and as many records as fit in it
+    plain = os.urandom(2 * (rest // record) * segment + 77)  # two pieces and some
+    blob = b"".join(encrypt_stream([plain], dek=DEK, dek_id=DEK_ID, binding=BINDING,
+                                   segment_size=segment))  # fmt: skip
+    pieces = [blob[:first]] + [blob[o : o + rest] for o in range(first, len(blob), rest)]
+    opened = list(decrypt_stream(pieces, key_for=lambda _: DEK, binding=BINDING))
+    assert b"".join(opened) == plain
+
+
+@pytest.mark.parametrize("segment", [0, MIN_SEGMENT_SIZE - 1, MAX_SEGMENT_SIZE + 1])
+def test_aligned_reads_refuse_a_segment_size_out_of_range(segment: int) -> None:
+    with pytest.raises(ValueError, match="segment size"):
+        aligned_reads(segment)
 
 
 def test_header_names_the_dek_and_key_for_is_asked_once() -> None:

@@ -19,6 +19,7 @@ from objects.storage import (
     FilesystemStorage,
     InvalidKey,
     ObjectMissing,
+    ReadSizes,
     S3Storage,
     Storage,
     StorageDenied,
@@ -97,6 +98,39 @@ def test_put_get_head_round_trip(storage: Storage) -> None:
     assert stored == StoredObject("invoices/2024/0001.pdf", len(data), meta)
     assert storage.head("invoices/2024/0001.pdf") == stored
     assert read(storage, "invoices/2024/0001.pdf") == data
+
+
+def test_get_cuts_pieces_of_the_sizes_asked(storage: Storage) -> None:
+    data = os.urandom(3 * MIB + 1_000)
+    storage.put("sized", body(data, 1_000_003))
+    storage.put("tiny", [b"abc"])
+    storage.put("empty", [])
+
+    def cut(key: str, sizes: ReadSizes | None, expected: list[int]) -> None:
+        pieces = list(storage.get(key, sizes=sizes))
+        got = [len(p) for p in pieces]
+        if isinstance(storage, FilesystemStorage):
+            assert got == expected
+        else:
+            # A network read may hand over less than it asked for: on S3 the
+            # pieces add up, none larger than asked.
+            first, rest = (sizes.first, sizes.rest) if sizes else (MIB, MIB)
+            assert got[:1] <= [first] and all(n <= rest for n in got[1:])
+        assert sum(got) == sum(expected)
+
+    cut("sized", None, [MIB, MIB, MIB, 1_000])
+    cut("sized", ReadSizes(1_049, 1_000_000), [1_049, *[1_000_000] * 3, len(data) - 3_001_049])
+    cut("sized", ReadSizes(len(data) + 1, 1), [len(data)])
+    cut("tiny", ReadSizes(2, 5), [2, 1])
+    cut("empty", ReadSizes(2, 5), [])
+    assert b"".join(storage.get("sized", sizes=ReadSizes(1_049, 1_000_000))) == data
+    assert b"".join(storage.get("tiny", sizes=ReadSizes(2, 5))) == b"abc"
+
+
+@pytest.mark.parametrize("first, rest", [(0, 1), (1, 0), (-5, 1), (1, 64 * MIB + 1)])
+def test_read_sizes_out_of_range_are_refused(first: int, rest: int) -> None:
+    with pytest.raises(ValueError, match="read size"):
+        ReadSizes(first, rest)
 
 
 def test_empty_object_and_odd_chunks(storage: Storage) -> None:
