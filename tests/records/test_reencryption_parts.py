@@ -65,6 +65,26 @@ def current_dek(tenant: Tenant) -> DataKey:
     return DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
 
 
+def interleaved_job(
+    *, rounds: int, ours: int, theirs: int, after: int
+) -> tuple[Tenant, ReencryptionJob]:
+    """A tenant's records in `rounds` runs of `ours`, its ids interleaved with
+    another tenant's runs of `theirs`; a rotation, `after` records under the new
+    DEK; and a job for the `rounds * ours` rows to move."""
+    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
+    other = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
+    for n in range(rounds):
+        records_create(tenant=tenant, items=list(synthetic_records(ours, prefix=f"{n}-")))
+        records_create(tenant=other, items=list(synthetic_records(theirs, prefix=f"{n}-")))
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
+    envelope().forget(str(tenant.pk))
+    records_create(tenant=tenant, items=list(synthetic_records(after, prefix="new-")))
+    job = ReencryptionJob.objects.create(
+        tenant=tenant, target_dek=current_dek(tenant), total=rounds * ours
+    )
+    return tenant, job
+
+
 def test_split_ranges_cover_every_id_once() -> None:
     rng = seeded("split ranges")
     cases = [(0, 1, 8), (0, 3, 8), (5, 6, 1), (7, 7, 4), (0, 10**12, 256)]
@@ -89,15 +109,7 @@ def test_split_ranges_cover_every_id_once() -> None:
 def test_a_jobs_parts_hold_every_old_row_exactly_once(settings) -> None:
     settings.KEYWARD_REENCRYPT_PARTS = 5
     settings.KEYWARD_REENCRYPT_BATCH = 20  # a part of one batch: 20 rows at least
-    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
-    other = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
-    for n in range(4):  # the tenant's ids interleaved with another tenant's
-        records_create(tenant=tenant, items=list(synthetic_records(37, prefix=f"{n}-")))
-        records_create(tenant=other, items=list(synthetic_records(11, prefix=f"{n}-")))
-    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
-    envelope().forget(str(tenant.pk))
-    records_create(tenant=tenant, items=list(synthetic_records(9, prefix="new-")))
-    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=current_dek(tenant), total=148)
+    tenant, job = interleaved_job(rounds=4, ours=37, theirs=11, after=9)
     left = reencryption_split(job_id=str(job.pk))
     parts = list(ReencryptionPart.objects.filter(job=job))
     assert sorted(left) == sorted(p.pk for p in parts) and len(parts) == 5
@@ -133,15 +145,7 @@ def test_a_small_job_is_cut_into_fewer_parts(settings) -> None:
     settings.KEYWARD_REENCRYPT_BATCH = 100
     settings.KEYWARD_REENCRYPT_PART_BATCHES = 2  # a part: 200 rows at least
     settings.KEYWARD_REENCRYPT_PARTS = 8
-    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
-    other = tenant_create(name="Globex", slug="globex", actor=SYSTEM)
-    for n in range(3):
-        records_create(tenant=tenant, items=list(synthetic_records(210, prefix=f"{n}-")))
-        records_create(tenant=other, items=list(synthetic_records(300, prefix=f"{n}-")))
-    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
-    envelope().forget(str(tenant.pk))
-    records_create(tenant=tenant, items=list(synthetic_records(500, prefix="new-")))
-    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=current_dek(tenant), total=630)
+    _, job = interleaved_job(rounds=3, ours=210, theirs=300, after=500)
     reencryption_split(job_id=str(job.pk))
     assert ReencryptionPart.objects.filter(job=job).count() == 3  # 630 // 200
     job = reencryption_run(job_id=str(job.pk))
