@@ -87,15 +87,13 @@ def main() -> None:
     size = settings.KEYWARD_REENCRYPT_BATCH
 
     # EXPLAIN one batch first, rolled back.
-    rows = reencrypt.read_rows(older=older, after_id=0, size=size)
+    rows = reencrypt.read_rows(tenant=tenant, older=older, after_id=0, size=size)
     batch = reencrypt.reseal(tenant=tenant, target=target, rows=rows)
-    branches = " UNION ALL ".join([reencrypt._PG_BRANCH] * len(older))
-    params: list[int] = []
-    for dek_id in older:
-        params += [dek_id, 0, reencrypt.LAST_ID, size]
     with transaction.atomic(), raw_cursor() as cursor:
         explain = "EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) "
-        cursor.execute(explain + reencrypt._PG_SELECT.format(branches=branches), [*params, size])
+        cursor.execute(
+            explain + reencrypt._PG_SELECT, [tenant.pk, 0, reencrypt.LAST_ID, older, size]
+        )
         print("## SELECT\n" + "\n".join(r[0] for r in cursor.fetchall()))
         cursor.execute(reencrypt._CREATE_BATCH_TABLE)
         with cursor.copy("COPY reencrypt_batch (id, pii, version) FROM STDIN (FORMAT BINARY)") as c:
@@ -148,7 +146,12 @@ def main() -> None:
     while True:
         rows = steps.timed(
             "read (SELECT, binary fetch)",
-            lambda: reencrypt.read_rows(older=older, after_id=after, size=size),  # noqa: B023
+            lambda: reencrypt.read_rows(
+                tenant=tenant,
+                older=older,
+                after_id=after,  # noqa: B023
+                size=size,
+            ),
         )
         if not rows:
             break

@@ -20,7 +20,7 @@ from records.selectors import (
 
 
 def _depends_on(dek: DataKey) -> bool:
-    return sealed_under(dek.pk)
+    return sealed_under(dek)
 
 
 RECORDS = DataConsumer(

@@ -32,6 +32,9 @@ class Record(models.Model):
                 fields=["tenant", "kind", "external_id"], name="record_external_id_per_tenant"
             )
         ]
+        # A tenant's records in id order: how re-encryption and lookup rebuilds
+        # walk one tenant's data without reading the other tenants' rows.
+        indexes = [models.Index(fields=["tenant", "id"], name="record_tenant_id")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.external_id}"
@@ -43,10 +46,17 @@ class SealedFields(models.Model):
     One value rather than a column or a table per field: a read decrypts once,
     and re-encryption does one decrypt and one encrypt per record. A narrow
     table of its own rather than columns of `Record`: re-encryption rewrites
-    these rows only (two indexes to maintain, not four), which is what makes
-    it fast. (dek, record) is indexed, so re-encryption finds its rows by DEK;
-    "records per DEK" is kept by triggers in `DekRecordCount`. The ciphertext is bound to
+    these rows only, which is what makes it fast. The ciphertext is bound to
     the tenant, the record's kind, "pii" and the record's `uid`.
+
+    Its only index is the primary key, and on PostgreSQL its pages are filled
+    to half (fillfactor 50, migration 0006): re-encryption changes `dek` and
+    `pii` and no indexed column, so PostgreSQL rewrites each row on its own page
+    without touching an index (a HOT update). With an index on `dek` every
+    rewrite also inserted into both indexes: 7.6 to 10 µs of the database's
+    CPU per row, against 4.7, and four WAL records per row against one.
+    Re-encryption finds a tenant's rows through `Record`'s (tenant, id) index;
+    "records per DEK" is kept by triggers in `DekRecordCount`.
     """
 
     record = models.OneToOneField(
@@ -62,9 +72,6 @@ class SealedFields(models.Model):
         db_constraint=False,
     )
     pii = models.BinaryField(editable=False)
-
-    class Meta:
-        indexes = [models.Index(fields=["dek", "record"], name="sealed_dek_record")]
 
     def __str__(self) -> str:
         return f"sealed fields of record {self.record_id}"

@@ -1,11 +1,13 @@
 """Re-encrypting records from older DEKs to the current one, a batch at a time.
 
-On PostgreSQL a batch is: read the next sealed rows after the checkpoint that
-are under any other DEK of the tenant (binary results: bytea arrives as bytes),
-decrypt and re-seal each record's personal fields in memory (reading either
-ciphertext format, writing the current one), COPY the new
-values (binary) into a temporary table and write them back with ONE
-`UPDATE ... FROM` it; two batches are in flight at once (`ReencryptionPass`).
+On PostgreSQL a batch is: read the tenant's next sealed rows after the
+checkpoint that are under any other DEK of the tenant (through the tenant's
+record index; binary results: bytea arrives as bytes), decrypt and re-seal
+each record's personal fields in memory (reading either ciphertext format,
+writing the current one), COPY the new values (binary) into a temporary table
+and write them back with ONE `UPDATE ... FROM` it, which changes no indexed
+column, so PostgreSQL rewrites each row on its own page (HOT, see
+`SealedFields`); two batches are in flight at once (`ReencryptionPass`).
 On SQLite (the embedded default) the same batch is written with executemany,
 one at a time.
 """
@@ -42,28 +44,25 @@ from records.bulk import is_postgres, raw_cursor
 from records.fields import PII_FIELD
 from tenants.models import Tenant
 
+# A tenant's records in id order (Record's (tenant, id) index), each with its
+# sealed fields, keeping those under an older DEK. Sealed fields have no index
+# on their DEK: re-encryption's updates then touch no index (see SealedFields).
 _SELECT = (
-    "SELECT s.record_id, r.uid, r.kind, s.dek_id, s.pii "
-    "FROM archive_sealedfields AS s JOIN archive_record AS r ON r.id = s.record_id "
-    "WHERE s.dek_id IN ({deks}) AND s.record_id > %s AND s.record_id <= %s "
-    "ORDER BY s.record_id LIMIT %s"
-)
-# PostgreSQL: one index range per older DEK, merged in record order (a Merge
-# Append), each stopping after a batch; an IN list over the (dek, record)
-# index would sort every remaining row of those DEKs on every batch.
-_PG_BRANCH = (
-    "(SELECT record_id, dek_id, pii, xmin::text AS version FROM archive_sealedfields "
-    "WHERE dek_id = %s AND record_id > %s AND record_id <= %s ORDER BY record_id LIMIT %s)"
+    "SELECT r.id, r.uid, r.kind, s.dek_id, s.pii "
+    "FROM archive_record AS r JOIN archive_sealedfields AS s ON s.record_id = r.id "
+    "WHERE r.tenant_id = %s AND r.id > %s AND r.id <= %s AND s.dek_id IN ({deks}) "
+    "ORDER BY r.id LIMIT %s"
 )
 _PG_SELECT = (
-    "SELECT s.record_id, r.uid::text, r.kind, s.dek_id, s.pii, s.version "
-    "FROM ({branches}) AS s CROSS JOIN LATERAL "
-    # A lookup by primary key per row, in the merged order, stopping at the
-    # batch's end. OFFSET 0 keeps the planner from making this a join it
-    # would plan from estimates: a hash join reads the whole records table
-    # on every batch.
-    "(SELECT uid, kind FROM archive_record WHERE id = s.record_id OFFSET 0) AS r "
-    "ORDER BY s.record_id LIMIT %s"
+    "SELECT r.id, r.uid::text, r.kind, s.dek_id, s.pii, s.version "
+    "FROM archive_record AS r CROSS JOIN LATERAL "
+    # A lookup by primary key per record, in the index's order, stopping at the
+    # batch's end. OFFSET 0 keeps the planner from making this a join it would
+    # plan from estimates: a hash join reads every tenant's sealed fields.
+    "(SELECT dek_id, pii, xmin::text AS version FROM archive_sealedfields "
+    "WHERE record_id = r.id OFFSET 0) AS s "
+    "WHERE r.tenant_id = %s AND r.id > %s AND r.id <= %s AND s.dek_id = ANY(%s) "
+    "ORDER BY r.id LIMIT %s"
 )
 _CREATE_BATCH_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS reencrypt_batch "
@@ -172,23 +171,21 @@ LAST_ID = 2**63 - 1
 
 
 def read_rows(
-    *, older: list[int], after_id: int, size: int, until_id: int = LAST_ID
+    *, tenant: Tenant, older: list[int], after_id: int, size: int, until_id: int = LAST_ID
 ) -> list[tuple[Any, ...]]:
-    """The next `size` sealed rows after `after_id` (up to `until_id`) under any of
-    the `older` DEKs."""
+    """The tenant's next `size` sealed rows after `after_id` (up to `until_id`) under
+    any of the `older` DEKs."""
     if not older:
         return []
     if is_postgres():
-        branches = " UNION ALL ".join([_PG_BRANCH] * len(older))
-        params: list[int] = []
-        for dek_id in older:
-            params += [dek_id, after_id, until_id, size]
         with raw_cursor() as cursor:
-            cursor.execute(_PG_SELECT.format(branches=branches), [*params, size], binary=True)
+            cursor.execute(_PG_SELECT, [tenant.pk, after_id, until_id, older, size], binary=True)
             return cursor.fetchall()
     deks = ", ".join(["%s"] * len(older))
     with connection.cursor() as django_cursor:
-        django_cursor.execute(_SELECT.format(deks=deks), [*older, after_id, until_id, size])
+        django_cursor.execute(
+            _SELECT.format(deks=deks), [tenant.pk.hex, after_id, until_id, *older, size]
+        )
         # SQLite keeps UUIDs as 32 hex digits; the binding uses the usual form.
         return [
             (pk, str(uuid.UUID(uid)), kind, dek_id, pii)
@@ -210,6 +207,7 @@ def reseal(*, tenant: Tenant, target: DataKey, rows: list[tuple[Any, ...]]) -> B
 def read_batch(*, tenant: Tenant, target: DataKey, after_id: int) -> Batch | None:
     """Read the next rows after `after_id` under an older DEK and re-seal them (no writes)."""
     rows = read_rows(
+        tenant=tenant,
         older=older_deks(tenant, target),
         after_id=after_id,
         size=settings.KEYWARD_REENCRYPT_BATCH,
@@ -366,7 +364,11 @@ class ReencryptionPass:
             if self._stop.is_set():
                 return None
             rows = read_rows(
-                older=self._older, after_id=self._after, size=self._size, until_id=self._until
+                tenant=self._tenant,
+                older=self._older,
+                after_id=self._after,
+                size=self._size,
+                until_id=self._until,
             )
             if not rows:
                 self._stop.set()

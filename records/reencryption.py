@@ -26,18 +26,19 @@ Why key ranges rather than rewriting the table and swapping it in:
   whose xmin moved since it was read is left alone), so the API goes on
   reading and writing the tenant's records throughout, and a crash leaves
   committed batches and their checkpoints, never a half-built table.
-- Ranges are disjoint and cover (first row, last row] of the rows under
-  older DEKs when the job was cut, each exactly once (`split_range`). Rows
+- Ranges are disjoint and cover (first record, last record] of the tenant
+  when the job was cut, each exactly once (`split_range`); a part reads the
+  tenant's records of its range and rewrites those under an older DEK. Rows
   written after that are written under the current DEK by the application
   and need no move. Whatever a part leaves behind (a row changed between its
   read and its write, a row still sealed by a process that had not yet seen
   the rotation) is found by the final sweep over the whole id range, which
-  runs when the last part is done and reads only rows still under an older
-  DEK.
-- Equal widths cost two index probes per older DEK to compute, however large
-  the table; uneven ranges (ids are shared by all tenants) even out because
-  a large job has more parts than workers, and a worker that finishes early
-  takes the next part.
+  runs when the last part is done and the DEK counters still count rows
+  under an older DEK.
+- Equal widths cost two probes of the tenant's record index to compute,
+  however large the table; uneven ranges (ids are shared by all tenants)
+  even out because a large job has more parts than workers, and a worker
+  that finishes early takes the next part.
 
 A part runs and commits like the whole job did before: batches with their
 progress in one transaction, its checkpoint the end of the longest run of
@@ -54,7 +55,7 @@ from itertools import pairwise
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
+from django.db.models import F, Max, Min, Value
 from django.db.models.functions import Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -68,9 +69,9 @@ from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState
 from keys.providers.base import KeyProviderError
 from keys.services.deks import NOT_ROTATABLE, dek_retire_unused
-from records.models import JobState, ReencryptionJob, ReencryptionPart, SealedFields
+from records.models import JobState, Record, ReencryptionJob, ReencryptionPart
 from records.reencrypt import ReencryptionPass, older_deks
-from records.selectors import record_counts_by_dek, records_not_under
+from records.selectors import record_counts_by_dek
 from tenants.models import Tenant
 from tenants.states import ServicePaused
 
@@ -98,7 +99,7 @@ def reencryption_start(
         return open_job
     target = DataKey.objects.get(tenant=locked, state=DekState.ACTIVE)
     job = ReencryptionJob.objects.create(
-        tenant=locked, target_dek=target, total=records_not_under(locked, target).count()
+        tenant=locked, target_dek=target, total=_rows_to_move(locked, target)
     )
     record(
         tenant=locked,
@@ -136,17 +137,13 @@ def _rows_to_move(tenant: Tenant, target: DataKey) -> int:
 
 
 def _rows_id_range(tenant: Tenant, target: DataKey) -> tuple[int, int] | None:
-    """(first, last) record id of the rows under older DEKs; two index probes per DEK."""
-    first: int | None = None
-    last: int | None = None
-    for dek_id in older_deks(tenant, target):
-        rows = SealedFields.objects.filter(dek_id=dek_id).order_by("record_id")
-        low = rows.values_list("record_id", flat=True).first()
-        high = rows.reverse().values_list("record_id", flat=True).first()
-        if low is None or high is None:
-            continue
-        first = low if first is None else min(first, low)
-        last = high if last is None else max(last, high)
+    """(first, last) id of the tenant's records when any is under an older DEK: two
+    probes of the tenant's record index. Its records under the current DEK in
+    between are read and passed over."""
+    if not _rows_to_move(tenant, target):
+        return None
+    span = Record.objects.filter(tenant=tenant).aggregate(first=Min("id"), last=Max("id"))
+    first, last = span["first"], span["last"]
     return None if first is None or last is None else (first, last)
 
 
@@ -315,7 +312,9 @@ def _reencryption_finish(job: ReencryptionJob) -> ReencryptionJob:
         )
 
     for _ in range(3):
-        if not records_not_under(tenant, target).exists():
+        # The counters say exactly how many rows are left (retiring a DEK
+        # checks its rows once more, through the tenant's records).
+        if not _rows_to_move(tenant, target):
             break
         after = ReencryptionJob.objects.values_list("last_record_id", flat=True).get(pk=job.pk)
         run = ReencryptionPass(tenant=tenant, target=target, after_id=after, save=save)

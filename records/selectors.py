@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Q, QuerySet, Sum
 
 from keys.models import DataKey, DekState
@@ -14,11 +15,6 @@ from records.models import (
     SealedFields,
 )
 from tenants.models import Tenant
-
-
-def records_not_under(tenant: Tenant, dek: DataKey) -> QuerySet[SealedFields]:
-    """Sealed fields of the tenant under any DEK but `dek`."""
-    return SealedFields.objects.filter(dek__tenant=tenant).exclude(dek=dek)
 
 
 def record_counts_by_dek(tenant: Tenant) -> dict[int, int]:
@@ -92,5 +88,28 @@ def reencryption_jobs(tenant: Tenant) -> list[ReencryptionJob]:
     return list(ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek")[:2])
 
 
-def sealed_under(dek_id: int) -> bool:
-    return SealedFields.objects.filter(dek_id=dek_id).exists()
+# Whether any of a tenant's records is sealed under a DEK, read through the
+# tenant's records (Record's (tenant, id) index): sealed fields have no index
+# on their DEK (see SealedFields). On PostgreSQL a lookup by primary key per
+# record; a plan from estimates would read every tenant's sealed fields.
+_SEALED_UNDER_PG = (
+    "SELECT EXISTS (SELECT 1 FROM archive_record AS r CROSS JOIN LATERAL "
+    "(SELECT dek_id FROM archive_sealedfields WHERE record_id = r.id OFFSET 0) AS s "
+    "WHERE r.tenant_id = %s AND s.dek_id = %s)"
+)
+
+
+def sealed_under(dek: DataKey) -> bool:
+    """Whether any record is sealed under `dek`, for retiring it (its wrapped copy
+    is then destroyed): the counters say so at once when it seals any, and
+    when they count none, the tenant's records are read to make sure."""
+    # A DEK's count is the sum of its slots; one slot alone can be below zero.
+    counted = DekRecordCount.objects.filter(dek=dek).aggregate(n=Sum("records"))["n"]
+    if counted:
+        return True
+    if connection.vendor != "postgresql":
+        return SealedFields.objects.filter(record__tenant_id=dek.tenant_id, dek=dek).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(_SEALED_UNDER_PG, [dek.tenant_id, dek.pk])
+        row = cursor.fetchone()
+    return bool(row and row[0])

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from django.db import connection
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -24,9 +24,17 @@ from keys.runtime import envelope, reset_for_tests
 from keys.services.deks import dek_rotate
 from objects.keyring import dek_material
 from records.fields import PII_FIELD
-from records.models import JobState, Record, ReencryptionJob, ReencryptionPart, SealedFields
+from records.models import (
+    DekRecordCount,
+    JobState,
+    Record,
+    ReencryptionJob,
+    ReencryptionPart,
+    SealedFields,
+)
 from records.pii import decode_fields
 from records.reencryption import reencryption_run, reencryption_start
+from records.selectors import sealed_under
 from records.services import record_fields, records_create
 from records.synthetic import synthetic_records
 from records.tasks import resume_reencryptions, run_reencryption
@@ -34,6 +42,7 @@ from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests.conftest import login
 from tests.support import invariants
+from tests.support.embedded import run_embedded
 from tests.support.faults import scale, seeded
 from tests.support.kills import kill_repeatedly, spread_marks, task_on_worker
 
@@ -400,3 +409,101 @@ def test_the_reencryption_loop_refuses_a_relabelled_format_byte() -> None:
         reencrypt(bytes([3]) + v2[1:])
     with pytest.raises(CiphertextMalformed):  # a blob that names another DEK than its row
         reencrypt(v2, dek_id=target.pk)
+
+
+# -- rewriting in place: no index on the DEK, pages with room ---------------------
+
+
+def test_the_embedded_database_reencrypts_through_the_tenants_records(tmp_path: Path) -> None:
+    found = run_embedded("tests.records.embedded_reencryption", tmp_path)
+    assert found["vendor"] == "sqlite"
+    assert found["state"] == JobState.DONE and found["done"] == 30
+    assert found["under_old_before"] is True and found["under_old_after"] is False
+    assert found["old_state"] == DekState.RETIRED
+    assert found["ours_under"] == [found["current"]]
+    assert found["theirs_moved"] == 0  # the other tenant's interleaved rows: untouched
+    assert found["same_fields"] is True
+
+
+@pytest.mark.django_db
+def test_sealed_fields_are_indexed_by_their_primary_key_alone() -> None:
+    """An index on a column re-encryption changes would make every rewrite insert
+    into it: no update could then stay on its page (HOT)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'archive_sealedfields'")
+        indexes = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'archive_sealedfields'")
+        options = cursor.fetchone()[0]
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'record_tenant_id'")
+        (record_index,) = cursor.fetchone()
+    assert len(indexes) == 1 and "(record_id)" in indexes[0]
+    assert options == ["fillfactor=50"]
+    assert record_index.endswith("(tenant_id, id)")
+
+
+@pytest.mark.django_db
+def test_a_batch_is_rewritten_in_place_without_index_entries() -> None:
+    tenant = tenant_with_old_data("initech", 60)
+    target = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    with transaction.atomic():
+        batch = records.reencrypt.read_batch(tenant=tenant, target=target, after_id=0)
+        assert batch is not None and len(batch.ids) == 60
+        assert records.reencrypt.write_batch(batch, target) == 60
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'archive_sealedfields'"
+            )
+            assert cursor.fetchone() == (60, 60)  # every row rewritten in place
+    assert_all_under_current(tenant)
+
+
+@pytest.mark.django_db
+def test_a_batch_is_read_through_the_tenants_records() -> None:
+    """With another tenant's rows interleaved and under older DEKs of their own, the
+    read walks this tenant's record index and looks up each row's sealed fields."""
+    tenant = tenant_with_old_data("initech", 40)
+    other = tenant_with_old_data("hooli", 40)
+    target = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    older = records.reencrypt.older_deks(tenant, target)
+    with connection.cursor() as cursor:
+        # The other tenant's table-full of rows after ours: what a shared table
+        # holds, where reading every tenant's rows would show in the plan.
+        cursor.execute(
+            "INSERT INTO archive_record (uid, kind, external_id, created, tenant_id) "
+            "SELECT gen_random_uuid(), 'user', 'bulk-' || n, now(), %s "
+            "FROM generate_series(1, 20000) AS n",
+            [other.pk],
+        )
+        cursor.execute(
+            "INSERT INTO archive_sealedfields (record_id, dek_id, pii) "
+            "SELECT id, %s, '\\x00' FROM archive_record WHERE external_id LIKE 'bulk-%%'",
+            [DataKey.objects.get(tenant=other, version=1).pk],
+        )
+        cursor.execute("ANALYZE archive_record")
+        cursor.execute("ANALYZE archive_sealedfields")
+        cursor.execute(
+            "EXPLAIN " + records.reencrypt._PG_SELECT, [tenant.pk, 0, 2**63 - 1, older, 100]
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "record_tenant_id" in plan and "archive_sealedfields_pkey" in plan, plan
+    assert "Seq Scan" not in plan and "Hash" not in plan, plan
+    rows = records.reencrypt.read_rows(tenant=tenant, older=older, after_id=0, size=100)
+    ours = set(Record.objects.filter(tenant=tenant).values_list("id", flat=True))
+    assert {row[0] for row in rows} == ours and other.pk != tenant.pk
+
+
+@pytest.mark.django_db
+def test_whether_a_dek_seals_anything_is_confirmed_through_the_tenants_records() -> None:
+    tenant = tenant_with_old_data("initech", 5)
+    other = tenant_with_old_data("hooli", 5)
+    old = DataKey.objects.get(tenant=tenant, version=1)
+    current = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
+    assert sealed_under(old) and not sealed_under(current)
+    # A counter that says none while a row is there: the records are read.
+    DekRecordCount.objects.filter(dek=old).update(records=0)
+    assert sealed_under(old)
+    SealedFields.objects.filter(record__tenant=tenant).update(dek=current)
+    DekRecordCount.objects.filter(dek=old).update(records=0)
+    assert not sealed_under(old)
+    assert sealed_under(DataKey.objects.get(tenant=other, version=1))
