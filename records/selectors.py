@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Max, Min, Q, QuerySet, Sum
 
 from keys.models import DataKey, DekState
 from records.models import (
@@ -88,15 +88,27 @@ def reencryption_jobs(tenant: Tenant) -> list[ReencryptionJob]:
     return list(ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek")[:2])
 
 
-# Whether any of a tenant's records is sealed under a DEK, read through the
-# tenant's records (Record's (tenant, id) index): sealed fields have no index
-# on their DEK (see SealedFields). On PostgreSQL a lookup by primary key per
-# record; a plan from estimates would read every tenant's sealed fields.
+# Whether any of a tenant's records is sealed under a DEK. Sealed fields have
+# no index on their DEK (see SealedFields), so this reads rows, one of two ways
+# on PostgreSQL, both exact for the tenant's records:
+# - every sealed row whose id lies in the tenant's span of record ids, when
+#   the tenant holds most of that span (about 0.25 µs a row, in id order);
+# - the tenant's records through their (tenant, id) index, each record's
+#   sealed fields by primary key (about 1.4 µs a record), when the span is
+#   mostly other tenants' rows. OFFSET 0 keeps the planner from a join planned
+#   from estimates, which would read every tenant's sealed fields.
+_SEALED_IN_SPAN_PG = (
+    "SELECT EXISTS (SELECT 1 FROM archive_sealedfields "
+    "WHERE record_id BETWEEN %s AND %s AND dek_id = %s)"
+)
 _SEALED_UNDER_PG = (
     "SELECT EXISTS (SELECT 1 FROM archive_record AS r CROSS JOIN LATERAL "
     "(SELECT dek_id FROM archive_sealedfields WHERE record_id = r.id OFFSET 0) AS s "
     "WHERE r.tenant_id = %s AND s.dek_id = %s)"
 )
+# The span is read row by row when it holds at most this many ids per record
+# of the tenant: about where the two ways cost the same.
+_DENSE_SPAN = 4
 
 
 def sealed_under(dek: DataKey) -> bool:
@@ -109,7 +121,18 @@ def sealed_under(dek: DataKey) -> bool:
         return True
     if connection.vendor != "postgresql":
         return SealedFields.objects.filter(record__tenant_id=dek.tenant_id, dek=dek).exists()
+    span = Record.objects.filter(tenant_id=dek.tenant_id).aggregate(first=Min("id"), last=Max("id"))
+    first, last = span["first"], span["last"]
+    if first is None or last is None:
+        return False  # the tenant has no records: none is sealed under its DEK
+    # Only to pick the cheaper read: the answer does not depend on it.
+    records = DekRecordCount.objects.filter(dek__tenant_id=dek.tenant_id).aggregate(
+        n=Sum("records")
+    )["n"]
     with connection.cursor() as cursor:
-        cursor.execute(_SEALED_UNDER_PG, [dek.tenant_id, dek.pk])
+        if last - first + 1 <= _DENSE_SPAN * max(records or 0, 1):
+            cursor.execute(_SEALED_IN_SPAN_PG, [first, last, dek.pk])
+        else:
+            cursor.execute(_SEALED_UNDER_PG, [dek.tenant_id, dek.pk])
         row = cursor.fetchone()
     return bool(row and row[0])

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -494,16 +495,32 @@ def test_a_batch_is_read_through_the_tenants_records() -> None:
 
 
 @pytest.mark.django_db
-def test_whether_a_dek_seals_anything_is_confirmed_through_the_tenants_records() -> None:
-    tenant = tenant_with_old_data("initech", 5)
-    other = tenant_with_old_data("hooli", 5)
+@pytest.mark.parametrize(
+    ("theirs_between", "read"),
+    [(0, "BETWEEN"), (60, "LATERAL")],  # our ids dense, or far between another tenant's
+)
+def test_whether_a_dek_seals_anything_is_confirmed_through_the_tenants_records(
+    theirs_between: int, read: str
+) -> None:
+    tenant = tenant_create(name="Initech", slug="initech", actor=SYSTEM)
+    other = tenant_create(name="Hooli", slug="hooli", actor=SYSTEM)
+    records_create(tenant=tenant, items=list(synthetic_records(4, prefix="a-")))
+    if theirs_between:
+        records_create(tenant=other, items=list(synthetic_records(theirs_between, prefix="t-")))
+    records_create(tenant=tenant, items=list(synthetic_records(4, prefix="b-")))
+    dek_rotate(tenant=tenant, actor=SYSTEM, reason="test")
     old = DataKey.objects.get(tenant=tenant, version=1)
     current = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
     assert sealed_under(old) and not sealed_under(current)
     # A counter that says none while a row is there: the records are read.
+    last = Record.objects.filter(tenant=tenant).order_by("-id").first()
+    SealedFields.objects.filter(record__tenant=tenant).exclude(record=last).update(dek=current)
     DekRecordCount.objects.filter(dek=old).update(records=0)
-    assert sealed_under(old)
-    SealedFields.objects.filter(record__tenant=tenant).update(dek=current)
+    with CaptureQueriesContext(connection) as queries:
+        assert sealed_under(old)  # the tenant's last record, still under it
+    assert read in queries.captured_queries[-1]["sql"]
+    SealedFields.objects.filter(record=last).update(dek=current)
     DekRecordCount.objects.filter(dek=old).update(records=0)
     assert not sealed_under(old)
-    assert sealed_under(DataKey.objects.get(tenant=other, version=1))
+    if theirs_between:
+        assert sealed_under(DataKey.objects.get(tenant=other, state=DekState.ACTIVE))
