@@ -55,7 +55,7 @@ from itertools import pairwise
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max, Min, Value
+from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -69,9 +69,9 @@ from keys.errors import KeyActionRefused
 from keys.models import DataKey, DekState
 from keys.providers.base import KeyProviderError
 from keys.services.deks import NOT_ROTATABLE, dek_retire_unused
-from records.models import JobState, Record, ReencryptionJob, ReencryptionPart
+from records.models import JobState, ReencryptionJob, ReencryptionPart
 from records.reencrypt import ReencryptionPass, older_deks
-from records.selectors import record_counts_by_dek
+from records.selectors import record_counts_by_dek, record_id_span
 from tenants.models import Tenant
 from tenants.states import ServicePaused
 
@@ -136,17 +136,6 @@ def _rows_to_move(tenant: Tenant, target: DataKey) -> int:
     return sum(counts.get(dek_id, 0) for dek_id in older_deks(tenant, target))
 
 
-def _rows_id_range(tenant: Tenant, target: DataKey) -> tuple[int, int] | None:
-    """(first, last) id of the tenant's records when any is under an older DEK: two
-    probes of the tenant's record index. Its records under the current DEK in
-    between are read and passed over."""
-    if not _rows_to_move(tenant, target):
-        return None
-    span = Record.objects.filter(tenant=tenant).aggregate(first=Min("id"), last=Max("id"))
-    first, last = span["first"], span["last"]
-    return None if first is None or last is None else (first, last)
-
-
 def reencryption_split(*, job_id: str) -> list[int]:
     """Cut a job into its parts (once) and return the ids of those not finished.
 
@@ -162,14 +151,13 @@ def reencryption_split(*, job_id: str) -> list[int]:
     with transaction.atomic():
         locked = ReencryptionJob.objects.select_for_update().get(pk=job.pk)
         if not locked.parts.exists():
-            span = _rows_id_range(job.tenant, job.target_dek)
+            rows = _rows_to_move(job.tenant, job.target_dek)
+            # The tenant's whole span: its records under the current DEK in
+            # between are read and passed over.
+            span = record_id_span(job.tenant.pk) if rows else None
             # A job started before parts existed resumes after its own checkpoint.
             ranges = (
-                split_range(
-                    max(span[0] - 1, locked.last_record_id),
-                    span[1],
-                    part_count(_rows_to_move(job.tenant, job.target_dek)),
-                )
+                split_range(max(span[0] - 1, locked.last_record_id), span[1], part_count(rows))
                 if span
                 else []
             )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from uuid import UUID
 
 from django.db import connection
 from django.db.models import Max, Min, Q, QuerySet, Sum
@@ -88,6 +89,14 @@ def reencryption_jobs(tenant: Tenant) -> list[ReencryptionJob]:
     return list(ReencryptionJob.objects.filter(tenant=tenant).select_related("target_dek")[:2])
 
 
+def record_id_span(tenant_id: UUID) -> tuple[int, int] | None:
+    """(first, last) id of the tenant's records, None without any: two probes of
+    Record's (tenant, id) index."""
+    span = Record.objects.filter(tenant_id=tenant_id).aggregate(first=Min("id"), last=Max("id"))
+    first, last = span["first"], span["last"]
+    return None if first is None or last is None else (first, last)
+
+
 # Whether any of a tenant's records is sealed under a DEK. Sealed fields have
 # no index on their DEK (see SealedFields), so this reads rows, one of two ways
 # on PostgreSQL, both exact for the tenant's records:
@@ -116,21 +125,20 @@ def sealed_under(dek: DataKey) -> bool:
     is then destroyed): the counters say so at once when it seals any, and
     when they count none, the tenant's records are read to make sure."""
     # A DEK's count is the sum of its slots; one slot alone can be below zero.
-    counted = DekRecordCount.objects.filter(dek=dek).aggregate(n=Sum("records"))["n"]
-    if counted:
+    # The tenant's total only picks the cheaper read below, never the answer.
+    counts = DekRecordCount.objects.filter(dek__tenant_id=dek.tenant_id).aggregate(
+        this_dek=Sum("records", filter=Q(dek=dek)), tenant=Sum("records")
+    )
+    if counts["this_dek"]:
         return True
     if connection.vendor != "postgresql":
         return SealedFields.objects.filter(record__tenant_id=dek.tenant_id, dek=dek).exists()
-    span = Record.objects.filter(tenant_id=dek.tenant_id).aggregate(first=Min("id"), last=Max("id"))
-    first, last = span["first"], span["last"]
-    if first is None or last is None:
+    span = record_id_span(dek.tenant_id)
+    if span is None:
         return False  # the tenant has no records: none is sealed under its DEK
-    # Only to pick the cheaper read: the answer does not depend on it.
-    records = DekRecordCount.objects.filter(dek__tenant_id=dek.tenant_id).aggregate(
-        n=Sum("records")
-    )["n"]
+    first, last = span
     with connection.cursor() as cursor:
-        if last - first + 1 <= _DENSE_SPAN * max(records or 0, 1):
+        if last - first + 1 <= _DENSE_SPAN * max(counts["tenant"] or 0, 1):
             cursor.execute(_SEALED_IN_SPAN_PG, [first, last, dek.pk])
         else:
             cursor.execute(_SEALED_UNDER_PG, [dek.tenant_id, dek.pk])

@@ -518,6 +518,7 @@ def test_whether_a_dek_seals_anything_is_confirmed_through_the_tenants_records(
     DekRecordCount.objects.filter(dek=old).update(records=0)
     with CaptureQueriesContext(connection) as queries:
         assert sealed_under(old)  # the tenant's last record, still under it
+    assert len(queries) == 3  # the counters once, the tenant's span, the read
     assert read in queries.captured_queries[-1]["sql"]
     SealedFields.objects.filter(record=last).update(dek=current)
     DekRecordCount.objects.filter(dek=old).update(records=0)
