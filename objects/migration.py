@@ -491,8 +491,9 @@ class _Run:
         return key_for
 
     def _parallel(self, state: str, step: Callable[[Item], Step], *, tenant: bool = True) -> None:
-        """Run `step` on every item in `state` on threads (the crypto, hashing and I/O
-        release the GIL) and record each outcome in this thread, in order.
+        """Run `step` on every item in `state` on threads and record each outcome in
+        this thread, in order. Hashing and I/O release the GIL and run side by side;
+        AES-GCM (pyca/cryptography) holds it, so the threads' crypto takes turns.
 
         The threads are kept fed: AHEAD items per thread are handed out beyond
         the one being recorded, so none waits for the database.

@@ -82,10 +82,11 @@ _UPDATE_FROM_BATCH = (
 _analyzed: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
 # Batches written at once on PostgreSQL, each by a thread with its own
-# connection: the row updates (heap and both indexes) are the cost, and one
-# backend does them on one core while the other re-seals and writes the next
-# batch. SQLite has one writer: one batch at a time. (A third worker was
-# measured: no faster on two cores, where the GIL and the backends compete.)
+# connection: the database's side of a batch (its read, COPY and UPDATE) is
+# most of the cost, and one backend does it on one core while this process
+# re-seals the next batch on the other. SQLite has one writer: one batch at a
+# time. (A third worker was measured: no faster on two cores, where the GIL
+# and the backends compete.)
 WORKERS = 2
 
 
@@ -264,9 +265,12 @@ class ReencryptionPass:
 
     1. A worker takes the next batch under a lock: one SELECT, in record order,
        after the previous batch taken. Batches never overlap.
-    2. Outside the lock it re-seals the rows (AES-GCM releases the GIL) and
-       writes them in ONE transaction together with the job's progress
-       (`save`): a batch and its progress commit or vanish together.
+    2. Outside the lock it re-seals the rows and writes them in ONE
+       transaction together with the job's progress (`save`): a batch and its
+       progress commit or vanish together. Re-sealing holds the GIL
+       (pyca/cryptography's AES-GCM does not release it), so the threads
+       overlap one batch's crypto with another's database work, not with
+       each other's crypto.
     3. The checkpoint saved with batch n is the end of the longest run of
        batches 0..m committed so far, n included: every row up to it is
        written. A crash can leave later batches committed beyond the
