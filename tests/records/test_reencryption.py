@@ -219,7 +219,7 @@ def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None
         tmp_path,
         rng,
         name="reencryption",
-        marks=spread_marks(rng, kills, 100, 2500),
+        marks=spread_marks(rng, kills, 100, 2000),
         total=3000,
         job=task_on_worker(
             {"KEYWARD_REENCRYPT_BATCH": "100"},
@@ -231,7 +231,11 @@ def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None
         after_kill=check_after_kill,
     )
     landed.report()
-    assert len(landed.landed) == kills and all(0 < n < 3000 for n in landed.landed)
+    # Marks end at 2,000: ten batches remain when the pause before the kill
+    # starts. Even so a kill may land after the last batch and before the job
+    # is marked done (its final sweep and retire): a crash point of its own,
+    # which the restart must finish.
+    assert len(landed.landed) == kills and all(0 < n <= 3000 for n in landed.landed)
     job.refresh_from_db()
     assert job.done == 3000
     assert_all_under_current(tenant)
