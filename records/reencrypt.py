@@ -108,7 +108,8 @@ def reencrypt_rows(
     """Re-seal each row's personal fields under the target DEK.
 
     The loop is `open_` and `seal` unrolled, with the associated data built
-    from a per-kind prefix: this is the hot loop of every re-encryption.
+    from a prefix per kind and length of record id: this is the hot loop of
+    every re-encryption.
     It opens format 1 and format 2 ciphertexts, each with its format's key,
     and seals format 2 only: re-encrypting moves format 1 data to format 2.
     """
@@ -118,35 +119,35 @@ def reencrypt_rows(
     # Per source DEK, the key for each header its rows can carry: one lookup
     # of a blob's header checks its format and DEK id and picks its key.
     openers: dict[int, dict[bytes, AESGCM]] = {}
-    prefixes: dict[str, bytes] = {}
+    # Per (kind, length of the record id): the associated data up to the id.
+    prefixes: dict[tuple[str, int], bytes] = {}
     ids: list[int] = []
     values: list[bytes] = []
     add_id, add_value = ids.append, values.append
     # One read of the OS's generator per batch rather than a call per row.
     nonces = random_nonces(len(rows))
-    for (pk, uid, kind, dek_id, pii, *_), nonce in zip(rows, nonces, strict=True):
+    nonce_at, minimum = HEADER_SIZE + NONCE_SIZE, OVERHEAD
+    # Rows are (id, uid as text, kind, DEK id, blob as bytes, version): see read_rows.
+    for (pk, uid, kind, dek_id, blob, _), nonce in zip(rows, nonces, strict=True):
         by_header = openers.get(dek_id)
         if by_header is None:
             by_header = openers[dek_id] = env.key_for(tenant_id, dek_id).by_header(dek_id)
-        prefix = prefixes.get(kind)
+        uid_bytes = uid.encode()
+        n = len(uid_bytes)
+        prefix = prefixes.get((kind, n))
         if prefix is None:
-            prefix = prefixes[kind] = binding_prefix(tenant_id, kind, PII_FIELD)
-        uid_bytes = str(uid).encode()
-        bound = prefix + len(uid_bytes).to_bytes(2, "big") + uid_bytes
-        blob = bytes(pii)
+            start = binding_prefix(tenant_id, kind, PII_FIELD)
+            prefix = prefixes[(kind, n)] = start + n.to_bytes(2, "big")
+        bound = prefix + uid_bytes
         blob_head = blob[:HEADER_SIZE]
-        aead = by_header.get(blob_head) if len(blob) >= OVERHEAD else None
+        aead = by_header.get(blob_head) if len(blob) >= minimum else None
         if aead is None:
             raise CiphertextMalformed(
                 f"record {pk}: sealed fields are not a ciphertext of a known format under "
                 f"DEK {dek_id}"
             )
         try:
-            plain = aead.decrypt(
-                blob[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
-                blob[HEADER_SIZE + NONCE_SIZE :],
-                blob_head + bound,
-            )
+            plain = aead.decrypt(blob[HEADER_SIZE:nonce_at], blob[nonce_at:], blob_head + bound)
         except InvalidTag:
             raise CiphertextUnauthentic(f"record {pk}: {UNAUTHENTIC}") from None
         add_id(pk)
@@ -160,7 +161,9 @@ class Batch:
 
     ids: list[int]
     values: list[bytes]
-    versions: list[str]  # each row's xmin when read; empty on SQLite
+    # Each row's xmin when read, for the optimistic check on PostgreSQL; None on
+    # SQLite, whose one writer needs none.
+    versions: list[str | None]
 
     @property
     def last_id(self) -> int:
@@ -175,7 +178,12 @@ def read_rows(
     *, tenant: Tenant, older: list[int], after_id: int, size: int, until_id: int = LAST_ID
 ) -> list[tuple[Any, ...]]:
     """The tenant's next `size` sealed rows after `after_id` (up to `until_id`) under
-    any of the `older` DEKs."""
+    any of the `older` DEKs.
+
+    Each row is (record id, uid as text, kind, DEK id, sealed blob as bytes,
+    version): the version is the row's xmin as text on PostgreSQL and None on
+    SQLite. One shape on both, so reencrypt_rows unpacks it without a list.
+    """
     if not older:
         return []
     if is_postgres():
@@ -189,7 +197,7 @@ def read_rows(
         )
         # SQLite keeps UUIDs as 32 hex digits; the binding uses the usual form.
         return [
-            (pk, str(uuid.UUID(uid)), kind, dek_id, pii)
+            (pk, str(uuid.UUID(uid)), kind, dek_id, pii, None)
             for pk, uid, kind, dek_id, pii in django_cursor.fetchall()
         ]
 
@@ -201,8 +209,7 @@ def reseal(*, tenant: Tenant, target: DataKey, rows: list[tuple[Any, ...]]) -> B
     # Looked up at each call: the benchmark's baseline swaps it for a copy
     # without cryptography in its own process.
     ids, values = reencrypt_rows(tenant_id, rows, target.pk)
-    versions = [row[5] for row in rows] if len(rows[0]) > 5 else []
-    return Batch(ids, values, versions)
+    return Batch(ids, values, [row[5] for row in rows])
 
 
 def read_batch(*, tenant: Tenant, target: DataKey, after_id: int) -> Batch | None:

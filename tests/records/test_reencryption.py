@@ -398,7 +398,7 @@ def test_the_reencryption_loop_refuses_a_relabelled_format_byte() -> None:
     tenant_id = str(tenant.pk)
 
     def reencrypt(blob: bytes, dek_id: int = old.pk) -> bytes:
-        rows = [(row.pk, str(record.uid), record.kind, dek_id, blob)]
+        rows = [(row.pk, str(record.uid), record.kind, dek_id, blob, None)]
         return records.reencrypt.reencrypt_rows(tenant_id, rows, target.pk)[1][0]
 
     fields = record_fields(tenant, record)
