@@ -665,7 +665,7 @@ KEYWARD_OBJECT_MAX_BYTES = env.integer(
     "KEYWARD_OBJECT_MAX_BYTES", 100 * 1024 * 1024, minimum=1, maximum=5 * 1024**4
 )
 # Objects moved at a time by a migration (threads: hashing and I/O release the GIL,
-# AES-GCM does not).
+# AES-GCM does not in the pinned pyca/cryptography).
 KEYWARD_OBJECT_MIGRATE_THREADS = env.integer(
     "KEYWARD_OBJECT_MIGRATE_THREADS", 4, minimum=1, maximum=32
 )

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from operator import countOf, length_hint
-from typing import Protocol
+from typing import Protocol, final
 
 from cryptography.exceptions import InvalidTag
 
@@ -95,7 +95,18 @@ Reserve = Callable[[str, int, int], int]  # (tenant id, DEK id, wanted) -> grant
 Exhausted = Callable[[str, int], None]  # (tenant id, DEK id)
 
 Item = tuple[str, str, str, bytes]  # (kind, field, record id, plaintext or ciphertext)
-FieldCall = Callable[[str, str, str, str, bytes], bytes]  # encrypt or decrypt of one field
+
+
+class Encrypt(Protocol):
+    def __call__(
+        self, tenant_id: str, kind: str, field: str, record_id: str, value: bytes
+    ) -> bytes: ...
+
+
+class Decrypt(Protocol):
+    def __call__(
+        self, tenant_id: str, kind: str, field: str, record_id: str, blob: bytes
+    ) -> bytes: ...
 
 
 class _Tenant:
@@ -185,11 +196,10 @@ class _Budget:
         return self.granted - length_hint(self.left)
 
 
+@final  # encrypt and decrypt are closures over this instance: a subclass could not override them
 class Envelope:
-    # (tenant id, kind, field, record id, plaintext) -> blob, and
-    # (tenant id, kind, field, record id, blob) -> plaintext: see _per_field_calls.
-    encrypt: FieldCall
-    decrypt: FieldCall
+    encrypt: Encrypt  # see _per_field_calls
+    decrypt: Decrypt
 
     def __init__(
         self,
@@ -369,7 +379,7 @@ class Envelope:
         return counts
 
     # -- the API -----------------------------------------------------------
-    def _per_field_calls(self) -> tuple[FieldCall, FieldCall]:
+    def _per_field_calls(self) -> tuple[Encrypt, Decrypt]:
         """`encrypt` and `decrypt`: one call of either is the cost of every field
         written or read, so they are closures over what they use rather than
         methods. A name captured by a closure loads faster than an attribute of

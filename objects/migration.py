@@ -493,7 +493,8 @@ class _Run:
     def _parallel(self, state: str, step: Callable[[Item], Step], *, tenant: bool = True) -> None:
         """Run `step` on every item in `state` on threads and record each outcome in
         this thread, in order. Hashing and I/O release the GIL and run side by side;
-        AES-GCM (pyca/cryptography) holds it, so the threads' crypto takes turns.
+        AES-GCM holds it in the pinned pyca/cryptography (constraints.txt), so the
+        threads' crypto takes turns: re-measure the thread count on an upgrade.
 
         The threads are kept fed: AHEAD items per thread are handed out beyond
         the one being recorded, so none waits for the database.

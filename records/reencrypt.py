@@ -17,9 +17,9 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from cryptography.exceptions import InvalidTag
@@ -103,7 +103,7 @@ def older_deks(tenant: Tenant, target: DataKey) -> list[int]:
 
 
 def reencrypt_rows(
-    tenant_id: str, rows: list[tuple[Any, ...]], target_id: int
+    tenant_id: str, rows: Sequence[Row], target_id: int
 ) -> tuple[list[int], list[bytes]]:
     """Re-seal each row's personal fields under the target DEK.
 
@@ -127,7 +127,6 @@ def reencrypt_rows(
     # One read of the OS's generator per batch rather than a call per row.
     nonces = random_nonces(len(rows))
     nonce_at, minimum = HEADER_SIZE + NONCE_SIZE, OVERHEAD
-    # Rows are (id, uid as text, kind, DEK id, blob as bytes, version): see read_rows.
     for (pk, uid, kind, dek_id, blob, _), nonce in zip(rows, nonces, strict=True):
         by_header = openers.get(dek_id)
         if by_header is None:
@@ -170,26 +169,26 @@ class Batch:
         return self.ids[-1]
 
 
+# A row read_rows returns: (record id, uid as text, kind, DEK id, sealed blob,
+# version), the version being the row's xmin as text on PostgreSQL and None on
+# SQLite. One shape on both, so reencrypt_rows unpacks it without a list.
+Row = tuple[int, str, str, int, bytes, str | None]
+
 # The upper bound of a pass that covers every record id.
 LAST_ID = 2**63 - 1
 
 
 def read_rows(
     *, tenant: Tenant, older: list[int], after_id: int, size: int, until_id: int = LAST_ID
-) -> list[tuple[Any, ...]]:
-    """The tenant's next `size` sealed rows after `after_id` (up to `until_id`) under
-    any of the `older` DEKs.
-
-    Each row is (record id, uid as text, kind, DEK id, sealed blob as bytes,
-    version): the version is the row's xmin as text on PostgreSQL and None on
-    SQLite. One shape on both, so reencrypt_rows unpacks it without a list.
-    """
+) -> list[Row]:
+    """The tenant's next `size` sealed rows (`Row`) after `after_id` (up to
+    `until_id`) under any of the `older` DEKs."""
     if not older:
         return []
     if is_postgres():
         with raw_cursor() as cursor:
             cursor.execute(_PG_SELECT, [tenant.pk, after_id, until_id, older, size], binary=True)
-            return cursor.fetchall()
+            return cast(list[Row], cursor.fetchall())
     deks = ", ".join(["%s"] * len(older))
     with connection.cursor() as django_cursor:
         django_cursor.execute(
@@ -202,7 +201,7 @@ def read_rows(
         ]
 
 
-def reseal(*, tenant: Tenant, target: DataKey, rows: list[tuple[Any, ...]]) -> Batch:
+def reseal(*, tenant: Tenant, target: DataKey, rows: list[Row]) -> Batch:
     """Re-seal rows that `read_rows` returned (no database access but the DEK budget)."""
     tenant_id = str(tenant.pk)
     envelope().spend(tenant_id, target.pk, len(rows))
@@ -274,10 +273,10 @@ class ReencryptionPass:
        after the previous batch taken. Batches never overlap.
     2. Outside the lock it re-seals the rows and writes them in ONE
        transaction together with the job's progress (`save`): a batch and its
-       progress commit or vanish together. Re-sealing holds the GIL
-       (pyca/cryptography's AES-GCM does not release it), so the threads
-       overlap one batch's crypto with another's database work, not with
-       each other's crypto.
+       progress commit or vanish together. Re-sealing holds the GIL (the
+       pinned pyca/cryptography's AES-GCM does not release it, and a field is
+       too short to gain from that anyway), so the threads overlap one
+       batch's crypto with another's database work, not with each other's.
     3. The checkpoint saved with batch n is the end of the longest run of
        batches 0..m committed so far, n included: every row up to it is
        written. A crash can leave later batches committed beyond the
@@ -370,7 +369,7 @@ class ReencryptionPass:
             self._errors.append(exc)
             self._stop.set()
 
-    def _take(self) -> tuple[int, list[tuple[Any, ...]]] | None:
+    def _take(self) -> tuple[int, list[Row]] | None:
         with self._lock:
             if self._stop.is_set():
                 return None

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import records.reencrypt
+import records.reencryption
 from audit.models import AuditEvent
 from audit.services import Actor
 from crypto.ciphertext import CiphertextMalformed, CiphertextUnauthentic, binding
@@ -174,6 +175,48 @@ def test_a_crash_mid_job_resumes_from_the_checkpoint(settings, monkeypatch) -> N
     assert snapshot(tenant) == before
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("crash_after", ["reencrypt_pass", "dek_retire_unused"])
+def test_a_crash_in_the_jobs_finish_resumes_and_completes(
+    settings, monkeypatch, crash_after: str
+) -> None:
+    """Every row moved, then the worker is lost in the job's finish: after the
+    other data's pass (before retiring), or after retiring (before the job is
+    marked done). The rerun finishes: nothing moved twice, counted twice or
+    retired twice."""
+    settings.KEYWARD_REENCRYPT_BATCH = 50
+    tenant = tenant_with_old_data("initech", 120)
+    before = snapshot(tenant)
+    old = DataKey.objects.get(tenant=tenant, version=1)
+    target = DataKey.objects.get(tenant=tenant, state="active")
+    job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=120)
+    real = getattr(records.reencryption, crash_after)
+
+    def crashing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        raise RuntimeError(f"worker lost after {result!r}")  # the step had committed
+
+    monkeypatch.setattr(records.reencryption, crash_after, crashing)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        reencryption_run(job_id=str(job.pk))
+    job.refresh_from_db()
+    assert (job.state, job.done) == (JobState.RUNNING, 120)
+    assert_all_under_current(tenant)
+    old.refresh_from_db()
+    assert (old.state == DekState.RETIRED) is (crash_after == "dek_retire_unused")
+
+    monkeypatch.setattr(records.reencryption, crash_after, real)
+    job = reencryption_run(job_id=str(job.pk))
+    assert (job.state, job.done) == (JobState.DONE, 120)
+    old.refresh_from_db()
+    assert old.state == DekState.RETIRED and bytes(old.wrapped) == b""
+    events = AuditEvent.objects.filter(tenant=tenant)
+    assert events.filter(action="dek.retire").count() == 1
+    assert events.filter(action="records.reencrypt.done").count() == 1
+    assert snapshot(tenant) == before
+    invariants.audit_chains_verify()
+
+
 def test_the_checkpoint_covers_only_batches_committed_in_order() -> None:
     run = records.reencrypt.ReencryptionPass.__new__(records.reencrypt.ReencryptionPass)
     run._lock, run._start, run._run_end, run._committed = threading.Lock(), 7, -1, set()
@@ -231,10 +274,12 @@ def test_a_worker_killed_mid_job_finishes_once_restarted(tmp_path: Path) -> None
         after_kill=check_after_kill,
     )
     landed.report()
-    # Marks end at 2,000: ten batches remain when the pause before the kill
-    # starts. Even so a kill may land after the last batch and before the job
-    # is marked done (its final sweep and retire): a crash point of its own,
-    # which the restart must finish.
+    # Marks end at 2,000: at least eight batches remain when the pause before
+    # the kill starts (progress moves a batch at a time, on two threads). Even
+    # so a kill may land after the last batch and before the job is marked done
+    # (its final sweep and retire): a crash point of its own, which the restart
+    # must finish. The finish itself is crashed on purpose in
+    # test_a_crash_in_the_jobs_finish_resumes_and_completes.
     assert len(landed.landed) == kills and all(0 < n <= 3000 for n in landed.landed)
     job.refresh_from_db()
     assert job.done == 3000
