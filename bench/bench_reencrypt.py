@@ -12,7 +12,10 @@ real job. Five rounds (BENCH_REENCRYPT_ROUNDS), each after a fresh rotation;
 the best round of each run is reported, every round as a comment.
 
 The machine is shared: the load average is printed with the figures, and the
-CPU of the workers themselves (our processes only) beside the machine's.
+CPU of the workers themselves (our processes only) beside the machine's, then
+the machine's CPU per row by process for both runs (the workers, PostgreSQL's
+client backends and its background processes, the API, kernel threads, the
+rest, and what processes that ended during the job spent).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,13 +86,59 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of these processes (all their threads)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+# Where the machine's CPU goes, by process (see cpu_groups).
+GROUPS = ("workers", "PostgreSQL backends", "PostgreSQL background", "API", "kernel", "others")
+
+
+def cpu_by_process() -> dict[int, tuple[int, str, float]]:
+    """Every process's CPU so far: pid -> (parent pid, command line, user + system seconds).
+
+    A process without a command line (a kernel thread, or one that has just
+    ended and is not yet reaped) gets its name in brackets instead: "[postgres]".
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        found[int(entry.name)] = (int(fields[1]), cmdline or f"[{name}]", seconds)
+    return found
+
+
+def cpu_groups(
+    before: dict[int, tuple[int, str, float]],
+    after: dict[int, tuple[int, str, float]],
+    workers: list[int],
+    api: int,
+) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by GROUPS. A process that started
+    and ended between them (an autovacuum worker, a pass's second connection) is
+    in none of them: the machine's busy time minus their sum shows it."""
+    groups = dict.fromkeys(GROUPS, 0.0)
+    for pid, (ppid, cmdline, seconds) in after.items():
+        spent = seconds - before.get(pid, (0, "", 0.0))[2]
+        if pid in workers:
+            group = "workers"
+        elif cmdline.startswith("postgres: "):
+            # A client's backend names its host and port: "... 127.0.0.1(5432) idle".
+            group = "PostgreSQL backends" if "(" in cmdline else "PostgreSQL background"
+        elif cmdline == "[postgres]":
+            group = "PostgreSQL backends"  # one that has just ended: only backends end
+        elif api in (pid, ppid):
+            group = "API"
+        elif 2 in (pid, ppid):  # kthreadd and its children
+            group = "kernel"
+        else:
+            group = "others"
+        groups[group] += spent
+    return groups
 
 
 def free_port() -> int:
@@ -154,9 +204,10 @@ def start_api(log: Path) -> tuple[subprocess.Popen[bytes], int]:
 class ApiLoad(threading.Thread):
     """One client: create a record, read a stored one, pause; latencies by phase."""
 
-    def __init__(self, port: int, token: str, uids: list[str]) -> None:
+    def __init__(self, port: int, token: str, uids: list[str], server: int) -> None:
         super().__init__(daemon=True)
         self.port, self.token, self.uids = port, token, uids
+        self.server = server  # gunicorn's pid, the parent of its workers
         self.phase = "warm"
         self.latencies: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
@@ -208,16 +259,16 @@ def p95_ms(values: list[float]) -> float:
     return ordered[int(0.95 * (len(ordered) - 1))] * 1000 if ordered else float("nan")
 
 
-def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int]) -> tuple[float, ...]:
+def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int], api: int) -> tuple[Any, ...]:
     """The real task on the workers of `queue`, from enqueueing to the job's end.
 
     Returns (seconds, rows moved, machine busy CPU seconds, workers' CPU seconds,
-    parts the job was cut into).
+    parts the job was cut into, CPU seconds by GROUPS).
     """
     ReencryptionJob.objects.filter(tenant=tenant).delete()
     job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=RECORDS)
     connection.close()  # nothing of ours holds a lock or a snapshot meanwhile
-    machine, own = busy_cpu_seconds(), process_cpu_seconds(pids)
+    machine, processes = busy_cpu_seconds(), cpu_by_process()
     started = time.perf_counter()
     current_app.send_task(RUN_REENCRYPTION, args=[str(job.pk)], queue=queue)
     while True:
@@ -227,11 +278,12 @@ def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int]) -> tuple[f
             if cursor.fetchone()[0] in (JobState.DONE, JobState.FAILED):
                 break
     elapsed = time.perf_counter() - started
-    machine, own = busy_cpu_seconds() - machine, process_cpu_seconds(pids) - own
+    machine = busy_cpu_seconds() - machine
+    groups = cpu_groups(processes, cpu_by_process(), pids, api)
     job.refresh_from_db()
     assert job.state == JobState.DONE, job.error
     assert job.done >= RECORDS, f"moved {job.done} of {RECORDS}"
-    return elapsed, job.done, machine, own, job.parts.count()
+    return elapsed, job.done, machine, groups["workers"], job.parts.count(), groups
 
 
 def vacuum() -> None:
@@ -242,7 +294,7 @@ def vacuum() -> None:
 def one_round(
     tenant: Tenant, last_loaded: int, plain_workers: tuple[str, list[int]],
     crypto_workers: tuple[str, list[int]], api: ApiLoad,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:  # fmt: skip
     """Rotate, then re-encrypt every record twice: without crypto, then for real."""
     old = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
     new = dek_rotate(tenant=tenant, actor=Actor.system("bench"), reason="bench")
@@ -252,14 +304,14 @@ def one_round(
     time.sleep(3 * settings.KEYWARD_KEY_STATE_INTERVAL)
     vacuum()
     api.phase = "plain"
-    plain = run(tenant, new, *plain_workers)
+    plain = run(tenant, new, *plain_workers, api.server)
     api.phase = "between"
     # The baseline relabelled rows it did not re-encrypt (and retired nothing):
     # put the loaded rows back under the old DEK for the real run.
     SealedFields.objects.filter(dek=new, record_id__lte=last_loaded).update(dek=old)
     vacuum()
     api.phase = "crypto"
-    crypto = run(tenant, new, *crypto_workers)
+    crypto = run(tenant, new, *crypto_workers, api.server)
     api.phase = "between"
     left = SealedFields.objects.filter(dek__tenant=tenant, record_id__lte=last_loaded)
     assert not left.exclude(dek=new).exists()
@@ -297,7 +349,7 @@ def main() -> None:
         plain_queue, plain = start_workers("plain", logs)
         crypto_queue, crypto = start_workers("crypto", logs)
         procs += plain + crypto
-        api = ApiLoad(port, token, uids)
+        api = ApiLoad(port, token, uids, server.pid)
         api.start()
         time.sleep(2)
         api.phase = "idle"
@@ -329,8 +381,8 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     # The best round of each: these machines are shared, and a slower round
     # measures the neighbours, not the job.
-    seconds, rows, machine, own, parts = max(cryptos, key=lambda r: r[1] / r[0])
-    p_seconds, p_rows, p_machine, p_own, _ = max(plains, key=lambda r: r[1] / r[0])
+    seconds, rows, machine, own, parts, groups = max(cryptos, key=lambda r: r[1] / r[0])
+    p_seconds, p_rows, p_machine, p_own, _, p_groups = max(plains, key=lambda r: r[1] / r[0])
     rate, plain_rate = rows / seconds, p_rows / p_seconds
     cores = os.cpu_count() or 1
     print(f"# {WORKERS} workers, {parts} parts, batches of "
@@ -353,6 +405,13 @@ def main() -> None:
     print(f"BENCH reencrypt_nocrypto_worker_cpu_us_per_row {p_own / p_rows * 1e6:.1f} us")
     print(f"BENCH reencrypt_cpu_busy {machine / (seconds * cores):.2f} of {cores} cores")
     print(f"BENCH reencrypt_cpu_ceiling_rows_per_s {cores * 1e6 / per_row:.0f} rows/s")
+    # The same CPU per row by process, for both runs: what the crypto adds, and where.
+    named, p_named = sum(groups.values()), sum(p_groups.values())
+    shares = [(g, groups[g], p_groups[g]) for g in GROUPS]
+    shares.append(("processes that ended, or no process", machine - named, p_machine - p_named))
+    print("# CPU per row by process, us, with crypto / without:")
+    for group, spent, p_spent in shares:
+        print(f"#   {group}: {spent / rows * 1e6:.1f} / {p_spent / p_rows * 1e6:.1f}")
     met = rate >= TARGET_RATE and rate / plain_rate >= TARGET_RATIO
     print(
         f"# targets (>= {TARGET_RATE // 1000}k rows/s with {WORKERS} workers and >= "
