@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from keys.consumers import DataConsumer, OwnWrappedKeys
-from keys.models import DataKey
 from records.indexkeys import (
     index_key_replace,
     index_keys_move,
@@ -18,15 +17,10 @@ from records.selectors import (
     sealed_under,
 )
 
-
-def _depends_on(dek: DataKey) -> bool:
-    return sealed_under(dek)
-
-
 RECORDS = DataConsumer(
     name=CONSUMER,
     counts_by_dek=record_counts_by_dek,
-    depends_on=_depends_on,
+    depends_on=sealed_under,
     # Records are re-encrypted by the job itself (records.reencryption), which
     # then asks the other consumers for theirs.
     reencrypt=None,
