@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import OperationalError, transaction
 
 from audit.models import AuditEvent, StreamDestination
 from audit.services import Actor, chain_key, record
@@ -59,6 +60,27 @@ def delivered_all(destination: StreamDestination) -> Callable[[], bool]:
         destination.refresh_from_db()
         events = AuditEvent.objects.filter(chain=chain_key(destination.tenant))
         return destination.cursor == events.count()
+
+    return check
+
+
+def released(destination: StreamDestination) -> Callable[[], bool]:
+    """The destination's row lock is free again.
+
+    A killed worker's PostgreSQL session holds the lock it took until the server
+    reads the closed socket and ends the session, a moment after the kill. Until
+    then stream_deliver skips the row (SKIP LOCKED) and sends nothing, as a
+    restarted worker would; the next run delivers.
+    """
+
+    def check() -> bool:
+        try:
+            with transaction.atomic():
+                rows = StreamDestination.objects.select_for_update(nowait=True)
+                list(rows.filter(pk=destination.pk).values_list("pk", flat=True))
+        except OperationalError:
+            return False
+        return True
 
     return check
 
@@ -123,6 +145,7 @@ def test_killed_workers_lose_nothing_and_keep_the_order(
             worker.kill()
         finally:
             os.kill(rsyslog.process.pid, signal.SIGCONT)
+    wait_for(released(syslog_to), "the killed worker's lock on globex's destination")
     syslog_to.refresh_from_db()
     cut_at = syslog_to.cursor
     assert 0 < cut_at < len(trail_ids(globex.tenant)), "the kill was not mid-delivery"
@@ -139,6 +162,7 @@ def test_killed_workers_lose_nothing_and_keep_the_order(
         assert webhook.held.wait(40), "the third webhook batch never came"
         worker.kill()
         webhook.release.set()
+    wait_for(released(webhook_to), "the killed worker's lock on acme's destination")
     webhook_to.refresh_from_db()
     assert webhook_to.cursor == 10  # two batches of five acknowledged
     assert stream_deliver(str(webhook_to.pk)) == len(trail_ids(acme.tenant)) - 10

@@ -394,13 +394,18 @@ def test_two_workers_killed_mid_job_finish_every_part_once_restarted(tmp_path: P
     }
     queue = f"test-{rng.randrange(16**8):08x}"
     kills = scale(1, 5)
+    # Each round stops a quarter to a half of its share (n / (kills + 1)) of the
+    # rows further on, so all the kills together stop before half the rows: each
+    # lands before the end however the draws fall, with room for the rows moved
+    # between seeing the stop and the kill.
+    share = n // (kills + 1)
     for round_ in range(kills):
         with (
             celery_worker(tmp_path / f"a{round_}.log", env, queue) as first,
             celery_worker(tmp_path / f"b{round_}.log", env, queue) as second,
         ):
             run_reencryption.apply_async(args=(str(job.pk),), queue=queue)
-            stop_at = job.done + rng.randrange(n // 10, n // 4)
+            stop_at = job.done + rng.randrange(share // 4, share // 2)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 job.refresh_from_db()
