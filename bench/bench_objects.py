@@ -159,8 +159,8 @@ def measure_migrate(total_mb: int) -> dict[str, float]:
        destination, head it and check the checksum against the manifest.
     3. plain copy: get and put the same ciphertext bytes, head it and compare
        the size: the floor of any move between the two folders.
-    Both move WORKERS objects at a time (threads: fsync and SHA-256 release the
-    GIL, AES-GCM does not in the pinned pyca/cryptography). The destination is
+    Both move WORKERS objects at a time (threads: fsync, SHA-256 and AES-GCM on
+    whole segments release the GIL). The destination is
     emptied between runs; the source is never deleted.
     """
     object_mb = 4

@@ -664,8 +664,8 @@ if KEYWARD_OBJECT_S3_ENDPOINT_URL and not KEYWARD_OBJECT_S3_ENDPOINT_URL.startsw
 KEYWARD_OBJECT_MAX_BYTES = env.integer(
     "KEYWARD_OBJECT_MAX_BYTES", 100 * 1024 * 1024, minimum=1, maximum=5 * 1024**4
 )
-# Objects moved at a time by a migration (threads: hashing and I/O release the GIL,
-# AES-GCM does not in the pinned pyca/cryptography).
+# Objects moved at a time by a migration (threads: hashing, I/O and AES-GCM on whole
+# segments release the GIL).
 KEYWARD_OBJECT_MIGRATE_THREADS = env.integer(
     "KEYWARD_OBJECT_MIGRATE_THREADS", 4, minimum=1, maximum=32
 )

@@ -492,9 +492,10 @@ class _Run:
 
     def _parallel(self, state: str, step: Callable[[Item], Step], *, tenant: bool = True) -> None:
         """Run `step` on every item in `state` on threads and record each outcome in
-        this thread, in order. Hashing and I/O release the GIL and run side by side;
-        AES-GCM holds it in the pinned pyca/cryptography (constraints.txt), so the
-        threads' crypto takes turns: re-measure the thread count on an upgrade.
+        this thread, in order. Hashing, I/O and AES-GCM on a whole segment release the
+        GIL and run side by side (the pinned pyca/cryptography, constraints.txt: two
+        threads seal 64 KiB segments 1.9 times as fast as one); the Python between
+        those calls takes turns.
 
         The threads are kept fed: AHEAD items per thread are handed out beyond
         the one being recorded, so none waits for the database.
