@@ -160,8 +160,8 @@ def measure_migrate(total_mb: int) -> dict[str, float]:
     3. plain copy: get and put the same ciphertext bytes, head it and compare
        the size: the floor of any move between the two folders.
     Both move WORKERS objects at a time (threads: fsync, SHA-256 and AES-GCM on
-    whole segments release the GIL). The destination is
-    emptied between runs; the source is never deleted.
+    whole segments release the GIL). The destination is emptied between runs;
+    the source is never deleted.
     """
     object_mb = 4
     count = max(1, total_mb // object_mb)

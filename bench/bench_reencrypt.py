@@ -33,8 +33,8 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -259,12 +259,23 @@ def p95_ms(values: list[float]) -> float:
     return ordered[int(0.95 * (len(ordered) - 1))] * 1000 if ordered else float("nan")
 
 
-def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int], api: int) -> tuple[Any, ...]:
-    """The real task on the workers of `queue`, from enqueueing to the job's end.
+@dataclass(frozen=True)
+class Run:
+    """One run of the job, from enqueueing to its end."""
 
-    Returns (seconds, rows moved, machine busy CPU seconds, parts the job was
-    cut into, CPU seconds by GROUPS).
-    """
+    seconds: float
+    rows: int  # moved
+    machine: float  # the machine's busy CPU seconds
+    parts: int  # what the job was cut into
+    groups: dict[str, float]  # CPU seconds by GROUPS
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int], api: int) -> Run:
+    """The real task on the workers of `queue`, from enqueueing to the job's end."""
     ReencryptionJob.objects.filter(tenant=tenant).delete()
     job = ReencryptionJob.objects.create(tenant=tenant, target_dek=target, total=RECORDS)
     connection.close()  # nothing of ours holds a lock or a snapshot meanwhile
@@ -283,7 +294,7 @@ def run(tenant: Tenant, target: DataKey, queue: str, pids: list[int], api: int) 
     job.refresh_from_db()
     assert job.state == JobState.DONE, job.error
     assert job.done >= RECORDS, f"moved {job.done} of {RECORDS}"
-    return elapsed, job.done, machine, job.parts.count(), groups
+    return Run(elapsed, job.done, machine, job.parts.count(), groups)
 
 
 def vacuum() -> None:
@@ -294,7 +305,7 @@ def vacuum() -> None:
 def one_round(
     tenant: Tenant, last_loaded: int, plain_workers: tuple[str, list[int]],
     crypto_workers: tuple[str, list[int]], api: ApiLoad,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:  # fmt: skip
+) -> tuple[Run, Run]:  # fmt: skip
     """Rotate, then re-encrypt every record twice: without crypto, then for real."""
     old = DataKey.objects.get(tenant=tenant, state=DekState.ACTIVE)
     new = dek_rotate(tenant=tenant, actor=Actor.system("bench"), reason="bench")
@@ -366,7 +377,7 @@ def main() -> None:
             plains.append(p)
             cryptos.append(c)
             print(
-                f"# round {round_ + 1}: {c[1] / c[0]:.0f} rows/s, {p[1] / p[0]:.0f} without "
+                f"# round {round_ + 1}: {c.rate:.0f} rows/s, {p.rate:.0f} without "
                 f"crypto; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
             )
         api.stopping.set()
@@ -381,12 +392,13 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     # The best round of each: these machines are shared, and a slower round
     # measures the neighbours, not the job.
-    seconds, rows, machine, parts, groups = max(cryptos, key=lambda r: r[1] / r[0])
-    p_seconds, p_rows, p_machine, _, p_groups = max(plains, key=lambda r: r[1] / r[0])
+    best, p_best = max(cryptos, key=lambda r: r.rate), max(plains, key=lambda r: r.rate)
+    rows, p_rows, machine, p_machine = best.rows, p_best.rows, best.machine, p_best.machine
+    groups, p_groups = best.groups, p_best.groups
     own, p_own = groups["workers"], p_groups["workers"]
-    rate, plain_rate = rows / seconds, p_rows / p_seconds
+    rate, plain_rate = best.rate, p_best.rate
     cores = os.cpu_count() or 1
-    print(f"# {WORKERS} workers, {parts} parts, batches of "
+    print(f"# {WORKERS} workers, {best.parts} parts, batches of "
           f"{settings.KEYWARD_REENCRYPT_BATCH}; {cores} cores; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"BENCH reencrypt_rows_per_s {rate:.0f} rows/s")
@@ -404,7 +416,7 @@ def main() -> None:
     print(f"BENCH reencrypt_nocrypto_cpu_us_per_row {p_machine / p_rows * 1e6:.1f} us")
     print(f"BENCH reencrypt_worker_cpu_us_per_row {own / rows * 1e6:.1f} us")
     print(f"BENCH reencrypt_nocrypto_worker_cpu_us_per_row {p_own / p_rows * 1e6:.1f} us")
-    print(f"BENCH reencrypt_cpu_busy {machine / (seconds * cores):.2f} of {cores} cores")
+    print(f"BENCH reencrypt_cpu_busy {machine / (best.seconds * cores):.2f} of {cores} cores")
     print(f"BENCH reencrypt_cpu_ceiling_rows_per_s {cores * 1e6 / per_row:.0f} rows/s")
     # The same CPU per row by process, for both runs: what the crypto adds, and where.
     named, p_named = sum(groups.values()), sum(p_groups.values())
